@@ -1,0 +1,68 @@
+"""Shared pytest fixtures: a tiny D4RL-format dataset and a helper that runs a script as a user would."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import h5py
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+def write_d4rl_file(path, observations, actions, rewards, terminals, timeouts=None, next_observations=None):
+    """Write arrays with D4RL's HDF5 schema (v2 when next_observations/timeouts are given, v0-style otherwise)."""
+    with h5py.File(path, "w") as f:
+        f["observations"] = np.asarray(observations, dtype=np.float32)
+        f["actions"] = np.asarray(actions, dtype=np.float32)
+        f["rewards"] = np.asarray(rewards, dtype=np.float32)
+        f["terminals"] = np.asarray(terminals, dtype=bool)
+        if timeouts is not None:
+            f["timeouts"] = np.asarray(timeouts, dtype=bool)
+        if next_observations is not None:
+            f["next_observations"] = np.asarray(next_observations, dtype=np.float32)
+    return path
+
+
+def rollout_random_hopper(n_steps: int, seed: int = 0, max_episode_steps: int = 1000):
+    """A random-policy Hopper-v4 dataset in D4RL v2 form, written without any repo script."""
+    env = gym.make("Hopper-v4", max_episode_steps=max_episode_steps)
+    env.action_space.seed(seed)
+    obs, _ = env.reset(seed=seed)
+    rows = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")}
+    for _ in range(n_steps):
+        action = env.action_space.sample()
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        for key, value in zip(rows, (obs, action, reward, terminated, truncated, next_obs)):
+            rows[key].append(value)
+        obs = env.reset()[0] if terminated or truncated else next_obs
+    return {k: np.array(v) for k, v in rows.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_hopper_dataset(tmp_path_factory) -> Path:
+    """2,000 random-policy Hopper-v4 transitions in D4RL v2 format."""
+    path = tmp_path_factory.mktemp("data") / "hopper_random_tiny.hdf5"
+    return Path(write_d4rl_file(path, **rollout_random_hopper(2000)))
+
+
+@pytest.fixture
+def run_script(tmp_path):
+    """run_script("cql_pretrain.py", "--env-id", "Hopper-v4", ...) in a fresh folder; returns CompletedProcess."""
+
+    def run(script: str, *args, cwd=None, timeout=300, env_vars=None):
+        env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1", D4RL_DATASET_DIR=str(tmp_path / "d4rl_cache"))
+        env.update(env_vars or {})
+        return subprocess.run(
+            [sys.executable, str(REPO_ROOT / script), *map(str, args)],
+            cwd=cwd or tmp_path, env=env, capture_output=True, text=True, timeout=timeout,
+        )
+
+    return run
