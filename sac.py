@@ -1,0 +1,560 @@
+"""SAC from scratch (Haarnoja et al., 2018), CleanRL style: the paper's "SAC" baseline and a dataset writer.
+
+Soft Actor-Critic with twin Q-functions (clipped double-Q), a tanh-Gaussian actor with a state-dependent
+log-std, and automatic entropy tuning towards a target entropy of -|A| [Haarnoja et al., "SAC: Algorithms
+and Applications", 2018; eqs. (5), (7), (17) of that paper for the critic, actor and temperature losses].
+One gradient update per environment step once `--learning-starts` random steps are collected.
+
+Also writes everything it experienced as a D4RL-format HDF5 file (`--dataset-out`), the way D4RL's
+replay datasets were made; with `--learning-starts >= --total-timesteps` every action is uniform random,
+which is how D4RL's random datasets were made. Keys: observations, actions, rewards, terminals,
+timeouts, next_observations, metadata/*. A time-limit truncation is stored as timeouts=1, terminals=0,
+with the real final observation as next_observations (never the reset observation).
+
+Choices where the SPEC is silent: the actor and temperature are updated every step (as in the original
+SAC, not CleanRL's delayed policy updates); evaluation runs `--eval-episodes` deterministic episodes
+(tanh of the mean) in a separate env seeded with seed + 10_000. The networks are the one-member case of
+the vectorized ensemble used by every script here, so a SAC checkpoint has the same format.
+
+    python sac.py --env-id Hopper-v4 --total-timesteps 100000
+    python sac.py --env-id Hopper-v4 --total-timesteps 100000 --learning-starts 100000 --dataset-out data/hopper_random.hdf5
+"""
+import dataclasses
+import os
+import random
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+import warnings
+from dataclasses import dataclass
+
+import gymnasium as gym
+import h5py
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+
+@dataclass
+class Args:
+    env_id: str = "Hopper-v4"
+    """gymnasium id (Hopper-v4) or D4RL task name (hopper-medium-v2 -> Hopper-v4)"""
+    seed: int = 1
+    """seed of the run (env, networks, replay sampling)"""
+    total_timesteps: int = 1_000_000
+    """environment steps to take"""
+    learning_starts: int = 5000
+    """uniform-random steps before learning starts (>= total-timesteps writes a random-policy dataset)"""
+    batch_size: int = 256
+    """minibatch size of each update"""
+    hidden_dim: int = 256
+    """width of the two hidden layers of actor and critics"""
+    gamma: float = 0.99
+    """discount factor"""
+    tau: float = 0.005
+    """target network soft-update rate"""
+    policy_lr: float = 3e-4
+    """learning rate of the actor"""
+    q_lr: float = 3e-4
+    """learning rate of the critics"""
+    alpha_lr: float = 3e-4
+    """learning rate of the entropy temperature"""
+    eval_every: int = 5000
+    """evaluate the deterministic policy every this many env steps"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+    log_every: int = 1000
+    """log losses, alpha and SPS every this many env steps"""
+    dataset_out: str | None = None
+    """write every transition as a D4RL-format HDF5 file here"""
+    run_dir: str | None = None
+    """TensorBoard folder (default runs/<env-id>__sac__<seed>__<time>)"""
+    checkpoint: str | None = None
+    """checkpoint path (default checkpoints/sac_<env-id>_seed<seed>.pt)"""
+    checkpoint_every: int = 50_000
+    """write a resumable checkpoint every this many env steps (and at the end)"""
+    resume: bool = False
+    """continue from --checkpoint if it exists"""
+    cuda: bool = True
+    """use CUDA when available"""
+    torch_deterministic: bool = True
+    """use deterministic torch algorithms"""
+
+
+def fail(message: str):
+    """Stop with one clear message and exit status 1, no traceback (used for every bad input)."""
+    raise SystemExit(f"error: {message}")
+
+
+# ---- tasks, environments, scores (SPEC §2) ----
+D4RL_TASK = re.compile(r"(halfcheetah|hopper|walker2d)-(random|medium|medium-replay|medium-expert|expert)-v(0|2)")
+GYM_ENV_OF = {"halfcheetah": "HalfCheetah-v4", "hopper": "Hopper-v4", "walker2d": "Walker2d-v4"}
+# D4RL's reference returns (random, expert) used for the normalized score.
+REF_RETURNS = {"halfcheetah": (-280.178953, 12135.0), "hopper": (-20.272305, 3234.3), "walker2d": (1.629008, 4592.3)}
+
+
+def gym_env_id(env_id: str) -> str:
+    """A D4RL task name (walker2d-medium-v2) maps to its gymnasium v4 env; a gymnasium id passes through."""
+    task = D4RL_TASK.fullmatch(env_id)
+    if task:
+        return GYM_ENV_OF[task.group(1)]
+    if env_id in gym.registry:
+        return env_id
+    fail(f"unknown --env-id {env_id!r}: give a D4RL task name such as walker2d-medium-expert-v2 "
+         f"or a gymnasium id such as Hopper-v4")
+
+
+def normalized_score(env_id: str, episode_return: float) -> float:
+    """100 * (R - random) / (expert - random) with D4RL's reference returns; NaN for envs D4RL has none for."""
+    family = gym_env_id(env_id).split("-")[0].lower()
+    if family not in REF_RETURNS:
+        return float("nan")
+    random_return, expert_return = REF_RETURNS[family]
+    return 100.0 * (episode_return - random_return) / (expert_return - random_return)
+
+
+def make_env(env_id: str, seed: int) -> gym.Env:
+    with warnings.catch_warnings():  # gymnasium flags the -v4 envs as old; SPEC §2 explains why we use them
+        warnings.simplefilter("ignore", DeprecationWarning)
+        env = gym.make(gym_env_id(env_id))
+    if not np.allclose(env.action_space.low, -1.0) or not np.allclose(env.action_space.high, 1.0):
+        fail(f"{env_id}: actions must lie in [-1, 1] (tanh policies, D4RL convention)")
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env.reset(seed=seed)
+    env.action_space.seed(seed)
+    return env
+
+
+# ---- D4RL data path (SPEC §2, §7) ----
+D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl"
+D4RL_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
+
+
+def d4rl_url(env_id: str) -> str:
+    family, dataset, version = D4RL_TASK.fullmatch(env_id).groups()
+    if version == "2":
+        return f"{D4RL_URL}/gym_mujoco_v2/{family}_{dataset.replace('-', '_')}-v2.hdf5"
+    if dataset == "medium-replay":  # the v0 files call it "mixed", and walker2d "walker"
+        return f"{D4RL_URL}/gym_mujoco/{'walker' if family == 'walker2d' else family}_mixed.hdf5"
+    return f"{D4RL_URL}/gym_mujoco/{family}_{dataset.replace('-', '_')}.hdf5"
+
+
+def download_d4rl_file(env_id: str) -> str:
+    """Path of the cached D4RL file (d4rl's own cache, so its downloads are reused); download it when missing."""
+    url = d4rl_url(env_id)
+    dataset_dir = os.environ.get("D4RL_DATASET_DIR", os.path.expanduser("~/.d4rl/datasets"))
+    path = os.path.join(dataset_dir, url.rsplit("/", 1)[1])
+    if os.path.exists(path):
+        return path
+    os.makedirs(dataset_dir, exist_ok=True)
+    partial = path + ".part"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {os.path.basename(path)}") as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        os.replace(partial, path)
+    except (urllib.error.URLError, OSError) as err:
+        if os.path.exists(partial):
+            os.remove(partial)
+        fail(f"dataset for {env_id} not found at {path} and could not be downloaded from {url} ({err}); "
+             f"download it there by hand, or pass --dataset-path FILE.hdf5")
+    return path
+
+
+def read_hdf5_dataset(path: str) -> dict:
+    """The D4RL arrays of one file, checked: required keys present, lengths equal, values finite."""
+    if not os.path.isfile(path):
+        fail(f"dataset file {path} does not exist")
+    try:
+        with h5py.File(path, "r") as f:
+            data = {key: f[key][()] for key in D4RL_KEYS if key in f}
+    except Exception as err:  # h5py raises OSError for truncated or non-HDF5 files, KeyError/ValueError for corrupt ones
+        fail(f"cannot read dataset {path}: not a readable HDF5 file ({err})")
+    for key in ("observations", "actions", "rewards", "terminals"):
+        if key not in data:
+            fail(f"dataset {path} has no '{key}' key (expected D4RL keys: {', '.join(D4RL_KEYS)})")
+    n_rows = len(data["observations"])
+    for key, values in data.items():
+        if len(values) != n_rows:
+            fail(f"dataset {path}: '{key}' has {len(values)} rows but 'observations' has {n_rows}")
+        if key in ("observations", "actions", "next_observations") and values.ndim != 2:
+            fail(f"dataset {path}: '{key}' must be 2-D (rows, dim), got shape {values.shape}")
+        if not np.all(np.isfinite(values)):
+            fail(f"dataset {path}: '{key}' contains NaN or inf")
+    if n_rows < 2:
+        fail(f"dataset {path} has {n_rows} rows; need at least 2")
+    return data
+
+
+def load_d4rl_dataset(env_id: str, dataset_path: str | None = None) -> dict[str, np.ndarray]:
+    """Transitions (s, a, r, s', d) of a D4RL task or of any file with D4RL's schema.
+
+    With stored next_observations every row is a transition and time-limit ends stay non-terminal
+    (done = terminals). Without them (v0 files), s' = observations[i+1] and each episode's last row
+    (a timeout, or the file's last row) is dropped, as D4RL's qlearning_dataset does.
+    """
+    path = dataset_path if dataset_path is not None else None
+    if path is None:
+        if not D4RL_TASK.fullmatch(env_id):
+            fail(f"--env-id {env_id!r} is not a D4RL task name: pass --dataset-path FILE.hdf5")
+        path = download_d4rl_file(env_id)
+    data = read_hdf5_dataset(path)
+    observations = data["observations"].astype(np.float32)
+    terminals = data["terminals"].astype(bool)
+    if "next_observations" in data:
+        keep = np.ones(len(observations), dtype=bool)
+        next_observations = data["next_observations"].astype(np.float32)
+    else:
+        if "timeouts" in data:
+            timeouts = data["timeouts"].astype(bool)
+        else:  # v0 without timeouts: an episode times out at its 1000th step (d4rl's episode_step counter)
+            episode_start = np.concatenate([[0], np.flatnonzero(terminals[:-1]) + 1])
+            step_in_episode = np.arange(len(terminals)) - episode_start[np.searchsorted(episode_start, np.arange(len(terminals)), side="right") - 1]
+            timeouts = (step_in_episode + 1) % 1000 == 0
+        keep = ~timeouts
+        keep[-1] = False
+        next_observations = np.concatenate([observations[1:], observations[-1:]])
+    return {
+        "observations": observations[keep],
+        "actions": data["actions"].astype(np.float32)[keep],
+        "rewards": data["rewards"].astype(np.float32).reshape(-1)[keep],
+        "next_observations": next_observations[keep],
+        "terminals": terminals.astype(np.float32)[keep],
+    }
+
+
+def check_dataset_matches_env(dataset: dict, env: gym.Env, source: str):
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    if dataset["observations"].shape[1] != obs_dim or dataset["actions"].shape[1] != act_dim:
+        fail(f"dataset {source} has observation/action dims {dataset['observations'].shape[1]}/"
+             f"{dataset['actions'].shape[1]} but {env.spec.id} has {obs_dim}/{act_dim}")
+
+
+# ---- vectorized ensemble networks (SPEC §3): weights [N, in, out], one batched matmul per layer ----
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+CHECKPOINT_FORMAT = "o2o-ensemble-v1"
+
+
+class VectorizedLinear(nn.Module):
+    """N independent linear layers applied as one batched matmul: x [N, B, in] -> [N, B, out]."""
+
+    def __init__(self, in_features: int, out_features: int, n_members: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_members, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(n_members, 1, out_features))
+        bound = 1.0 / in_features**0.5  # nn.Linear's default init, drawn independently for each member
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+def vectorized_mlp(in_dim: int, hidden_sizes, out_dim: int, n_members: int) -> nn.Sequential:
+    layers, width = [], in_dim
+    for hidden in hidden_sizes:
+        layers += [VectorizedLinear(width, hidden, n_members), nn.ReLU()]
+        width = hidden
+    return nn.Sequential(*layers, VectorizedLinear(width, out_dim, n_members))
+
+
+class EnsembleActor(nn.Module):
+    """N tanh-Gaussian actors with state-dependent log-std: obs [N, B, S] -> mean, log_std [N, B, A] (pre-tanh)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
+        super().__init__()
+        self.net = vectorized_mlp(obs_dim, hidden_sizes, 2 * act_dim, n_members)
+
+    def forward(self, obs: torch.Tensor):
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+
+class EnsembleCritic(nn.Module):
+    """Twin Q-functions of N members as 2N vectorized MLPs, member-major (row 2i: Q1 of member i, 2i+1: Q2).
+
+    obs [N, B, S], act [N, B, A] -> Q [N, 2, B]. Taking the first k members is slicing rows [:2k].
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
+        super().__init__()
+        self.n_members = n_members
+        self.net = vectorized_mlp(obs_dim + act_dim, hidden_sizes, 1, 2 * n_members)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, act], dim=-1).repeat_interleave(2, dim=0)
+        return self.net(x).view(self.n_members, 2, -1)
+
+
+def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor):
+    """Reparameterized a = tanh(u), u ~ N(mean, std), and log pi(a) with the tanh change of variables."""
+    std = log_std.exp()
+    u = mean + std * torch.randn_like(mean)
+    log_prob = torch.distributions.Normal(mean, std).log_prob(u) - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
+    return torch.tanh(u), log_prob.sum(-1)
+
+
+def save_checkpoint(path: str, payload: dict):
+    """Atomic write: torch.save to a temp file in the same folder, then rename over the old checkpoint."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp_path = f"{path}.tmp"
+    try:
+        os.makedirs(folder, exist_ok=True)
+        torch.save(payload, tmp_path)
+        os.replace(tmp_path, path)
+    except OSError as err:
+        fail(f"cannot write checkpoint {path}: {err}")
+
+
+# ---- replay buffer ----
+class ReplayBuffer:
+    """Preallocated numpy arrays holding every transition of the run (capacity = total steps, nothing overwritten)."""
+
+    FIELDS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int):
+        self.size = 0
+        self.observations = np.zeros((capacity, obs_dim), dtype=np.float32)
+        self.actions = np.zeros((capacity, act_dim), dtype=np.float32)
+        self.rewards = np.zeros(capacity, dtype=np.float32)
+        self.next_observations = np.zeros((capacity, obs_dim), dtype=np.float32)
+        self.terminals = np.zeros(capacity, dtype=bool)
+        self.timeouts = np.zeros(capacity, dtype=bool)
+
+    def add(self, obs, action, reward, next_obs, terminated: bool, truncated: bool):
+        i = self.size
+        self.observations[i], self.actions[i], self.rewards[i] = obs, action, reward
+        self.next_observations[i], self.terminals[i], self.timeouts[i] = next_obs, terminated, truncated
+        self.size += 1
+
+    def sample(self, batch_size: int, rng: np.random.Generator, device) -> dict:
+        idx = rng.integers(0, self.size, size=batch_size)
+        batch = {k: getattr(self, k)[idx] for k in ("observations", "actions", "rewards", "next_observations", "terminals")}
+        # [1, B, ...]: the one-member case of the ensemble layout
+        return {k: torch.as_tensor(v, dtype=torch.float32, device=device).unsqueeze(0) for k, v in batch.items()}
+
+    def state(self) -> dict:
+        return {"size": self.size, **{k: getattr(self, k)[: self.size].copy() for k in self.FIELDS}}
+
+    def load_state(self, state: dict):
+        self.size = state["size"]
+        for k in self.FIELDS:
+            getattr(self, k)[: self.size] = state[k]
+
+
+def write_d4rl_dataset(path: str, buffer: ReplayBuffer, metadata: dict):
+    """Write the buffer with D4RL v2's HDF5 schema, atomically (temp file, then rename)."""
+    tmp_path = f"{path}.tmp"
+    with h5py.File(tmp_path, "w") as f:
+        for key in ReplayBuffer.FIELDS:
+            f.create_dataset(key, data=getattr(buffer, key)[: buffer.size], compression="gzip")
+        for key, value in metadata.items():
+            f[f"metadata/{key}"] = value
+    os.replace(tmp_path, path)
+
+
+def check_writable(path: str, what: str):
+    """Fail now, not after hours of training, if `path` cannot be written."""
+    probe = f"{path}.tmp"
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as err:
+        fail(f"cannot write {what} {path}: {err}")
+
+
+# ---- SAC losses and update ----
+def sac_update(batch, actor, critic, critic_target, log_alpha, actor_optimizer, q_optimizer, alpha_optimizer,
+               gamma: float, tau: float, target_entropy: float) -> dict:
+    """One SAC gradient step on critics, actor and temperature. Returns detached losses (no host sync)."""
+    obs, actions, rewards = batch["observations"], batch["actions"], batch["rewards"]
+    next_obs, terminals = batch["next_observations"], batch["terminals"]
+    alpha = log_alpha.exp().detach()
+
+    # critic: soft Bellman target with clipped double-Q, r + γ(1-d)(min Q'(s',a') - α log π(a'|s'))
+    with torch.no_grad():
+        next_actions, next_log_prob = tanh_gaussian_sample(*actor(next_obs))
+        next_q = critic_target(next_obs, next_actions).min(dim=1).values - alpha * next_log_prob
+        target_q = rewards + gamma * (1.0 - terminals) * next_q
+    q = critic(obs, actions)  # [1, 2, B]
+    qf_loss = F.mse_loss(q, target_q.unsqueeze(1).expand_as(q), reduction="none").mean(-1).sum()
+    q_optimizer.zero_grad(set_to_none=True)
+    qf_loss.backward()
+    q_optimizer.step()
+
+    # actor: α log π(a|s) - min Q(s, a), a ~ π(s)
+    new_actions, log_prob = tanh_gaussian_sample(*actor(obs))
+    min_q = critic(obs, new_actions).min(dim=1).values
+    actor_loss = (alpha * log_prob - min_q).mean()
+    actor_optimizer.zero_grad(set_to_none=True)
+    actor_loss.backward()
+    actor_optimizer.step()
+
+    # temperature: -log α (log π + target entropy)
+    alpha_loss = -(log_alpha * (log_prob.detach() + target_entropy)).mean()
+    alpha_optimizer.zero_grad(set_to_none=True)
+    alpha_loss.backward()
+    alpha_optimizer.step()
+
+    with torch.no_grad():
+        for param, target_param in zip(critic.parameters(), critic_target.parameters()):
+            target_param.lerp_(param, tau)
+    return {"qf": qf_loss.detach(), "actor": actor_loss.detach(), "alpha": alpha_loss.detach(), "q_data": q.detach().mean()}
+
+
+@torch.no_grad()
+def evaluate(actor, env_id: str, seed: int, episodes: int, device) -> float:
+    """Mean return of the deterministic policy tanh(mean) over `episodes` episodes."""
+    env = make_env(env_id, seed)
+    returns = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        done, episode_return = False, 0.0
+        while not done:
+            mean, _ = actor(torch.as_tensor(obs, dtype=torch.float32, device=device).view(1, 1, -1))
+            obs, reward, terminated, truncated, _ = env.step(torch.tanh(mean).view(-1).cpu().numpy())
+            episode_return += reward
+            done = terminated or truncated
+        returns.append(episode_return)
+    env.close()
+    return float(np.mean(returns))
+
+
+def main():
+    args = tyro.cli(Args)
+    env = make_env(args.env_id, args.seed)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    checkpoint_path = args.checkpoint or f"checkpoints/sac_{args.env_id}_seed{args.seed}.pt"
+    if args.dataset_out:
+        check_writable(args.dataset_out, "--dataset-out")
+    check_writable(checkpoint_path, "checkpoint")
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    rng = np.random.default_rng(args.seed)
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+
+    hidden_sizes = [args.hidden_dim, args.hidden_dim]
+    actor = EnsembleActor(obs_dim, act_dim, hidden_sizes, 1).to(device)
+    critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, 1).to(device)
+    critic_target = EnsembleCritic(obs_dim, act_dim, hidden_sizes, 1).to(device)
+    critic_target.load_state_dict(critic.state_dict())
+    log_alpha = torch.zeros(1, device=device, requires_grad=True)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
+    q_optimizer = torch.optim.Adam(critic.parameters(), lr=args.q_lr)
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
+    target_entropy = -float(act_dim)
+    buffer = ReplayBuffer(args.total_timesteps, obs_dim, act_dim)
+
+    start_step, run_dir = 0, args.run_dir or f"runs/{args.env_id}__sac__{args.seed}__{int(time.time())}"
+    if args.resume and os.path.exists(checkpoint_path):
+        ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        if ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("algo") != "sac" or ckpt.get("env_id") != args.env_id:
+            fail(f"{checkpoint_path} is not a sac.py checkpoint for {args.env_id}")
+        state = ckpt["resume"]
+        actor.load_state_dict(ckpt["actor"])
+        critic.load_state_dict(ckpt["critic"])
+        critic_target.load_state_dict(state["critic_target"])
+        with torch.no_grad():
+            log_alpha.copy_(state["log_alpha"])
+        for optimizer, key in ((actor_optimizer, "actor_optimizer"), (q_optimizer, "q_optimizer"), (alpha_optimizer, "alpha_optimizer")):
+            optimizer.load_state_dict(state[key])
+        buffer.load_state(state["buffer"])
+        if buffer.size and not (buffer.terminals[buffer.size - 1] or buffer.timeouts[buffer.size - 1]):
+            buffer.timeouts[buffer.size - 1] = True  # the interrupted episode ends here; the env restarts below
+        torch.set_rng_state(state["torch_rng"])
+        rng.bit_generator.state = state["numpy_rng"]
+        random.setstate(state["python_rng"])
+        env.action_space.np_random.bit_generator.state = state["action_space_rng"]
+        start_step, run_dir = ckpt["step"], state["run_dir"]
+        tqdm.write(f"resumed from {checkpoint_path} at step {start_step}")
+
+    def write_checkpoint(step: int):
+        save_checkpoint(checkpoint_path, {
+            "format": CHECKPOINT_FORMAT, "algo": "sac", "env_id": args.env_id, "obs_dim": obs_dim, "act_dim": act_dim,
+            "n_ensemble": 1, "hidden_sizes": hidden_sizes, "actor": actor.state_dict(), "critic": critic.state_dict(),
+            "step": step, "args": dataclasses.asdict(args),
+            "resume": {
+                "critic_target": critic_target.state_dict(), "log_alpha": log_alpha.detach().clone(),
+                "actor_optimizer": actor_optimizer.state_dict(), "q_optimizer": q_optimizer.state_dict(),
+                "alpha_optimizer": alpha_optimizer.state_dict(), "buffer": buffer.state(),
+                "torch_rng": torch.get_rng_state(), "numpy_rng": rng.bit_generator.state, "python_rng": random.getstate(),
+                "action_space_rng": env.action_space.np_random.bit_generator.state, "run_dir": run_dir,
+            },
+        })
+
+    writer = SummaryWriter(run_dir)
+    if start_step == 0:
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+
+    obs, _ = env.reset(seed=args.seed + start_step)
+    sps_start, sps_step = time.time(), start_step
+    progress = tqdm(range(start_step, args.total_timesteps), initial=start_step, total=args.total_timesteps, desc="sac", unit="step")
+    for global_step in progress:
+        if global_step < args.learning_starts:
+            action = env.action_space.sample()
+        else:
+            with torch.no_grad():
+                action, _ = tanh_gaussian_sample(*actor(torch.as_tensor(obs, dtype=torch.float32, device=device).view(1, 1, -1)))
+            action = action.view(-1).cpu().numpy()
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        # next_obs is the real last observation even when the episode ends; we reset only after storing it
+        buffer.add(obs, action, reward, next_obs, terminated, truncated)
+        obs = next_obs
+        if terminated or truncated:
+            writer.add_scalar("charts/episodic_return", info["episode"]["r"], global_step + 1)
+            writer.add_scalar("charts/episodic_length", info["episode"]["l"], global_step + 1)
+            obs, _ = env.reset()
+
+        if global_step >= args.learning_starts:
+            losses = sac_update(buffer.sample(args.batch_size, rng, device), actor, critic, critic_target, log_alpha,
+                                actor_optimizer, q_optimizer, alpha_optimizer, args.gamma, args.tau, target_entropy)
+            if (global_step + 1) % args.log_every == 0:
+                values = {name: value.item() for name, value in losses.items()}  # one host sync per log interval
+                for name, value in values.items():
+                    if not np.isfinite(value):
+                        fail(f"loss '{name}' became {value} at step {global_step + 1}; "
+                             f"the last good checkpoint is {checkpoint_path}")
+                    writer.add_scalar("charts/q_data" if name == "q_data" else f"losses/{name}", value, global_step + 1)
+                writer.add_scalar("charts/alpha", log_alpha.exp().item(), global_step + 1)
+        if (global_step + 1) % args.log_every == 0:
+            writer.add_scalar("charts/SPS", (global_step + 1 - sps_step) / (time.time() - sps_start), global_step + 1)
+            sps_start, sps_step = time.time(), global_step + 1
+
+        step = global_step + 1
+        if step % args.eval_every == 0 or step == args.total_timesteps:
+            eval_return = evaluate(actor, args.env_id, args.seed + 10_000, args.eval_episodes, device)
+            score = normalized_score(args.env_id, eval_return)
+            writer.add_scalar("eval/return", eval_return, step)
+            writer.add_scalar("eval/normalized_score", score, step)
+            tqdm.write(f"step {step}: eval return {eval_return:.1f}, normalized score {score:.1f}")
+        if step % args.checkpoint_every == 0 or step == args.total_timesteps:
+            write_checkpoint(step)
+
+    if args.dataset_out:
+        write_d4rl_dataset(args.dataset_out, buffer, {
+            "env_id": args.env_id, "gym_env_id": gym_env_id(args.env_id), "seed": args.seed,
+            "total_timesteps": args.total_timesteps, "learning_starts": args.learning_starts,
+            "policy": "uniform random" if args.learning_starts >= args.total_timesteps else "sac replay",
+        })
+        print(f"wrote {buffer.size} transitions to {args.dataset_out}")
+    writer.close()
+    env.close()
+    print(f"TensorBoard logs in {run_dir}; checkpoint {checkpoint_path}")
+
+
+if __name__ == "__main__":
+    main()
