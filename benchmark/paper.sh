@@ -192,7 +192,7 @@ write_slurm() {
             { echo "# stage 0 (${STAGE_TITLE[0]})"; for i in "${idx[@]}"; do echo "${JOB_CMD[$i]}"; done; } >>"$submit"
             continue
         fi
-        if [[ $stage == 1 ]]; then file=$SLURM_FILE; else file="${stem}_stage$stage.sbatch"; fi
+        if [[ -z $prev ]]; then file=$SLURM_FILE; else file="${stem}_stage$stage.sbatch"; fi  # first array: FILE
         cmds="${abs_stem}_stage$stage.commands"
         for i in "${idx[@]}"; do echo "${JOB_CMD[$i]}"; done >"$cmds"
         cat >"$file" <<EOF
