@@ -669,7 +669,7 @@ def main():
         if (args.checkpoint_every and step % args.checkpoint_every == 0) or step == total_steps:
             save(step, metrics)
 
-    if total_steps == global_step == 0 or metrics is None:
+    if metrics is None:  # nothing to train (0 steps, or resumed at the end): still leave a checkpoint
         save(global_step, None)
     writer.close()
     if env is not None:

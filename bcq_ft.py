@@ -1,0 +1,720 @@
+"""BCQ-ft offline-to-online baseline, optionally as a vectorized ensemble (CleanRL style, one file).
+
+Implements Batch-Constrained deep Q-learning (Fujimoto, Meger, Precup, "Off-Policy Deep Reinforcement
+Learning without Exploration", ICML 2019, Algorithm 1) as the "BCQ-ft" baseline of Lee, Seo, Lee, Abbeel,
+Shin, "Offline-to-Online Reinforcement Learning via Balanced Replay and Pessimistic Q-Ensemble" (CoRL 2021),
+following SPEC §6 of this repository. One run = an offline phase of `--offline-steps` gradient steps on the
+D4RL dataset, then an online phase of `--online-steps` environment steps with one gradient step after each,
+with the SAME update rule ("-ft"); one replay buffer holds the dataset and the new transitions (capacity =
+dataset size + online steps, nothing is overwritten; minibatches are uniform over its contents).
+
+Per member (Algorithm 1 of the BCQ paper, in the order of its reference code):
+  VAE G_ω(a|s): encoder (s,a) -> 750-750 -> (μ, log σ) of a latent of size 2|A| (log σ clamped to [−4, 15] as
+      in BCQ's code); decoder (s,z) -> 750-750 -> tanh. Loss = MSE(a_rec, a) + 0.5·KL(N(μ,σ) || N(0,1)),
+      KL = −0.5·mean(1 + log σ² − μ² − σ²) (BCQ's code, means over batch and latent dims).
+  Perturbation ξ_φ(s, a, Φ): (s,a) -> 400-300 -> |A|, output clip(a + Φ·tanh(·), −1, 1), Φ = 0.05.
+  Critic: twin Q (400-300). Target (eq. 13, soft clipped double Q): for each s', 10 candidates
+      a'_j = ξ_φ'(s', G_ω(s')) (decoded from the prior), y_j = λ·min(Q1',Q2')(s',a'_j) + (1−λ)·max(Q1',Q2')(s',a'_j),
+      λ = 0.75; y = r + γ(1−d)·max_j y_j. Loss = MSE(Q1, y) + MSE(Q2, y).
+  Actor: maximise Q1(s, ξ_φ(s, G_ω(s))), i.e. loss = −mean Q1. Polyak τ = 5e-3 for ξ' and Q'.
+  Acting: 10 candidates ξ_φ(s, G_ω(s)), take the argmax of Q1.
+
+Choices made where the SPEC is silent:
+- Latent clipping: z ~ N(0, I) clipped to [−0.5, 0.5] whenever the decoder samples from the prior (targets,
+  actor loss, acting), as BCQ's code; the reconstruction during VAE training uses the encoder's z unclipped.
+- Learning rate 1e-3 for VAE, actor and critic (SPEC §6; BCQ's code uses Adam defaults / 1e-3). Batch 256 as
+  every script in this repository (BCQ's code used 100). γ 0.99.
+- Ensemble (`--n-ensemble N`, SPEC §6): every network is N members vectorized with VectorizedLinear (weights
+  [N, in, out]); each member gets its own minibatch (indices [N, B]) and is trained exactly as a solo BCQ
+  (losses are per-member means summed over members). Target candidates are per member (its own VAE, ξ' and
+  Q'). Action selection pools candidates: each member proposes 10 (its own VAE + perturbation), the N·10
+  candidates are scored by the MEAN OVER MEMBERS OF Q1 (Q1 as BCQ's select_action), and the best is taken.
+  With N = 1 this is exactly BCQ's select_action.
+- Online exploration uses that (already stochastic, through the VAE's samples) BCQ policy; `--expl-noise σ`
+  optionally adds N(0, σ²) noise clipped to [−1, 1] (default 0: plain BCQ policy). Evaluation uses the BCQ
+  policy with no added noise (it stays stochastic through the VAE, as in BCQ's own evaluation).
+- Network sizes: `--vae-hidden-sizes`, `--actor-hidden-sizes`, `--critic-hidden-sizes` (defaults 750-750,
+  400-300, 400-300); `--hidden-dim H`, when given, sets all three to [H, H] (small test / CPU runs).
+- Offline length: `--offline-steps` defaults to 1,000,000 (the CQL pre-training budget of SPEC §3);
+  online: 250,000 steps as balanced_finetune.py.
+- x-axis of every TensorBoard curve = online environment steps. Offline gradient step t (1-based) is logged
+  at x = t − offline_steps, so the offline phase occupies x ∈ [−offline_steps, 0] and the evaluation at
+  x = 0 is the policy at the end of the offline phase — the same point as balanced_finetune.py's epoch 0
+  (its pretrained policy, logged at x = 0). Online step t (1-based, after its gradient step) is at x = t.
+  Evaluations happen whenever x is a multiple of `--eval-every` (x = 0 included) and at the end.
+- Evaluation: `--eval-episodes` episodes in a separate env, episode k reset with seed `seed + 10_000 + k`.
+- Checkpoints (SPEC §7, format "o2o-ensemble-v1", algo "bcq"): `actor` = the perturbation network ξ,
+  `critic` = the EnsembleCritic (twin Q), `hidden_sizes` = the critic's; extra keys `vae`,
+  `vae_hidden_sizes`, `actor_hidden_sizes`, `latent_dim`, `phi`. `resume` holds the target actor and critic,
+  the three optimizers, RNG states, the global step and the online transitions. Written atomically every
+  `--checkpoint-every` steps (offline and online alike) and at the end; `--resume` continues from
+  `--save-checkpoint` (TensorBoard events after its step are purged). A run resumed in the online phase
+  starts a new training episode; no transition is lost or stored twice.
+- A NaN/inf loss is detected on the values already synced for logging (every `--log-every` steps and before
+  each checkpoint write); the run stops with a message naming the loss and the step, keeping the last good
+  checkpoint.
+"""
+import dataclasses
+import os
+import random
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+import warnings
+from dataclasses import dataclass
+
+import gymnasium as gym
+import h5py
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+
+@dataclass
+class Args:
+    env_id: str = "hopper-medium-v2"
+    """D4RL task name (hopper-medium-v2) or, with --dataset-path, any gymnasium id to act and evaluate in"""
+    dataset_path: str | None = None
+    """HDF5 file with D4RL's schema; default: the D4RL file of --env-id (cached or downloaded)"""
+    seed: int = 1
+    """seed of random, numpy, torch and the environments"""
+    n_ensemble: int = 1
+    """number of BCQ agents trained as one vectorized ensemble (candidates scored by the members' mean Q1)"""
+    offline_steps: int = 1_000_000
+    """gradient steps on the dataset before any interaction"""
+    online_steps: int = 250_000
+    """environment steps of the online phase (one gradient step after each)"""
+    batch_size: int = 256
+    """minibatch size per member (BCQ's code used 100)"""
+    hidden_dim: int | None = None
+    """if given, VAE, perturbation actor and critics all use two hidden layers of this width"""
+    vae_hidden_sizes: tuple[int, ...] = (750, 750)
+    """hidden layers of the VAE's encoder and decoder"""
+    actor_hidden_sizes: tuple[int, ...] = (400, 300)
+    """hidden layers of the perturbation actor"""
+    critic_hidden_sizes: tuple[int, ...] = (400, 300)
+    """hidden layers of each Q-function"""
+    learning_rate: float = 1e-3
+    """Adam learning rate of VAE, actor and critics"""
+    gamma: float = 0.99
+    """discount factor"""
+    tau: float = 5e-3
+    """Polyak averaging coefficient of the target actor and critics"""
+    lmbda: float = 0.75
+    """weight λ of the min in the soft clipped double-Q target λ·min + (1−λ)·max"""
+    phi: float = 0.05
+    """perturbation range Φ: the actor moves a VAE action by at most Φ per dimension"""
+    n_action_samples: int = 10
+    """candidate actions per state, for the target and for acting"""
+    kl_weight: float = 0.5
+    """weight of the KL term of the VAE loss"""
+    expl_noise: float = 0.0
+    """std of Gaussian noise added to online exploration actions (0: the plain BCQ policy)"""
+    eval_every: int = 5_000
+    """evaluate whenever the x-axis step (online env steps; offline steps count negative) is a multiple of this"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+    log_every: int = 1_000
+    """log losses (and check them for NaN/inf) every this many steps"""
+    save_checkpoint: str | None = None
+    """checkpoint path written during and at the end of the run; default checkpoints/bcq_{env_id}_seed{seed}.pt"""
+    checkpoint_every: int = 50_000
+    """write the resumable checkpoint every this many steps (offline and online steps alike); 0: only at the end"""
+    resume: bool = False
+    """continue the run stored in --save-checkpoint"""
+    run_dir: str | None = None
+    """TensorBoard folder; default runs/{env_id}__bcq__{seed}__{time}; a resumed run reuses the stored one"""
+    cuda: bool = True
+    """use CUDA when available"""
+    torch_deterministic: bool = True
+    """torch.backends.cudnn.deterministic"""
+
+
+# ---------------------------------------------------------------------------------
+# Shared block (copied verbatim from the team's common block; SPEC §1: scripts never import each other)
+# ---------------------------------------------------------------------------------
+def fail(message: str):
+    """Stop with one clear message and exit status 1, no traceback (used for every bad input)."""
+    raise SystemExit(f"error: {message}")
+
+
+# ---- tasks, environments, scores (SPEC §2) ----
+D4RL_TASK = re.compile(r"(halfcheetah|hopper|walker2d)-(random|medium|medium-replay|medium-expert|expert)-v(0|2)")
+GYM_ENV_OF = {"halfcheetah": "HalfCheetah-v4", "hopper": "Hopper-v4", "walker2d": "Walker2d-v4"}
+# D4RL's reference returns (random, expert) used for the normalized score.
+REF_RETURNS = {"halfcheetah": (-280.178953, 12135.0), "hopper": (-20.272305, 3234.3), "walker2d": (1.629008, 4592.3)}
+
+
+def gym_env_id(env_id: str) -> str:
+    """A D4RL task name (walker2d-medium-v2) maps to its gymnasium v4 env; a gymnasium id passes through."""
+    task = D4RL_TASK.fullmatch(env_id)
+    if task:
+        return GYM_ENV_OF[task.group(1)]
+    if env_id in gym.registry:
+        return env_id
+    fail(f"unknown --env-id {env_id!r}: give a D4RL task name such as walker2d-medium-expert-v2 "
+         f"or a gymnasium id such as Hopper-v4")
+
+
+def normalized_score(env_id: str, episode_return: float) -> float:
+    """100 * (R - random) / (expert - random) with D4RL's reference returns; NaN for envs D4RL has none for."""
+    family = gym_env_id(env_id).split("-")[0].lower()
+    if family not in REF_RETURNS:
+        return float("nan")
+    random_return, expert_return = REF_RETURNS[family]
+    return 100.0 * (episode_return - random_return) / (expert_return - random_return)
+
+
+def make_env(env_id: str, seed: int) -> gym.Env:
+    with warnings.catch_warnings():  # gymnasium flags the -v4 envs as old; SPEC §2 explains why we use them
+        warnings.simplefilter("ignore", DeprecationWarning)
+        env = gym.make(gym_env_id(env_id))
+    if not np.allclose(env.action_space.low, -1.0) or not np.allclose(env.action_space.high, 1.0):
+        fail(f"{env_id}: actions must lie in [-1, 1] (tanh policies, D4RL convention)")
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env.reset(seed=seed)
+    env.action_space.seed(seed)
+    return env
+
+
+# ---- D4RL data path (SPEC §2, §7) ----
+D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl"
+D4RL_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
+
+
+def d4rl_url(env_id: str) -> str:
+    family, dataset, version = D4RL_TASK.fullmatch(env_id).groups()
+    if version == "2":
+        return f"{D4RL_URL}/gym_mujoco_v2/{family}_{dataset.replace('-', '_')}-v2.hdf5"
+    if dataset == "medium-replay":  # the v0 files call it "mixed", and walker2d "walker"
+        return f"{D4RL_URL}/gym_mujoco/{'walker' if family == 'walker2d' else family}_mixed.hdf5"
+    return f"{D4RL_URL}/gym_mujoco/{family}_{dataset.replace('-', '_')}.hdf5"
+
+
+def download_d4rl_file(env_id: str) -> str:
+    """Path of the cached D4RL file (d4rl's own cache, so its downloads are reused); download it when missing."""
+    url = d4rl_url(env_id)
+    dataset_dir = os.environ.get("D4RL_DATASET_DIR", os.path.expanduser("~/.d4rl/datasets"))
+    path = os.path.join(dataset_dir, url.rsplit("/", 1)[1])
+    if os.path.exists(path):
+        return path
+    os.makedirs(dataset_dir, exist_ok=True)
+    partial = path + ".part"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {os.path.basename(path)}") as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        os.replace(partial, path)
+    except (urllib.error.URLError, OSError) as err:
+        if os.path.exists(partial):
+            os.remove(partial)
+        fail(f"dataset for {env_id} not found at {path} and could not be downloaded from {url} ({err}); "
+             f"download it there by hand, or pass --dataset-path FILE.hdf5")
+    return path
+
+
+def read_hdf5_dataset(path: str) -> dict:
+    """The D4RL arrays of one file, checked: required keys present, lengths equal, values finite."""
+    if not os.path.isfile(path):
+        fail(f"dataset file {path} does not exist")
+    try:
+        with h5py.File(path, "r") as f:
+            data = {key: f[key][()] for key in D4RL_KEYS if key in f}
+    except Exception as err:  # h5py raises OSError for truncated or non-HDF5 files, KeyError/ValueError for corrupt ones
+        fail(f"cannot read dataset {path}: not a readable HDF5 file ({err})")
+    for key in ("observations", "actions", "rewards", "terminals"):
+        if key not in data:
+            fail(f"dataset {path} has no '{key}' key (expected D4RL keys: {', '.join(D4RL_KEYS)})")
+    n_rows = len(data["observations"])
+    for key, values in data.items():
+        if len(values) != n_rows:
+            fail(f"dataset {path}: '{key}' has {len(values)} rows but 'observations' has {n_rows}")
+        if key in ("observations", "actions", "next_observations") and values.ndim != 2:
+            fail(f"dataset {path}: '{key}' must be 2-D (rows, dim), got shape {values.shape}")
+        if not np.all(np.isfinite(values)):
+            fail(f"dataset {path}: '{key}' contains NaN or inf")
+    if n_rows < 2:
+        fail(f"dataset {path} has {n_rows} rows; need at least 2")
+    return data
+
+
+def load_d4rl_dataset(env_id: str, dataset_path: str | None = None) -> dict[str, np.ndarray]:
+    """Transitions (s, a, r, s', d) of a D4RL task or of any file with D4RL's schema.
+
+    With stored next_observations every row is a transition and time-limit ends stay non-terminal
+    (done = terminals). Without them (v0 files), s' = observations[i+1] and each episode's last row
+    (a timeout, or the file's last row) is dropped, as D4RL's qlearning_dataset does.
+    """
+    path = dataset_path if dataset_path is not None else None
+    if path is None:
+        if not D4RL_TASK.fullmatch(env_id):
+            fail(f"--env-id {env_id!r} is not a D4RL task name: pass --dataset-path FILE.hdf5")
+        path = download_d4rl_file(env_id)
+    data = read_hdf5_dataset(path)
+    observations = data["observations"].astype(np.float32)
+    terminals = data["terminals"].astype(bool)
+    if "next_observations" in data:
+        keep = np.ones(len(observations), dtype=bool)
+        next_observations = data["next_observations"].astype(np.float32)
+    else:
+        if "timeouts" in data:
+            timeouts = data["timeouts"].astype(bool)
+        else:  # v0 without timeouts: an episode times out at its 1000th step (d4rl's episode_step counter)
+            episode_start = np.concatenate([[0], np.flatnonzero(terminals[:-1]) + 1])
+            step_in_episode = np.arange(len(terminals)) - episode_start[np.searchsorted(episode_start, np.arange(len(terminals)), side="right") - 1]
+            timeouts = (step_in_episode + 1) % 1000 == 0
+        keep = ~timeouts
+        keep[-1] = False
+        next_observations = np.concatenate([observations[1:], observations[-1:]])
+    return {
+        "observations": observations[keep],
+        "actions": data["actions"].astype(np.float32)[keep],
+        "rewards": data["rewards"].astype(np.float32).reshape(-1)[keep],
+        "next_observations": next_observations[keep],
+        "terminals": terminals.astype(np.float32)[keep],
+    }
+
+
+def check_dataset_matches_env(dataset: dict, env: gym.Env, source: str):
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    if dataset["observations"].shape[1] != obs_dim or dataset["actions"].shape[1] != act_dim:
+        fail(f"dataset {source} has observation/action dims {dataset['observations'].shape[1]}/"
+             f"{dataset['actions'].shape[1]} but {env.spec.id} has {obs_dim}/{act_dim}")
+
+
+# ---- vectorized ensemble networks (SPEC §3): weights [N, in, out], one batched matmul per layer ----
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+CHECKPOINT_FORMAT = "o2o-ensemble-v1"
+
+
+class VectorizedLinear(nn.Module):
+    """N independent linear layers applied as one batched matmul: x [N, B, in] -> [N, B, out]."""
+
+    def __init__(self, in_features: int, out_features: int, n_members: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_members, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(n_members, 1, out_features))
+        bound = 1.0 / in_features**0.5  # nn.Linear's default init, drawn independently for each member
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+def vectorized_mlp(in_dim: int, hidden_sizes, out_dim: int, n_members: int) -> nn.Sequential:
+    layers, width = [], in_dim
+    for hidden in hidden_sizes:
+        layers += [VectorizedLinear(width, hidden, n_members), nn.ReLU()]
+        width = hidden
+    return nn.Sequential(*layers, VectorizedLinear(width, out_dim, n_members))
+
+
+class EnsembleCritic(nn.Module):
+    """Twin Q-functions of N members as 2N vectorized MLPs, member-major (row 2i: Q1 of member i, 2i+1: Q2).
+
+    obs [N, B, S], act [N, B, A] -> Q [N, 2, B]. Taking the first k members is slicing rows [:2k].
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
+        super().__init__()
+        self.n_members = n_members
+        self.net = vectorized_mlp(obs_dim + act_dim, hidden_sizes, 1, 2 * n_members)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, act], dim=-1).repeat_interleave(2, dim=0)
+        return self.net(x).view(self.n_members, 2, -1)
+
+
+def save_checkpoint(path: str, payload: dict):
+    """Atomic write: torch.save to a temp file in the same folder, then rename over the old checkpoint."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp_path = f"{path}.tmp"
+    try:
+        os.makedirs(folder, exist_ok=True)
+        torch.save(payload, tmp_path)
+        os.replace(tmp_path, path)
+    except OSError as err:
+        fail(f"cannot write checkpoint {path}: {err}")
+
+
+# ---------------------------------------------------------------------------------
+# BCQ networks (all vectorized over N members: inputs [N, B, dim])
+# ---------------------------------------------------------------------------------
+class EnsembleVAE(nn.Module):
+    """Conditional VAE G_ω(a|s) of each member: encoder (s,a) -> (μ, log σ), decoder (s,z) -> tanh action."""
+
+    def __init__(self, obs_dim: int, act_dim: int, latent_dim: int, hidden_sizes, n_members: int):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.encoder = vectorized_mlp(obs_dim + act_dim, hidden_sizes, 2 * latent_dim, n_members)
+        self.decoder = vectorized_mlp(obs_dim + latent_dim, hidden_sizes, act_dim, n_members)
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor):
+        mean, log_std = self.encoder(torch.cat([obs, actions], -1)).chunk(2, dim=-1)
+        std = log_std.clamp(-4.0, 15.0).exp()  # BCQ's code
+        z = mean + std * torch.randn_like(std)
+        return self.decode(obs, z), mean, std
+
+    def decode(self, obs: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        if z is None:  # sample from the prior, latent clipped to [-0.5, 0.5] (BCQ)
+            z = torch.randn((*obs.shape[:-1], self.latent_dim), device=obs.device).clamp(-0.5, 0.5)
+        return torch.tanh(self.decoder(torch.cat([obs, z], -1)))
+
+
+class EnsemblePerturbation(nn.Module):
+    """Perturbation model ξ_φ(s, a, Φ): clip(a + Φ·tanh(f(s, a)), −1, 1)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int, phi: float):
+        super().__init__()
+        self.phi = phi
+        self.net = vectorized_mlp(obs_dim + act_dim, hidden_sizes, act_dim, n_members)
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return (actions + self.phi * torch.tanh(self.net(torch.cat([obs, actions], -1)))).clamp(-1.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------
+# BCQ losses and update step
+# ---------------------------------------------------------------------------------
+def vae_loss_fn(vae: EnsembleVAE, obs, actions, kl_weight: float):
+    """MSE(a_rec, a) + kl_weight·KL, KL = −0.5·mean(1 + log σ² − μ² − σ²); per member, summed over members."""
+    reconstruction, mean, std = vae(obs, actions)
+    recon_loss = (reconstruction - actions).pow(2).mean(dim=(1, 2))  # [N]
+    kl_loss = -0.5 * (1 + torch.log(std.pow(2)) - mean.pow(2) - std.pow(2)).mean(dim=(1, 2))  # [N]
+    return (recon_loss + kl_weight * kl_loss).sum(), recon_loss.mean(), kl_loss.mean()
+
+
+def soft_clipped_double_q_target(next_q, rewards, dones, gamma: float, lmbda: float, n_samples: int):
+    """BCQ eq. 13: next_q [N, 2, B·K] (K candidates per s', candidate-minor) -> y [N, B].
+
+    y = r + γ(1−d)·max_j [λ·min(Q1', Q2') + (1−λ)·max(Q1', Q2')](s', a'_j).
+    """
+    soft_q = lmbda * next_q.min(dim=1).values + (1.0 - lmbda) * next_q.max(dim=1).values  # [N, B·K]
+    best = soft_q.view(soft_q.shape[0], -1, n_samples).max(dim=-1).values  # [N, B]
+    return rewards + gamma * (1.0 - dones) * best
+
+
+def bcq_critic_loss(vae, actor_target, critic, critic_target, batch, args):
+    obs, actions, rewards, next_obs, dones = batch
+    with torch.no_grad():
+        next_obs_rep = next_obs.repeat_interleave(args.n_action_samples, dim=1)  # [N, B·K, S]
+        next_actions = actor_target(next_obs_rep, vae.decode(next_obs_rep))
+        target = soft_clipped_double_q_target(critic_target(next_obs_rep, next_actions), rewards, dones,
+                                              args.gamma, args.lmbda, args.n_action_samples)
+    q = critic(obs, actions)  # [N, 2, B]
+    return (q - target.unsqueeze(1)).pow(2).mean(-1).sum(), q.detach()
+
+
+@torch.no_grad()
+def soft_update(target: nn.Module, source: nn.Module, tau: float):
+    for target_param, param in zip(target.parameters(), source.parameters()):
+        target_param.lerp_(param, tau)
+
+
+def bcq_update(vae, actor, actor_target, critic, critic_target, optimizers, batch, args) -> dict:
+    """One BCQ gradient step (VAE, critic, actor, then Polyak), in the order of BCQ's train(). No host sync."""
+    vae_optimizer, actor_optimizer, critic_optimizer = optimizers
+    obs, actions = batch[0], batch[1]
+    vae_loss, recon_loss, kl_loss = vae_loss_fn(vae, obs, actions, args.kl_weight)
+    vae_optimizer.zero_grad(set_to_none=True)
+    vae_loss.backward()
+    vae_optimizer.step()
+
+    critic_loss, q = bcq_critic_loss(vae, actor_target, critic, critic_target, batch, args)
+    critic_optimizer.zero_grad(set_to_none=True)
+    critic_loss.backward()
+    critic_optimizer.step()
+
+    with torch.no_grad():
+        sampled_actions = vae.decode(obs)
+    actor_loss = -critic(obs, actor(obs, sampled_actions))[:, 0].mean(-1).sum()  # −Q1, per member mean, summed
+    actor_optimizer.zero_grad(set_to_none=True)
+    actor_loss.backward()
+    actor_optimizer.step()
+
+    soft_update(critic_target, critic, args.tau)
+    soft_update(actor_target, actor, args.tau)
+    return {
+        "losses/critic_loss": critic_loss.detach(),
+        "losses/actor_loss": actor_loss.detach(),
+        "losses/vae_loss": vae_loss.detach(),
+        "losses/recon_loss": recon_loss.detach(),
+        "losses/kl_loss": kl_loss.detach(),
+        "losses/qf_mean": q.mean(),
+    }
+
+
+@torch.no_grad()
+def bcq_select_action(vae, actor, critic, obs: torch.Tensor, n_samples: int) -> torch.Tensor:
+    """obs [B, S] -> [B, A]: each member proposes n_samples candidates ξ(s, G(s)); the pooled N·n_samples
+    candidates of a state are scored by the mean over members of Q1 and the best is taken."""
+    n_members = critic.n_members
+    batch, obs_dim = obs.shape
+    obs_rep = obs.repeat_interleave(n_samples, dim=0).unsqueeze(0).expand(n_members, -1, -1)  # [N, B·K, S]
+    candidates = actor(obs_rep, vae.decode(obs_rep))  # [N, B·K, A]
+    act_dim = candidates.shape[-1]
+    pooled = candidates.view(n_members, batch, n_samples, act_dim).transpose(0, 1).reshape(batch, -1, act_dim)
+    n_candidates = pooled.shape[1]  # N·K per state
+    score_obs = obs.repeat_interleave(n_candidates, dim=0).unsqueeze(0).expand(n_members, -1, -1)
+    score_act = pooled.reshape(1, -1, act_dim).expand(n_members, -1, -1)
+    scores = critic(score_obs, score_act)[:, 0].mean(0).view(batch, n_candidates)  # mean over members of Q1
+    return pooled[torch.arange(batch, device=obs.device), scores.argmax(-1)]
+# ---------------------------------------------------------------------------------
+# Replay buffer: the dataset followed by the online transitions (nothing is overwritten)
+# ---------------------------------------------------------------------------------
+class ReplayBuffer:
+    FIELDS = ("observations", "actions", "rewards", "next_observations", "terminals")
+
+    def __init__(self, dataset: dict, capacity: int, device: torch.device):
+        self.dataset_size = len(dataset["observations"])
+        self.size = self.dataset_size
+        self.data = {}
+        for key in self.FIELDS:
+            values = torch.as_tensor(dataset[key])
+            self.data[key] = torch.zeros((capacity, *values.shape[1:]), dtype=torch.float32, device=device)
+            self.data[key][: self.size] = values.to(device)
+
+    def add(self, obs, action, reward, next_obs, terminal):
+        for key, value in zip(self.FIELDS, (obs, action, reward, next_obs, terminal)):
+            self.data[key][self.size] = torch.as_tensor(np.asarray(value, dtype=np.float32))
+        self.size += 1
+
+    def sample(self, rng: np.random.Generator, n_members: int, batch_size: int):
+        """Own uniform minibatch for each member: indices [N, B] -> (s, a, r, s', d) with leading dims [N, B]."""
+        idx = torch.as_tensor(rng.integers(0, self.size, size=(n_members, batch_size)))
+        idx = idx.to(self.data["observations"].device)
+        return tuple(self.data[key][idx] for key in self.FIELDS)
+
+    def online_part(self) -> dict:
+        return {key: self.data[key][self.dataset_size : self.size].cpu().numpy() for key in self.FIELDS}
+
+    def load_online_part(self, online: dict):
+        n = len(online["observations"])
+        for key in self.FIELDS:
+            self.data[key][self.dataset_size : self.dataset_size + n] = torch.as_tensor(online[key])
+        self.size = self.dataset_size + n
+
+
+# ---------------------------------------------------------------------------------
+# Evaluation, checks, checkpoints
+# ---------------------------------------------------------------------------------
+def evaluate(env: gym.Env, policy, n_episodes: int, seed: int, device: torch.device) -> np.ndarray:
+    """Undiscounted returns of `n_episodes` deterministic episodes, episode k started with seed `seed + k`."""
+    returns = []
+    for episode in range(n_episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        done, episode_return = False, 0.0
+        while not done:
+            action = policy(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))[0].cpu().numpy()
+            obs, reward, terminated, truncated, _ = env.step(action)
+            episode_return += float(reward)
+            done = terminated or truncated
+        returns.append(episode_return)
+    return np.array(returns)
+
+
+def check_finite(metrics: dict, step: int):
+    """Stop with a clear message when a logged loss is NaN/inf (one host sync, only at log/checkpoint time)."""
+    values = torch.stack(list(metrics.values())).cpu()
+    if not torch.isfinite(values).all():
+        name = next(k for k, v in zip(metrics, values) if not torch.isfinite(v))
+        fail(f"{name} is {values[list(metrics).index(name)].item()} at step {step}; stopping "
+             f"(the last good checkpoint is kept)")
+    return dict(zip(metrics, values.tolist()))
+
+
+def check_writable(path: str, what: str):
+    """Fail at startup (not after hours of training) when `path`'s folder cannot be created or written."""
+    folder = os.path.dirname(os.path.abspath(path)) if what == "checkpoint" else os.path.abspath(path)
+    probe = os.path.join(folder, f".write_probe_{os.getpid()}.tmp")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as err:
+        fail(f"cannot write the {what} path {path}: {err}")
+
+
+def rng_states(np_rng: np.random.Generator) -> dict:
+    states = {"torch": torch.get_rng_state(), "numpy": np_rng.bit_generator.state, "random": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict, np_rng: np.random.Generator):
+    torch.set_rng_state(states["torch"])
+    np_rng.bit_generator.state = states["numpy"]
+    random.setstate(states["random"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def load_resume_checkpoint(path: str, args: Args, expected: dict, device: torch.device) -> dict:
+    if not os.path.isfile(path):
+        fail(f"--resume: no checkpoint at {path} (pass the run's --save-checkpoint)")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:
+        fail(f"cannot read checkpoint {path}: {err}")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        fail(f"checkpoint {path} is not in format {CHECKPOINT_FORMAT}")
+    for key, value in expected.items():
+        if ckpt.get(key) != value:
+            fail(f"checkpoint {path} has {key}={ckpt.get(key)!r} but this run has {value!r}")
+    if "resume" not in ckpt:
+        fail(f"checkpoint {path} holds no resume state")
+    return ckpt
+
+
+# ---------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------
+def main():
+    args = tyro.cli(Args)
+    for name in ("n_ensemble", "batch_size", "eval_episodes", "log_every", "eval_every", "n_action_samples"):
+        if getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be at least 1")
+    if args.offline_steps < 0 or args.online_steps < 0 or args.checkpoint_every < 0:
+        fail("--offline-steps, --online-steps and --checkpoint-every must be non-negative")
+    if args.hidden_dim is not None:
+        args.vae_hidden_sizes = args.actor_hidden_sizes = args.critic_hidden_sizes = (args.hidden_dim,) * 2
+    checkpoint_path = args.save_checkpoint or f"checkpoints/bcq_{args.env_id}_seed{args.seed}.pt"
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+
+    random.seed(args.seed)
+    np_rng = np.random.default_rng(args.seed)
+    torch.manual_seed(args.seed)
+
+    # data, envs, buffer (SPEC §2)
+    eval_env = make_env(args.env_id, args.seed + 10_000)
+    obs_dim, act_dim = eval_env.observation_space.shape[0], eval_env.action_space.shape[0]
+    dataset = load_d4rl_dataset(args.env_id, args.dataset_path)
+    check_dataset_matches_env(dataset, eval_env, args.dataset_path or args.env_id)
+    buffer = ReplayBuffer(dataset, len(dataset["observations"]) + args.online_steps, device)
+    total_steps = args.offline_steps + args.online_steps
+
+    # networks
+    n, latent_dim = args.n_ensemble, 2 * act_dim
+    vae = EnsembleVAE(obs_dim, act_dim, latent_dim, args.vae_hidden_sizes, n).to(device)
+    actor = EnsemblePerturbation(obs_dim, act_dim, args.actor_hidden_sizes, n, args.phi).to(device)
+    actor_target = EnsemblePerturbation(obs_dim, act_dim, args.actor_hidden_sizes, n, args.phi).to(device)
+    critic = EnsembleCritic(obs_dim, act_dim, args.critic_hidden_sizes, n).to(device)
+    critic_target = EnsembleCritic(obs_dim, act_dim, args.critic_hidden_sizes, n).to(device)
+    actor_target.load_state_dict(actor.state_dict())
+    critic_target.load_state_dict(critic.state_dict())
+    optimizers = tuple(torch.optim.Adam(net.parameters(), lr=args.learning_rate) for net in (vae, actor, critic))
+
+    header = {"format": CHECKPOINT_FORMAT, "algo": "bcq", "env_id": args.env_id, "obs_dim": obs_dim,
+              "act_dim": act_dim, "n_ensemble": n, "hidden_sizes": list(args.critic_hidden_sizes),
+              "actor_hidden_sizes": list(args.actor_hidden_sizes), "vae_hidden_sizes": list(args.vae_hidden_sizes),
+              "latent_dim": latent_dim, "phi": args.phi}
+    global_step, episodes = 0, 0
+    if args.resume:
+        ckpt = load_resume_checkpoint(checkpoint_path, args, header, device)
+        state = ckpt["resume"]
+        if state["dataset_size"] != buffer.dataset_size:
+            fail(f"checkpoint {checkpoint_path} was trained on {state['dataset_size']} dataset transitions, "
+                 f"this dataset has {buffer.dataset_size}")
+        vae.load_state_dict(ckpt["vae"])
+        actor.load_state_dict(ckpt["actor"])
+        critic.load_state_dict(ckpt["critic"])
+        actor_target.load_state_dict(state["actor_target"])
+        critic_target.load_state_dict(state["critic_target"])
+        for optimizer, optimizer_state in zip(optimizers, state["optimizers"]):
+            optimizer.load_state_dict(optimizer_state)
+        buffer.load_online_part(state["online_transitions"])
+        global_step, episodes = state["global_step"], state["episodes"]
+        set_rng_states(state["rng"], np_rng)
+        run_dir = args.run_dir or state["run_dir"]
+    else:
+        run_dir = args.run_dir or f"runs/{args.env_id}__bcq__{args.seed}__{int(time.time())}"
+    check_writable(checkpoint_path, "checkpoint")
+    check_writable(run_dir, "run directory")
+
+    x_of = lambda step: step - args.offline_steps  # noqa: E731  (x-axis: online env steps, offline before 0)
+    writer = SummaryWriter(run_dir, purge_step=x_of(global_step) + 1 if args.resume else None)
+    if not args.resume:
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n"
+                        + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+
+    def save(step: int, metrics: dict | None):
+        if metrics is not None:
+            check_finite(metrics, x_of(step))  # never overwrite the last good checkpoint with a diverged one
+        writer.flush()
+        save_checkpoint(checkpoint_path, {
+            **header, "actor": actor.state_dict(), "critic": critic.state_dict(), "vae": vae.state_dict(),
+            "step": step, "args": dataclasses.asdict(args),
+            "resume": {
+                "actor_target": actor_target.state_dict(), "critic_target": critic_target.state_dict(),
+                "optimizers": [optimizer.state_dict() for optimizer in optimizers], "rng": rng_states(np_rng),
+                "global_step": step, "episodes": episodes, "run_dir": run_dir,
+                "dataset_size": buffer.dataset_size, "online_transitions": buffer.online_part(),
+            },
+        })
+
+    env, obs = None, None
+    metrics, last_log_time, last_log_step = None, time.time(), global_step
+    policy = lambda o: bcq_select_action(vae, actor, critic, o, args.n_action_samples)  # noqa: E731
+    progress = tqdm(range(global_step, total_steps), initial=global_step, total=total_steps, desc="bcq")
+    for global_step in progress:
+        if global_step >= args.offline_steps:  # online phase: act with the BCQ policy, store, update
+            if env is None:  # first online step, or a resumed run: a fresh episode (seeded by the step)
+                env = make_env(args.env_id, args.seed + global_step)
+                obs, _ = env.reset(seed=args.seed + global_step)
+            action = policy(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))[0].cpu().numpy()
+            if args.expl_noise > 0:
+                action = (action + np_rng.normal(0.0, args.expl_noise, size=act_dim)).clip(-1.0, 1.0)
+            next_obs, reward, terminated, truncated, info = env.step(action)
+            buffer.add(obs, action, reward, next_obs, float(terminated))  # time-limit ends stay non-terminal
+            obs = next_obs
+            if terminated or truncated:
+                episodes += 1
+                writer.add_scalar("charts/episodic_return", info["episode"]["r"], x_of(global_step + 1))
+                writer.add_scalar("charts/episodic_length", info["episode"]["l"], x_of(global_step + 1))
+                obs, _ = env.reset()
+
+        batch = buffer.sample(np_rng, n, args.batch_size)
+        metrics = bcq_update(vae, actor, actor_target, critic, critic_target, optimizers, batch, args)
+
+        step, x = global_step + 1, x_of(global_step + 1)
+        if x % args.log_every == 0 or step == total_steps:
+            values = check_finite(metrics, x)
+            for name, value in values.items():
+                writer.add_scalar(name, value, x)
+            writer.add_scalar("charts/SPS", (step - last_log_step) / max(time.time() - last_log_time, 1e-9), x)
+            writer.add_scalar("charts/buffer_size", buffer.size, x)
+            last_log_time, last_log_step = time.time(), step
+        if x % args.eval_every == 0 or step == total_steps:
+            returns = evaluate(eval_env, policy, args.eval_episodes, args.seed + 10_000, device)
+            score = normalized_score(args.env_id, returns.mean())
+            writer.add_scalar("eval/return", returns.mean(), x)
+            writer.add_scalar("eval/normalized_score", score, x)
+            tqdm.write(f"x={x} ({'offline' if x <= 0 else 'online'}) return={returns.mean():.1f} "
+                       f"normalized={score:.1f} critic_loss={metrics['losses/critic_loss'].item():.3f}")
+        if (args.checkpoint_every and step % args.checkpoint_every == 0) or step == total_steps:
+            save(step, metrics)
+
+    if metrics is None:  # nothing to train (0 steps, or resumed at the end): still leave a checkpoint
+        save(global_step, None)
+    writer.close()
+    if env is not None:
+        env.close()
+    eval_env.close()
+    print(f"checkpoint: {checkpoint_path}\nrun dir: {run_dir}")
+
+
+if __name__ == "__main__":
+    main()
