@@ -4,7 +4,8 @@
 # Grid: {halfcheetah,hopper,walker2d} x {random,medium,medium-replay,medium-expert} (-v2) x seeds 0..3, methods:
 #   ours     balanced_finetune.py --n-ensemble 5 --sampling balanced  (balanced replay + pessimistic Q-ensemble)
 #   sac-ft   balanced_finetune.py --n-ensemble 1 --sampling uniform   (first member of the same N=5 CQL checkpoint)
-#   awac     awac.py   --n-ensemble 5   (offline phase, then online with the same update rule)
+#   awac     awac.py   --n-ensemble 5   (offline phase, then online with the same update rule; --awac-lambda 1.0,
+#            0.3333 on walker2d-medium-expert)
 #   bcq-ft   bcq_ft.py --n-ensemble 5   (offline phase, then online with the same update rule)
 #   sac      sac.py, online from scratch: one run per env and seed (it uses no dataset)
 # ours and sac-ft fine-tune the checkpoint of cql_pretrain.py --n-ensemble 5, run once per task and seed.
@@ -273,9 +274,10 @@ build_paper_grid() {
                                 --checkpoint "$(cql_checkpoint "$task" "$seed")" --n-ensemble 1 \
                                 --sampling uniform --online-steps "$ONLINE_STEPS" --seed "$seed" \
                                 --save-checkpoint "$CKPT_DIR/sacft_${task}_seed$seed.pt" --run-dir "$run" ;;
-                        awac)
+                        awac)  # SPEC §6: lambda 1.0, except 0.3333 on walker2d-medium-expert (as CORL)
+                            local lambda=1.0; [[ $task == walker2d-medium-expert-v2 ]] && lambda=0.3333
                             add_job 1 "${task}__awac__seed$seed" "$PYTHON" awac.py --env-id "$task" \
-                                --n-ensemble "$N_ENSEMBLE" --offline-steps "$OFFLINE_STEPS" \
+                                --n-ensemble "$N_ENSEMBLE" --awac-lambda "$lambda" --offline-steps "$OFFLINE_STEPS" \
                                 --online-steps "$ONLINE_STEPS" --seed "$seed" --run-dir "$run" ;;
                         bcq-ft)
                             add_job 1 "${task}__bcq-ft__seed$seed" "$PYTHON" bcq_ft.py --env-id "$task" \

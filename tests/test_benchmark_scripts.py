@@ -91,6 +91,8 @@ def test_paper_dry_run_prints_the_full_grid(repo_root):
     assert all(flag(c, "n-ensemble") == "1" for c in sac_ft)
     assert all(flag(c, "total-timesteps") == "250000" for c in sac)
     assert all(flag(c, "offline-steps") == "1000000" and flag(c, "online-steps") == "250000" for c in awac + bcq)
+    assert {(flag(c, "env-id"), flag(c, "awac-lambda")) for c in awac if flag(c, "awac-lambda") != "1.0"} == \
+        {("walker2d-medium-expert-v2", "0.3333")}
     # every fine-tune reads the checkpoint its own task/seed pretraining writes, and ours and SAC-ft share it
     written = {(flag(c, "env-id"), flag(c, "seed")): flag(c, "checkpoint") for c in pretrain}
     for c in ours + sac_ft:
