@@ -1,0 +1,659 @@
+"""Offline CQL pretraining of an N-member ensemble, trained as one vectorized network (Lee et al., CoRL 2021, §3.2).
+
+Implements SPEC §3: N independent CQL(H) agents (Kumar et al., 2020) whose weights are stacked into batched
+layers ([N, in, out], one baddbmm per layer). Every member has its own initialisation and its own minibatch
+(indices of shape [N, B]); the loss is the sum of the members' losses, and Adam is elementwise, so each member
+is updated exactly as if it were trained alone (the official code trained 5 separate CQL seeds).
+
+Equations (numbers as in the paper):
+  eq. (2)  actor:   L_pi = E_s[ alpha * log pi(a|s) - min(Q1, Q2)(s, a) ],  a ~ pi(s) reparameterized;
+           alpha tuned automatically to the target entropy -|A|.
+  eq. (3)  critic:  CQL(H) with importance sampling, for each of the twin Q's:
+             alpha_cql * ( E_s[ logsumexp_{3 n_actions values} ] - E_{s,a~D}[ Q(s, a) ] ) + Bellman MSE,
+           the 3 n_actions values being Q(s, a_unif) - log(0.5^|A|), Q(s, a~pi(s)) - log pi(a|s) and
+           Q(s, a'~pi(s')) - log pi(a'|s'); Bellman target r + gamma (1 - d) min(Q1', Q2')(s', a'~pi(s'))
+           with target networks and no entropy term (CQL's "deterministic backup").
+  eq. (5)  ensemble policy (evaluated here, fine-tuned by balanced_finetune.py): a Gaussian with the mixture's
+           moments in pre-tanh space, mu = mean_i mu_i, sigma^2 = mean_i(sigma_i^2 + mu_i^2) - mu^2; the
+           deterministic evaluation action is tanh(mu).
+
+Choices where the SPEC is silent (following the official CQL code unless said otherwise):
+  * The actor is updated with the critics of the current step, before the critic update (CQL/rlkit order); the
+    actor, critic and alpha losses share one forward pass and one backward pass. The actor loss evaluates the
+    critics with detached weights, so it sends no gradient into the critics.
+  * alpha's learning rate equals the policy's (1e-4), as in the CQL code; log alpha starts at 0 (alpha = 1).
+    The alpha used in the actor loss is the value before this step's alpha update.
+  * The CQL sampled actions (10 per state from pi(s) and from pi(s'), 10 uniform) are drawn without gradient and
+    their log-probabilities are detached, as in the CQL code; the a' of the Bellman target is a separate sample.
+  * BC warm-up (--bc-steps): the actor minimises alpha * log pi(a|s) - log pi(a_data|s) instead of eq. (2) for the
+    first bc_steps updates (the critics train normally). CQL's code used 40,000 steps; the default here is 0.
+  * Logged losses are means over members (and over twins for the critic): losses/qf is the Bellman MSE,
+    losses/cql the conservative term alpha_cql * (logsumexp - Q(s, a_data)); charts/alpha the mean alpha.
+  * Evaluation: every --eval-every updates and at the end, the ensemble policy and each member run the same
+    --eval-episodes start states (env seeds seed + 10000 + k), deterministic tanh(mu), all in lockstep with one
+    batched actor forward per env step.
+  * Resume (--resume) takes the networks, target critics, optimizers, log alpha, RNG states, step and run dir from
+    the checkpoint; hyperparameters come from the command line (env, N and network size must match).
+  * Observations and rewards are used raw (SPEC §2).
+
+Usage:
+  python cql_pretrain.py --env-id hopper-medium-replay-v2 --n-ensemble 5
+  python cql_pretrain.py --env-id Hopper-v4 --dataset-path data/hopper_random.hdf5 --hidden-dim 64
+"""
+import dataclasses
+import os
+import random
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+import warnings
+from dataclasses import dataclass
+
+import gymnasium as gym
+import h5py
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+
+@dataclass
+class Args:
+    env_id: str = "hopper-medium-replay-v2"
+    """D4RL task name (its file is read from the D4RL cache or downloaded) or a gymnasium id with --dataset-path"""
+    dataset_path: str | None = None
+    """HDF5 file with D4RL's schema to train on instead of the D4RL file of --env-id"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, CUDA is used when available"""
+    n_ensemble: int = 5
+    """number N of CQL agents trained together as one vectorized ensemble"""
+    offline_steps: int = 1_000_000
+    """number of gradient steps"""
+    batch_size: int = 256
+    """minibatch size per member (each member draws its own)"""
+    hidden_dim: int = 256
+    """width of the two hidden layers of actors and critics"""
+    gamma: float = 0.99
+    """discount factor"""
+    tau: float = 5e-3
+    """target critic smoothing coefficient"""
+    policy_lr: float = 1e-4
+    """learning rate of the actors"""
+    q_lr: float = 3e-4
+    """learning rate of the critics"""
+    alpha_lr: float = 1e-4
+    """learning rate of the entropy temperatures (CQL's code uses the policy lr)"""
+    n_actions: int = 10
+    """actions sampled per state for each of the 3 parts of the CQL logsumexp (eq. 3)"""
+    alpha_cql: float = 5.0
+    """weight of the conservative term (eq. 3)"""
+    bc_steps: int = 0
+    """behaviour-cloning warm-up updates of the actor (CQL's code used 40000)"""
+    log_every: int = 1000
+    """log losses every this many updates (also where NaN/inf losses are detected)"""
+    eval_every: int = 10_000
+    """evaluate the ensemble policy and every member every this many updates"""
+    eval_episodes: int = 10
+    """episodes per evaluated policy"""
+    checkpoint: str | None = None
+    """checkpoint path (default checkpoints/cql_{env_id}_seed{seed}.pt)"""
+    checkpoint_every: int = 50_000
+    """also write the checkpoint every this many updates (it is always written at each evaluation and at the end)"""
+    resume: bool = False
+    """continue the run saved in --checkpoint"""
+    run_dir: str | None = None
+    """TensorBoard folder (default runs/{env_id}__cql__{seed}__{time})"""
+
+
+# ---------------------------------------------------------------------------------
+# SHARED BLOCK (verbatim copy of the team's common block; keep identical across scripts)
+# ---------------------------------------------------------------------------------
+def fail(message: str):
+    """Stop with one clear message and exit status 1, no traceback (used for every bad input)."""
+    raise SystemExit(f"error: {message}")
+
+
+# ---- tasks, environments, scores (SPEC §2) ----
+D4RL_TASK = re.compile(r"(halfcheetah|hopper|walker2d)-(random|medium|medium-replay|medium-expert|expert)-v(0|2)")
+GYM_ENV_OF = {"halfcheetah": "HalfCheetah-v4", "hopper": "Hopper-v4", "walker2d": "Walker2d-v4"}
+# D4RL's reference returns (random, expert) used for the normalized score.
+REF_RETURNS = {"halfcheetah": (-280.178953, 12135.0), "hopper": (-20.272305, 3234.3), "walker2d": (1.629008, 4592.3)}
+
+
+def gym_env_id(env_id: str) -> str:
+    """A D4RL task name (walker2d-medium-v2) maps to its gymnasium v4 env; a gymnasium id passes through."""
+    task = D4RL_TASK.fullmatch(env_id)
+    if task:
+        return GYM_ENV_OF[task.group(1)]
+    if env_id in gym.registry:
+        return env_id
+    fail(f"unknown --env-id {env_id!r}: give a D4RL task name such as walker2d-medium-expert-v2 "
+         f"or a gymnasium id such as Hopper-v4")
+
+
+def normalized_score(env_id: str, episode_return: float) -> float:
+    """100 * (R - random) / (expert - random) with D4RL's reference returns; NaN for envs D4RL has none for."""
+    family = gym_env_id(env_id).split("-")[0].lower()
+    if family not in REF_RETURNS:
+        return float("nan")
+    random_return, expert_return = REF_RETURNS[family]
+    return 100.0 * (episode_return - random_return) / (expert_return - random_return)
+
+
+def make_env(env_id: str, seed: int) -> gym.Env:
+    with warnings.catch_warnings():  # gymnasium flags the -v4 envs as old; SPEC §2 explains why we use them
+        warnings.simplefilter("ignore", DeprecationWarning)
+        env = gym.make(gym_env_id(env_id))
+    if not np.allclose(env.action_space.low, -1.0) or not np.allclose(env.action_space.high, 1.0):
+        fail(f"{env_id}: actions must lie in [-1, 1] (tanh policies, D4RL convention)")
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env.reset(seed=seed)
+    env.action_space.seed(seed)
+    return env
+
+
+# ---- D4RL data path (SPEC §2, §7) ----
+D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl"
+D4RL_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
+
+
+def d4rl_url(env_id: str) -> str:
+    family, dataset, version = D4RL_TASK.fullmatch(env_id).groups()
+    if version == "2":
+        return f"{D4RL_URL}/gym_mujoco_v2/{family}_{dataset.replace('-', '_')}-v2.hdf5"
+    if dataset == "medium-replay":  # the v0 files call it "mixed", and walker2d "walker"
+        return f"{D4RL_URL}/gym_mujoco/{'walker' if family == 'walker2d' else family}_mixed.hdf5"
+    return f"{D4RL_URL}/gym_mujoco/{family}_{dataset.replace('-', '_')}.hdf5"
+
+
+def download_d4rl_file(env_id: str) -> str:
+    """Path of the cached D4RL file (d4rl's own cache, so its downloads are reused); download it when missing."""
+    url = d4rl_url(env_id)
+    dataset_dir = os.environ.get("D4RL_DATASET_DIR", os.path.expanduser("~/.d4rl/datasets"))
+    path = os.path.join(dataset_dir, url.rsplit("/", 1)[1])
+    if os.path.exists(path):
+        return path
+    os.makedirs(dataset_dir, exist_ok=True)
+    partial = path + ".part"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {os.path.basename(path)}") as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        os.replace(partial, path)
+    except (urllib.error.URLError, OSError) as err:
+        if os.path.exists(partial):
+            os.remove(partial)
+        fail(f"dataset for {env_id} not found at {path} and could not be downloaded from {url} ({err}); "
+             f"download it there by hand, or pass --dataset-path FILE.hdf5")
+    return path
+
+
+def read_hdf5_dataset(path: str) -> dict:
+    """The D4RL arrays of one file, checked: required keys present, lengths equal, values finite."""
+    if not os.path.isfile(path):
+        fail(f"dataset file {path} does not exist")
+    try:
+        with h5py.File(path, "r") as f:
+            data = {key: f[key][()] for key in D4RL_KEYS if key in f}
+    except Exception as err:  # h5py raises OSError for truncated or non-HDF5 files, KeyError/ValueError for corrupt ones
+        fail(f"cannot read dataset {path}: not a readable HDF5 file ({err})")
+    for key in ("observations", "actions", "rewards", "terminals"):
+        if key not in data:
+            fail(f"dataset {path} has no '{key}' key (expected D4RL keys: {', '.join(D4RL_KEYS)})")
+    n_rows = len(data["observations"])
+    for key, values in data.items():
+        if len(values) != n_rows:
+            fail(f"dataset {path}: '{key}' has {len(values)} rows but 'observations' has {n_rows}")
+        if key in ("observations", "actions", "next_observations") and values.ndim != 2:
+            fail(f"dataset {path}: '{key}' must be 2-D (rows, dim), got shape {values.shape}")
+        if not np.all(np.isfinite(values)):
+            fail(f"dataset {path}: '{key}' contains NaN or inf")
+    if n_rows < 2:
+        fail(f"dataset {path} has {n_rows} rows; need at least 2")
+    return data
+
+
+def load_d4rl_dataset(env_id: str, dataset_path: str | None = None) -> dict[str, np.ndarray]:
+    """Transitions (s, a, r, s', d) of a D4RL task or of any file with D4RL's schema.
+
+    With stored next_observations every row is a transition and time-limit ends stay non-terminal
+    (done = terminals). Without them (v0 files), s' = observations[i+1] and each episode's last row
+    (a timeout, or the file's last row) is dropped, as D4RL's qlearning_dataset does.
+    """
+    path = dataset_path if dataset_path is not None else None
+    if path is None:
+        if not D4RL_TASK.fullmatch(env_id):
+            fail(f"--env-id {env_id!r} is not a D4RL task name: pass --dataset-path FILE.hdf5")
+        path = download_d4rl_file(env_id)
+    data = read_hdf5_dataset(path)
+    observations = data["observations"].astype(np.float32)
+    terminals = data["terminals"].astype(bool)
+    if "next_observations" in data:
+        keep = np.ones(len(observations), dtype=bool)
+        next_observations = data["next_observations"].astype(np.float32)
+    else:
+        if "timeouts" in data:
+            timeouts = data["timeouts"].astype(bool)
+        else:  # v0 without timeouts: an episode times out at its 1000th step (d4rl's episode_step counter)
+            episode_start = np.concatenate([[0], np.flatnonzero(terminals[:-1]) + 1])
+            step_in_episode = np.arange(len(terminals)) - episode_start[np.searchsorted(episode_start, np.arange(len(terminals)), side="right") - 1]
+            timeouts = (step_in_episode + 1) % 1000 == 0
+        keep = ~timeouts
+        keep[-1] = False
+        next_observations = np.concatenate([observations[1:], observations[-1:]])
+    return {
+        "observations": observations[keep],
+        "actions": data["actions"].astype(np.float32)[keep],
+        "rewards": data["rewards"].astype(np.float32).reshape(-1)[keep],
+        "next_observations": next_observations[keep],
+        "terminals": terminals.astype(np.float32)[keep],
+    }
+
+
+def check_dataset_matches_env(dataset: dict, env: gym.Env, source: str):
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    if dataset["observations"].shape[1] != obs_dim or dataset["actions"].shape[1] != act_dim:
+        fail(f"dataset {source} has observation/action dims {dataset['observations'].shape[1]}/"
+             f"{dataset['actions'].shape[1]} but {env.spec.id} has {obs_dim}/{act_dim}")
+
+
+# ---- vectorized ensemble networks (SPEC §3): weights [N, in, out], one batched matmul per layer ----
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+CHECKPOINT_FORMAT = "o2o-ensemble-v1"
+
+
+class VectorizedLinear(nn.Module):
+    """N independent linear layers applied as one batched matmul: x [N, B, in] -> [N, B, out]."""
+
+    def __init__(self, in_features: int, out_features: int, n_members: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_members, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(n_members, 1, out_features))
+        bound = 1.0 / in_features**0.5  # nn.Linear's default init, drawn independently for each member
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+def vectorized_mlp(in_dim: int, hidden_sizes, out_dim: int, n_members: int) -> nn.Sequential:
+    layers, width = [], in_dim
+    for hidden in hidden_sizes:
+        layers += [VectorizedLinear(width, hidden, n_members), nn.ReLU()]
+        width = hidden
+    return nn.Sequential(*layers, VectorizedLinear(width, out_dim, n_members))
+
+
+class EnsembleActor(nn.Module):
+    """N tanh-Gaussian actors with state-dependent log-std: obs [N, B, S] -> mean, log_std [N, B, A] (pre-tanh)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
+        super().__init__()
+        self.net = vectorized_mlp(obs_dim, hidden_sizes, 2 * act_dim, n_members)
+
+    def forward(self, obs: torch.Tensor):
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+
+class EnsembleCritic(nn.Module):
+    """Twin Q-functions of N members as 2N vectorized MLPs, member-major (row 2i: Q1 of member i, 2i+1: Q2).
+
+    obs [N, B, S], act [N, B, A] -> Q [N, 2, B]. Taking the first k members is slicing rows [:2k].
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
+        super().__init__()
+        self.n_members = n_members
+        self.net = vectorized_mlp(obs_dim + act_dim, hidden_sizes, 1, 2 * n_members)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, act], dim=-1).repeat_interleave(2, dim=0)
+        return self.net(x).view(self.n_members, 2, -1)
+
+
+def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor):
+    """Reparameterized a = tanh(u), u ~ N(mean, std), and log pi(a) with the tanh change of variables."""
+    std = log_std.exp()
+    u = mean + std * torch.randn_like(mean)
+    log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(u) - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
+    return torch.tanh(u), log_prob.sum(-1)
+
+
+def save_checkpoint(path: str, payload: dict):
+    """Atomic write: torch.save to a temp file in the same folder, then rename over the old checkpoint."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp_path = f"{path}.tmp"
+    try:
+        os.makedirs(folder, exist_ok=True)
+        torch.save(payload, tmp_path)
+        os.replace(tmp_path, path)
+    except OSError as err:
+        fail(f"cannot write checkpoint {path}: {err}")
+
+
+# ---------------------------------------------------------------------------------
+# cql_pretrain.py: sampling, losses and the vectorized update
+# ---------------------------------------------------------------------------------
+def ensemble_moments(mu: torch.Tensor, std: torch.Tensor):
+    """eq. (5): moments of the members' Gaussian mixture (member dimension first), in pre-tanh space."""
+    mean = mu.mean(0)
+    var = (std.pow(2) + mu.pow(2)).mean(0) - mean.pow(2)
+    return mean, var.clamp_min(1e-12).sqrt()
+
+
+def sample_batch(data: dict, rng: np.random.Generator, n_members: int, batch_size: int) -> dict:
+    """Each member gets its own minibatch: indices [N, B] -> tensors [N, B, ...]."""
+    size = data["observations"].shape[0]
+    idx = torch.from_numpy(rng.integers(0, size, size=(n_members, batch_size))).to(data["observations"].device)
+    return {key: value[idx] for key, value in data.items()}
+
+
+def tanh_gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """log pi(a|s) of a given action in [-1, 1] (BC warm-up), with the same change of variables as tanh_gaussian_sample."""
+    u = torch.atanh(action.clamp(-1.0 + 1e-6, 1.0 - 1e-6))
+    log_prob = torch.distributions.Normal(mean, log_std.exp(), validate_args=False).log_prob(u) - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
+    return log_prob.sum(-1)
+
+
+@torch.no_grad()
+def sample_cql_actions(mean: torch.Tensor, log_std: torch.Tensor, n_actions: int) -> dict:
+    """The actions of eq. (3), drawn without gradient. mean/log_std: [N, 2B, A], rows [:B] at s, rows [B:] at s'.
+
+    Returns [N, B * n_actions, A] actions (row b * n_actions + k: k-th sample for state b) with their log-probs
+    [N, B * n_actions], and target_actions [N, B, A] ~ pi(s') for the Bellman backup.
+    """
+    batch = mean.shape[1] // 2
+    pi_actions, pi_log_probs = tanh_gaussian_sample(mean.repeat_interleave(n_actions, 1), log_std.repeat_interleave(n_actions, 1))
+    target_actions, _ = tanh_gaussian_sample(mean[:, batch:], log_std[:, batch:])
+    return {
+        "random_actions": torch.empty_like(pi_actions[:, : batch * n_actions]).uniform_(-1.0, 1.0),
+        "pi_actions": pi_actions[:, : batch * n_actions],  # a ~ pi(s)
+        "pi_log_probs": pi_log_probs[:, : batch * n_actions],
+        "next_pi_actions": pi_actions[:, batch * n_actions :],  # a' ~ pi(s'), scored at s
+        "next_pi_log_probs": pi_log_probs[:, batch * n_actions :],
+        "target_actions": target_actions,
+    }
+
+
+def cql_critic_loss(critic: nn.Module, critic_target: nn.Module, batch: dict, samples: dict, gamma: float, alpha_cql: float):
+    """eq. (3), CQL(H) with importance sampling, for every member and twin at once.
+
+    Returns the loss to minimise (sum over members and twins, so each member gets its own gradient) and
+    per-member-and-twin terms [N, 2] (bellman, cql) plus Q(s, a_data) [N, 2, B], all attached to the graph.
+    """
+    obs, actions = batch["observations"], batch["actions"]
+    n_members, batch_size, act_dim = actions.shape
+    n_actions = samples["random_actions"].shape[1] // batch_size
+
+    # Bellman target: r + gamma (1 - d) min(Q1', Q2')(s', a'), a' ~ pi(s'), no entropy term (deterministic backup)
+    with torch.no_grad():
+        next_q = critic_target(batch["next_observations"], samples["target_actions"]).min(1).values  # [N, B]
+        target = batch["rewards"] + gamma * (1.0 - batch["terminals"]) * next_q
+
+    # one critic pass over the data actions and the 3 * n_actions sampled actions of every state
+    obs_rep = obs.repeat_interleave(n_actions, 1)
+    q_all = critic(
+        torch.cat([obs, obs_rep, obs_rep, obs_rep], 1),
+        torch.cat([actions, samples["random_actions"], samples["pi_actions"], samples["next_pi_actions"]], 1),
+    )  # [N, 2, B * (1 + 3 n_actions)]
+    q_data = q_all[:, :, :batch_size]
+    q_rand, q_pi, q_next_pi = q_all[:, :, batch_size:].view(n_members, 2, 3, batch_size, n_actions).unbind(2)
+
+    # eq. (3): importance-sampled logsumexp over the 3 * n_actions values per state
+    random_density = np.log(0.5**act_dim)  # log of the uniform density on [-1, 1]^|A|
+    cat_q = torch.cat([
+        q_rand - random_density,
+        q_pi - samples["pi_log_probs"].view(n_members, 1, batch_size, n_actions),
+        q_next_pi - samples["next_pi_log_probs"].view(n_members, 1, batch_size, n_actions),
+    ], -1)  # [N, 2, B, 3 n_actions]
+    cql_term = alpha_cql * (torch.logsumexp(cat_q, -1).mean(-1) - q_data.mean(-1))  # [N, 2]
+    bellman = (q_data - target.unsqueeze(1)).pow(2).mean(-1)  # [N, 2]
+    return (bellman + cql_term).sum(), {"bellman": bellman, "cql": cql_term, "q_data": q_data}
+
+
+def cql_update(actor, critic, critic_target, log_alpha, actor_optimizer, critic_optimizer, alpha_optimizer,
+               batch: dict, gamma: float, tau: float, alpha_cql: float, n_actions: int, target_entropy: float,
+               bc: bool = False) -> dict:
+    """One gradient step of every member: actor eq. (2) (or BC warm-up), alpha, critic eq. (3), target update.
+
+    No .item() here: the returned losses are detached tensors, converted only when logged.
+    """
+    obs, batch_size = batch["observations"], batch["observations"].shape[1]
+    mean, log_std = actor(torch.cat([obs, batch["next_observations"]], 1))  # [N, 2B, A]: rows [:B] at s, [B:] at s'
+    samples = sample_cql_actions(mean, log_std, n_actions)
+    alpha = log_alpha.exp().detach()
+
+    # eq. (2): alpha log pi(a|s) - min(Q1, Q2)(s, a), a ~ pi(s) reparameterized; critic weights detached so the
+    # actor loss moves only the actor
+    pi_action, log_pi = tanh_gaussian_sample(mean[:, :batch_size], log_std[:, :batch_size])
+    frozen = {name: p.detach() for name, p in critic.named_parameters()}
+    q_pi = torch.func.functional_call(critic, frozen, (obs, pi_action)).min(1).values  # [N, B]
+    if bc:  # BC warm-up: alpha log pi(a|s) - log pi(a_data|s)
+        bc_log_prob = tanh_gaussian_log_prob(mean[:, :batch_size], log_std[:, :batch_size], batch["actions"])
+        actor_loss = (alpha[:, None] * log_pi - bc_log_prob).mean(1)  # [N]
+    else:
+        actor_loss = (alpha[:, None] * log_pi - q_pi).mean(1)  # [N]
+    # automatic entropy tuning towards -|A|
+    alpha_loss = -(log_alpha[:, None] * (log_pi.detach() + target_entropy)).mean(1)  # [N]
+
+    critic_loss, info = cql_critic_loss(critic, critic_target, batch, samples, gamma, alpha_cql)
+
+    actor_optimizer.zero_grad()
+    critic_optimizer.zero_grad()
+    alpha_optimizer.zero_grad()
+    (critic_loss + actor_loss.sum() + alpha_loss.sum()).backward()
+    actor_optimizer.step()
+    critic_optimizer.step()
+    alpha_optimizer.step()
+
+    with torch.no_grad():  # Polyak averaging of the target critics
+        for param, target_param in zip(critic.parameters(), critic_target.parameters()):
+            target_param.lerp_(param, tau)
+
+    return {
+        "losses/qf": info["bellman"].detach().mean(),
+        "losses/cql": info["cql"].detach().mean(),
+        "losses/actor": actor_loss.detach().mean(),
+        "losses/alpha": alpha_loss.detach().mean(),
+        "charts/alpha": alpha.mean(),
+        "charts/q_data": info["q_data"].detach().mean(),
+    }
+
+
+# ---------------------------------------------------------------------------------
+# evaluation, checkpoints
+# ---------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(actor: EnsembleActor, envs: list, n_members: int, seed: int, device) -> np.ndarray:
+    """Deterministic returns of the ensemble policy (eq. 5) and of each member, all envs in lockstep.
+
+    envs holds (N + 1) * episodes envs; env e runs policy e % (N + 1) (index N: the ensemble) from start state
+    seed + 10000 + e // (N + 1), so every policy is scored on the same start states. Returns [N + 1, episodes].
+    """
+    n_policies = n_members + 1
+    policy_of_env = torch.arange(len(envs), device=device) % n_policies
+    obs = np.stack([env.reset(seed=seed + 10_000 + e // n_policies)[0] for e, env in enumerate(envs)])
+    returns, active = np.zeros(len(envs)), np.ones(len(envs), dtype=bool)
+    while active.any():
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        mean, log_std = actor(obs_t.expand(n_members, -1, -1))  # every member on every env's state
+        ens_mean, _ = ensemble_moments(mean, log_std.exp())  # eq. (5)
+        means = torch.cat([mean, ens_mean.unsqueeze(0)])  # [N + 1, envs, A]
+        actions = torch.tanh(means[policy_of_env, torch.arange(len(envs), device=device)]).cpu().numpy()
+        for e in np.flatnonzero(active):
+            obs[e], reward, terminated, truncated, _ = envs[e].step(actions[e])
+            returns[e] += reward
+            active[e] = not (terminated or truncated)
+    return returns.reshape(-1, n_policies).T
+
+
+def check_checkpoint(ckpt, path: str, algo: str, env_id: str, obs_dim: int, act_dim: int, n_ensemble: int, hidden_sizes):
+    """A loaded checkpoint must be ours (format, algo) and match the env, N and the network size."""
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        fail(f"{path} is not an {CHECKPOINT_FORMAT} checkpoint")
+    expected = {"algo": algo, "env_id": env_id, "obs_dim": obs_dim, "act_dim": act_dim, "n_ensemble": n_ensemble,
+                "hidden_sizes": list(hidden_sizes)}
+    for key, value in expected.items():
+        if ckpt.get(key) != value:
+            fail(f"checkpoint {path} has {key}={ckpt.get(key)!r} but this run has {key}={value!r}")
+
+
+def load_checkpoint_file(path: str, device):
+    if not os.path.isfile(path):
+        fail(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # pickle/zip errors of a truncated or foreign file
+        fail(f"cannot read checkpoint {path}: {err}")
+
+
+def check_writable(path: str):
+    """Fail at startup, not after hours of training, when the checkpoint cannot be written."""
+    probe = f"{path}.probe.tmp"
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as err:
+        fail(f"cannot write checkpoint {path}: {err}")
+
+
+def main():
+    args = tyro.cli(Args)
+    checkpoint_path = args.checkpoint or f"checkpoints/cql_{args.env_id}_seed{args.seed}.pt"
+    for name in ("n_ensemble", "offline_steps", "batch_size", "hidden_dim", "n_actions", "log_every", "eval_every",
+                 "eval_episodes", "checkpoint_every"):
+        if getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be at least 1")
+    check_writable(checkpoint_path)
+
+    random.seed(args.seed)
+    np_rng = np.random.default_rng(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # data (SPEC §2): D4RL file or --dataset-path, checked against the env it is evaluated in
+    n = args.n_ensemble
+    envs = [make_env(args.env_id, args.seed) for _ in range((n + 1) * args.eval_episodes)]
+    dataset = load_d4rl_dataset(args.env_id, args.dataset_path)
+    check_dataset_matches_env(dataset, envs[0], args.dataset_path or args.env_id)
+    obs_dim, act_dim = dataset["observations"].shape[1], dataset["actions"].shape[1]
+    data = {key: torch.as_tensor(value, device=device) for key, value in dataset.items()}
+
+    hidden_sizes = [args.hidden_dim, args.hidden_dim]
+    actor = EnsembleActor(obs_dim, act_dim, hidden_sizes, n).to(device)
+    critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, n).to(device)
+    critic_target = EnsembleCritic(obs_dim, act_dim, hidden_sizes, n).to(device)
+    critic_target.load_state_dict(critic.state_dict())
+    log_alpha = torch.zeros(n, device=device, requires_grad=True)  # one temperature per member, alpha = 1
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
+    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.q_lr)
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
+    target_entropy = -float(act_dim)
+
+    start_step = 0
+    run_dir = args.run_dir or f"runs/{args.env_id}__cql__{args.seed}__{int(time.time())}"
+    if args.resume:
+        ckpt = load_checkpoint_file(checkpoint_path, device)
+        check_checkpoint(ckpt, checkpoint_path, "cql", args.env_id, obs_dim, act_dim, n, hidden_sizes)
+        if "resume" not in ckpt:
+            fail(f"checkpoint {checkpoint_path} holds no resume state")
+        state = ckpt["resume"]
+        actor.load_state_dict(ckpt["actor"])
+        critic.load_state_dict(ckpt["critic"])
+        critic_target.load_state_dict(state["critic_target"])
+        actor_optimizer.load_state_dict(state["actor_optimizer"])
+        critic_optimizer.load_state_dict(state["critic_optimizer"])
+        alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+        with torch.no_grad():
+            log_alpha.copy_(state["log_alpha"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        np_rng.bit_generator.state = state["numpy_rng"]
+        random.setstate(state["python_rng"])
+        start_step, run_dir = state["step"], state["run_dir"]
+        print(f"resuming {checkpoint_path} at step {start_step}, logging to {run_dir}")
+
+    def save(step: int):
+        for name, net in (("actor", actor), ("critic", critic)):  # keep the last good checkpoint
+            if not all(torch.isfinite(p).all() for p in net.parameters()):
+                fail(f"non-finite {name} weights at step {step}; kept the last good checkpoint {checkpoint_path}")
+        save_checkpoint(checkpoint_path, {
+            "format": CHECKPOINT_FORMAT, "algo": "cql", "env_id": args.env_id, "obs_dim": obs_dim,
+            "act_dim": act_dim, "n_ensemble": n, "hidden_sizes": hidden_sizes, "actor": actor.state_dict(),
+            "critic": critic.state_dict(), "step": step, "args": dataclasses.asdict(args),
+            "resume": {
+                "critic_target": critic_target.state_dict(), "actor_optimizer": actor_optimizer.state_dict(),
+                "critic_optimizer": critic_optimizer.state_dict(), "alpha_optimizer": alpha_optimizer.state_dict(),
+                "log_alpha": log_alpha.detach().clone(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                "numpy_rng": np_rng.bit_generator.state, "python_rng": random.getstate(), "step": step,
+                "run_dir": run_dir,
+            },
+        })
+
+    # on resume, TensorBoard drops whatever the interrupted run logged after its checkpoint's step
+    writer = SummaryWriter(run_dir, purge_step=start_step + 1 if args.resume else None)
+    if not args.resume:
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+
+    start_time, sps_step = time.time(), start_step
+    for step in tqdm(range(start_step, args.offline_steps), initial=start_step, total=args.offline_steps):
+        batch = sample_batch(data, np_rng, n, args.batch_size)
+        info = cql_update(actor, critic, critic_target, log_alpha, actor_optimizer, critic_optimizer, alpha_optimizer,
+                          batch, args.gamma, args.tau, args.alpha_cql, args.n_actions, target_entropy,
+                          bc=step < args.bc_steps)
+        global_step = step + 1  # updates done
+        is_eval = global_step % args.eval_every == 0 or global_step == args.offline_steps
+        if global_step % args.log_every == 0 or is_eval or global_step % args.checkpoint_every == 0:
+            values = dict(zip(info, torch.stack(list(info.values())).cpu().tolist()))  # one sync per log interval
+            bad = [name for name, value in values.items() if not np.isfinite(value)]
+            if bad:
+                fail(f"{', '.join(f'{name} = {values[name]}' for name in bad)} at step {global_step}; "
+                     f"kept the last good checkpoint {checkpoint_path}")
+            if global_step % args.log_every == 0:
+                for name, value in values.items():
+                    writer.add_scalar(name, value, global_step)
+                writer.add_scalar("charts/SPS", (global_step - sps_step) / (time.time() - start_time), global_step)
+                start_time, sps_step = time.time(), global_step
+        if is_eval:
+            returns = evaluate(actor, envs, n, args.seed, device).mean(1)  # [N + 1]: members, then the ensemble
+            writer.add_scalar("eval/return", returns[n], global_step)
+            writer.add_scalar("eval/normalized_score", normalized_score(args.env_id, returns[n]), global_step)
+            for i in range(n):
+                writer.add_scalar(f"eval/member_{i}_return", returns[i], global_step)
+                writer.add_scalar(f"eval/member_{i}_normalized_score", normalized_score(args.env_id, returns[i]), global_step)
+            members = " ".join(f"{normalized_score(args.env_id, r):.1f}" for r in returns[:n])
+            tqdm.write(f"step={global_step} ensemble return={returns[n]:.1f} "
+                       f"score={normalized_score(args.env_id, returns[n]):.1f} members=[{members}]")
+        if is_eval or global_step % args.checkpoint_every == 0:
+            writer.flush()  # curves up to the checkpoint survive a crash; --resume purges anything logged after it
+            save(global_step)
+            start_time = time.time()  # do not count evaluation and saving in SPS
+    if start_step >= args.offline_steps:
+        save(start_step)
+    writer.close()
+    for env in envs:
+        env.close()
+    print(f"saved {checkpoint_path}")
+
+
+if __name__ == "__main__":
+    main()
