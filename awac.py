@@ -559,6 +559,12 @@ def main():
             fail(f"--{name.replace('_', '-')} must be at least 1")
     if args.offline_steps < 0 or args.online_steps < 0 or args.checkpoint_every < 0:
         fail("--offline-steps, --online-steps and --checkpoint-every must be non-negative")
+    for name, value in (("learning_rate", args.learning_rate), ("tau", args.tau), ("awac_lambda", args.awac_lambda),
+                        ("exp_adv_max", args.exp_adv_max)):
+        if not (np.isfinite(value) and value > 0):
+            fail(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    if not 0.0 <= args.gamma <= 1.0:
+        fail(f"--gamma must lie in [0, 1], got {args.gamma}")
     checkpoint_path = args.save_checkpoint or f"checkpoints/awac_{args.env_id}_seed{args.seed}.pt"
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.deterministic = args.torch_deterministic

@@ -588,6 +588,15 @@ def main():
             fail(f"--{name.replace('_', '-')} must be at least 1")
     if args.offline_steps < 0 or args.online_steps < 0 or args.checkpoint_every < 0:
         fail("--offline-steps, --online-steps and --checkpoint-every must be non-negative")
+    for name, value in (("learning_rate", args.learning_rate), ("tau", args.tau), ("phi", args.phi)):
+        if not (np.isfinite(value) and value > 0):
+            fail(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    for name, value in (("gamma", args.gamma), ("lmbda", args.lmbda)):
+        if not 0.0 <= value <= 1.0:
+            fail(f"--{name} must lie in [0, 1], got {value}")
+    for name, value in (("kl_weight", args.kl_weight), ("expl_noise", args.expl_noise)):
+        if not (np.isfinite(value) and value >= 0):
+            fail(f"--{name.replace('_', '-')} must be a non-negative number, got {value}")
     if args.hidden_dim is not None:
         args.vae_hidden_sizes = args.actor_hidden_sizes = args.critic_hidden_sizes = (args.hidden_dim,) * 2
     checkpoint_path = args.save_checkpoint or f"checkpoints/bcq_{args.env_id}_seed{args.seed}.pt"

@@ -181,3 +181,24 @@ def test_sigkill_then_resume(tiny_hopper_dataset, tmp_path):
     logged = scalars(tmp_path / "runs" / "r")
     steps = [s for s, _ in logged["losses/critic_loss"]]
     assert steps == sorted(set(steps)) and steps[-1] == 1500  # curves continue, no duplicated points
+
+
+def test_inf_loss_stops_with_named_loss_and_step(run_script, tiny_hopper_dataset, tmp_path):
+    import h5py
+    with h5py.File(tiny_hopper_dataset) as f:
+        data = {key: f[key][()] for key in f}
+    data["rewards"] = np.full_like(data["rewards"], 1e30)  # finite data, but the squared TD error overflows
+    path = write_d4rl_file(tmp_path / "huge.hdf5", **data)
+    result = run_script("awac.py", *TINY, "--dataset-path", path, "--offline-steps", "100", "--online-steps", "0",
+                        "--log-every", "20", "--checkpoint-every", "10", "--save-checkpoint", "ck/x.pt")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "losses/critic_loss is inf at step -90" in result.stderr  # first check: the checkpoint at step 10
+    assert not (tmp_path / "ck" / "x.pt").exists()  # a diverged state is never written
+
+
+def test_unwritable_checkpoint_path_fails_at_startup(run_script, tiny_hopper_dataset, tmp_path):
+    (tmp_path / "afile").write_text("")
+    result = run_script("awac.py", *TINY, "--dataset-path", tiny_hopper_dataset, "--offline-steps", "10",
+                        "--online-steps", "0", "--save-checkpoint", tmp_path / "afile" / "ck.pt")
+    assert result.returncode != 0 and "cannot write the checkpoint path" in result.stderr
+    assert "Traceback" not in result.stderr
