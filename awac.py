@@ -193,7 +193,7 @@ def download_d4rl_file(env_id: str) -> str:
     if os.path.exists(path):
         return path
     os.makedirs(dataset_dir, exist_ok=True)
-    partial = path + ".part"
+    partial = f"{path}.{os.getpid()}.part"  # unique per process: parallel jobs may download the same file
     try:
         with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
@@ -339,7 +339,7 @@ def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor):
     """Reparameterized a = tanh(u), u ~ N(mean, std), and log pi(a) with the tanh change of variables."""
     std = log_std.exp()
     u = mean + std * torch.randn_like(mean)
-    log_prob = torch.distributions.Normal(mean, std).log_prob(u) - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
+    log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(u) - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
     return torch.tanh(u), log_prob.sum(-1)
 
 
@@ -364,7 +364,8 @@ ACTION_CLIP = 1.0 - 1e-6  # dataset actions are clipped to ±(1 − 1e-6) before
 def tanh_gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
     """log π(a|s) of a given action under the tanh-Gaussian (summed over action dims): the AWAC likelihood term."""
     u = torch.atanh(action.clamp(-ACTION_CLIP, ACTION_CLIP))
-    log_prob = torch.distributions.Normal(mean, log_std.exp()).log_prob(u) - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
+    gaussian = torch.distributions.Normal(mean, log_std.exp(), validate_args=False)  # NaN reaches the loss check
+    log_prob = gaussian.log_prob(u) - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
     return log_prob.sum(-1)
 
 

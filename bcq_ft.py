@@ -205,7 +205,7 @@ def download_d4rl_file(env_id: str) -> str:
     if os.path.exists(path):
         return path
     os.makedirs(dataset_dir, exist_ok=True)
-    partial = path + ".part"
+    partial = f"{path}.{os.getpid()}.part"  # unique per process: parallel jobs may download the same file
     try:
         with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
