@@ -204,7 +204,7 @@ def download_d4rl_file(env_id: str) -> str:
     if os.path.exists(path):
         return path
     os.makedirs(dataset_dir, exist_ok=True)
-    partial = path + ".part"
+    partial = f"{path}.{os.getpid()}.part"  # unique per process: parallel jobs may download the same file
     try:
         with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
@@ -350,7 +350,7 @@ def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor):
     """Reparameterized a = tanh(u), u ~ N(mean, std), and log pi(a) with the tanh change of variables."""
     std = log_std.exp()
     u = mean + std * torch.randn_like(mean)
-    log_prob = torch.distributions.Normal(mean, std).log_prob(u) - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
+    log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(u) - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
     return torch.tanh(u), log_prob.sum(-1)
 
 
@@ -687,12 +687,17 @@ def main():
     cql_command = (f"python cql_pretrain.py --env-id {args.env_id} --n-ensemble {k} --seed {args.seed} "
                    f"--checkpoint {args.checkpoint}" + (f" --dataset-path {args.dataset_path}" if args.dataset_path else ""))
     ckpt = load_ensemble_checkpoint(args.checkpoint, cql_command, args.env_id, obs_dim, act_dim, k, device)
+    if ckpt["algo"] == "fqe":
+        fail(f"--checkpoint {args.checkpoint} is an fqe.py checkpoint (critics only); the policy comes from a CQL "
+             f"checkpoint: give it as --checkpoint and this one as --q-init fqe --fqe-checkpoint")
     hidden_sizes = list(ckpt["hidden_sizes"])
     critic_source, critic_path = ckpt, args.checkpoint
     if args.q_init == "fqe":
         fqe_command = f"python fqe.py --env-id {args.env_id} --n-ensemble {k} --seed {args.seed} --checkpoint {args.checkpoint}"
         critic_source = load_ensemble_checkpoint(args.fqe_checkpoint, fqe_command, args.env_id, obs_dim, act_dim, k, device)
         critic_path = args.fqe_checkpoint
+        if critic_source["algo"] != "fqe":
+            fail(f"--fqe-checkpoint {critic_path} has algo {critic_source['algo']!r}, expected 'fqe' (written by fqe.py)")
         if list(critic_source["hidden_sizes"]) != hidden_sizes:
             fail(f"FQE critics {critic_source['hidden_sizes']} and CQL networks {hidden_sizes} differ in hidden sizes")
     actor = EnsembleActor(obs_dim, act_dim, hidden_sizes, k).to(device)
@@ -730,6 +735,9 @@ def main():
     global_step, epoch, n_updates = 0, 0, 0
 
     if resume_state is not None:  # everything needed to continue exactly where the checkpoint left off
+        if saved["n_ensemble"] != k or saved["obs_dim"] != obs_dim or saved["act_dim"] != act_dim:
+            fail(f"--resume: {args.save_checkpoint} holds {saved['n_ensemble']} members for dims "
+                 f"{saved['obs_dim']}/{saved['act_dim']}; this run asks for {k} and has {obs_dim}/{act_dim}")
         if resume_state["dataset_size"] != M or resume_state["online_steps"] != args.online_steps \
                 or resume_state["sampling"] != args.sampling:
             fail(f"--resume: {args.save_checkpoint} was made with dataset size {resume_state['dataset_size']}, "
@@ -841,6 +849,10 @@ def main():
                 (obs_b[:B], act_b[:B]), args.temperature)
             if balanced:  # only the drawn leaves change; p_max never decreases
                 new_priorities = priorities.cpu().numpy()
+                if not np.isfinite(new_priorities).all():  # host copy already made: this check costs no sync
+                    progress.close()
+                    fail(f"losses/density_ratio_loss: the density-ratio net gives non-finite w at online step "
+                         f"{global_step} (update {n_updates}); the last good checkpoint is {args.save_checkpoint}")
                 tree.update(indices, new_priorities)
                 p_max = max(p_max, float(new_priorities.max()))
             sac_stats = update_actor_critic(
@@ -854,6 +866,7 @@ def main():
         means = (sums / max(epoch_updates, 1)).tolist()
         for tag, value in zip(LOSS_TAGS, means):
             if not np.isfinite(value):
+                progress.close()
                 fail(f"{tag} is {value} at online step {global_step} (update {n_updates}); "
                      f"the last good checkpoint is {args.save_checkpoint}")
             writer.add_scalar(tag, value, global_step)

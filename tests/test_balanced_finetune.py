@@ -3,6 +3,7 @@ from a cql_pretrain.py checkpoint in every sampling mode, error messages, SIGKIL
 import importlib.util
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,6 +28,15 @@ TINY = ["--env-id", "Hopper-v4", "--n-ensemble", "2", "--epoch-length", "100", "
 
 def subprocess_env(tmp_path):
     return dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1", D4RL_DATASET_DIR=str(tmp_path / "d4rl_cache"))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """In-process training on one thread: on a shared 2-core machine, 2 spinning threads are many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def scalars(run_dir) -> dict:
@@ -101,7 +111,7 @@ def test_sumtree_total_and_internal_nodes_after_many_updates():
 # ---------------------------------------------------------------------------------
 # eq. (5) and eq. (4) pieces
 # ---------------------------------------------------------------------------------
-def test_ensemble_moments_match_mixture_samples():
+def test_ensemble_moments_match_mixture_samples(one_torch_thread):
     torch.manual_seed(0)
     n, b, a = 4, 3, 2
     mu = torch.randn(n, b, a) * 2.0
@@ -127,7 +137,7 @@ def test_density_ratio_loss_formula():
     assert bf.density_ratio_loss(torch.ones(5), torch.ones(7)).item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_density_ratio_net_recovers_gaussian_ratio():
+def test_density_ratio_net_recovers_gaussian_ratio(one_torch_thread):
     """Pointwise minimiser of p_off log((w+1)/2) - p_on log(2w/(w+1)): d/dw = p_off/(w+1) - p_on/(w(w+1)) = 0
     gives w* = p_on/p_off. With p_on = N(0.5, 1), p_off = N(-0.5, 1): w*(x) = exp(x)."""
     torch.manual_seed(0)
@@ -220,6 +230,21 @@ def test_missing_checkpoint_names_the_command(run_script, tiny_hopper_dataset):
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "checkpoints/cql_Hopper-v4_seed1.pt not found; create it with: python cql_pretrain.py --env-id Hopper-v4 " \
            "--n-ensemble 2 --seed 1" in result.stderr
+
+
+def test_unwritable_checkpoint_path_fails_at_start(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(SystemExit, match="cannot write checkpoint"):
+        bf.check_writable(str(tmp_path / "a_file" / "sub" / "ft.pt"))
+
+
+def test_nonfinite_loss_stops_with_loss_name_and_step(run_script, tiny_hopper_dataset, cql_checkpoint, tmp_path):
+    result = run_script("balanced_finetune.py", *TINY, "--dataset-path", tiny_hopper_dataset, "--online-steps", "200",
+                        "--checkpoint", cql_checkpoint, "--first-epoch-multiplier", "1", "--gamma", "1e38",
+                        "--save-checkpoint", "out/ft.pt")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert re.search(r"error: losses/qf_loss is (nan|inf) at online step 100 ", result.stderr), result.stderr[-500:]
+    assert not (tmp_path / "out" / "ft.pt").exists()
 
 
 def test_missing_fqe_checkpoint_names_fqe(run_script, tiny_hopper_dataset, cql_checkpoint):
