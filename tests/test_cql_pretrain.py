@@ -79,7 +79,7 @@ def test_critic_loss_matches_unvectorized_eq3():
             q_data.append(plain_q(critic, twin, s, a))
             sq_err.append((q_data[-1] - y) ** 2)
         expected += alpha_cql * (np.mean(lse) - np.mean(q_data)) + np.mean(sq_err)
-    assert float(loss) == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5, abs=1e-5)
     # the sampled actions come from the right distributions
     assert samples["random_actions"].abs().max() <= 1 and samples["random_actions"].shape == (1, batch_size * n_actions, act_dim)
     assert not samples["pi_actions"].requires_grad

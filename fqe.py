@@ -1,0 +1,621 @@
+"""Fitted Q Evaluation (FQE) of a fixed pretrained ensemble policy on its offline dataset (SPEC §5, issue 5).
+
+Gives the critics for the paper's Fig. 1c experiment (balanced_finetune.py --q-init fqe): fine-tuning the same CQL
+policy from critics that are *not* pessimistic. For each of the N members, twin critics of the usual architecture
+are regressed, by plain TD (no CQL term, no entropy term), on
+
+    y_j = r + gamma (1 - d) Q'_j(s', a'),   a' ~ pi(.|s'),   j = 1, 2 (each twin on its own target network),
+
+with target networks updated by Polyak averaging (tau 5e-3), Adam lr 3e-4, batch 256.
+
+pi is the policy that fine-tuning starts from: the ensemble policy of eq. (5) built from the first N members of the
+policy checkpoint (a Gaussian with the mixture's moments in pre-tanh space, mu = mean_i mu_i,
+sigma^2 = mean_i(sigma_i^2 + mu_i^2) - mu^2, then tanh), *stochastic*, since that is the policy whose Q-function
+the fine-tuned critics represent. Every member's critics evaluate this same ensemble policy, each member with its
+own initialisation and its own minibatches (indices [N, B]), so the N critics are N independent FQE estimates.
+
+Choices where the SPEC is silent:
+  * Twin critics without a min in the target (a min would be a pessimistic, i.e. conservative, estimate).
+  * The critics start from a fresh random initialisation (standard FQE), not from the CQL critics.
+  * The policy is fixed, so its eq. (5) moments at every next_observation of the dataset are computed once at the
+    start; an update then only samples a' = tanh(mu + sigma eps).
+  * Default 250,000 steps (SPEC gives none). Hidden width defaults to the policy checkpoint's (balanced_finetune.py
+    requires FQE and CQL networks of one size); --n-ensemble defaults to all members of the policy checkpoint.
+  * Accepted policy checkpoints: SPEC §7 files with an EnsembleActor (algo cql, balanced, awac or sac).
+  * Evaluation every --eval-every steps: eval/mc_return is the mean discounted return of the stochastic ensemble
+    policy over --eval-episodes episodes in the env (start states from env seeds seed + 10000 + k);
+    eval/q_estimate is the FQE value V(s) = E_{a~pi} Q(s, a) (mean over members, twins and 10 sampled actions)
+    at the dataset's episode start states (row 0 and every row whose previous next_observation differs from it);
+    eval/q_estimate_env_starts is the same at the start states of the Monte-Carlo episodes, the like-for-like one.
+  * Logged losses/qf is the TD MSE averaged over members and twins; charts/q_data the mean Q(s, a_data).
+  * Output: SPEC §7 checkpoint with algo "fqe", the same N, actor = the N policy members evaluated, critic = the
+    FQE critics, plus a resume state (target critics, optimizer, RNG states, step, run dir) for --resume.
+
+Usage:
+  python cql_pretrain.py --env-id hopper-medium-replay-v2 --n-ensemble 5
+  python fqe.py --env-id hopper-medium-replay-v2 --n-ensemble 5
+  python balanced_finetune.py --env-id hopper-medium-replay-v2 --n-ensemble 5 --q-init fqe
+"""
+import ctypes
+import dataclasses
+import os
+import random
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+import warnings
+from dataclasses import dataclass
+
+import gymnasium as gym
+import h5py
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+
+@dataclass
+class Args:
+    env_id: str = "hopper-medium-replay-v2"
+    """D4RL task name (its file is read from the D4RL cache or downloaded) or a gymnasium id with --dataset-path"""
+    dataset_path: str | None = None
+    """HDF5 file with D4RL's schema to evaluate on instead of the D4RL file of --env-id"""
+    policy_checkpoint: str | None = None
+    """checkpoint of the policy to evaluate (default checkpoints/cql_{env_id}_seed{seed}.pt, as cql_pretrain.py writes)"""
+    checkpoint: str | None = None
+    """where the FQE checkpoint is written (default checkpoints/fqe_{env_id}_seed{seed}.pt)"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, CUDA is used when available"""
+    n_ensemble: int | None = None
+    """number N of members: the policy is the eq. (5) ensemble of the first N (default: all in the policy checkpoint)"""
+    steps: int = 250_000
+    """number of gradient steps"""
+    batch_size: int = 256
+    """minibatch size per member (each member draws its own)"""
+    hidden_dim: int | None = None
+    """width of the critics' two hidden layers (default: the policy checkpoint's, as balanced_finetune.py needs)"""
+    gamma: float = 0.99
+    """discount factor"""
+    tau: float = 5e-3
+    """target critic smoothing coefficient"""
+    lr: float = 3e-4
+    """learning rate of the critics"""
+    log_every: int = 1000
+    """log losses every this many updates (also where NaN/inf losses are detected)"""
+    eval_every: int = 10_000
+    """compare the Q estimate with Monte-Carlo returns every this many updates"""
+    eval_episodes: int = 10
+    """Monte-Carlo episodes per evaluation"""
+    checkpoint_every: int = 50_000
+    """also write the checkpoint every this many updates (it is always written at each evaluation and at the end)"""
+    resume: bool = False
+    """continue the run saved in --checkpoint"""
+    run_dir: str | None = None
+    """TensorBoard folder (default runs/{env_id}__fqe__{seed}__{time})"""
+
+
+# ---------------------------------------------------------------------------------
+# SHARED BLOCK (verbatim copy of the team's common block; keep identical across scripts)
+# ---------------------------------------------------------------------------------
+def fail(message: str):
+    """Stop with one clear message and exit status 1, no traceback (used for every bad input)."""
+    raise SystemExit(f"error: {message}")
+
+
+# ---- tasks, environments, scores (SPEC §2) ----
+D4RL_TASK = re.compile(r"(halfcheetah|hopper|walker2d)-(random|medium|medium-replay|medium-expert|expert)-v(0|2)")
+GYM_ENV_OF = {"halfcheetah": "HalfCheetah-v4", "hopper": "Hopper-v4", "walker2d": "Walker2d-v4"}
+# D4RL's reference returns (random, expert) used for the normalized score.
+REF_RETURNS = {"halfcheetah": (-280.178953, 12135.0), "hopper": (-20.272305, 3234.3), "walker2d": (1.629008, 4592.3)}
+
+
+def gym_env_id(env_id: str) -> str:
+    """A D4RL task name (walker2d-medium-v2) maps to its gymnasium v4 env; a gymnasium id passes through."""
+    task = D4RL_TASK.fullmatch(env_id)
+    if task:
+        return GYM_ENV_OF[task.group(1)]
+    if env_id in gym.registry:
+        return env_id
+    fail(f"unknown --env-id {env_id!r}: give a D4RL task name such as walker2d-medium-expert-v2 "
+         f"or a gymnasium id such as Hopper-v4")
+
+
+def normalized_score(env_id: str, episode_return: float) -> float:
+    """100 * (R - random) / (expert - random) with D4RL's reference returns; NaN for envs D4RL has none for."""
+    family = gym_env_id(env_id).split("-")[0].lower()
+    if family not in REF_RETURNS:
+        return float("nan")
+    random_return, expert_return = REF_RETURNS[family]
+    return 100.0 * (episode_return - random_return) / (expert_return - random_return)
+
+
+def make_env(env_id: str, seed: int) -> gym.Env:
+    with warnings.catch_warnings():  # gymnasium flags the -v4 envs as old; SPEC §2 explains why we use them
+        warnings.simplefilter("ignore", DeprecationWarning)
+        env = gym.make(gym_env_id(env_id))
+    if not np.allclose(env.action_space.low, -1.0) or not np.allclose(env.action_space.high, 1.0):
+        fail(f"{env_id}: actions must lie in [-1, 1] (tanh policies, D4RL convention)")
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env.reset(seed=seed)
+    env.action_space.seed(seed)
+    return env
+
+
+# ---- D4RL data path (SPEC §2, §7) ----
+D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl"
+D4RL_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
+
+
+def d4rl_url(env_id: str) -> str:
+    family, dataset, version = D4RL_TASK.fullmatch(env_id).groups()
+    if version == "2":
+        return f"{D4RL_URL}/gym_mujoco_v2/{family}_{dataset.replace('-', '_')}-v2.hdf5"
+    if dataset == "medium-replay":  # the v0 files call it "mixed", and walker2d "walker"
+        return f"{D4RL_URL}/gym_mujoco/{'walker' if family == 'walker2d' else family}_mixed.hdf5"
+    return f"{D4RL_URL}/gym_mujoco/{family}_{dataset.replace('-', '_')}.hdf5"
+
+
+def download_d4rl_file(env_id: str) -> str:
+    """Path of the cached D4RL file (d4rl's own cache, so its downloads are reused); download it when missing."""
+    url = d4rl_url(env_id)
+    dataset_dir = os.environ.get("D4RL_DATASET_DIR", os.path.expanduser("~/.d4rl/datasets"))
+    path = os.path.join(dataset_dir, url.rsplit("/", 1)[1])
+    if os.path.exists(path):
+        return path
+    os.makedirs(dataset_dir, exist_ok=True)
+    partial = f"{path}.{os.getpid()}.part"  # unique per process: parallel jobs may download the same file
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {os.path.basename(path)}") as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        os.replace(partial, path)
+    except (urllib.error.URLError, OSError) as err:
+        if os.path.exists(partial):
+            os.remove(partial)
+        fail(f"dataset for {env_id} not found at {path} and could not be downloaded from {url} ({err}); "
+             f"download it there by hand, or pass --dataset-path FILE.hdf5")
+    return path
+
+
+def read_hdf5_dataset(path: str) -> dict:
+    """The D4RL arrays of one file, checked: required keys present, lengths equal, values finite."""
+    if not os.path.isfile(path):
+        fail(f"dataset file {path} does not exist")
+    try:
+        with h5py.File(path, "r") as f:
+            data = {key: f[key][()] for key in D4RL_KEYS if key in f}
+    except Exception as err:  # h5py raises OSError for truncated or non-HDF5 files, KeyError/ValueError for corrupt ones
+        fail(f"cannot read dataset {path}: not a readable HDF5 file ({err})")
+    for key in ("observations", "actions", "rewards", "terminals"):
+        if key not in data:
+            fail(f"dataset {path} has no '{key}' key (expected D4RL keys: {', '.join(D4RL_KEYS)})")
+    n_rows = len(data["observations"])
+    for key, values in data.items():
+        if len(values) != n_rows:
+            fail(f"dataset {path}: '{key}' has {len(values)} rows but 'observations' has {n_rows}")
+        if key in ("observations", "actions", "next_observations") and values.ndim != 2:
+            fail(f"dataset {path}: '{key}' must be 2-D (rows, dim), got shape {values.shape}")
+        if not np.all(np.isfinite(values)):
+            fail(f"dataset {path}: '{key}' contains NaN or inf")
+    if n_rows < 2:
+        fail(f"dataset {path} has {n_rows} rows; need at least 2")
+    return data
+
+
+def load_d4rl_dataset(env_id: str, dataset_path: str | None = None) -> dict[str, np.ndarray]:
+    """Transitions (s, a, r, s', d) of a D4RL task or of any file with D4RL's schema.
+
+    With stored next_observations every row is a transition and time-limit ends stay non-terminal
+    (done = terminals). Without them (v0 files), s' = observations[i+1] and each episode's last row
+    (a timeout, or the file's last row) is dropped, as D4RL's qlearning_dataset does.
+    """
+    path = dataset_path if dataset_path is not None else None
+    if path is None:
+        if not D4RL_TASK.fullmatch(env_id):
+            fail(f"--env-id {env_id!r} is not a D4RL task name: pass --dataset-path FILE.hdf5")
+        path = download_d4rl_file(env_id)
+    data = read_hdf5_dataset(path)
+    observations = data["observations"].astype(np.float32)
+    terminals = data["terminals"].astype(bool)
+    if "next_observations" in data:
+        keep = np.ones(len(observations), dtype=bool)
+        next_observations = data["next_observations"].astype(np.float32)
+    else:
+        if "timeouts" in data:
+            timeouts = data["timeouts"].astype(bool)
+        else:  # v0 without timeouts: an episode times out at its 1000th step (d4rl's episode_step counter)
+            episode_start = np.concatenate([[0], np.flatnonzero(terminals[:-1]) + 1])
+            step_in_episode = np.arange(len(terminals)) - episode_start[np.searchsorted(episode_start, np.arange(len(terminals)), side="right") - 1]
+            timeouts = (step_in_episode + 1) % 1000 == 0
+        keep = ~timeouts
+        keep[-1] = False
+        next_observations = np.concatenate([observations[1:], observations[-1:]])
+    return {
+        "observations": observations[keep],
+        "actions": data["actions"].astype(np.float32)[keep],
+        "rewards": data["rewards"].astype(np.float32).reshape(-1)[keep],
+        "next_observations": next_observations[keep],
+        "terminals": terminals.astype(np.float32)[keep],
+    }
+
+
+def check_dataset_matches_env(dataset: dict, env: gym.Env, source: str):
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    if dataset["observations"].shape[1] != obs_dim or dataset["actions"].shape[1] != act_dim:
+        fail(f"dataset {source} has observation/action dims {dataset['observations'].shape[1]}/"
+             f"{dataset['actions'].shape[1]} but {env.spec.id} has {obs_dim}/{act_dim}")
+
+
+# ---- vectorized ensemble networks (SPEC §3): weights [N, in, out], one batched matmul per layer ----
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+CHECKPOINT_FORMAT = "o2o-ensemble-v1"
+
+
+class VectorizedLinear(nn.Module):
+    """N independent linear layers applied as one batched matmul: x [N, B, in] -> [N, B, out]."""
+
+    def __init__(self, in_features: int, out_features: int, n_members: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_members, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(n_members, 1, out_features))
+        bound = 1.0 / in_features**0.5  # nn.Linear's default init, drawn independently for each member
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+def vectorized_mlp(in_dim: int, hidden_sizes, out_dim: int, n_members: int) -> nn.Sequential:
+    layers, width = [], in_dim
+    for hidden in hidden_sizes:
+        layers += [VectorizedLinear(width, hidden, n_members), nn.ReLU()]
+        width = hidden
+    return nn.Sequential(*layers, VectorizedLinear(width, out_dim, n_members))
+
+
+class EnsembleActor(nn.Module):
+    """N tanh-Gaussian actors with state-dependent log-std: obs [N, B, S] -> mean, log_std [N, B, A] (pre-tanh)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
+        super().__init__()
+        self.net = vectorized_mlp(obs_dim, hidden_sizes, 2 * act_dim, n_members)
+
+    def forward(self, obs: torch.Tensor):
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+
+class EnsembleCritic(nn.Module):
+    """Twin Q-functions of N members as 2N vectorized MLPs, member-major (row 2i: Q1 of member i, 2i+1: Q2).
+
+    obs [N, B, S], act [N, B, A] -> Q [N, 2, B]. Taking the first k members is slicing rows [:2k].
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
+        super().__init__()
+        self.n_members = n_members
+        self.net = vectorized_mlp(obs_dim + act_dim, hidden_sizes, 1, 2 * n_members)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, act], dim=-1).repeat_interleave(2, dim=0)
+        return self.net(x).view(self.n_members, 2, -1)
+
+
+def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor):
+    """Reparameterized a = tanh(u), u ~ N(mean, std), and log pi(a) with the tanh change of variables."""
+    std = log_std.exp()
+    u = mean + std * torch.randn_like(mean)
+    log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(u) - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
+    return torch.tanh(u), log_prob.sum(-1)
+
+
+def save_checkpoint(path: str, payload: dict):
+    """Atomic write: torch.save to a temp file in the same folder, then rename over the old checkpoint."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp_path = f"{path}.tmp"
+    try:
+        os.makedirs(folder, exist_ok=True)
+        torch.save(payload, tmp_path)
+        os.replace(tmp_path, path)
+    except OSError as err:
+        fail(f"cannot write checkpoint {path}: {err}")
+
+
+# ---------------------------------------------------------------------------------
+# fqe.py: the fixed ensemble policy, the FQE loss and update
+# ---------------------------------------------------------------------------------
+POLICY_ALGOS = ("cql", "balanced", "awac", "sac")  # checkpoints whose actor is an EnsembleActor
+
+
+def ensemble_moments(mu: torch.Tensor, std: torch.Tensor):
+    """eq. (5): moments of the members' Gaussian mixture (member dimension first), in pre-tanh space."""
+    mean = mu.mean(0)
+    var = (std.pow(2) + mu.pow(2)).mean(0) - mean.pow(2)
+    return mean, var.clamp_min(1e-12).sqrt()
+
+
+@torch.no_grad()
+def ensemble_policy_moments(actor: EnsembleActor, obs: torch.Tensor, chunk: int = 65536):
+    """Pre-tanh mean and std [M, A] of the ensemble policy (eq. 5) at states obs [M, S], in chunks."""
+    n_members = actor.net[0].weight.shape[0]
+    means, stds = [], []
+    for part in obs.split(chunk):
+        mu, log_std = actor(part.expand(n_members, -1, -1))
+        mean, std = ensemble_moments(mu, log_std.exp())
+        means.append(mean)
+        stds.append(std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def sample_batch(data: dict, rng: np.random.Generator, n_members: int, batch_size: int) -> dict:
+    """Each member gets its own minibatch: indices [N, B] -> tensors [N, B, ...]."""
+    size = data["observations"].shape[0]
+    idx = torch.from_numpy(rng.integers(0, size, size=(n_members, batch_size))).to(data["observations"].device)
+    return {key: value[idx] for key, value in data.items()}
+
+
+def fqe_loss(critic: nn.Module, critic_target: nn.Module, batch: dict, next_actions: torch.Tensor, gamma: float):
+    """TD regression of every member's twins on y_j = r + gamma (1 - d) Q'_j(s', a'): no conservatism, no entropy.
+
+    Returns the loss (sum over members and twins: each member gets its own gradient) and the MSE [N, 2] and
+    Q(s, a_data) [N, 2, B].
+    """
+    with torch.no_grad():
+        next_q = critic_target(batch["next_observations"], next_actions)  # [N, 2, B], each twin its own target
+        target = batch["rewards"].unsqueeze(1) + gamma * (1.0 - batch["terminals"].unsqueeze(1)) * next_q
+    q_data = critic(batch["observations"], batch["actions"])
+    mse = (q_data - target).pow(2).mean(-1)  # [N, 2]
+    return mse.sum(), {"mse": mse, "q_data": q_data}
+
+
+def fqe_update(critic, critic_target, optimizer, batch: dict, gamma: float, tau: float) -> dict:
+    """One FQE step of every member. batch holds next_policy_mean/std, the eq. (5) moments at s'. No .item()."""
+    next_actions = torch.tanh(batch["next_policy_mean"] + batch["next_policy_std"] * torch.randn_like(batch["next_policy_mean"]))
+    loss, info = fqe_loss(critic, critic_target, batch, next_actions, gamma)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():  # Polyak averaging of the target critics
+        for param, target_param in zip(critic.parameters(), critic_target.parameters()):
+            target_param.lerp_(param, tau)
+    return {"losses/qf": info["mse"].detach().mean(), "charts/q_data": info["q_data"].detach().mean()}
+
+
+# ---------------------------------------------------------------------------------
+# evaluation, checkpoints
+# ---------------------------------------------------------------------------------
+@torch.no_grad()
+def state_value(actor: EnsembleActor, critic: EnsembleCritic, obs: torch.Tensor, n_samples: int = 10) -> float:
+    """FQE's V(s) = E_{a ~ pi(s)} Q(s, a) at states obs [K, S], averaged over states, members, twins and samples."""
+    mean, std = ensemble_policy_moments(actor, obs)
+    mean, std, obs = (x.repeat_interleave(n_samples, 0) for x in (mean, std, obs))
+    actions = torch.tanh(mean + std * torch.randn_like(mean))
+    n_members = critic.n_members
+    return float(critic(obs.expand(n_members, -1, -1), actions.expand(n_members, -1, -1)).mean())
+
+
+@torch.no_grad()
+def monte_carlo(actor: EnsembleActor, envs: list, seed: int, gamma: float, device):
+    """Episodes of the stochastic ensemble policy (eq. 5), one per env in lockstep, env e from seed + 10000 + e.
+
+    Returns discounted returns [E], undiscounted returns [E] and the start states [E, S].
+    """
+    obs = np.stack([env.reset(seed=seed + 10_000 + e)[0] for e, env in enumerate(envs)])
+    start_obs = obs.copy()
+    discounted, returns = np.zeros(len(envs)), np.zeros(len(envs))
+    discount, active = np.ones(len(envs)), np.ones(len(envs), dtype=bool)
+    while active.any():
+        mean, std = ensemble_policy_moments(actor, torch.as_tensor(obs, dtype=torch.float32, device=device))
+        actions = torch.tanh(mean + std * torch.randn_like(mean)).cpu().numpy()
+        for e in np.flatnonzero(active):
+            obs[e], reward, terminated, truncated, _ = envs[e].step(actions[e])
+            discounted[e] += discount[e] * reward
+            returns[e] += reward
+            discount[e] *= gamma
+            active[e] = not (terminated or truncated)
+    return discounted, returns, start_obs
+
+
+def episode_start_states(dataset: dict, limit: int = 10_000) -> np.ndarray:
+    """Row 0 and every row whose predecessor ended an episode (terminal, or its next_observation is not this row)."""
+    obs, next_obs = dataset["observations"], dataset["next_observations"]
+    starts = np.concatenate([[True], (dataset["terminals"][:-1] > 0) | np.any(next_obs[:-1] != obs[1:], axis=1)])
+    rows = np.flatnonzero(starts)
+    if len(rows) > limit:  # an evenly spaced subset keeps evaluation cheap on datasets of many short episodes
+        rows = rows[np.linspace(0, len(rows) - 1, limit).astype(int)]
+    return obs[rows]
+
+
+def keep_freed_memory_on_cpu():
+    """CPU speed: let glibc's malloc reuse freed memory instead of mmap-ing (and page-faulting) each large tensor.
+
+    Above glibc's mmap threshold (at most 32 MB) every large tensor is a fresh mmap whose pages fault in on first
+    touch (see cql_pretrain.py and benchmark/throughput.py). A no-op where the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-4, 0)  # M_MMAP_MAX = 0: serve every allocation from the heap
+    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of freed heap for reuse
+
+
+def load_checkpoint_file(path: str, device, what: str):
+    if not os.path.isfile(path):
+        fail(f"{what} {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # pickle/zip errors of a truncated or foreign file
+        fail(f"cannot read {what} {path}: {err}")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        fail(f"{what} {path} is not an {CHECKPOINT_FORMAT} checkpoint")
+    missing = [k for k in ("algo", "env_id", "obs_dim", "act_dim", "n_ensemble", "hidden_sizes", "actor", "critic", "step")
+               if k not in ckpt]
+    if missing:
+        fail(f"{what} {path} lacks field(s) {', '.join(missing)}")
+    return ckpt
+
+
+def check_writable(path: str):
+    """Fail at startup, not after hours of training, when the checkpoint cannot be written."""
+    probe = f"{path}.probe.tmp"
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as err:
+        fail(f"cannot write checkpoint {path}: {err}")
+
+
+def main():
+    args = tyro.cli(Args)
+    policy_path = args.policy_checkpoint or f"checkpoints/cql_{args.env_id}_seed{args.seed}.pt"
+    checkpoint_path = args.checkpoint or f"checkpoints/fqe_{args.env_id}_seed{args.seed}.pt"
+    for name in ("steps", "batch_size", "log_every", "eval_every", "eval_episodes", "checkpoint_every"):
+        if getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be at least 1")
+    if os.path.abspath(policy_path) == os.path.abspath(checkpoint_path):
+        fail(f"--checkpoint {checkpoint_path} would overwrite the policy checkpoint")
+    check_writable(checkpoint_path)
+
+    random.seed(args.seed)
+    np_rng = np.random.default_rng(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if device.type == "cpu":
+        keep_freed_memory_on_cpu()
+
+    envs = [make_env(args.env_id, args.seed) for _ in range(args.eval_episodes)]
+    obs_dim, act_dim = envs[0].observation_space.shape[0], envs[0].action_space.shape[0]
+
+    # the policy: the eq. (5) ensemble of the first N members of a pretrained checkpoint
+    policy = load_checkpoint_file(policy_path, device, "policy checkpoint")
+    if policy["algo"] not in POLICY_ALGOS:
+        fail(f"policy checkpoint {policy_path} has algo {policy['algo']!r}; expected one of {', '.join(POLICY_ALGOS)}")
+    if gym_env_id(policy["env_id"]) != gym_env_id(args.env_id) or (policy["obs_dim"], policy["act_dim"]) != (obs_dim, act_dim):
+        fail(f"policy checkpoint {policy_path} is for {policy['env_id']!r} (dims {policy['obs_dim']}/{policy['act_dim']}), "
+             f"not for --env-id {args.env_id!r} (dims {obs_dim}/{act_dim})")
+    n = args.n_ensemble or policy["n_ensemble"]
+    if not 1 <= n <= policy["n_ensemble"]:
+        fail(f"--n-ensemble {n} but policy checkpoint {policy_path} holds {policy['n_ensemble']} member(s)")
+    policy_hidden = list(policy["hidden_sizes"])
+    actor = EnsembleActor(obs_dim, act_dim, policy_hidden, n).to(device)
+    try:
+        actor.load_state_dict({k: v[:n] for k, v in policy["actor"].items()}, strict=True)
+    except RuntimeError as err:
+        fail(f"policy checkpoint {policy_path}: its actor does not fit an EnsembleActor ({str(err).splitlines()[0]})")
+    actor.requires_grad_(False)
+
+    # data (SPEC §2), with the fixed policy's eq. (5) moments at every s' computed once
+    dataset = load_d4rl_dataset(args.env_id, args.dataset_path)
+    check_dataset_matches_env(dataset, envs[0], args.dataset_path or args.env_id)
+    data = {key: torch.as_tensor(value, device=device) for key, value in dataset.items()}
+    data["next_policy_mean"], data["next_policy_std"] = ensemble_policy_moments(actor, data["next_observations"])
+    start_states = torch.as_tensor(episode_start_states(dataset), device=device)
+
+    hidden_sizes = [args.hidden_dim] * 2 if args.hidden_dim else policy_hidden
+    critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, n).to(device)
+    critic_target = EnsembleCritic(obs_dim, act_dim, hidden_sizes, n).to(device)
+    critic_target.load_state_dict(critic.state_dict())
+    optimizer = torch.optim.Adam(critic.parameters(), lr=args.lr)
+
+    start_step = 0
+    run_dir = args.run_dir or f"runs/{args.env_id}__fqe__{args.seed}__{int(time.time())}"
+    if args.resume:
+        ckpt = load_checkpoint_file(checkpoint_path, device, "checkpoint")
+        expected = {"algo": "fqe", "env_id": args.env_id, "n_ensemble": n, "hidden_sizes": hidden_sizes}
+        for key, value in expected.items():
+            if ckpt[key] != value:
+                fail(f"checkpoint {checkpoint_path} has {key}={ckpt[key]!r} but this run has {key}={value!r}")
+        if "resume" not in ckpt:
+            fail(f"checkpoint {checkpoint_path} holds no resume state")
+        state = ckpt["resume"]
+        critic.load_state_dict(ckpt["critic"])
+        critic_target.load_state_dict(state["critic_target"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        np_rng.bit_generator.state = state["numpy_rng"]
+        random.setstate(state["python_rng"])
+        start_step, run_dir = state["step"], state["run_dir"]
+        print(f"resuming {checkpoint_path} at step {start_step}, logging to {run_dir}")
+
+    def save(step: int):
+        if not all(torch.isfinite(p).all() for p in critic.parameters()):  # keep the last good checkpoint
+            fail(f"non-finite critic weights at step {step}; kept the last good checkpoint {checkpoint_path}")
+        save_checkpoint(checkpoint_path, {
+            "format": CHECKPOINT_FORMAT, "algo": "fqe", "env_id": args.env_id, "obs_dim": obs_dim,
+            "act_dim": act_dim, "n_ensemble": n, "hidden_sizes": hidden_sizes, "actor": actor.state_dict(),
+            "critic": critic.state_dict(), "step": step, "args": dataclasses.asdict(args),
+            "policy_checkpoint": os.path.abspath(policy_path), "policy_hidden_sizes": policy_hidden,
+            "resume": {
+                "critic_target": critic_target.state_dict(), "optimizer": optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                "numpy_rng": np_rng.bit_generator.state, "python_rng": random.getstate(), "step": step,
+                "run_dir": run_dir,
+            },
+        })
+
+    # on resume, TensorBoard drops whatever the interrupted run logged after its checkpoint's step
+    writer = SummaryWriter(run_dir, purge_step=start_step + 1 if args.resume else None)
+    if not args.resume:
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+
+    start_time, sps_step = time.time(), start_step
+    for step in tqdm(range(start_step, args.steps), initial=start_step, total=args.steps):
+        info = fqe_update(critic, critic_target, optimizer, sample_batch(data, np_rng, n, args.batch_size), args.gamma, args.tau)
+        global_step = step + 1  # updates done
+        is_eval = global_step % args.eval_every == 0 or global_step == args.steps
+        if global_step % args.log_every == 0 or is_eval or global_step % args.checkpoint_every == 0:
+            values = dict(zip(info, torch.stack(list(info.values())).cpu().tolist()))  # one sync per log interval
+            bad = [name for name, value in values.items() if not np.isfinite(value)]
+            if bad:
+                fail(f"{', '.join(f'{name} = {values[name]}' for name in bad)} at step {global_step}; "
+                     f"kept the last good checkpoint {checkpoint_path}")
+            if global_step % args.log_every == 0:
+                for name, value in values.items():
+                    writer.add_scalar(name, value, global_step)
+                writer.add_scalar("charts/SPS", (global_step - sps_step) / (time.time() - start_time), global_step)
+                start_time, sps_step = time.time(), global_step
+        if is_eval:
+            discounted, returns, env_starts = monte_carlo(actor, envs, args.seed, args.gamma, device)
+            q_dataset = state_value(actor, critic, start_states)
+            q_env = state_value(actor, critic, torch.as_tensor(env_starts, dtype=torch.float32, device=device))
+            writer.add_scalar("eval/q_estimate", q_dataset, global_step)
+            writer.add_scalar("eval/q_estimate_env_starts", q_env, global_step)
+            writer.add_scalar("eval/mc_return", discounted.mean(), global_step)
+            writer.add_scalar("eval/return", returns.mean(), global_step)
+            writer.add_scalar("eval/normalized_score", normalized_score(args.env_id, returns.mean()), global_step)
+            tqdm.write(f"step={global_step} q_estimate={q_dataset:.2f} (env starts {q_env:.2f}) "
+                       f"mc_return={discounted.mean():.2f} return={returns.mean():.1f}")
+        if is_eval or global_step % args.checkpoint_every == 0:
+            writer.flush()  # curves up to the checkpoint survive a crash; --resume purges anything logged after it
+            save(global_step)
+            start_time = time.time()  # do not count evaluation and saving in SPS
+    if start_step >= args.steps:
+        save(start_step)
+    writer.close()
+    for env in envs:
+        env.close()
+    print(f"saved {checkpoint_path}")
+
+
+if __name__ == "__main__":
+    main()
