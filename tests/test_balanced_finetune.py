@@ -254,6 +254,32 @@ def test_missing_fqe_checkpoint_names_fqe(run_script, tiny_hopper_dataset, cql_c
     assert "checkpoints/fqe_Hopper-v4_seed1.pt not found; create it with: python fqe.py" in result.stderr
 
 
+def test_q_init_fqe_takes_critics_from_fqe_and_policy_from_cql(tmp_path, tiny_hopper_dataset, cql_checkpoint):
+    """With zero learning rates nothing moves, so the saved networks show where each came from."""
+    cql = torch.load(cql_checkpoint, weights_only=False)
+    torch.manual_seed(5)
+    fqe_critic = bf.EnsembleCritic(11, 3, cql["hidden_sizes"], 2)
+    torch.save(dict(cql, algo="fqe", critic=fqe_critic.state_dict()), tmp_path / "fqe.pt")
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "balanced_finetune.py"), *TINY, "--n-ensemble", "1", "--dataset-path",
+         str(tiny_hopper_dataset), "--checkpoint", str(cql_checkpoint), "--q-init", "fqe", "--fqe-checkpoint",
+         str(tmp_path / "fqe.pt"), "--online-steps", "100", "--first-epoch-multiplier", "1", "--q-lr", "0",
+         "--policy-lr", "0", "--save-checkpoint", "out/ft.pt", "--run-dir", "run"],
+        cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = torch.load(tmp_path / "out" / "ft.pt", weights_only=False)
+    for key, value in saved["critic"].items():  # first member of the FQE critics: rows [:2]
+        torch.testing.assert_close(value, fqe_critic.state_dict()[key][:2])
+    for key, value in saved["actor"].items():
+        torch.testing.assert_close(value, cql["actor"][key][:1])
+    # and an fqe checkpoint given as the policy source is refused
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "balanced_finetune.py"), *TINY, "--dataset-path", str(tiny_hopper_dataset),
+         "--checkpoint", str(tmp_path / "fqe.pt"), "--online-steps", "100"],
+        cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr and "is an fqe.py checkpoint" in result.stderr
+
+
 # ---------------------------------------------------------------------------------
 # end to end
 # ---------------------------------------------------------------------------------
