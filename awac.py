@@ -524,11 +524,11 @@ def rng_states(np_rng: np.random.Generator) -> dict:
 
 
 def set_rng_states(states: dict, np_rng: np.random.Generator):
-    torch.set_rng_state(states["torch"])
+    torch.set_rng_state(states["torch"].cpu())  # torch.load(map_location=cuda) moves these to the GPU
     np_rng.bit_generator.state = states["numpy"]
     random.setstate(states["random"])
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
 
 
 def load_resume_checkpoint(path: str, args: Args, obs_dim: int, act_dim: int, device: torch.device) -> dict:
