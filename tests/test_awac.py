@@ -202,3 +202,20 @@ def test_unwritable_checkpoint_path_fails_at_startup(run_script, tiny_hopper_dat
                         "--online-steps", "0", "--save-checkpoint", tmp_path / "afile" / "ck.pt")
     assert result.returncode != 0 and "cannot write the checkpoint path" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
+    path = str(tmp_path / "ck.pt")
+    awac.save_checkpoint(path, {"step": 1})
+    real_save = torch.save
+
+    def dying_save(obj, f, *args, **kwargs):  # writes half a file, then the process "dies"
+        with open(f, "wb") as out:
+            out.write(b"\x80\x02partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        awac.save_checkpoint(path, {"step": 2})
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.load(path, weights_only=False) == {"step": 1}
