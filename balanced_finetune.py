@@ -658,7 +658,10 @@ def main():
     if args.resume:
         if not os.path.isfile(args.save_checkpoint):
             fail(f"--resume: no checkpoint at {args.save_checkpoint} (give the run's --save-checkpoint)")
-        saved = torch.load(args.save_checkpoint, map_location="cpu", weights_only=False)
+        try:
+            saved = torch.load(args.save_checkpoint, map_location="cpu", weights_only=False)
+        except Exception as err:
+            fail(f"--resume: cannot read {args.save_checkpoint}: {err}")
         if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT or saved.get("algo") != "balanced" \
                 or "resume" not in saved:
             fail(f"--resume: {args.save_checkpoint} is not a resumable balanced_finetune.py checkpoint")
@@ -693,7 +696,9 @@ def main():
     hidden_sizes = list(ckpt["hidden_sizes"])
     critic_source, critic_path = ckpt, args.checkpoint
     if args.q_init == "fqe":
-        fqe_command = f"python fqe.py --env-id {args.env_id} --n-ensemble {k} --seed {args.seed} --checkpoint {args.checkpoint}"
+        fqe_command = (f"python fqe.py --env-id {args.env_id} --n-ensemble {k} --seed {args.seed} --policy-checkpoint "
+                       f"{args.checkpoint} --checkpoint {args.fqe_checkpoint}"
+                       + (f" --dataset-path {args.dataset_path}" if args.dataset_path else ""))
         critic_source = load_ensemble_checkpoint(args.fqe_checkpoint, fqe_command, args.env_id, obs_dim, act_dim, k, device)
         critic_path = args.fqe_checkpoint
         if critic_source["algo"] != "fqe":

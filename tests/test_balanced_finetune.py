@@ -251,15 +251,23 @@ def test_missing_fqe_checkpoint_names_fqe(run_script, tiny_hopper_dataset, cql_c
     result = run_script("balanced_finetune.py", *TINY, "--dataset-path", tiny_hopper_dataset, "--online-steps", "100",
                         "--checkpoint", cql_checkpoint, "--q-init", "fqe")
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "checkpoints/fqe_Hopper-v4_seed1.pt not found; create it with: python fqe.py" in result.stderr
+    assert "checkpoints/fqe_Hopper-v4_seed1.pt not found; create it with: python fqe.py --env-id Hopper-v4 " \
+           f"--n-ensemble 2 --seed 1 --policy-checkpoint {cql_checkpoint} --checkpoint checkpoints/fqe_Hopper-v4_seed1.pt" \
+           in result.stderr
 
 
 def test_q_init_fqe_takes_critics_from_fqe_and_policy_from_cql(tmp_path, tiny_hopper_dataset, cql_checkpoint):
-    """With zero learning rates nothing moves, so the saved networks show where each came from."""
+    """fqe.py writes the critics; with zero learning rates nothing moves, so the saved networks show their source."""
     cql = torch.load(cql_checkpoint, weights_only=False)
-    torch.manual_seed(5)
-    fqe_critic = bf.EnsembleCritic(11, 3, cql["hidden_sizes"], 2)
-    torch.save(dict(cql, algo="fqe", critic=fqe_critic.state_dict()), tmp_path / "fqe.pt")
+    made = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "fqe.py"), "--env-id", "Hopper-v4", "--dataset-path", str(tiny_hopper_dataset),
+         "--policy-checkpoint", str(cql_checkpoint), "--checkpoint", str(tmp_path / "fqe.pt"), "--n-ensemble", "2",
+         "--steps", "20", "--batch-size", "32", "--eval-every", "20", "--eval-episodes", "1", "--no-cuda"],
+        cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    fqe = torch.load(tmp_path / "fqe.pt", weights_only=False)
+    assert fqe["algo"] == "fqe"
+    assert not torch.equal(fqe["critic"]["net.0.weight"], cql["critic"]["net.0.weight"])
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "balanced_finetune.py"), *TINY, "--n-ensemble", "1", "--dataset-path",
          str(tiny_hopper_dataset), "--checkpoint", str(cql_checkpoint), "--q-init", "fqe", "--fqe-checkpoint",
@@ -269,7 +277,7 @@ def test_q_init_fqe_takes_critics_from_fqe_and_policy_from_cql(tmp_path, tiny_ho
     assert result.returncode == 0, result.stderr[-3000:]
     saved = torch.load(tmp_path / "out" / "ft.pt", weights_only=False)
     for key, value in saved["critic"].items():  # first member of the FQE critics: rows [:2]
-        torch.testing.assert_close(value, fqe_critic.state_dict()[key][:2])
+        torch.testing.assert_close(value, fqe["critic"][key][:2])
     for key, value in saved["actor"].items():
         torch.testing.assert_close(value, cql["actor"][key][:1])
     # and an fqe checkpoint given as the policy source is refused
