@@ -8,7 +8,7 @@ steps on the D4RL dataset, then an online phase of `--online-steps` environment 
 after each, with the SAME update rule; one replay buffer holds the dataset and, online, the new transitions
 (capacity = dataset size + online steps, nothing is overwritten; minibatches are uniform over its contents).
 
-Update (AWAC paper, eq. 9 for the actor, and the TD backup of its Algorithm 1):
+Update (the AWAC paper's Algorithm 1: weighted-likelihood actor update and TD backup of the critic):
   critic: twin Q regressed on  y = r + γ(1−d)·min(Q1', Q2')(s', a'),  a' ~ π(·|s')  (no entropy term),
           loss = MSE(Q1, y) + MSE(Q2, y)  (as CORL's awac.py); targets are Polyak averages, τ = 5e-3.
   actor:  loss = −mean[ log π(a|s) · min(exp(A(s,a)/λ), 100) ],
@@ -52,6 +52,11 @@ Choices made where the SPEC is silent:
 - A NaN/inf loss is detected on the values already synced for logging (every `--log-every` steps and before
   each checkpoint write); the run stops with a message naming the loss and the step, and the last good
   checkpoint is kept.
+
+    python awac.py --env-id hopper-medium-v2 --n-ensemble 5
+    python awac.py --env-id walker2d-medium-expert-v2 --n-ensemble 5 --awac-lambda 0.3333
+    python awac.py --env-id Hopper-v4 --dataset-path data/hopper_replay.hdf5 --offline-steps 20000 --online-steps 20000 --hidden-dim 64
+    python awac.py --env-id hopper-medium-v2 --n-ensemble 5 --resume    # continue an interrupted run
 """
 import dataclasses
 import os
@@ -397,7 +402,7 @@ def critic_loss_fn(actor, critic, critic_target, batch, gamma: float):
 
 
 def awac_actor_loss(actor, critic, obs, actions, awac_lambda: float, exp_adv_max: float):
-    """AWAC eq. 9: −mean[log π(a|s) · min(exp(A/λ), cap)], A = minQ(s,a) − minQ(s, a_π), a_π ~ π(·|s) (one sample).
+    """AWAC actor loss: −mean[log π(a|s) · min(exp(A/λ), cap)], A = minQ(s,a) − minQ(s, a_π), a_π ~ π(·|s) (one sample).
 
     Per-member mean over the batch, summed over members. Returns (loss, weights [N, B]).
     """

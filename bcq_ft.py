@@ -53,6 +53,11 @@ Choices made where the SPEC is silent:
 - A NaN/inf loss is detected on the values already synced for logging (every `--log-every` steps and before
   each checkpoint write); the run stops with a message naming the loss and the step, keeping the last good
   checkpoint.
+
+    python bcq_ft.py --env-id hopper-medium-v2 --n-ensemble 5
+    python bcq_ft.py --env-id walker2d-medium-expert-v2 --n-ensemble 5
+    python bcq_ft.py --env-id Hopper-v4 --dataset-path data/hopper_replay.hdf5 --offline-steps 20000 --online-steps 20000 --hidden-dim 64
+    python bcq_ft.py --env-id hopper-medium-v2 --n-ensemble 5 --resume    # continue an interrupted run
 """
 import dataclasses
 import os
