@@ -551,11 +551,13 @@ def update_actor_critic(batch, actor, critic, target_critic, log_alpha, actor_op
 
     # actor: mean(alpha log pi(a|s) - Qbar(s, a)), one action a ~ pi_ensemble(s) shared by all members
     action, log_pi = tanh_gaussian_sample(*ensemble_policy(actor, obs, n_members))
+    critic.requires_grad_(False)  # the actor step needs dQ/da only, not gradients of the critic weights
     qbar = critic(expand(obs), expand(action)).min(dim=1).values.mean(0)
     actor_loss = (alpha * log_pi - qbar).mean()
     actor_optimizer.zero_grad(set_to_none=True)
     actor_loss.backward()
     actor_optimizer.step()
+    critic.requires_grad_(True)
 
     # temperature: target entropy -|A| (CleanRL's form)
     alpha_loss = (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
