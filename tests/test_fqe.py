@@ -117,7 +117,7 @@ def test_episode_start_states():
     ("too_many_members", "--n-ensemble 3 but policy checkpoint {path} holds 2 member(s)"),
     ("fqe_as_policy", "has algo 'fqe'"),
 ])
-def test_bad_policy_checkpoint(run_script, tmp_path, tiny_hopper_dataset, case, message):
+def test_bad_policy_checkpoint(run_script, tmp_path, monkeypatch, tiny_hopper_dataset, case, message):
     path = tmp_path / "policy.pt"
     extra = []
     if case == "not_a_checkpoint":
@@ -129,11 +129,18 @@ def test_bad_policy_checkpoint(run_script, tmp_path, tiny_hopper_dataset, case, 
         extra = ["--n-ensemble", "3"]
     elif case == "fqe_as_policy":
         write_policy(path, algo="fqe")
-    proc = run_script("fqe.py", "--env-id", "Hopper-v4", "--dataset-path", tiny_hopper_dataset, "--policy-checkpoint", path,
-                      "--steps", "10", *extra)
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert message.format(path=path) in proc.stderr, proc.stderr
+    args = ["--env-id", "Hopper-v4", "--dataset-path", tiny_hopper_dataset, "--policy-checkpoint", path, "--steps", "10", *extra]
+    if case == "not_a_checkpoint":  # one case as a user sees it: one line, no traceback
+        proc = run_script("fqe.py", *args)
+        assert proc.returncode != 0
+        assert "Traceback" not in proc.stderr, proc.stderr
+        assert message.format(path=path) in proc.stderr, proc.stderr
+    else:  # the others in-process (cheaper): main() stops with SystemExit("error: ...")
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(sys, "argv", ["fqe.py", *map(str, args)])
+        with pytest.raises(SystemExit) as stop:
+            fqe.main()
+        assert str(stop.value).startswith("error: ") and message.format(path=path) in str(stop.value)
 
 
 def scalars(run_dir):
@@ -145,8 +152,8 @@ def scalars(run_dir):
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_hopper_dataset):
     policy = write_policy(tmp_path / "policy.pt")
     common = [sys.executable, str(REPO_ROOT / "fqe.py"), "--env-id", "Hopper-v4", "--dataset-path", str(tiny_hopper_dataset),
-              "--policy-checkpoint", str(policy), "--steps", "3000", "--batch-size", "32", "--hidden-dim", "16",
-              "--log-every", "100", "--eval-every", "1500", "--eval-episodes", "2", "--checkpoint-every", "300"]
+              "--policy-checkpoint", str(policy), "--steps", "2000", "--batch-size", "32", "--hidden-dim", "16",
+              "--log-every", "100", "--eval-every", "1000", "--eval-episodes", "2", "--checkpoint-every", "200"]
     env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
     done = subprocess.run([*common, "--checkpoint", "a.pt", "--run-dir", "runs/a"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
@@ -160,12 +167,31 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_hopper_dat
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = torch.load(tmp_path / "b.pt", weights_only=False)["step"]
-    assert 300 <= killed_at < 3000
+    assert 200 <= killed_at < 2000
     resumed = subprocess.run([*common, "--checkpoint", "b.pt", "--resume"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     final = torch.load(tmp_path / "b.pt", weights_only=False)
-    assert final["step"] == 3000 and final["algo"] == "fqe" and final["n_ensemble"] == 2
+    assert final["step"] == 2000 and final["algo"] == "fqe" and final["n_ensemble"] == 2
     logged = scalars(tmp_path / "runs" / "b")
     assert logged == scalars(tmp_path / "runs" / "a")  # same seed: identical values, nothing lost or doubled
     assert {"eval/q_estimate", "eval/mc_return", "losses/qf", "charts/q_data"} <= set(logged)
+
+
+def test_default_paths_chain_cql_fqe_balanced_finetune(run_script, tmp_path, tiny_hopper_dataset):
+    """cql_pretrain.py -> fqe.py -> balanced_finetune.py --q-init fqe with default checkpoint paths only."""
+    data = ["--env-id", "Hopper-v4", "--dataset-path", tiny_hopper_dataset]
+    proc = run_script("cql_pretrain.py", *data, "--n-ensemble", "2", "--hidden-dim", "32", "--batch-size", "32",
+                      "--offline-steps", "100", "--eval-episodes", "1", "--log-every", "50")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_script("fqe.py", *data, "--steps", "100", "--batch-size", "32", "--eval-episodes", "1", "--log-every", "50")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "checkpoints" / "fqe_Hopper-v4_seed1.pt", weights_only=False)
+    cql_ckpt = torch.load(tmp_path / "checkpoints" / "cql_Hopper-v4_seed1.pt", weights_only=False)
+    assert (ckpt["algo"], ckpt["n_ensemble"], ckpt["hidden_sizes"]) == ("fqe", 2, [32, 32])  # N and size from the policy
+    for key, value in ckpt["actor"].items():  # the actor stored is the policy evaluated
+        torch.testing.assert_close(value, cql_ckpt["actor"][key])
+    proc = run_script("balanced_finetune.py", *data, "--n-ensemble", "2", "--q-init", "fqe", "--online-steps", "100",
+                      "--epoch-length", "100", "--first-epoch-multiplier", "1", "--batch-size", "32",
+                      "--ratio-batch-size", "32", "--hidden-dim", "32", "--eval-episodes", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
