@@ -6,7 +6,8 @@
 # several seeds; finally curves.csv, summary.csv and balanced_cpu.png under $OUT_DIR.
 # Everything runs offline on the CPU, $WORKERS jobs at a time with one torch thread each.
 #
-#   bash benchmark/balanced_cpu.sh                       # defaults below, roughly 30-40 min on 2 free cores
+#   bash benchmark/balanced_cpu.sh                       # defaults below: ~20-30 min on 2 free cores (measured:
+#                                                        # CQL ~13 ms/step, one arm ~3 min CPU; 9 arms, 2 at a time)
 #   SEEDS="1 2" ONLINE_STEPS=5000 bash benchmark/balanced_cpu.sh   # quicker look
 #   SMOKE=1 bash benchmark/balanced_cpu.sh               # toy sizes, < 3 min: checks the pipeline only
 set -euo pipefail
