@@ -769,6 +769,8 @@ def main():
         random.setstate(resume_state["python_rng"])
         rng.bit_generator.state = resume_state["numpy_rng"]
         torch.set_rng_state(resume_state["torch_rng"])
+        if device.type == "cuda" and resume_state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(resume_state["cuda_rng"])
 
     def save(step):
         payload = {
@@ -785,6 +787,7 @@ def main():
                 "dataset_size": M, "online_steps": args.online_steps, "sampling": args.sampling,
                 "python_rng": random.getstate(), "numpy_rng": rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(), "run_dir": args.run_dir,
+                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
             },
         }
         save_checkpoint(args.save_checkpoint, payload)

@@ -238,6 +238,14 @@ def test_unwritable_checkpoint_path_fails_at_start(tmp_path):
         bf.check_writable(str(tmp_path / "a_file" / "sub" / "ft.pt"))
 
 
+def test_interrupted_checkpoint_write_keeps_previous(tmp_path):
+    path = tmp_path / "ft.pt"
+    bf.save_checkpoint(str(path), {"step": 1})
+    with pytest.raises(Exception):  # the write dies half-way (an unpicklable value) before the rename
+        bf.save_checkpoint(str(path), {"step": 2, "broken": lambda: None})
+    assert torch.load(path, weights_only=False)["step"] == 1
+
+
 def test_nonfinite_loss_stops_with_loss_name_and_step(run_script, tiny_hopper_dataset, cql_checkpoint, tmp_path):
     result = run_script("balanced_finetune.py", *TINY, "--dataset-path", tiny_hopper_dataset, "--online-steps", "200",
                         "--checkpoint", cql_checkpoint, "--first-epoch-multiplier", "1", "--gamma", "1e38",
