@@ -443,12 +443,12 @@ def cql_update(actor, critic, critic_target, log_alpha, actor_optimizer, critic_
     # eq. (2): alpha log pi(a|s) - min(Q1, Q2)(s, a), a ~ pi(s) reparameterized; critic weights detached so the
     # actor loss moves only the actor
     pi_action, log_pi = tanh_gaussian_sample(mean[:, :batch_size], log_std[:, :batch_size])
-    frozen = {name: p.detach() for name, p in critic.named_parameters()}
-    q_pi = torch.func.functional_call(critic, frozen, (obs, pi_action)).min(1).values  # [N, B]
     if bc:  # BC warm-up: alpha log pi(a|s) - log pi(a_data|s)
         bc_log_prob = tanh_gaussian_log_prob(mean[:, :batch_size], log_std[:, :batch_size], batch["actions"])
         actor_loss = (alpha[:, None] * log_pi - bc_log_prob).mean(1)  # [N]
     else:
+        frozen = {name: p.detach() for name, p in critic.named_parameters()}
+        q_pi = torch.func.functional_call(critic, frozen, (obs, pi_action)).min(1).values  # [N, B]
         actor_loss = (alpha[:, None] * log_pi - q_pi).mean(1)  # [N]
     # automatic entropy tuning towards -|A|
     alpha_loss = -(log_alpha[:, None] * (log_pi.detach() + target_entropy)).mean(1)  # [N]
