@@ -372,3 +372,19 @@ def test_bc_warmup_clones_the_data_actions():
         mean, _ = actor(batch["observations"])
     error = (torch.tanh(mean) - batch["actions"]).abs()
     assert float(error.mean()) < 0.03 and float(error.max()) < 0.1
+
+
+def test_interrupted_checkpoint_write_keeps_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "cql.pt"
+    cql.save_checkpoint(str(path), {"step": 1})
+
+    def crash(obj, f, *args, **kwargs):  # dies half-way through writing the temp file
+        with open(f, "wb") as out:
+            out.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cql.torch, "save", crash)
+    with pytest.raises(SystemExit, match="cannot write checkpoint"):
+        cql.save_checkpoint(str(path), {"step": 2})
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=False) == {"step": 1}

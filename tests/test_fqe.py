@@ -204,3 +204,31 @@ def test_default_paths_chain_cql_fqe_balanced_finetune(run_script, tmp_path, tin
                       "--epoch-length", "100", "--first-epoch-multiplier", "1", "--batch-size", "32",
                       "--ratio-batch-size", "32", "--hidden-dim", "32", "--eval-episodes", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def run_main(monkeypatch, tmp_path, *args):
+    """fqe.main() in-process; returns the SystemExit it stops with (every bad input ends in fail())."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["fqe.py", *map(str, args)])
+    with pytest.raises(SystemExit) as stop:
+        fqe.main()
+    return str(stop.value)
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(monkeypatch, tmp_path):
+    rows = 64
+    data = write_d4rl_file(tmp_path / "huge.hdf5", np.zeros((rows, OBS_DIM)), np.zeros((rows, ACT_DIM)),
+                           np.full(rows, 3e38), np.zeros(rows), next_observations=np.zeros((rows, OBS_DIM)))
+    policy = write_policy(tmp_path / "policy.pt")
+    (tmp_path / "keep.pt").write_bytes(b"previous checkpoint")
+    message = run_main(monkeypatch, tmp_path, "--env-id", "Hopper-v4", "--dataset-path", data, "--policy-checkpoint", policy,
+                       "--steps", "50", "--batch-size", "8", "--log-every", "5", "--checkpoint", "keep.pt")
+    assert message.startswith("error: losses/qf = ") and "at step 5" in message and "keep.pt" in message
+    assert (tmp_path / "keep.pt").read_bytes() == b"previous checkpoint"
+
+
+def test_unwritable_checkpoint_fails_at_startup(monkeypatch, tmp_path, tiny_hopper_dataset):
+    (tmp_path / "a_file").write_text("x")
+    message = run_main(monkeypatch, tmp_path, "--env-id", "Hopper-v4", "--dataset-path", tiny_hopper_dataset,
+                       "--policy-checkpoint", write_policy(tmp_path / "policy.pt"), "--checkpoint", tmp_path / "a_file" / "fqe.pt")
+    assert message.startswith("error: cannot write checkpoint")
