@@ -489,7 +489,15 @@ def main():
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1")
     if os.path.abspath(policy_path) == os.path.abspath(checkpoint_path):
-        fail(f"--checkpoint {checkpoint_path} would overwrite the policy checkpoint")
+        fail(f"--checkpoint {checkpoint_path} would overwrite the policy checkpoint (the policy is --policy-checkpoint)")
+    if os.path.isfile(checkpoint_path) and not args.resume:  # never overwrite another algorithm's checkpoint
+        try:
+            existing = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        except Exception:
+            existing = None
+        if isinstance(existing, dict) and existing.get("algo") not in (None, "fqe"):
+            fail(f"--checkpoint {checkpoint_path} holds a {existing['algo']!r} checkpoint; refusing to overwrite it "
+                 f"(the policy to evaluate is --policy-checkpoint)")
     check_writable(checkpoint_path)
 
     random.seed(args.seed)

@@ -232,3 +232,16 @@ def test_unwritable_checkpoint_fails_at_startup(monkeypatch, tmp_path, tiny_hopp
     message = run_main(monkeypatch, tmp_path, "--env-id", "Hopper-v4", "--dataset-path", tiny_hopper_dataset,
                        "--policy-checkpoint", write_policy(tmp_path / "policy.pt"), "--checkpoint", tmp_path / "a_file" / "fqe.pt")
     assert message.startswith("error: cannot write checkpoint")
+
+
+def test_refuses_to_overwrite_another_algorithms_checkpoint(monkeypatch, tmp_path, tiny_hopper_dataset):
+    policy = write_policy(tmp_path / "policy.pt")
+    other = write_policy(tmp_path / "my_cql.pt")
+    before = other.read_bytes()
+    message = run_main(monkeypatch, tmp_path, "--env-id", "Hopper-v4", "--dataset-path", tiny_hopper_dataset,
+                       "--policy-checkpoint", policy, "--checkpoint", other)
+    assert "holds a 'cql' checkpoint; refusing to overwrite it" in message
+    assert other.read_bytes() == before
+    message = run_main(monkeypatch, tmp_path, "--env-id", "Hopper-v4", "--dataset-path", tiny_hopper_dataset,
+                       "--policy-checkpoint", policy, "--checkpoint", policy)
+    assert "would overwrite the policy checkpoint" in message
