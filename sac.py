@@ -461,10 +461,21 @@ def main():
 
     start_step, run_dir = 0, args.run_dir or f"runs/{args.env_id}__sac__{args.seed}__{int(time.time())}"
     if args.resume and os.path.exists(checkpoint_path):
-        ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("algo") != "sac" or ckpt.get("env_id") != args.env_id:
-            fail(f"{checkpoint_path} is not a sac.py checkpoint for {args.env_id}")
+        try:
+            ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        except Exception as err:  # pickle/zip errors of a truncated or foreign file
+            fail(f"cannot read checkpoint {checkpoint_path}: {err}")
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "resume" not in ckpt:
+            fail(f"{checkpoint_path} is not a sac.py checkpoint (no {CHECKPOINT_FORMAT} resume state)")
+        expected = {"algo": "sac", "env_id": args.env_id, "obs_dim": obs_dim, "act_dim": act_dim, "n_ensemble": 1,
+                    "hidden_sizes": hidden_sizes}
+        for key, value in expected.items():
+            if ckpt.get(key) != value:
+                fail(f"checkpoint {checkpoint_path} has {key}={ckpt.get(key)!r} but this run has {key}={value!r}")
         state = ckpt["resume"]
+        if state["buffer"]["size"] > args.total_timesteps:
+            fail(f"checkpoint {checkpoint_path} holds {state['buffer']['size']} steps, more than --total-timesteps "
+                 f"{args.total_timesteps}")
         actor.load_state_dict(ckpt["actor"])
         critic.load_state_dict(ckpt["critic"])
         critic_target.load_state_dict(state["critic_target"])
