@@ -667,6 +667,9 @@ def main():
         if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT or saved.get("algo") != "balanced" \
                 or "resume" not in saved:
             fail(f"--resume: {args.save_checkpoint} is not a resumable balanced_finetune.py checkpoint")
+        if saved.get("env_id") != args.env_id:  # envs can share dims (Walker2d and HalfCheetah: 17/6)
+            fail(f"--resume: {args.save_checkpoint} was made for --env-id {saved.get('env_id')!r}, "
+                 f"this run has {args.env_id!r}")
         resume_state = saved["resume"]
         args.run_dir = resume_state["run_dir"]
     if args.run_dir is None:
@@ -750,10 +753,10 @@ def main():
             fail(f"--resume: {args.save_checkpoint} was made with dataset size {resume_state['dataset_size']}, "
                  f"--online-steps {resume_state['online_steps']}, --sampling {resume_state['sampling']}; "
                  f"this run has {M}, {args.online_steps}, {args.sampling}")
-        actor.load_state_dict(saved["actor"])
-        critic.load_state_dict(saved["critic"])
-        target_critic.load_state_dict(resume_state["target_critic"])
-        ratio_net.load_state_dict(resume_state["ratio_net"])
+        load_state(actor, saved["actor"], "actor", args.save_checkpoint)  # e.g. another --hidden-dim: a clear error
+        load_state(critic, saved["critic"], "critic", args.save_checkpoint)
+        load_state(target_critic, resume_state["target_critic"], "target critic", args.save_checkpoint)
+        load_state(ratio_net, resume_state["ratio_net"], "density-ratio net", args.save_checkpoint)
         for optimizer, key in ((actor_optimizer, "actor_optimizer"), (critic_optimizer, "critic_optimizer"),
                                (alpha_optimizer, "alpha_optimizer"), (ratio_optimizer, "ratio_optimizer")):
             optimizer.load_state_dict(resume_state[key])
