@@ -603,6 +603,9 @@ def main():
         if state["dataset_size"] != buffer.dataset_size:
             fail(f"checkpoint {checkpoint_path} was trained on {state['dataset_size']} dataset transitions, "
                  f"this dataset has {buffer.dataset_size}")
+        if len(state["online_transitions"]["observations"]) > args.online_steps:  # more than the buffer has room for
+            fail(f"checkpoint {checkpoint_path} holds {len(state['online_transitions']['observations'])} online "
+                 f"transitions but --online-steps is {args.online_steps}")
         actor.load_state_dict(ckpt["actor"])
         critic.load_state_dict(ckpt["critic"])
         critic_target.load_state_dict(state["critic_target"])
