@@ -642,6 +642,9 @@ def main():
         if state["dataset_size"] != buffer.dataset_size:
             fail(f"checkpoint {checkpoint_path} was trained on {state['dataset_size']} dataset transitions, "
                  f"this dataset has {buffer.dataset_size}")
+        if len(state["online_transitions"]["observations"]) > args.online_steps:  # more than the buffer has room for
+            fail(f"checkpoint {checkpoint_path} holds {len(state['online_transitions']['observations'])} online "
+                 f"transitions but --online-steps is {args.online_steps}")
         vae.load_state_dict(ckpt["vae"])
         actor.load_state_dict(ckpt["actor"])
         critic.load_state_dict(ckpt["critic"])
