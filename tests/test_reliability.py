@@ -1,0 +1,374 @@
+"""Issue 8 sweep across every script: each bad input ends in one `error: ...` line naming the problem, a non-zero
+exit and no traceback, the same way in sac.py, cql_pretrain.py, fqe.py, balanced_finetune.py, awac.py and bcq_ft.py.
+
+Speed: every case runs the script's main() in-process (modules loaded once, sys.argv patched); fail() raises
+SystemExit("error: ..."), which exits with status 1 and prints the message alone, and any other exception would fail
+the test, so an in-process SystemExit carrying a one-line "error: " string is the same check as a subprocess. One
+subprocess per script (all six run in parallel) checks the real stderr/exit status of one representative case.
+
+Covered elsewhere, not repeated here: a NaN/inf loss stopping the run (tests of cql_pretrain, fqe, balanced_finetune,
+awac; bcq_ft and sac are covered below), same seed -> identical logged values (tests of every script; fqe's through
+its SIGKILL test, which compares a resumed run with a same-seed uninterrupted one), SIGKILL + --resume (every script).
+"""
+import importlib.util
+import inspect
+import os
+import re
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT, write_d4rl_file
+
+SCRIPTS = ("sac", "cql_pretrain", "fqe", "balanced_finetune", "awac", "bcq_ft")
+DATASET_SCRIPTS = ("cql_pretrain", "fqe", "balanced_finetune", "awac", "bcq_ft")
+HIDDEN = 16
+FORMAT = "o2o-ensemble-v1"
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f"reliability_{name}", REPO_ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def mods():
+    return {name: load_script(name) for name in SCRIPTS}
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_main(module, argv, monkeypatch, cwd) -> str:
+    """module.main() with argv; returns the message of the SystemExit it must stop with (any other exception fails)."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", [f"{module.__name__}.py", *map(str, argv)])
+    with pytest.raises(SystemExit) as stop:
+        module.main()
+    message = stop.value.code
+    assert isinstance(message, str), f"exit code {message!r}, expected an 'error: ...' message (exit status 1)"
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+# ---------------------------------------------------------------------------------
+# data and checkpoints, built once
+# ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def base_arrays(tiny_hopper_dataset):
+    with h5py.File(tiny_hopper_dataset, "r") as f:
+        return {key: f[key][:300] for key in ("observations", "actions", "rewards", "terminals", "timeouts",
+                                                "next_observations")}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, tiny_hopper_dataset, base_arrays):
+    """Every bad dataset of issue 8 (and a good small one), keyed by case name."""
+    folder = tmp_path_factory.mktemp("bad_data")
+    out = {"good": write_d4rl_file(folder / "good.hdf5", **base_arrays), "missing": folder / "no_such_file.hdf5"}
+    raw = tiny_hopper_dataset.read_bytes()
+    (folder / "truncated.hdf5").write_bytes(raw[: len(raw) // 2])
+    out["truncated"] = folder / "truncated.hdf5"
+    (folder / "text.hdf5").write_text("observations,actions,rewards\n0.1,0.2,0.3\n")
+    out["not_hdf5"] = folder / "text.hdf5"
+    out["no_actions_key"] = write_d4rl_file(folder / "no_actions.hdf5", **base_arrays)
+    with h5py.File(out["no_actions_key"], "a") as f:
+        del f["actions"]
+    out["short_rewards"] = write_d4rl_file(folder / "short_rewards.hdf5", **dict(base_arrays, rewards=base_arrays["rewards"][:-7]))
+    for key in ("observations", "actions", "rewards"):
+        for bad in ("nan", "inf"):
+            values = base_arrays[key].astype(np.float32).copy()
+            values.reshape(-1)[17] = np.nan if bad == "nan" else -np.inf
+            out[f"{bad}_{key}"] = write_d4rl_file(folder / f"{bad}_{key}.hdf5", **dict(base_arrays, **{key: values}))
+    out["huge_rewards"] = write_d4rl_file(folder / "huge.hdf5", **dict(base_arrays, rewards=np.full(300, 3e38)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory, mods, files):
+    """A real cql_pretrain.py checkpoint (N=2, hidden 16, Hopper-v4, run in-process) and foreign ones derived from it."""
+    folder = tmp_path_factory.mktemp("ckpts")
+    cql_path = folder / "cql.pt"
+    argv = ["cql_pretrain.py", "--env-id", "Hopper-v4", "--dataset-path", files["good"], "--n-ensemble", "2",
+            "--hidden-dim", HIDDEN, "--batch-size", "16", "--offline-steps", "5", "--log-every", "5", "--eval-every", "5",
+            "--eval-episodes", "1", "--checkpoint", cql_path, "--run-dir", folder / "runs", "--no-cuda"]
+    cwd, threads = os.getcwd(), torch.get_num_threads()
+    old_argv, sys.argv = sys.argv, [str(a) for a in argv]
+    try:
+        torch.set_num_threads(1)
+        os.chdir(folder)
+        mods["cql_pretrain"].main()
+    finally:
+        sys.argv = old_argv
+        os.chdir(cwd)
+        torch.set_num_threads(threads)
+    cql = torch.load(cql_path, weights_only=False)
+    assert (cql["algo"], cql["n_ensemble"], cql["hidden_sizes"]) == ("cql", 2, [HIDDEN, HIDDEN])
+
+    def forge(name, **changes):
+        path = folder / f"{name}.pt"
+        torch.save(dict(cql, **changes), path)
+        return path
+
+    def first(k):  # the first k members of the real checkpoint (actor [:k], critic [:2k])
+        return {"n_ensemble": k, "actor": {key: v[:k] for key, v in cql["actor"].items()},
+                "critic": {key: v[:2 * k] for key, v in cql["critic"].items()}}
+
+    c = mods["cql_pretrain"]
+    cheetah_actor = c.EnsembleActor(17, 6, [HIDDEN, HIDDEN], 2).state_dict()
+    cheetah_critic = c.EnsembleCritic(17, 6, [HIDDEN, HIDDEN], 2).state_dict()
+    text = folder / "notes.pt"
+    text.write_text("not a checkpoint\n")
+    raw = folder / "state_dict.pt"  # e.g. another codebase's checkpoint: a bare actor state_dict
+    torch.save(cql["actor"], raw)
+    run_dir = str(folder / "resumed_run")
+    return {
+        "cql": cql_path, "text": text, "raw": raw,
+        "cql_walker": forge("cql_walker", env_id="Walker2d-v4"),
+        "cql_cheetah": forge("cql_cheetah", env_id="HalfCheetah-v4", obs_dim=17, act_dim=6, actor=cheetah_actor,
+                             critic=cheetah_critic),
+        "fqe": forge("fqe", algo="fqe"),
+        "fqe_walker": forge("fqe_walker", algo="fqe", env_id="Walker2d-v4"),
+        "fqe_n1": forge("fqe_n1", algo="fqe", **first(1)),
+        "balanced_walker": forge("balanced_walker", algo="balanced", env_id="Walker2d-v4", resume={"run_dir": run_dir}),
+        "balanced_n3": forge("balanced_n3", algo="balanced", n_ensemble=3, resume={"run_dir": run_dir}),
+        **{f"{algo}_walker": forge(f"{algo}_walker", algo=algo, env_id="Walker2d-v4") for algo in ("awac", "bcq", "sac")},
+        **{f"{algo}_n2": forge(f"{algo}_n2", algo=algo) for algo in ("awac", "bcq", "sac")},
+    }
+
+
+# ---------------------------------------------------------------------------------
+# each script's command line, tiny sizes; `data` / `env` vary per case
+# ---------------------------------------------------------------------------------
+CKPT_FLAG = {"sac": "--checkpoint", "cql_pretrain": "--checkpoint", "fqe": "--checkpoint",
+             "balanced_finetune": "--save-checkpoint", "awac": "--save-checkpoint", "bcq_ft": "--save-checkpoint"}
+
+
+def argv_of(script, tmp_path, ckpts, data=None, env="Hopper-v4", n=None, policy=None):
+    out = tmp_path / "out.pt"
+    common = ["--env-id", env, "--run-dir", tmp_path / "runs", "--no-cuda"]
+    if script == "sac":
+        return [*common, "--total-timesteps", "30", "--learning-starts", "10", "--batch-size", "8", "--hidden-dim",
+                HIDDEN, "--log-every", "10", "--eval-every", "1000", "--eval-episodes", "1", "--checkpoint", out]
+    common += ["--dataset-path", data]
+    if script == "cql_pretrain":
+        return [*common, "--n-ensemble", n or 1, "--hidden-dim", HIDDEN, "--batch-size", "8", "--offline-steps", "2",
+                "--eval-episodes", "1", "--checkpoint", out]
+    if script == "fqe":
+        return [*common, "--policy-checkpoint", policy or ckpts["cql"], "--steps", "2", "--batch-size", "8",
+                "--eval-episodes", "1", "--checkpoint", out, *(["--n-ensemble", n] if n else [])]
+    if script == "balanced_finetune":
+        return [*common, "--checkpoint", policy or ckpts["cql"], "--n-ensemble", n or 2, "--online-steps", "10",
+                "--epoch-length", "5", "--first-epoch-multiplier", "1", "--batch-size", "8", "--ratio-batch-size", "8",
+                "--hidden-dim", HIDDEN, "--eval-episodes", "1", "--save-checkpoint", out]
+    return [*common, "--n-ensemble", n or 1, "--hidden-dim", HIDDEN, "--offline-steps", "2", "--online-steps", "0",
+            "--batch-size", "8", "--eval-episodes", "1", "--save-checkpoint", out]  # awac, bcq_ft
+
+
+# ---------------------------------------------------------------------------------
+# bad datasets
+# ---------------------------------------------------------------------------------
+DATASET_CASES = {  # case -> phrase the message must contain ({path}: the file given)
+    "missing": "dataset file {path} does not exist",
+    "truncated": "cannot read dataset {path}: not a readable HDF5 file",
+    "not_hdf5": "cannot read dataset {path}: not a readable HDF5 file",
+    "no_actions_key": "dataset {path} has no 'actions' key",
+    "short_rewards": "'rewards' has 293 rows but 'observations' has 300",
+    **{f"{bad}_{key}": f"dataset {{path}}: '{key}' contains NaN or inf"
+       for key in ("observations", "actions", "rewards") for bad in ("nan", "inf")},
+}
+
+
+@pytest.mark.parametrize("case", list(DATASET_CASES))
+@pytest.mark.parametrize("script", DATASET_SCRIPTS)
+def test_bad_dataset(script, case, mods, files, ckpts, tmp_path, monkeypatch):
+    message = run_main(mods[script], argv_of(script, tmp_path, ckpts, data=files[case]), monkeypatch, tmp_path)
+    assert DATASET_CASES[case].format(path=files[case]) in message, message
+    assert not (tmp_path / "out.pt").exists()
+
+
+@pytest.mark.parametrize("script", DATASET_SCRIPTS)
+def test_dataset_dims_must_match_env(script, mods, files, ckpts, tmp_path, monkeypatch):
+    # fqe checks its policy against the env first, so it gets a HalfCheetah-shaped policy to reach the data check
+    policy = ckpts["cql_cheetah"] if script == "fqe" else None
+    argv = argv_of(script, tmp_path, ckpts, data=files["good"], env="HalfCheetah-v4", policy=policy)
+    message = run_main(mods[script], argv, monkeypatch, tmp_path)
+    assert f"dataset {files['good']} has observation/action dims 11/3 but HalfCheetah-v4 has 17/6" in message, message
+
+
+# ---------------------------------------------------------------------------------
+# checkpoints of another format / algorithm / env / N
+# ---------------------------------------------------------------------------------
+FORMAT_MSG = rf"not an {FORMAT} checkpoint|format None, expected '{FORMAT}'|not in format {FORMAT}|not a resumable|not a sac\.py checkpoint"
+RESUME_CASES = {  # script -> {checkpoint at the resume path: regex the message must match ({p}: that path)}
+    "cql_pretrain": {"text": r"cannot read checkpoint {p}", "raw": FORMAT_MSG, "fqe": r"{p} has algo='fqe'",
+                     "cql_walker": r"{p} has env_id='Walker2d-v4'", "cql": r"{p} has n_ensemble=2 but this run has n_ensemble=1"},
+    "fqe": {"text": r"cannot read checkpoint {p}", "raw": FORMAT_MSG, "cql": r"{p} has algo='cql'",
+            "fqe_walker": r"{p} has env_id='Walker2d-v4'", "fqe_n1": r"{p} has n_ensemble=1 but this run has n_ensemble=2"},
+    "balanced_finetune": {"text": r"cannot read {p}", "raw": FORMAT_MSG, "cql": r"{p} is not a resumable balanced",
+                          "balanced_walker": r"{p} was made for --env-id 'Walker2d-v4', this run has 'Hopper-v4'", "balanced_n3": r"{p} holds 3 members"},
+    "awac": {"text": r"cannot read checkpoint {p}", "raw": FORMAT_MSG, "cql": r"{p} has algo='cql'",
+             "awac_walker": r"{p} has env_id='Walker2d-v4'", "awac_n2": r"{p} has n_ensemble=2 but this run has 1"},
+    "bcq_ft": {"text": r"cannot read checkpoint {p}", "raw": FORMAT_MSG, "cql": r"{p} has algo='cql'",
+               "bcq_walker": r"{p} has env_id='Walker2d-v4'", "bcq_n2": r"{p} has n_ensemble=2 but this run has 1"},
+    "sac": {"text": r"cannot read checkpoint {p}", "raw": FORMAT_MSG, "cql": r"{p} has algo='cql'",
+            "sac_walker": r"{p} has env_id='Walker2d-v4'", "sac_n2": r"{p} has n_ensemble=2 but this run has n_ensemble=1"},
+}
+
+
+@pytest.mark.parametrize("script, foreign", [(s, c) for s, cases in RESUME_CASES.items() for c in cases])
+def test_resume_of_a_foreign_checkpoint(script, foreign, mods, files, ckpts, tmp_path, monkeypatch):
+    path = tmp_path / "foreign.pt"
+    path.write_bytes(ckpts[foreign].read_bytes())
+    before = path.read_bytes()
+    argv = argv_of(script, tmp_path, ckpts, data=files["good"]) + [CKPT_FLAG[script], path, "--resume"]
+    message = run_main(mods[script], argv, monkeypatch, tmp_path)
+    assert re.search(RESUME_CASES[script][foreign].format(p=re.escape(str(path))), message), message
+    assert path.read_bytes() == before  # a refused resume leaves the file alone
+
+
+@pytest.mark.parametrize("script, change, pattern", [
+    ("sac", ["--total-timesteps", "20"], r"{p} holds 30 steps, more than --total-timesteps 20"),
+    ("balanced_finetune", ["--hidden-dim", "32"], r"checkpoint {p}: its density-ratio net does not fit the network"),
+    ("awac", ["--online-steps", "2"], r"checkpoint {p} holds 5 online transitions but --online-steps is 2"),
+    ("bcq_ft", ["--online-steps", "2"], r"checkpoint {p} holds 5 online transitions but --online-steps is 2"),
+])
+def test_resume_own_checkpoint_with_other_sizes(script, change, pattern, mods, files, ckpts, tmp_path, monkeypatch):
+    """A real checkpoint of the script itself, resumed with a size that no longer fits its buffers or networks."""
+    argv = argv_of(script, tmp_path, ckpts, data=files["good"])
+    if script in ("awac", "bcq_ft"):
+        argv[argv.index("--online-steps") + 1] = "5"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [script, *map(str, argv)])
+    mods[script].main()  # a complete tiny run
+    assert (tmp_path / "out.pt").exists()
+    message = run_main(mods[script], argv + ["--resume", *change], monkeypatch, tmp_path)
+    assert re.search(pattern.format(p=re.escape(str(tmp_path / "out.pt"))), message), message
+
+
+LOADED_CASES = [  # (script, flag, checkpoint, extra args, regex ({p}: the checkpoint path))
+    ("fqe", "--policy-checkpoint", "text", [], r"cannot read policy checkpoint {p}"),
+    ("fqe", "--policy-checkpoint", "raw", [], r"policy checkpoint {p} is not an " + FORMAT),
+    ("fqe", "--policy-checkpoint", "fqe", [], r"policy checkpoint {p} has algo 'fqe'"),
+    ("fqe", "--policy-checkpoint", "cql_walker", [], r"policy checkpoint {p} is for 'Walker2d-v4'.*not for --env-id 'Hopper-v4'"),
+    ("fqe", "--policy-checkpoint", "cql", ["--n-ensemble", "3"], r"--n-ensemble 3 but policy checkpoint {p} holds 2"),
+    ("balanced_finetune", "--checkpoint", "text", [], r"cannot read checkpoint {p}"),
+    ("balanced_finetune", "--checkpoint", "raw", [], r"checkpoint {p} has format None, expected '" + FORMAT),
+    ("balanced_finetune", "--checkpoint", "fqe", [], r"--checkpoint {p} is an fqe\.py checkpoint"),
+    ("balanced_finetune", "--checkpoint", "cql_walker", [], r"checkpoint {p} was trained for 'Walker2d-v4', not for --env-id 'Hopper-v4'"),
+    ("balanced_finetune", "--checkpoint", "cql", ["--n-ensemble", "3"], r"--n-ensemble 3 but checkpoint {p} holds 2"),
+    ("balanced_finetune", "--fqe-checkpoint", "text", ["--q-init", "fqe"], r"cannot read checkpoint {p}"),
+    ("balanced_finetune", "--fqe-checkpoint", "raw", ["--q-init", "fqe"], r"checkpoint {p} has format None"),
+    ("balanced_finetune", "--fqe-checkpoint", "cql", ["--q-init", "fqe"], r"--fqe-checkpoint {p} has algo 'cql', expected 'fqe'"),
+    ("balanced_finetune", "--fqe-checkpoint", "fqe_walker", ["--q-init", "fqe"], r"checkpoint {p} was trained for 'Walker2d-v4'"),
+    ("balanced_finetune", "--fqe-checkpoint", "fqe_n1", ["--q-init", "fqe"], r"--n-ensemble 2 but checkpoint {p} holds 1"),
+]
+
+
+@pytest.mark.parametrize("script, flag, foreign, extra, pattern", LOADED_CASES,
+                         ids=[f"{s}{f}={c}{''.join(e)}" for s, f, c, e, _ in LOADED_CASES])
+def test_loaded_checkpoint_of_another_format_algo_env_or_n(script, flag, foreign, extra, pattern, mods, files, ckpts,
+                                                          tmp_path, monkeypatch):
+    argv = argv_of(script, tmp_path, ckpts, data=files["good"]) + [flag, ckpts[foreign], *extra]
+    message = run_main(mods[script], argv, monkeypatch, tmp_path)
+    assert re.search(pattern.format(p=re.escape(str(ckpts[foreign]))), message), message
+    assert not (tmp_path / "out.pt").exists()
+
+
+# ---------------------------------------------------------------------------------
+# unwritable checkpoint path
+# ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_unwritable_checkpoint_path(script, mods, files, ckpts, tmp_path, monkeypatch):
+    (tmp_path / "a_file").write_text("a regular file, not a folder")
+    path = tmp_path / "a_file" / "sub" / "ckpt.pt"
+    argv = argv_of(script, tmp_path, ckpts, data=files["good"]) + [CKPT_FLAG[script], path]
+    message = run_main(mods[script], argv, monkeypatch, tmp_path)
+    assert "cannot write" in message and str(path) in message, message
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # stopped before training
+
+
+# ---------------------------------------------------------------------------------
+# NaN/inf in a loss (the scripts whose own tests do not cover it: bcq_ft.py, sac.py)
+# ---------------------------------------------------------------------------------
+def test_nonfinite_loss_bcq_ft(mods, files, ckpts, tmp_path, monkeypatch):
+    (tmp_path / "out.pt").write_bytes(b"last good checkpoint")
+    argv = argv_of("bcq_ft", tmp_path, ckpts, data=files["huge_rewards"])
+    argv[argv.index("--offline-steps") + 1] = "10"
+    message = run_main(mods["bcq_ft"], argv + ["--log-every", "5"], monkeypatch, tmp_path)
+    assert "losses/critic_loss is inf at step -5" in message or "losses/critic_loss is nan at step -5" in message, message
+    assert (tmp_path / "out.pt").read_bytes() == b"last good checkpoint"
+
+
+def test_nonfinite_loss_sac(mods, ckpts, tmp_path, monkeypatch):
+    (tmp_path / "out.pt").write_bytes(b"last good checkpoint")
+    message = run_main(mods["sac"], argv_of("sac", tmp_path, ckpts) + ["--gamma", "1e38"], monkeypatch, tmp_path)
+    assert "loss 'qf' became" in message and "at step 20" in message, message
+    assert (tmp_path / "out.pt").read_bytes() == b"last good checkpoint"
+
+
+# ---------------------------------------------------------------------------------
+# atomic checkpoints, one shared error path
+# ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_checkpoint_write_is_atomic(script, mods, tmp_path, monkeypatch):
+    source = (REPO_ROOT / f"{script}.py").read_text()
+    assert source.count("torch.save(") == 1, "every checkpoint must be written through save_checkpoint()"
+    module, path = mods[script], tmp_path / "ckpt.pt"
+    module.save_checkpoint(str(path), {"step": 1})
+
+    def dies_half_way(payload, target):
+        with open(target, "wb") as f:
+            f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # killed mid-write, before the rename
+
+    monkeypatch.setattr(module.torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        module.save_checkpoint(str(path), {"step": 2})
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=False) == {"step": 1}
+
+
+SHARED_ERROR_PATH = ("fail", "download_d4rl_file", "read_hdf5_dataset", "load_d4rl_dataset", "check_dataset_matches_env",
+                     "save_checkpoint")
+
+
+def test_shared_error_path_is_identical_in_every_script(mods):
+    reference = mods["cql_pretrain"]
+    for name in SHARED_ERROR_PATH:
+        for script in SCRIPTS:
+            assert inspect.getsource(getattr(mods[script], name)) == inspect.getsource(getattr(reference, name)), \
+                f"{script}.py's {name} differs from the shared block"
+
+
+# ---------------------------------------------------------------------------------
+# the real process: one representative bad input per script, all six in parallel
+# ---------------------------------------------------------------------------------
+def test_real_process_prints_one_line_and_no_traceback(files, ckpts, tmp_path):
+    env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
+    cases = {script: (argv_of(script, tmp_path / script, ckpts, data=files["nan_rewards"]),
+                      f"dataset {files['nan_rewards']}: 'rewards' contains NaN or inf") for script in DATASET_SCRIPTS}
+    cases["sac"] = (argv_of("sac", tmp_path / "sac", ckpts) + ["--checkpoint", ckpts["text"], "--resume"],
+                    f"cannot read checkpoint {ckpts['text']}")
+    procs = {}
+    for script, (argv, _) in cases.items():
+        (tmp_path / script).mkdir()
+        procs[script] = subprocess.Popen([sys.executable, str(REPO_ROOT / f"{script}.py"), *map(str, argv)],
+                                         cwd=tmp_path / script, env=env, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True)
+    for script, proc in procs.items():
+        _, stderr = proc.communicate(timeout=180)
+        assert proc.returncode == 1, (script, stderr[-2000:])
+        assert "Traceback" not in stderr, (script, stderr[-2000:])
+        lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+        assert len(lines) == 1 and cases[script][1] in lines[0], (script, stderr[-2000:])
