@@ -395,11 +395,13 @@ def sac_update(batch, actor, critic, critic_target, log_alpha, actor_optimizer, 
 
     # actor: α log π(a|s) - min Q(s, a), a ~ π(s)
     new_actions, log_prob = tanh_gaussian_sample(*actor(obs))
+    critic.requires_grad_(False)  # the actor step needs dQ/da only, not gradients of the critic weights
     min_q = critic(obs, new_actions).min(dim=1).values
     actor_loss = (alpha * log_prob - min_q).mean()
     actor_optimizer.zero_grad(set_to_none=True)
     actor_loss.backward()
     actor_optimizer.step()
+    critic.requires_grad_(True)
 
     # temperature: -log α (log π + target entropy)
     alpha_loss = -(log_alpha * (log_prob.detach() + target_entropy)).mean()
