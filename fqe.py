@@ -205,12 +205,15 @@ def read_hdf5_dataset(path: str) -> dict:
     for key in ("observations", "actions", "rewards", "terminals"):
         if key not in data:
             fail(f"dataset {path} has no '{key}' key (expected D4RL keys: {', '.join(D4RL_KEYS)})")
+    for key, values in data.items():  # shapes first: len() of a scalar, or a 2-column reward, would crash later
+        if key in ("observations", "actions", "next_observations") and values.ndim != 2:
+            fail(f"dataset {path}: '{key}' must be 2-D (rows, dim), got shape {values.shape}")
+        if key in ("rewards", "terminals", "timeouts") and not (values.ndim == 1 or values.shape[1:] == (1,)):
+            fail(f"dataset {path}: '{key}' must have one value per row, got shape {values.shape}")
     n_rows = len(data["observations"])
     for key, values in data.items():
         if len(values) != n_rows:
             fail(f"dataset {path}: '{key}' has {len(values)} rows but 'observations' has {n_rows}")
-        if key in ("observations", "actions", "next_observations") and values.ndim != 2:
-            fail(f"dataset {path}: '{key}' must be 2-D (rows, dim), got shape {values.shape}")
         if not np.all(np.isfinite(values)):
             fail(f"dataset {path}: '{key}' contains NaN or inf")
     if n_rows < 2:

@@ -85,6 +85,8 @@ def files(tmp_path_factory, tiny_hopper_dataset, base_arrays):
     with h5py.File(out["no_actions_key"], "a") as f:
         del f["actions"]
     out["short_rewards"] = write_d4rl_file(folder / "short_rewards.hdf5", **dict(base_arrays, rewards=base_arrays["rewards"][:-7]))
+    out["two_column_rewards"] = write_d4rl_file(folder / "two_column_rewards.hdf5",
+                                                **dict(base_arrays, rewards=np.zeros((300, 2))))
     for key in ("observations", "actions", "rewards"):
         for bad in ("nan", "inf"):
             values = base_arrays[key].astype(np.float32).copy()
@@ -184,6 +186,7 @@ DATASET_CASES = {  # case -> phrase the message must contain ({path}: the file g
     "not_hdf5": "cannot read dataset {path}: not a readable HDF5 file",
     "no_actions_key": "dataset {path} has no 'actions' key",
     "short_rewards": "'rewards' has 293 rows but 'observations' has 300",
+    "two_column_rewards": "'rewards' must have one value per row, got shape (300, 2)",
     **{f"{bad}_{key}": f"dataset {{path}}: '{key}' contains NaN or inf"
        for key in ("observations", "actions", "rewards") for bad in ("nan", "inf")},
 }
