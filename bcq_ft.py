@@ -83,7 +83,7 @@ from tqdm import tqdm
 
 @dataclass
 class Args:
-    env_id: str = "hopper-medium-v2"
+    env_id: str = "walker2d-medium-expert-v2"
     """D4RL task name (hopper-medium-v2) or, with --dataset-path, any gymnasium id to act and evaluate in"""
     dataset_path: str | None = None
     """HDF5 file with D4RL's schema; default: the D4RL file of --env-id (cached or downloaded)"""

@@ -67,7 +67,7 @@ from tqdm import tqdm
 
 @dataclass
 class Args:
-    env_id: str = "hopper-medium-replay-v2"
+    env_id: str = "walker2d-medium-expert-v2"
     """D4RL task name (its file is read from the D4RL cache or downloaded) or a gymnasium id with --dataset-path"""
     dataset_path: str | None = None
     """HDF5 file with D4RL's schema to train on instead of the D4RL file of --env-id"""
