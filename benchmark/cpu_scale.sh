@@ -4,6 +4,8 @@
 #   bash benchmark/cpu_scale.sh              # everything below; results in benchmark/results/cpu_scale/
 #   bash benchmark/cpu_scale.sh --dry-run    # print the commands only
 #   SEEDS="1" ONLINE_STEPS=5000 bash benchmark/cpu_scale.sh   # a quicker look
+#   ONLINE_STEPS=50000 ARMS="balanced-N5 uniform-N5 online-only-N5 sac-ft" OUT=benchmark/results/cpu_scale_50k \
+#       bash benchmark/cpu_scale.sh                          # a longer online phase for a subset of the arms
 #
 # Reductions from the paper (paper value in brackets), every one a variable below:
 #   * one environment, Hopper-v4 [halfcheetah, hopper, walker2d], with two datasets written here by sac.py
@@ -31,6 +33,8 @@ FQE_STEPS=${FQE_STEPS:-10000}
 BCQ_N=${BCQ_N:-2}
 EVAL_EPISODES=${EVAL_EPISODES:-5}
 WORKERS=${WORKERS:-2}
+# fine-tuning arms to run (all by default)
+ARMS=${ARMS:-"balanced-N5 uniform-N5 online-only-N5 balanced-N2 balanced-N1 sac-ft awac-N5 bcq-ft sac fqe-init"}
 DATA_DIR=${DATA_DIR:-data}
 OUT=${OUT:-benchmark/results/cpu_scale}
 CKPT=${CKPT:-checkpoints/cpu_scale}
@@ -59,6 +63,7 @@ run_stage() {
 JOBS=$(mktemp)
 trap 'rm -f "$JOBS"' EXIT
 add() { echo "$1|$2" >> "$JOBS"; }   # add NAME COMMAND
+want() { [[ " $ARMS " == *" $1 "* ]]; }  # want ARM: is ARM in $ARMS
 skip_if() { [[ -f "$1" ]]; }        # a dataset, written atomically at the end, is not made again
 finished() {                        # finished CKPT STEPS: the checkpoint exists and holds the final step
     [[ -f "$1" ]] && [[ "$($PYTHON -c 'import sys, torch; print(torch.load(sys.argv[1], weights_only=False)["step"])' "$1")" -ge "$2" ]]
@@ -83,39 +88,45 @@ run_stage cql
 # ---- stage 3: fine-tuning from the replay CQL ensemble, baselines, SAC from scratch, FQE ----
 : > "$JOBS"
 FT="$PYTHON balanced_finetune.py --env-id $ENV_ID --dataset-path $REPLAY --checkpoint $CQL_REPLAY --online-steps $ONLINE_STEPS --hidden-dim $HIDDEN --eval-episodes $EVAL_EPISODES --no-cuda"
-finished "$FQE_REPLAY" "$FQE_STEPS" || add fqe_replay "$PYTHON fqe.py --env-id $ENV_ID --dataset-path $REPLAY --policy-checkpoint $CQL_REPLAY --checkpoint $FQE_REPLAY --n-ensemble 5 --hidden-dim $HIDDEN --steps $FQE_STEPS --eval-every 2000 --eval-episodes $EVAL_EPISODES --run-dir $OUT/runs/hopper-replay__fqe__seed1 --seed 1 --no-cuda"
+want fqe-init && ! finished "$FQE_REPLAY" "$FQE_STEPS" && add fqe_replay "$PYTHON fqe.py --env-id $ENV_ID --dataset-path $REPLAY --policy-checkpoint $CQL_REPLAY --checkpoint $FQE_REPLAY --n-ensemble 5 --hidden-dim $HIDDEN --steps $FQE_STEPS --eval-every 2000 --eval-episodes $EVAL_EPISODES --run-dir $OUT/runs/hopper-replay__fqe__seed1 --seed 1 --no-cuda"
 for seed in $SEEDS; do
     # longest first, so the two workers finish together
-    add "bcq_s$seed" "$PYTHON bcq_ft.py --env-id $ENV_ID --dataset-path $REPLAY --n-ensemble $BCQ_N --offline-steps $OFFLINE_STEPS --online-steps $ONLINE_STEPS --hidden-dim $HIDDEN --vae-hidden-sizes $HIDDEN $HIDDEN --actor-hidden-sizes $HIDDEN $HIDDEN --critic-hidden-sizes $HIDDEN $HIDDEN --eval-every 1000 --eval-episodes $EVAL_EPISODES --seed $seed --save-checkpoint $CKPT/bcq_s$seed.pt --run-dir $OUT/runs/hopper-replay__bcq-ft-N${BCQ_N}__seed$seed --no-cuda"
-    add "awac_s$seed" "$PYTHON awac.py --env-id $ENV_ID --dataset-path $REPLAY --n-ensemble 5 --offline-steps $OFFLINE_STEPS --online-steps $ONLINE_STEPS --hidden-dim $HIDDEN --eval-every 1000 --eval-episodes $EVAL_EPISODES --seed $seed --save-checkpoint $CKPT/awac_s$seed.pt --run-dir $OUT/runs/hopper-replay__awac-N5__seed$seed --no-cuda"
+    want bcq-ft && add "bcq_s$seed" "$PYTHON bcq_ft.py --env-id $ENV_ID --dataset-path $REPLAY --n-ensemble $BCQ_N --offline-steps $OFFLINE_STEPS --online-steps $ONLINE_STEPS --hidden-dim $HIDDEN --vae-hidden-sizes $HIDDEN $HIDDEN --actor-hidden-sizes $HIDDEN $HIDDEN --critic-hidden-sizes $HIDDEN $HIDDEN --eval-every 1000 --eval-episodes $EVAL_EPISODES --seed $seed --save-checkpoint $CKPT/bcq_s$seed.pt --run-dir $OUT/runs/hopper-replay__bcq-ft-N${BCQ_N}__seed$seed --no-cuda"
+    want awac-N5 && add "awac_s$seed" "$PYTHON awac.py --env-id $ENV_ID --dataset-path $REPLAY --n-ensemble 5 --offline-steps $OFFLINE_STEPS --online-steps $ONLINE_STEPS --hidden-dim $HIDDEN --eval-every 1000 --eval-episodes $EVAL_EPISODES --seed $seed --save-checkpoint $CKPT/awac_s$seed.pt --run-dir $OUT/runs/hopper-replay__awac-N5__seed$seed --no-cuda"
     for mode in balanced uniform online-only; do
-        add "${mode}_N5_s$seed" "$FT --n-ensemble 5 --sampling $mode --seed $seed --save-checkpoint $CKPT/${mode}_N5_s$seed.pt --run-dir $OUT/runs/hopper-replay__${mode}-N5__seed$seed"
+        want "$mode-N5" && add "${mode}_N5_s$seed" "$FT --n-ensemble 5 --sampling $mode --seed $seed --save-checkpoint $CKPT/${mode}_N5_s$seed.pt --run-dir $OUT/runs/hopper-replay__${mode}-N5__seed$seed"
     done
-    add "balanced_N2_s$seed" "$FT --n-ensemble 2 --sampling balanced --seed $seed --save-checkpoint $CKPT/balanced_N2_s$seed.pt --run-dir $OUT/runs/hopper-replay__balanced-N2__seed$seed"
-    add "balanced_N1_s$seed" "$FT --n-ensemble 1 --sampling balanced --seed $seed --save-checkpoint $CKPT/balanced_N1_s$seed.pt --run-dir $OUT/runs/hopper-replay__balanced-N1__seed$seed"
-    add "sac_ft_s$seed" "$FT --n-ensemble 1 --sampling uniform --seed $seed --save-checkpoint $CKPT/sac_ft_s$seed.pt --run-dir $OUT/runs/hopper-replay__sac-ft__seed$seed"
-    add "sac_s$seed" "$PYTHON sac.py --env-id $ENV_ID --seed $seed --total-timesteps $ONLINE_STEPS --learning-starts 5000 --hidden-dim $HIDDEN --eval-every 1000 --eval-episodes $EVAL_EPISODES --checkpoint $CKPT/sac_s$seed.pt --run-dir $OUT/runs/hopper-replay__sac__seed$seed --no-cuda"
+    want balanced-N2 && add "balanced_N2_s$seed" "$FT --n-ensemble 2 --sampling balanced --seed $seed --save-checkpoint $CKPT/balanced_N2_s$seed.pt --run-dir $OUT/runs/hopper-replay__balanced-N2__seed$seed"
+    want balanced-N1 && add "balanced_N1_s$seed" "$FT --n-ensemble 1 --sampling balanced --seed $seed --save-checkpoint $CKPT/balanced_N1_s$seed.pt --run-dir $OUT/runs/hopper-replay__balanced-N1__seed$seed"
+    want sac-ft && add "sac_ft_s$seed" "$FT --n-ensemble 1 --sampling uniform --seed $seed --save-checkpoint $CKPT/sac_ft_s$seed.pt --run-dir $OUT/runs/hopper-replay__sac-ft__seed$seed"
+    want sac && add "sac_s$seed" "$PYTHON sac.py --env-id $ENV_ID --seed $seed --total-timesteps $ONLINE_STEPS --learning-starts 5000 --hidden-dim $HIDDEN --eval-every 1000 --eval-episodes $EVAL_EPISODES --checkpoint $CKPT/sac_s$seed.pt --run-dir $OUT/runs/hopper-replay__sac__seed$seed --no-cuda"
 done
 run_stage finetune
 
 # ---- stage 4: FQE-initialised fine-tuning (paper Fig. 1c) ----
 : > "$JOBS"
 for seed in $SEEDS; do
-    add "fqe_init_s$seed" "$FT --n-ensemble 5 --sampling balanced --q-init fqe --fqe-checkpoint $FQE_REPLAY --seed $seed --save-checkpoint $CKPT/fqe_init_s$seed.pt --run-dir $OUT/runs/hopper-replay__balanced-N5-fqe-init__seed$seed"
+    want fqe-init && add "fqe_init_s$seed" "$FT --n-ensemble 5 --sampling balanced --q-init fqe --fqe-checkpoint $FQE_REPLAY --seed $seed --save-checkpoint $CKPT/fqe_init_s$seed.pt --run-dir $OUT/runs/hopper-replay__balanced-N5-fqe-init__seed$seed"
 done
 run_stage fqe_init
 [[ $DRY_RUN == 1 ]] && exit 0
 
-# ---- figures and tables ----
+# ---- figures and tables: each figure shows the arms of it that ran ----
 R=$OUT/runs
-plot() { echo "$PYTHON benchmark/plot.py $*" >> "$COMMANDS"; $PYTHON benchmark/plot.py "$@"; }
-plot --method "Ours (balanced, N=5)=$R/*__balanced-N5__*" --method "SAC-ft=$R/*__sac-ft__*" \
-     --method "AWAC (N=5)=$R/*__awac-N5__*" --method "BCQ-ft (N=$BCQ_N)=$R/*__bcq-ft-N${BCQ_N}__*" \
-     --method "SAC (from scratch)=$R/*__sac__*" --one-panel --figures fig3 --out-dir "$OUT/fig3_methods" --summary
-plot --method "Balanced replay=$R/*__balanced-N5__*" --method "Uniform replay=$R/*__uniform-N5__*" \
-     --method "Online only=$R/*__online-only-N5__*" --one-panel --out-dir "$OUT/fig4c_sampling" --summary
-plot --method "N=1=$R/*__balanced-N1__*" --method "N=2=$R/*__balanced-N2__*" --method "N=5=$R/*__balanced-N5__*" \
-     --one-panel --figures fig3 --out-dir "$OUT/fig4d_ensemble" --summary
-plot --method "CQL-init=$R/*__balanced-N5__*" --method "FQE-init=$R/*__balanced-N5-fqe-init__*" \
-     --one-panel --figures fig3 --out-dir "$OUT/fig1c_q_init" --summary
+run_name() {  # the run-folder name of an arm
+    case $1 in bcq-ft) echo "bcq-ft-N$BCQ_N" ;; fqe-init) echo "balanced-N5-fqe-init" ;; *) echo "$1" ;; esac
+}
+figure() {  # figure OUT_NAME FIGURES -- LABEL=ARM ...: plot.py over the wanted arms, if at least two
+    local name=$1 figures=$2; shift 3
+    local methods=() pair
+    for pair in "$@"; do want "${pair#*=}" && methods+=(--method "${pair%%=*}=$R/*__$(run_name "${pair#*=}")__*"); done
+    (( ${#methods[@]} >= 4 )) || return 0
+    echo "$PYTHON benchmark/plot.py ${methods[*]} --one-panel --figures $figures --out-dir $OUT/$name --summary" >> "$COMMANDS"
+    $PYTHON benchmark/plot.py "${methods[@]}" --one-panel --figures $figures --out-dir "$OUT/$name" --summary
+}
+figure fig3_methods fig3 -- "Ours (balanced, N=5)=balanced-N5" "SAC-ft=sac-ft" "AWAC (N=5)=awac-N5" \
+    "BCQ-ft (N=$BCQ_N)=bcq-ft" "SAC (from scratch)=sac"
+figure fig4c_sampling "fig3 fig4a fig4b" -- "Balanced replay=balanced-N5" "Uniform replay=uniform-N5" "Online only=online-only-N5"
+figure fig4d_ensemble fig3 -- "1 member=balanced-N1" "2 members=balanced-N2" "5 members=balanced-N5"
+figure fig1c_q_init fig3 -- "CQL-init=balanced-N5" "FQE-init=fqe-init"
 echo "results in $OUT"

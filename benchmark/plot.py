@@ -121,7 +121,7 @@ def group_runs(args):
     if args.method:
         methods = []
         for spec in args.method:
-            name, sep, pattern = spec.partition("=")
+            name, sep, pattern = spec.rpartition("=")  # the last "=": a legend name may contain one ("N=5")
             if not sep or not name or not pattern:
                 fail(f"--method wants NAME=GLOB, got {spec!r}")
             runs = find_runs([pattern], args.exclude)
