@@ -45,20 +45,16 @@ Choices where SPEC.md is silent (a careful reading of the official code where po
 * Online time-limit ends are stored as non-terminal (done = terminated), as the dataset's are.
 """
 import dataclasses
-import random
-import time
-from dataclasses import dataclass
-from typing import Literal, Optional
-
-import tyro
-from torch.utils.tensorboard import SummaryWriter
-
 import os
+import random
 import re
 import sys
+import time
 import urllib.error
 import urllib.request
 import warnings
+from dataclasses import dataclass
+from typing import Literal, Optional
 
 import gymnasium as gym
 import h5py
@@ -66,6 +62,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 
