@@ -135,14 +135,13 @@ TRAIN_THROUGH = dict(weight_grad=True, input_grad_from=0)  # weight grads and gr
 
 
 def sac_update_flops(obs_dim, act_dim, hidden, batch) -> int:
-    """sac.sac_update: one member. The actor step backpropagates through critic weights that require grad, so
-    the critic's weight gradients are computed there too (and discarded by the next zero_grad)."""
+    """sac.sac_update: one member. The actor step freezes the critic (critic.requires_grad_(False)): dQ/da only."""
     actor, critic = mlp(obs_dim, hidden, 2 * act_dim), mlp(obs_dim + act_dim, hidden, 1)
     return (linear_flops(batch, actor, **FWD)  # a' ~ pi(s'), no grad
             + 2 * linear_flops(batch, critic, **FWD)  # target twins at (s', a')
             + 2 * linear_flops(batch, critic, **TRAIN)  # twins at (s, a_data)
             + linear_flops(batch, actor, **TRAIN)  # actor at s
-            + 2 * linear_flops(batch, critic, **TRAIN_THROUGH))  # twins at (s, a~pi), weights not frozen
+            + 2 * linear_flops(batch, critic, **THROUGH))  # twins at (s, a~pi), weights frozen
 
 
 def cql_update_flops(n_members, obs_dim, act_dim, hidden, batch, n_actions) -> int:
