@@ -18,7 +18,8 @@
 #     AWAC and BCQ-ft 10k offline steps [1M] then 10k online; BCQ-ft with N=2 members [5] (its update costs
 #     ~4x AWAC's); FQE 10k steps;
 #   * 3 seeds [4]; evaluation with 5 episodes [5-10].
-# Jobs run $WORKERS at a time with one torch thread each; each stage waits for the one before.
+# Jobs run $WORKERS at a time with one torch thread each; each stage waits for the one before. A job that
+# finished leaves $OUT/logs/NAME.done and is not run again, so rerunning the script continues where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,7 +50,7 @@ FQE_REPLAY=$CKPT/fqe_replay_N5.pt
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 mkdir -p "$OUT/logs" "$OUT/runs" "$CKPT" "$DATA_DIR"
 COMMANDS=$OUT/commands.txt
-[[ $DRY_RUN == 1 ]] || : > "$COMMANDS"
+[[ $DRY_RUN == 1 ]] || echo "# $(date -u '+%F %T UTC') bash benchmark/cpu_scale.sh with ONLINE_STEPS=$ONLINE_STEPS OFFLINE_STEPS=$OFFLINE_STEPS CQL_STEPS=$CQL_STEPS HIDDEN=$HIDDEN SEEDS='$SEEDS' ARMS='$ARMS' (finished jobs are skipped)" >> "$COMMANDS"
 
 # run_stage NAME: runs the commands collected in $JOBS, $WORKERS at a time; each line "name|command"
 run_stage() {
@@ -57,12 +58,12 @@ run_stage() {
     while IFS='|' read -r name cmd; do echo "$cmd"; done < "$JOBS"
     [[ $DRY_RUN == 1 ]] && return 0
     cut -d'|' -f2- "$JOBS" >> "$COMMANDS"
-    while IFS='|' read -r name cmd; do printf '%s\0' "$cmd > $OUT/logs/$name.log 2>&1 || { echo FAILED: $name >&2; exit 255; }"; done < "$JOBS" \
+    while IFS='|' read -r name cmd; do printf '%s\0' "$cmd > $OUT/logs/$name.log 2>&1 && touch $OUT/logs/$name.done || { echo FAILED: $name >&2; exit 255; }"; done < "$JOBS" \
         | xargs -0 -P "$WORKERS" -I{} bash -c '{}'
 }
 JOBS=$(mktemp)
 trap 'rm -f "$JOBS"' EXIT
-add() { echo "$1|$2" >> "$JOBS"; }   # add NAME COMMAND
+add() { [[ -f "$OUT/logs/$1.done" ]] || echo "$1|$2" >> "$JOBS"; }   # add NAME COMMAND (unless it finished before)
 want() { [[ " $ARMS " == *" $1 "* ]]; }  # want ARM: is ARM in $ARMS
 skip_if() { [[ -f "$1" ]]; }        # a dataset, written atomically at the end, is not made again
 finished() {                        # finished CKPT STEPS: the checkpoint exists and holds the final step
@@ -121,8 +122,8 @@ figure() {  # figure OUT_NAME FIGURES -- LABEL=ARM ...: plot.py over the wanted 
     local methods=() pair
     for pair in "$@"; do want "${pair#*=}" && methods+=(--method "${pair%%=*}=$R/*__$(run_name "${pair#*=}")__*"); done
     (( ${#methods[@]} >= 4 )) || return 0
-    echo "$PYTHON benchmark/plot.py ${methods[*]} --one-panel --figures $figures --out-dir $OUT/$name --summary" >> "$COMMANDS"
-    $PYTHON benchmark/plot.py "${methods[@]}" --one-panel --figures $figures --out-dir "$OUT/$name" --summary
+    echo "$PYTHON benchmark/plot.py ${methods[*]} --one-panel --figures $figures --final-window 3 --out-dir $OUT/$name --summary" >> "$COMMANDS"
+    $PYTHON benchmark/plot.py "${methods[@]}" --one-panel --figures $figures --final-window 3 --out-dir "$OUT/$name" --summary
 }
 figure fig3_methods fig3 -- "Ours (balanced, N=5)=balanced-N5" "SAC-ft=sac-ft" "AWAC (N=5)=awac-N5" \
     "BCQ-ft (N=$BCQ_N)=bcq-ft" "SAC (from scratch)=sac"
