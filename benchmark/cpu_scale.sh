@@ -133,6 +133,8 @@ figure fig1c_q_init fig3 -- "CQL-init=balanced-N5" "FQE-init=fqe-init"
 offline_plot=("$PYTHON" benchmark/plot_offline.py --datasets-csv "$OUT/datasets.csv" --out "$OUT/cql_offline"
     --run "Hopper replay 30k (SAC replay)=$R/hopper-replay__cql-pretrain__seed1" --dataset "Hopper replay 30k (SAC replay)=$REPLAY"
     --run "Hopper random 100k=$R/hopper-random__cql-pretrain__seed1" --dataset "Hopper random 100k=$RANDOM_DATA")
-echo "${offline_plot[*]}" >> "$COMMANDS"
-"${offline_plot[@]}"
+if [[ -d $R/hopper-replay__cql-pretrain__seed1 && -d $R/hopper-random__cql-pretrain__seed1 ]]; then
+    echo "${offline_plot[*]}" >> "$COMMANDS"
+    "${offline_plot[@]}"
+fi
 echo "results in $OUT"
