@@ -316,10 +316,10 @@ def test_plot_explicit_method_globs(repo_root, tmp_path, capsys):
     plot = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(plot)
     out = tmp_path / "out"
-    plot.main([f"--method=Ours, seed 0 only={tmp_path}/runs/*__ours__seed0", f"--method=AWAC={tmp_path}/runs/*awac*",
+    plot.main([f"--method=Ours, seed 0 only={tmp_path}/runs/*__ours__seed0", f"--method=AWAC (N=5)={tmp_path}/runs/*awac*",
                "--figures", "fig3", "--formats", "png", "--include-offline", "--out-dir", str(out)])
     rows = read_csv(out / "curves.csv")
-    assert {r["method"] for r in rows} == {"Ours, seed 0 only", "AWAC"}
+    assert {r["method"] for r in rows} == {"Ours, seed 0 only", "AWAC (N=5)"}  # a name may hold "="
     ours = [r for r in rows if r["method"] == "Ours, seed 0 only"]
     assert [float(r["mean"]) for r in ours] == pytest.approx([999.0, *logged["ours"][0][1]], rel=1e-5)
     assert ours[0]["step"] == "-1000" and all(r["std"] == "0" and r["n_seeds"] == "1" for r in ours)
