@@ -120,7 +120,7 @@ run_name() {  # the run-folder name of an arm
 figure() {  # figure OUT_NAME FIGURES -- LABEL=ARM ...: plot.py over the wanted arms, if at least two
     local name=$1 figures=$2; shift 3
     local methods=() pair
-    for pair in "$@"; do want "${pair#*=}" && methods+=(--method "${pair%%=*}=$R/*__$(run_name "${pair#*=}")__*"); done
+    for pair in "$@"; do want "${pair##*=}" && methods+=(--method "${pair%=*}=$R/*__$(run_name "${pair##*=}")__*"); done  # LABEL=ARM, split at the last "="
     (( ${#methods[@]} >= 4 )) || return 0
     echo "$PYTHON benchmark/plot.py ${methods[*]} --one-panel --figures $figures --final-window 3 --out-dir $OUT/$name --summary" >> "$COMMANDS"
     $PYTHON benchmark/plot.py "${methods[@]}" --one-panel --figures $figures --final-window 3 --out-dir "$OUT/$name" --summary
