@@ -114,6 +114,7 @@ run_stage fqe_init
 
 # ---- figures and tables: each figure shows the arms of it that ran ----
 R=$OUT/runs
+PANEL="$ENV_ID, replay dataset (30k SAC transitions), $ONLINE_STEPS online steps"
 run_name() {  # the run-folder name of an arm
     case $1 in bcq-ft) echo "bcq-ft-N$BCQ_N" ;; fqe-init) echo "balanced-N5-fqe-init" ;; *) echo "$1" ;; esac
 }
@@ -122,8 +123,8 @@ figure() {  # figure OUT_NAME FIGURES -- LABEL=ARM ...: plot.py over the wanted 
     local methods=() pair
     for pair in "$@"; do want "${pair##*=}" && methods+=(--method "${pair%=*}=$R/*__$(run_name "${pair##*=}")__*"); done  # LABEL=ARM, split at the last "="
     (( ${#methods[@]} >= 4 )) || return 0
-    echo "$PYTHON benchmark/plot.py ${methods[*]} --one-panel --figures $figures --final-window 3 --out-dir $OUT/$name --summary" >> "$COMMANDS"
-    $PYTHON benchmark/plot.py "${methods[@]}" --one-panel --figures $figures --final-window 3 --out-dir "$OUT/$name" --summary
+    echo "$PYTHON benchmark/plot.py ${methods[*]} --one-panel --panel-title \"$PANEL\" --figures $figures --final-window 3 --out-dir $OUT/$name --summary" >> "$COMMANDS"
+    $PYTHON benchmark/plot.py "${methods[@]}" --one-panel --panel-title "$PANEL" --figures $figures --final-window 3 --out-dir "$OUT/$name" --summary
 }
 figure fig3_methods fig3 -- "Ours (balanced, N=5)=balanced-N5" "SAC-ft=sac-ft" "AWAC (N=5)=awac-N5" \
     "BCQ-ft (N=$BCQ_N)=bcq-ft" "SAC (from scratch)=sac"

@@ -104,11 +104,11 @@ def read_scalars(run_dir, tags):
     return curves
 
 
-def run_task(run_dir, name_regex, one_panel):
+def run_task(run_dir, name_regex, one_panel, panel_title="all"):
     """The panel a run belongs to: the `task` group of --name-regex applied to its folder name."""
     match = None if one_panel else name_regex.match(os.path.basename(run_dir))
     if match is None:
-        return "all"
+        return panel_title
     task = match.group("task")
     gym_match = GYM_ID.fullmatch(task)
     return gym_match.group("env").lower() if gym_match else task  # Hopper-v4 -> hopper (env-only task)
@@ -129,7 +129,7 @@ def group_runs(args):
                 fail(f"--method {spec!r}: no run with TensorBoard event files matches {pattern!r}")
             methods.append(name)
             for run in runs:
-                groups[(run_task(run, name_regex, args.one_panel), name)].append(run)
+                groups[(run_task(run, name_regex, args.one_panel, args.panel_title), name)].append(run)
         return groups, methods
     runs = find_runs(args.runs, args.exclude)
     if not runs:
@@ -139,7 +139,7 @@ def group_runs(args):
         if match is None:
             print(f"note: skipped {run}: its name does not match --name-regex", file=sys.stderr)
             continue
-        groups[(run_task(run, name_regex, args.one_panel), match.group("method"))].append(run)
+        groups[(run_task(run, name_regex, args.one_panel, args.panel_title), match.group("method"))].append(run)
     known = [m for m in LABELS if any(m == method for _, method in groups)]
     return groups, known + sorted({method for _, method in groups} - set(known))
 
@@ -273,6 +273,7 @@ def parse_args(argv=None):
                         help="regex on a run's folder name with groups task and method")
     parser.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="drop runs matching GLOB")
     parser.add_argument("--one-panel", action="store_true", help="draw every run in one panel")
+    parser.add_argument("--panel-title", default="all", help="title of that one panel (and its task in the CSVs)")
     parser.add_argument("--figures", nargs="+", choices=sorted(FIGURES), default=["fig3", "fig4a", "fig4b"])
     parser.add_argument("--out-dir", default="benchmark/results/plots", help="folder for figures and CSVs")
     parser.add_argument("--formats", nargs="+", default=["png", "pdf"], help="image formats")
