@@ -37,7 +37,7 @@ TensorBoard events: every epoch after the first, evaluation excluded); the scrip
 the end-to-end time are in the notes. The untrained policy ends Walker2d episodes early, so env.reset is more
 frequent than in a real run.
 
-On the CPU the scripts that tune glibc's malloc in main() (cql_pretrain.py, fqe.py: keep_freed_memory_on_cpu) are
+On the CPU the scripts that tune glibc's malloc in main() (cql_pretrain.py, fqe.py, bcq_ft.py: keep_freed_memory_on_cpu) are
 timed after that call and the others before it (it is process-wide), unless --default-malloc.
 On CUDA, the issue-7 targets are printed as PASS/FAIL lines: N=5 update_actor_critic >= 3x the per-member loop,
 whole loop >= 150 env steps/s.
@@ -69,7 +69,7 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ("sac", "cql_pretrain", "fqe", "balanced_finetune", "awac", "bcq_ft")
 ITEMS = SCRIPTS + ("finetune_loop",)
-MALLOC_TUNED = ("cql_pretrain", "fqe")  # scripts whose main() calls keep_freed_memory_on_cpu() on the CPU
+MALLOC_TUNED = ("cql_pretrain", "fqe", "bcq_ft")  # scripts whose main() calls keep_freed_memory_on_cpu() on the CPU
 COLUMNS = ("script", "device", "N", "hidden", "batch", "variant", "updates_per_s", "ms_per_update",
            "gflop_per_update", "achieved_gflops", "peak_gflops", "share_of_peak", "notes")
 TARGET_SPEEDUP, TARGET_SPS = 3.0, 150.0  # issue 7, on a GPU
