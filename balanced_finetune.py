@@ -48,7 +48,6 @@ import dataclasses
 import os
 import random
 import re
-import sys
 import time
 import urllib.error
 import urllib.request

@@ -64,7 +64,6 @@ import dataclasses
 import os
 import random
 import re
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -76,7 +75,6 @@ import h5py
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import tyro
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm

@@ -45,7 +45,6 @@ import dataclasses
 import os
 import random
 import re
-import sys
 import time
 import urllib.error
 import urllib.request

@@ -52,7 +52,6 @@ PNG bar chart next to it.
 import argparse
 import csv
 import importlib.util
-import math
 import os
 import platform
 import statistics
