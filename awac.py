@@ -376,11 +376,15 @@ def tanh_gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, action: to
     return log_prob.sum(-1)
 
 
-def ensemble_moments(mean: torch.Tensor, std: torch.Tensor):
-    """Eq. 5: one Gaussian with the mixture's moments (member dim first): μ = mean μ_i, σ² = mean(σ_i² + μ_i²) − μ²."""
-    mu = mean.mean(0)
-    var = (std.pow(2) + mean.pow(2)).mean(0) - mu.pow(2)
-    return mu, var.clamp_min(1e-12).sqrt()
+def ensemble_moments(mu: torch.Tensor, std: torch.Tensor):
+    """Eq. (5): moments of the uniform mixture of N Gaussians (member dim first) -> (mean, std) of one Gaussian.
+
+    sigma^2 = mean_i(sigma_i^2 + mu_i^2) - mu^2, computed as mean_i sigma_i^2 + mean_i (mu_i - mu)^2 (same value,
+    no cancellation); sigma is clamped to [exp(LOG_STD_MIN), exp(LOG_STD_MAX)] like a member's, as the authors do.
+    """
+    mean = mu.mean(0)
+    var = std.pow(2).mean(0) + (mu - mean).pow(2).mean(0)
+    return mean, var.clamp(np.exp(2.0 * LOG_STD_MIN), np.exp(2.0 * LOG_STD_MAX)).sqrt()
 
 
 @torch.no_grad()

@@ -24,7 +24,9 @@ Choices where SPEC.md is silent (a careful reading of the official code where po
 * All members share the one RL minibatch of 256 (the policy is one distribution, the priorities are set
   for "the 256 transitions just drawn"); the offline pretraining's per-member minibatches do not apply.
 * The mixture variance is computed as mean_i sigma_i^2 + mean_i (mu_i - mu)^2, algebraically equal to
-  eq. (5) but free of cancellation, and clamped below at exp(2 * LOG_STD_MIN) like a member's std.
+  eq. (5) but free of cancellation; the mixture std is clamped to [e^-20, e^2] as in the authors' code.
+* Every epoch of 1000 env steps starts a fresh episode, as the authors' collector does; the episode cut at
+  the epoch's end keeps its last transition non-terminal, like a time-limit end.
 * Update order per gradient step (CleanRL's SAC): density-ratio step (its priorities come from w before
   the step), critic step, actor step, alpha step, Polyak update of the target critics.
 * The density-ratio network is trained in every --sampling mode so balanced/w_* are comparable across
@@ -40,8 +42,8 @@ Choices where SPEC.md is silent (a careful reading of the official code where po
 * Checkpoints (SPEC §7 format, algo "balanced") are written at the end of an epoch once at least
   --checkpoint-every env steps passed since the last one, and at the end. They hold the full resume state
   (online transitions, sum-tree leaves, p_max, density-ratio net, optimizers, alpha, RNG states, step,
-  run dir). --resume restarts the environment with a fresh episode (the stored transitions keep their real
-  next observations; only the unfinished episode is cut), so no transition is lost or duplicated.
+  run dir). --resume continues at the next epoch, which starts a fresh episode anyway, so an interrupted run
+  resumes exactly.
 * Online time-limit ends are stored as non-terminal (done = terminated), as the dataset's are.
 """
 import dataclasses
@@ -493,11 +495,11 @@ def ensemble_moments(mu: torch.Tensor, std: torch.Tensor):
     """Eq. (5): moments of the uniform mixture of N Gaussians (member dim first) -> (mean, std) of one Gaussian.
 
     sigma^2 = mean_i(sigma_i^2 + mu_i^2) - mu^2, computed as mean_i sigma_i^2 + mean_i (mu_i - mu)^2 (same value,
-    no cancellation), clamped below at exp(2 LOG_STD_MIN).
+    no cancellation); sigma is clamped to [exp(LOG_STD_MIN), exp(LOG_STD_MAX)] like a member's, as the authors do.
     """
     mean = mu.mean(0)
     var = std.pow(2).mean(0) + (mu - mean).pow(2).mean(0)
-    return mean, var.clamp_min(np.exp(2.0 * LOG_STD_MIN)).sqrt()
+    return mean, var.clamp(np.exp(2.0 * LOG_STD_MIN), np.exp(2.0 * LOG_STD_MAX)).sqrt()
 
 
 def ensemble_policy(actor: EnsembleActor, obs: torch.Tensor, n_members: int):
@@ -812,7 +814,6 @@ def main():
         return score
 
     start_time, start_step, last_checkpoint = time.time(), global_step, global_step
-    obs, _ = env.reset(seed=args.seed + global_step)
     first_score = None
     progress = tqdm(total=args.online_steps, initial=global_step, desc="balanced fine-tuning")
     while global_step < args.online_steps:
@@ -820,7 +821,9 @@ def main():
             score = log_eval(global_step)
             first_score = score if first_score is None else first_score
 
-        # collect one epoch of environment steps with the stochastic ensemble policy (eq. 5)
+        # collect one epoch of environment steps with the stochastic ensemble policy (eq. 5); every epoch starts a
+        # fresh episode, as the authors' collector does (the cut episode's last transition stays non-terminal)
+        obs, _ = env.reset(seed=args.seed + global_step)
         epoch_start = global_step
         epoch_steps = min(args.epoch_length, args.online_steps - global_step)
         for _ in range(epoch_steps):

@@ -17,7 +17,7 @@ Per member (Algorithm 1 of the BCQ paper, in the order of its reference code):
       a'_j = ξ_φ'(s', G_ω(s')) (decoded from the prior), y_j = λ·min(Q1',Q2')(s',a'_j) + (1−λ)·max(Q1',Q2')(s',a'_j),
       λ = 0.75; y = r + γ(1−d)·max_j y_j. Loss = MSE(Q1, y) + MSE(Q2, y).
   Actor: maximise Q1(s, ξ_φ(s, G_ω(s))), i.e. loss = −mean Q1. Polyak τ = 5e-3 for ξ' and Q'.
-  Acting: 10 candidates ξ_φ(s, G_ω(s)), take the argmax of Q1.
+  Acting: 100 candidates ξ_φ(s, G_ω(s)) (BCQ's select_action), take the argmax of Q1.
 
 Choices made where the SPEC is silent:
 - Latent clipping: z ~ N(0, I) clipped to [−0.5, 0.5] whenever the decoder samples from the prior (targets,
@@ -27,7 +27,7 @@ Choices made where the SPEC is silent:
 - Ensemble (`--n-ensemble N`, SPEC §6): every network is N members vectorized with VectorizedLinear (weights
   [N, in, out]); each member gets its own minibatch (indices [N, B]) and is trained exactly as a solo BCQ
   (losses are per-member means summed over members). Target candidates are per member (its own VAE, ξ' and
-  Q'). Action selection pools candidates: each member proposes 10 (its own VAE + perturbation), the N·10
+  Q'). Action selection pools candidates: each member proposes 100 (its own VAE + perturbation), the N·100
   candidates are scored by the MEAN OVER MEMBERS OF Q1 (Q1 as BCQ's select_action), and the best is taken.
   With N = 1 this is exactly BCQ's select_action.
 - Online exploration uses that (already stochastic, through the VAE's samples) BCQ policy; `--expl-noise σ`
@@ -115,7 +115,9 @@ class Args:
     phi: float = 0.05
     """perturbation range Φ: the actor moves a VAE action by at most Φ per dimension"""
     n_action_samples: int = 10
-    """candidate actions per state, for the target and for acting"""
+    """candidate actions per state for the Bellman target (BCQ's code: 10)"""
+    n_act_candidates: int = 100
+    """candidate actions each member proposes when acting and evaluating (BCQ's code: 100)"""
     kl_weight: float = 0.5
     """weight of the KL term of the VAE loss"""
     expl_noise: float = 0.0
@@ -606,7 +608,8 @@ def keep_freed_memory_on_cpu():
 
 def main():
     args = tyro.cli(Args)
-    for name in ("n_ensemble", "batch_size", "eval_episodes", "log_every", "eval_every", "n_action_samples"):
+    for name in ("n_ensemble", "batch_size", "eval_episodes", "log_every", "eval_every", "n_action_samples",
+                 "n_act_candidates"):
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1")
     if args.offline_steps < 0 or args.online_steps < 0 or args.checkpoint_every < 0:
@@ -704,7 +707,7 @@ def main():
 
     env, obs = None, None
     metrics, last_log_time, last_log_step = None, time.time(), global_step
-    policy = lambda o: bcq_select_action(vae, actor, critic, o, args.n_action_samples)  # noqa: E731
+    policy = lambda o: bcq_select_action(vae, actor, critic, o, args.n_act_candidates)  # noqa: E731
     progress = tqdm(range(global_step, total_steps), initial=global_step, total=total_steps, desc="bcq")
     for global_step in progress:
         if global_step >= args.offline_steps:  # online phase: act with the BCQ policy, store, update

@@ -347,10 +347,14 @@ POLICY_ALGOS = ("cql", "balanced", "awac", "sac")  # checkpoints whose actor is 
 
 
 def ensemble_moments(mu: torch.Tensor, std: torch.Tensor):
-    """eq. (5): moments of the members' Gaussian mixture (member dimension first), in pre-tanh space."""
+    """Eq. (5): moments of the uniform mixture of N Gaussians (member dim first) -> (mean, std) of one Gaussian.
+
+    sigma^2 = mean_i(sigma_i^2 + mu_i^2) - mu^2, computed as mean_i sigma_i^2 + mean_i (mu_i - mu)^2 (same value,
+    no cancellation); sigma is clamped to [exp(LOG_STD_MIN), exp(LOG_STD_MAX)] like a member's, as the authors do.
+    """
     mean = mu.mean(0)
-    var = (std.pow(2) + mu.pow(2)).mean(0) - mean.pow(2)
-    return mean, var.clamp_min(1e-12).sqrt()
+    var = std.pow(2).mean(0) + (mu - mean).pow(2).mean(0)
+    return mean, var.clamp(np.exp(2.0 * LOG_STD_MIN), np.exp(2.0 * LOG_STD_MAX)).sqrt()
 
 
 @torch.no_grad()

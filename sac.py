@@ -80,6 +80,10 @@ class Args:
     """write a resumable checkpoint every this many env steps (and at the end)"""
     resume: bool = False
     """continue from --checkpoint if it exists"""
+    snapshot_dir: str | None = None
+    """also save the actor at every evaluation as DIR/step<N>.pt (behaviour policies for datasets)"""
+    rollout_actor: str | None = None
+    """collect data with this saved actor (sampled actions, no learning) instead of training"""
     cuda: bool = True
     """use CUDA when available"""
     torch_deterministic: bool = True
@@ -376,6 +380,22 @@ def check_writable(path: str, what: str):
         fail(f"cannot write {what} {path}: {err}")
 
 
+def load_rollout_actor(path: str, env_id: str, obs_dim: int, act_dim: int) -> dict:
+    """The actor of a sac.py snapshot or checkpoint, checked against the env (loads tensors and plain data only)."""
+    if not os.path.isfile(path):
+        fail(f"--rollout-actor {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        fail(f"cannot load --rollout-actor {path}: {err}")
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or state.get("n_ensemble") != 1:
+        fail(f"--rollout-actor {path} is not a one-member {CHECKPOINT_FORMAT} checkpoint or snapshot")
+    if (state.get("obs_dim"), state.get("act_dim")) != (obs_dim, act_dim):
+        fail(f"--rollout-actor {path} has dims {state.get('obs_dim')}/{state.get('act_dim')} but {env_id} has "
+             f"{obs_dim}/{act_dim}")
+    return state
+
+
 # ---- SAC losses and update ----
 def sac_update(batch, actor, critic, critic_target, log_alpha, actor_optimizer, q_optimizer, alpha_optimizer,
                gamma: float, tau: float, target_entropy: float) -> dict:
@@ -452,6 +472,9 @@ def main():
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
 
     hidden_sizes = [args.hidden_dim, args.hidden_dim]
+    rollout_state = load_rollout_actor(args.rollout_actor, args.env_id, obs_dim, act_dim) if args.rollout_actor else None
+    if rollout_state is not None:
+        hidden_sizes = rollout_state["hidden_sizes"]
     actor = EnsembleActor(obs_dim, act_dim, hidden_sizes, 1).to(device)
     critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, 1).to(device)
     critic_target = EnsembleCritic(obs_dim, act_dim, hidden_sizes, 1).to(device)
@@ -462,6 +485,9 @@ def main():
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
     target_entropy = -float(act_dim)
     buffer = ReplayBuffer(args.total_timesteps, obs_dim, act_dim)
+    if rollout_state is not None:
+        actor.load_state_dict(rollout_state["actor"])
+    learn = rollout_state is None  # --rollout-actor: act with the saved policy from the first step, never update
 
     start_step, run_dir = 0, args.run_dir or f"runs/{args.env_id}__sac__{args.seed}__{int(time.time())}"
     if args.resume and os.path.exists(checkpoint_path):
@@ -519,7 +545,7 @@ def main():
     sps_start, sps_step = time.time(), start_step
     progress = tqdm(range(start_step, args.total_timesteps), initial=start_step, total=args.total_timesteps, desc="sac", unit="step")
     for global_step in progress:
-        if global_step < args.learning_starts:
+        if learn and global_step < args.learning_starts:
             action = env.action_space.sample()
         else:
             with torch.no_grad():
@@ -534,7 +560,7 @@ def main():
             writer.add_scalar("charts/episodic_length", info["episode"]["l"], global_step + 1)
             obs, _ = env.reset()
 
-        if global_step >= args.learning_starts:
+        if learn and global_step >= args.learning_starts:
             losses = sac_update(buffer.sample(args.batch_size, rng, device), actor, critic, critic_target, log_alpha,
                                 actor_optimizer, q_optimizer, alpha_optimizer, args.gamma, args.tau, target_entropy)
             if (global_step + 1) % args.log_every == 0:
@@ -556,6 +582,11 @@ def main():
             writer.add_scalar("eval/return", eval_return, step)
             writer.add_scalar("eval/normalized_score", score, step)
             tqdm.write(f"step {step}: eval return {eval_return:.1f}, normalized score {score:.1f}")
+            if args.snapshot_dir:
+                save_checkpoint(os.path.join(args.snapshot_dir, f"step{step:07d}.pt"), {
+                    "format": CHECKPOINT_FORMAT, "algo": "sac-snapshot", "env_id": args.env_id, "obs_dim": obs_dim,
+                    "act_dim": act_dim, "n_ensemble": 1, "hidden_sizes": hidden_sizes, "actor": actor.state_dict(),
+                    "step": step, "eval_return": eval_return, "normalized_score": score, "seed": args.seed})
         if step % args.checkpoint_every == 0 or step == args.total_timesteps:
             write_checkpoint(step)
 
@@ -563,7 +594,8 @@ def main():
         write_d4rl_dataset(args.dataset_out, buffer, {
             "env_id": args.env_id, "gym_env_id": gym_env_id(args.env_id), "seed": args.seed,
             "total_timesteps": args.total_timesteps, "learning_starts": args.learning_starts,
-            "policy": "uniform random" if args.learning_starts >= args.total_timesteps else "sac replay",
+            "policy": (f"rollouts of {args.rollout_actor}" if args.rollout_actor else
+                       "uniform random" if args.learning_starts >= args.total_timesteps else "sac replay"),
         })
         print(f"wrote {buffer.size} transitions to {args.dataset_out}")
     writer.close()

@@ -1,6 +1,7 @@
 """Tests of balanced_finetune.py: sum-tree, eq. (4)/(5) pieces against independent formulas, end-to-end runs
 from a cql_pretrain.py checkpoint in every sampling mode, error messages, SIGKILL + --resume, determinism."""
 import importlib.util
+import inspect
 import math
 import os
 import re
@@ -127,6 +128,24 @@ def test_ensemble_moments_match_mixture_samples(one_torch_thread):
     samples = mu[member] + std[member] * torch.randn(n_samples, b, a)
     np.testing.assert_allclose(samples.mean(0), mean, atol=0.02)
     np.testing.assert_allclose(samples.std(0), mixture_std, rtol=0.01)
+
+
+def test_ensemble_moments_std_clamped_like_a_members():
+    """The mixture std is kept in [e^-20, e^2] (the authors' clamp), below and above; inside it is eq. (5)."""
+    mu = torch.tensor([[[0.0, 0.0, 100.0]], [[0.0, 0.0, -100.0]]])  # [N=2, B=1, A=3]
+    std = torch.tensor([[[1e-30, 1.0, 1.0]], [[1e-30, 1.0, 1.0]]])
+    _, mixture_std = bf.ensemble_moments(mu, std)
+    np.testing.assert_allclose(mixture_std[0], [math.exp(-20.0), 1.0, math.exp(2.0)], rtol=1e-5)
+
+
+def test_ensemble_moments_is_one_copy_in_every_script():
+    sources = set()
+    for script in ("balanced_finetune", "cql_pretrain", "fqe", "awac"):
+        module_spec = importlib.util.spec_from_file_location(f"{script}_moments", REPO_ROOT / f"{script}.py")
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        sources.add(inspect.getsource(module.ensemble_moments))
+    assert len(sources) == 1
 
 
 def test_density_ratio_loss_formula():
@@ -393,3 +412,13 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, tiny_hopper_
     logged = scalars(tmp_path / "run")  # curves continue at the right step, purged of the killed run's tail
     steps = [s for s, _ in logged["eval/return"]]
     assert steps == list(range(0, 601, 100))
+
+    # every epoch starts a fresh episode and the RNG states are restored, so the resumed run is the uninterrupted one
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    result = subprocess.run(args, cwd=whole, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    uninterrupted = torch.load(whole / "out" / "ft.pt", weights_only=False)
+    for key in online:
+        np.testing.assert_array_equal(online[key], uninterrupted["resume"]["online"][key])
+    assert logged["eval/return"] == scalars(whole / "run")["eval/return"]

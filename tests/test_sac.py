@@ -157,3 +157,45 @@ def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         sac.save_checkpoint(path, {"step": 2})
     assert torch.load(path, weights_only=False) == {"step": 1}
+
+
+def test_snapshots_then_rollouts_of_a_saved_actor(run_script, tmp_path):
+    """--snapshot-dir saves the actor at every evaluation; --rollout-actor collects with it and never learns."""
+    result = run_script("sac.py", "--env-id", "Hopper-v4", "--total-timesteps", "300", "--learning-starts", "100",
+                        "--eval-every", "150", "--snapshot-dir", "snaps", "--run-dir", "run", *TINY)
+    assert result.returncode == 0, result.stderr
+    snapshots = sorted(p.name for p in (tmp_path / "snaps").iterdir())
+    assert snapshots == ["step0000150.pt", "step0000300.pt"]
+    snapshot = torch.load(tmp_path / "snaps" / "step0000300.pt", weights_only=True)
+    evaluated = dict(scalars(tmp_path / "run")["eval/return"])
+    assert snapshot["step"] == 300 and snapshot["eval_return"] == pytest.approx(evaluated[300], rel=1e-5)
+
+    # a near-deterministic actor (log-std bias -20, its weights 0): every sampled action must be tanh(mean(s))
+    act_dim = snapshot["act_dim"]
+    snapshot["actor"]["net.4.weight"][..., act_dim:] = 0.0
+    snapshot["actor"]["net.4.bias"][..., act_dim:] = -20.0
+    torch.save(snapshot, tmp_path / "sharp.pt")
+    result = run_script("sac.py", "--env-id", "Hopper-v4", "--total-timesteps", "400", "--rollout-actor", "sharp.pt",
+                        "--eval-every", "400", "--dataset-out", "rollouts.hdf5", "--checkpoint", "r.pt", *TINY)
+    assert result.returncode == 0, result.stderr
+    with h5py.File(tmp_path / "rollouts.hdf5", "r") as f:
+        observations, actions = f["observations"][()], f["actions"][()]
+        assert "rollouts of sharp.pt" in f["metadata/policy"][()].decode()
+    actor = sac.EnsembleActor(snapshot["obs_dim"], act_dim, snapshot["hidden_sizes"], 1)
+    actor.load_state_dict(snapshot["actor"])
+    with torch.no_grad():
+        mean, _ = actor(torch.as_tensor(observations).unsqueeze(0))
+    np.testing.assert_allclose(actions, torch.tanh(mean[0]).numpy(), atol=1e-5)
+    after = torch.load(tmp_path / "r.pt", weights_only=False)["actor"]
+    for key, value in snapshot["actor"].items():  # no update touched the actor
+        torch.testing.assert_close(after[key], value)
+
+
+def test_rollout_actor_with_other_dims_is_a_clear_error(run_script, tmp_path):
+    result = run_script("sac.py", "--env-id", "Hopper-v4", "--total-timesteps", "200", "--learning-starts", "100",
+                        "--eval-every", "200", "--snapshot-dir", "snaps", *TINY)
+    assert result.returncode == 0, result.stderr
+    result = run_script("sac.py", "--env-id", "Walker2d-v4", "--total-timesteps", "100",
+                        "--rollout-actor", "snaps/step0000200.pt", *TINY)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "has dims 11/3 but Walker2d-v4 has 17/6" in result.stderr
