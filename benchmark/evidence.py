@@ -1,0 +1,296 @@
+"""The paper's comparisons (Lee et al., CoRL 2021, Fig. 3, 4c, 4d, 1c) on D4RL-style Hopper datasets, at CPU scale.
+
+The datasets are made by benchmark/make_datasets.py with D4RL's recipes (medium, medium-replay, medium-expert of one
+SAC run). Every setting below was fixed before any fine-tuning result was seen and is the same for every arm.
+
+Reductions from the paper (paper value in brackets):
+  * one environment, Hopper-v4 [halfcheetah, hopper, walker2d]; datasets of 50k-200k transitions [1M-2M];
+  * hidden layers of 128 units for every actor and critic, BCQ's VAE, perturbation net and critics included
+    [256; BCQ 750-750 / 400-300]; the density-ratio network keeps its 256 units [256]. At 128 units sac.py from
+    scratch reaches the width rule's 25 normalized on Hopper within the online budget (pilot: benchmark/results/
+    evidence/pilot_width.csv); at 256 every N=5 arm would cost 2.5x as much;
+  * CQL pretraining 30k gradient steps [1M], with a behaviour-cloning warm-up scaled alike, 1.2k [40k], N=5 kept;
+    one CQL ensemble (seed 1) per dataset shared by all fine-tuning seeds [one per seed], so seeds differ in the
+    online phase only;
+  * 50k online env steps [250k], in epochs of 1000 env steps with 5x updates in the first epoch, as the paper;
+  * AWAC and BCQ-ft: 30k offline steps [1M] (the CQL budget) then 50k online; AWAC N=5 as the paper; BCQ-ft N=1
+    [5] (at N=5 its update costs 5x AWAC's); FQE 20k steps [?];
+  * 3 seeds [4]; evaluation: 10 deterministic episodes at the start of every epoch (and sac.py every 1000 steps);
+  * on medium-replay and medium-expert only ours, SAC-ft and SAC from scratch [every arm on every dataset].
+
+    python benchmark/evidence.py                # run (or continue) the campaign, 2 jobs at a time
+    python benchmark/evidence.py --dry-run      # the commands, and which are finished
+    python benchmark/evidence.py --report       # figures, curves.csv, summary.csv and tables from the finished runs
+
+Restartable: a finished job leaves status/<job>.done in the output folder (committed with the runs) and is
+skipped; an interrupted job continues from its checkpoint with --resume; one that has no checkpoint starts over,
+after its partial TensorBoard folder is removed. The CQL and FQE checkpoints are written into the output folder
+(pretrained/) so that a later sitting on a fresh checkout finds them; the datasets are regenerated bit for bit
+by make_datasets.py from the committed behaviour policies.
+"""
+import argparse
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = "python"  # as written in commands.txt; run with the interpreter that runs this script
+ENV_ID = "Hopper-v4"
+WIDTH = 128
+CQL_STEPS, BC_STEPS, FQE_STEPS = 30_000, 1_200, 20_000
+OFFLINE_STEPS, ONLINE_STEPS = 30_000, 50_000
+SEEDS = (1, 2, 3)
+EVAL_EPISODES = 10
+DATASETS = ("medium", "medium-replay", "medium-expert")
+FULL_ARMS_ON = "medium"
+POLL_SECONDS = 5
+# arm -> (balanced_finetune.py flags) for the arms that fine-tune the CQL ensemble
+FINETUNE_ARMS = {
+    "balanced-N5": ("--n-ensemble", 5, "--sampling", "balanced"),
+    "sac-ft": ("--n-ensemble", 1, "--sampling", "uniform"),
+    "uniform-N5": ("--n-ensemble", 5, "--sampling", "uniform"),
+    "online-only-N5": ("--n-ensemble", 5, "--sampling", "online-only"),
+    "balanced-N2": ("--n-ensemble", 2, "--sampling", "balanced"),
+    "balanced-N1": ("--n-ensemble", 1, "--sampling", "balanced"),
+    "fqe-init-N5": ("--n-ensemble", 5, "--sampling", "balanced", "--q-init", "fqe"),
+}
+ARMS_ELSEWHERE = ("balanced-N5", "sac-ft")
+
+
+@dataclass
+class Job:
+    name: str
+    command: list
+    checkpoint: Path | None = None  # --resume is added when this exists and the job is not finished
+    run_dir: Path | None = None  # removed before a fresh start (no checkpoint): no half-written curves
+    deps: list = field(default_factory=list)
+
+
+def dataset_file(dataset: str) -> str:
+    return f"data/cpu_d4rl/hopper_{dataset.replace('-', '_')}.hdf5"
+
+
+def jobs(out: Path) -> list[Job]:
+    """Every job of the campaign in priority order (the first ready job runs first)."""
+    runs, pre, ck = out / "runs", out / "pretrained", Path("checkpoints/evidence")
+    cql = {d: pre / f"cql_hopper-{d}_N5.pt" for d in DATASETS}
+    fqe = pre / "fqe_hopper-medium_N5.pt"
+    data_args = lambda d: ["--env-id", ENV_ID, "--dataset-path", dataset_file(d), "--no-cuda"]  # noqa: E731
+    out_jobs = [  # the behaviour run inside data_all takes ~1.5 h; SAC from scratch needs no data
+        Job("data_all", [PY, "benchmark/make_datasets.py", "--env", "hopper", "--csv", str(out / "datasets.csv")]),
+        Job("data_medium", [PY, "benchmark/make_datasets.py", "--env", "hopper", "--datasets", "medium"]),
+    ]
+    sac_jobs = []
+    for seed in SEEDS:
+        run_dir = runs / f"hopper__sac__seed{seed}"
+        sac_jobs.append(Job(
+            f"sac_s{seed}", [PY, "sac.py", "--env-id", ENV_ID, "--seed", seed, "--total-timesteps", ONLINE_STEPS,
+                             "--hidden-dim", WIDTH, "--eval-every", 1000, "--eval-episodes", EVAL_EPISODES,
+                             "--checkpoint", ck / f"sac_s{seed}.pt", "--checkpoint-every", 5000, "--run-dir", run_dir,
+                             "--no-cuda"],
+            ck / f"sac_s{seed}.pt", run_dir))
+    out_jobs.insert(1, sac_jobs[0])
+    for d in DATASETS:
+        run_dir = runs / f"hopper-{d}__cql-pretrain__seed1"
+        out_jobs.append(Job(
+            f"cql_{d}", [PY, "cql_pretrain.py", *data_args(d), "--n-ensemble", 5, "--hidden-dim", WIDTH,
+                         "--offline-steps", CQL_STEPS, "--bc-steps", BC_STEPS, "--eval-every", 2500,
+                         "--eval-episodes", EVAL_EPISODES, "--checkpoint", cql[d], "--checkpoint-every", 2500,
+                         "--run-dir", run_dir, "--seed", 1],
+            cql[d], run_dir, ["data_medium" if d == "medium" else "data_all"]))
+    out_jobs += sac_jobs[1:]
+    run_dir = runs / "hopper-medium__fqe__seed1"
+    out_jobs.append(Job(
+        "fqe_medium", [PY, "fqe.py", *data_args("medium"), "--policy-checkpoint", cql["medium"], "--checkpoint", fqe,
+                       "--n-ensemble", 5, "--steps", FQE_STEPS, "--eval-every", 5000, "--eval-episodes", EVAL_EPISODES,
+                       "--run-dir", run_dir, "--seed", 1],
+        fqe, run_dir, ["cql_medium"]))
+    for seed in SEEDS:
+        for d in DATASETS:
+            arms = FINETUNE_ARMS if d == FULL_ARMS_ON else ARMS_ELSEWHERE
+            for arm in arms:
+                name, run_dir = f"{d}_{arm}_s{seed}", runs / f"hopper-{d}__{arm}__seed{seed}"
+                extra = ("--fqe-checkpoint", fqe) if arm.startswith("fqe-init") else ()
+                out_jobs.append(Job(
+                    name, [PY, "balanced_finetune.py", *data_args(d), "--checkpoint", cql[d], *FINETUNE_ARMS[arm],
+                           *extra, "--online-steps", ONLINE_STEPS, "--eval-episodes", EVAL_EPISODES, "--seed", seed,
+                           "--save-checkpoint", ck / f"{name}.pt", "--checkpoint-every", 5000, "--run-dir", run_dir],
+                    ck / f"{name}.pt", run_dir, [f"cql_{d}"] + (["fqe_medium"] if extra else [])))
+            if d == FULL_ARMS_ON:
+                for script, arm, n in (("awac.py", "awac-N5", 5), ("bcq_ft.py", "bcq-ft-N1", 1)):
+                    name, run_dir = f"{d}_{arm}_s{seed}", runs / f"hopper-{d}__{arm}__seed{seed}"
+                    out_jobs.append(Job(
+                        name, [PY, script, *data_args(d), "--n-ensemble", n, "--hidden-dim", WIDTH,
+                               "--offline-steps", OFFLINE_STEPS, "--online-steps", ONLINE_STEPS, "--eval-every", 1000,
+                               "--eval-episodes", EVAL_EPISODES, "--seed", seed, "--save-checkpoint", ck / f"{name}.pt",
+                               "--checkpoint-every", 5000, "--run-dir", run_dir],
+                        ck / f"{name}.pt", run_dir, ["data_medium"]))
+    for job in out_jobs:
+        job.command = [str(part) for part in job.command]
+    return out_jobs
+
+
+def run_campaign(out: Path, workers: int, dry_run: bool, only: list[str]):
+    status = out / "status"
+    logs = out / "logs"
+    status.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)
+    todo = [job for job in jobs(out) if not only or any(key in job.name for key in only)]
+    done = lambda name: (ROOT / status / f"{name}.done").exists()  # noqa: E731
+    if dry_run:
+        for job in todo:
+            print(("# done: " if done(job.name) else "") + " ".join(job.command))
+        return
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    running, failed = {}, set()
+    with open(ROOT / out / "commands.txt", "a") as commands:
+        commands.write(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} python benchmark/evidence.py"
+                       f" --workers {workers} (finished jobs are skipped, interrupted ones resumed)\n")
+        while True:
+            pending = [job for job in todo if not done(job.name) and job.name not in running and job.name not in failed]
+            blocked = lambda job: any(dep in failed for dep in job.deps)  # noqa: E731
+            ready = [job for job in pending if all(done(dep) for dep in job.deps) and not blocked(job)]
+            while ready and len(running) < workers:
+                job = ready.pop(0)
+                command = list(job.command)
+                if job.checkpoint is not None and (ROOT / job.checkpoint).exists():
+                    command.append("--resume")
+                elif job.run_dir is not None and (ROOT / job.run_dir).exists():
+                    shutil.rmtree(ROOT / job.run_dir)
+                commands.write(" ".join(command) + "\n")
+                commands.flush()
+                log = open(ROOT / logs / f"{job.name}.log", "a")
+                print(f"{time.strftime('%H:%M:%S')} start {job.name}", flush=True)
+                running[job.name] = (subprocess.Popen([sys.executable, *command[1:]], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT),
+                                     log)
+            if not running:
+                break
+            time.sleep(POLL_SECONDS)
+            for name, (process, log) in list(running.items()):
+                if process.poll() is None:
+                    continue
+                log.close()
+                del running[name]
+                if process.returncode == 0:
+                    (ROOT / status / f"{name}.done").touch()
+                    print(f"{time.strftime('%H:%M:%S')} done {name}", flush=True)
+                else:
+                    failed.add(name)
+                    print(f"{time.strftime('%H:%M:%S')} FAILED {name} (exit {process.returncode}); see "
+                          f"{logs / (name + '.log')}", flush=True)
+    left = [job.name for job in todo if not done(job.name)]
+    print(f"finished; {len(left)} jobs not done" + (f": {', '.join(left)}" if left else ""))
+    if failed:
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------------------------
+# report: figures and CSVs through plot.py, then the tables of the README
+# ---------------------------------------------------------------------------------
+LABELS = {"balanced-N5": "Ours (balanced, N=5)", "sac-ft": "SAC-ft", "awac-N5": "AWAC (N=5)",
+          "bcq-ft-N1": "BCQ-ft (N=1)", "sac": "SAC (from scratch)", "uniform-N5": "Uniform replay (N=5)",
+          "online-only-N5": "Online only (N=5)", "balanced-N2": "Ours, N=2", "balanced-N1": "Ours, N=1",
+          "fqe-init-N5": "Ours, FQE-init"}
+FIGURES = {  # folder -> (plot.py figures, arms)
+    "fig3_methods": ("fig3", ["balanced-N5", "sac-ft", "awac-N5", "bcq-ft-N1", "sac"]),
+    "fig4c_sampling": ("fig3 fig4a fig4b", ["balanced-N5", "uniform-N5", "online-only-N5"]),
+    "fig4d_ensemble": ("fig3", ["balanced-N1", "balanced-N2", "balanced-N5"]),
+    "fig1c_q_init": ("fig3", ["balanced-N5", "fqe-init-N5"]),
+}
+
+
+def finished_seeds(out: Path, dataset: str, arm: str) -> list[int]:
+    job = (lambda seed: f"sac_s{seed}") if arm == "sac" else (lambda seed: f"{dataset}_{arm}_s{seed}")
+    return [seed for seed in SEEDS if (ROOT / out / "status" / f"{job(seed)}.done").exists()]
+
+
+def run_dir_of(out: Path, dataset: str, arm: str, seeds: list[int]) -> str:
+    """The run folder of one seed, or a glob over several (what plot.py --method takes)."""
+    task = "hopper" if arm == "sac" else f"hopper-{dataset}"
+    seed = seeds[0] if len(seeds) == 1 else "[" + "".join(map(str, seeds)) + "]"
+    return str(out / "runs" / f"{task}__{arm}__seed{seed}")
+
+
+def eval_curve(run_dir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(ROOT / run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    points = {}
+    for event in events.Scalars("eval/normalized_score"):
+        points[event.step] = event.value  # a step logged twice (resumed run): the last value
+    steps = np.array(sorted(s for s in points if s >= 0))
+    return steps, np.array([points[s] for s in steps])
+
+
+def report(out: Path):
+    rows = []
+    for dataset in DATASETS:
+        for arm in LABELS:
+            seeds = finished_seeds(out, dataset, arm)
+            if not seeds:
+                continue
+            curves = [eval_curve(Path(run_dir_of(out, dataset, arm, [seed]))) for seed in seeds]
+            at = lambda steps, scores, x: scores[np.searchsorted(steps, x)] if x in steps else np.nan  # noqa: E731
+            final = [scores[-3:].mean() for _, scores in curves]  # mean of the last 3 evaluations (48k-50k)
+            start = [at(s, v, 0) for s, v in curves]
+            first_epoch = [at(s, v, 1000) for s, v in curves]
+            early_min = [v[(s >= 1000) & (s <= 10_000)].min() for s, v in curves]
+            rows.append({"task": f"hopper-{dataset}", "method": LABELS[arm], "arm": arm,
+                         "final_mean": round(float(np.mean(final)), 2), "final_std": round(float(np.std(final)), 2),
+                         "n_seeds": len(seeds), "start_mean": round(float(np.mean(start)), 2),
+                         "after_first_epoch_mean": round(float(np.mean(first_epoch)), 2),
+                         "after_first_epoch_std": round(float(np.std(first_epoch)), 2),
+                         "min_1k_10k_mean": round(float(np.mean(early_min)), 2),
+                         "at_10k_mean": round(float(np.mean([at(s, v, 10_000) for s, v in curves])), 2),
+                         "final_step": int(min(s[-1] for s, _ in curves))})
+    if not rows:
+        sys.exit("error: no finished fine-tuning runs to report")
+    with open(ROOT / out / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {out / 'summary.csv'}")
+    commands = []
+    for dataset in DATASETS:
+        for folder, (figures, arms) in FIGURES.items():
+            methods = []
+            for arm in arms:
+                seeds = finished_seeds(out, dataset, arm)
+                if seeds:
+                    methods += ["--method", f"{LABELS[arm]}={run_dir_of(out, dataset, arm, seeds)}"]
+            if len(methods) < 4:
+                continue
+            command = [PY, "benchmark/plot.py", *methods, "--one-panel", "--panel-title",
+                       f"{ENV_ID}, hopper-{dataset} (CPU-scale D4RL recipe), {ONLINE_STEPS // 1000}k online steps",
+                       "--figures", *figures.split(), "--final-window", "3", "--formats", "png",
+                       "--out-dir", str(out / f"hopper-{dataset}" / folder)]
+            commands.append(command)
+            subprocess.run([sys.executable, *command[1:]], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    with open(ROOT / out / "report_commands.txt", "w") as f:
+        f.write("# written by: python benchmark/evidence.py --report\n")
+        f.writelines(" ".join(c) + "\n" for c in commands)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("benchmark/results/evidence"), help="output folder")
+    parser.add_argument("--workers", type=int, default=2, help="jobs at a time, one torch thread each")
+    parser.add_argument("--only", nargs="+", default=[], help="run only jobs whose name contains one of these")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands and what is finished")
+    parser.add_argument("--report", action="store_true", help="figures, curves and summary of the finished runs")
+    args = parser.parse_args()
+    if args.report:
+        report(args.out)
+    else:
+        run_campaign(args.out, args.workers, args.dry_run, args.only)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""benchmark/make_datasets.py (D4RL recipes at CPU scale) and benchmark/evidence.py (the restartable campaign)."""
+import importlib.util
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmark" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_datasets = load("make_datasets")
+evidence = load("evidence")
+
+
+# ---------------------------------------------------------------------------------
+# make_datasets.py
+# ---------------------------------------------------------------------------------
+def rows_of(returns):
+    return [{"step": 5000 * (i + 1), "eval_return": r, "normalized_score": 0.0, "path": f"s{i}"}
+            for i, r in enumerate(returns)]
+
+
+def test_medium_is_the_first_snapshot_at_a_third_of_the_expert_reference():
+    low, high = make_datasets.REF_RETURNS["hopper"]
+    third = low + (high - low) / 3  # 1064.6: normalized score 33.3
+    rows = rows_of([200.0, third - 1.0, third + 0.5, 900.0, 3000.0, 2500.0])
+    chosen = make_datasets.choose_policies("hopper", rows, finished=False)
+    assert chosen["medium"]["step"] == 15000 and "expert" not in chosen  # the best is known only at the end
+    chosen = make_datasets.choose_policies("hopper", rows, finished=True)
+    assert chosen["medium"]["step"] == 15000 and chosen["expert"]["step"] == 25000
+    assert make_datasets.choose_policies("hopper", rows_of([10.0, 20.0]), finished=False) == {}
+
+
+def write_part(path, n, seed, last_terminal):
+    rng = np.random.default_rng(seed)
+    arrays = {"observations": rng.normal(size=(n, 3)).astype(np.float32),
+              "actions": rng.uniform(-1, 1, size=(n, 2)).astype(np.float32),
+              "rewards": rng.normal(size=n).astype(np.float32),
+              "next_observations": rng.normal(size=(n, 3)).astype(np.float32),
+              "terminals": np.zeros(n, dtype=bool), "timeouts": np.zeros(n, dtype=bool)}
+    arrays["terminals"][3] = True
+    arrays["terminals"][-1] = last_terminal
+    with h5py.File(path, "w") as f:
+        for key, value in arrays.items():
+            f[key] = value
+    return arrays
+
+
+def test_medium_expert_concatenates_and_closes_the_cut_episodes(tmp_path):
+    medium = write_part(tmp_path / "m.hdf5", 10, 0, last_terminal=False)
+    expert = write_part(tmp_path / "e.hdf5", 7, 1, last_terminal=True)
+    make_datasets.concatenate([tmp_path / "m.hdf5", tmp_path / "e.hdf5"], tmp_path / "me.hdf5", {"env_id": "X"})
+    out = make_datasets.read(tmp_path / "me.hdf5")
+    for key in ("observations", "actions", "rewards", "next_observations", "terminals"):
+        np.testing.assert_array_equal(out[key], np.concatenate([medium[key], expert[key]]))
+    # the medium rollout's unfinished episode ends at row 9 as a time-limit end; the expert's ends in a terminal
+    assert list(np.flatnonzero(out["timeouts"])) == [9]
+    assert list(np.flatnonzero(out["terminals"])) == [3, 13, 16]
+    returns = make_datasets.episode_returns(out["rewards"], out["terminals"], out["timeouts"])
+    r = out["rewards"].astype(np.float64)
+    np.testing.assert_allclose(returns, [r[:4].sum(), r[4:10].sum(), r[10:14].sum(), r[14:17].sum()])
+
+
+def test_stats_row_counts_episodes_and_scores(tmp_path):
+    n = 2000
+    with h5py.File(tmp_path / "d.hdf5", "w") as f:
+        rewards = np.ones(n, dtype=np.float32)
+        timeouts = np.zeros(n, dtype=bool)
+        timeouts[999] = timeouts[1999] = True
+        for key, value in {"observations": np.zeros((n, 11)), "actions": np.zeros((n, 3)), "rewards": rewards,
+                           "next_observations": np.zeros((n, 11)), "terminals": np.zeros(n, dtype=bool),
+                           "timeouts": timeouts}.items():
+            f[key] = value
+    row = make_datasets.stats_row("hopper", "medium", tmp_path / "d.hdf5")
+    low, high = make_datasets.REF_RETURNS["hopper"]
+    assert (row["transitions"], row["episodes"], row["mean_return"]) == (2000, 2, 1000.0)
+    assert row["mean_normalized_score"] == round(100 * (1000 - low) / (high - low), 1)
+    assert row["imitates"] == "hopper-medium-v2" and row["d4rl_transitions"] == 1_000_000
+
+
+# ---------------------------------------------------------------------------------
+# evidence.py: the job list and the restartable runner
+# ---------------------------------------------------------------------------------
+def test_campaign_arms_share_every_setting(tmp_path):
+    all_jobs = evidence.jobs(tmp_path)
+    names = [job.name for job in all_jobs]
+    assert len(names) == len(set(names))
+    finetune = [job for job in all_jobs if "balanced_finetune.py" in job.command]
+    for job in finetune:
+        value = lambda flag: job.command[job.command.index(flag) + 1]  # noqa: E731
+        assert value("--online-steps") == "50000" and value("--eval-episodes") == "10", job.name
+    for arm in evidence.FINETUNE_ARMS:
+        assert {n for n in names if n.startswith(f"medium_{arm}_s")} == {f"medium_{arm}_s{s}" for s in evidence.SEEDS}
+    for arm in ("awac-N5", "bcq-ft-N1"):
+        assert {n for n in names if n.startswith(f"medium_{arm}_s")} == {f"medium_{arm}_s{s}" for s in evidence.SEEDS}
+    for job in all_jobs:  # one width for every actor and critic
+        if "--hidden-dim" in job.command and "balanced_finetune.py" not in job.command:
+            assert job.command[job.command.index("--hidden-dim") + 1] == "128", job.name
+    cql = next(job for job in all_jobs if job.name == "cql_medium")
+    assert all(cql.checkpoint.as_posix() in " ".join(job.command) for job in finetune if job.name.startswith("medium_"))
+
+
+def fake_jobs(tmp_path):
+    """Jobs that write what they were called with; 'bad' fails, 'after_bad' depends on it."""
+    record = "import sys, pathlib; pathlib.Path(sys.argv[1]).write_text(' '.join(sys.argv[2:]))"
+    job = lambda name, *deps, code=record, ckpt=None: evidence.Job(  # noqa: E731
+        name, ["python", "-c", code, str(tmp_path / f"{name}.args")], ckpt, None, list(deps))
+    return [job("first"), job("second", "first", ckpt=tmp_path / "second.ckpt"),
+            job("bad", code="raise SystemExit(3)"), job("after_bad", "bad"), job("third", "second")]
+
+
+def test_runner_resumes_skips_and_stops_at_failures(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(evidence, "ROOT", tmp_path)
+    monkeypatch.setattr(evidence, "jobs", lambda out: fake_jobs(tmp_path))
+    monkeypatch.setattr(evidence, "POLL_SECONDS", 0.05)
+    (tmp_path / "second.ckpt").write_text("interrupted")  # 'second' was interrupted: it continues with --resume
+    out = tmp_path / "out"
+    (out / "status").mkdir(parents=True)
+    (out / "status" / "third.done").touch()  # finished in an earlier sitting: not run again
+    with pytest.raises(SystemExit) as exit_info:
+        evidence.run_campaign(out, workers=2, dry_run=False, only=[])
+    assert exit_info.value.code == 1
+    assert (tmp_path / "first.args").read_text() == ""
+    assert (tmp_path / "second.args").read_text() == "--resume"
+    assert not (tmp_path / "third.args").exists() and not (tmp_path / "after_bad.args").exists()
+    assert {p.name for p in (out / "status").iterdir()} == {"first.done", "second.done", "third.done"}
+    printed = capsys.readouterr().out
+    assert "FAILED bad (exit 3)" in printed and "2 jobs not done: bad, after_bad" in printed
+    commands = (out / "commands.txt").read_text().splitlines()
+    assert commands[0].startswith("# ") and any(line.endswith("--resume") for line in commands)
+
+
+def test_dry_run_marks_finished_jobs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(evidence, "ROOT", tmp_path)
+    monkeypatch.setattr(evidence, "jobs", lambda out: fake_jobs(tmp_path))
+    (tmp_path / "out" / "status").mkdir(parents=True)
+    (tmp_path / "out" / "status" / "first.done").touch()
+    evidence.run_campaign(tmp_path / "out", workers=2, dry_run=True, only=["first", "second"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("# done: python -c") and not lines[1].startswith("#")
+    assert not list((tmp_path).glob("*.args"))  # nothing ran
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
