@@ -239,7 +239,8 @@ def test_pretrain_and_finetune_end_to_end(pretrained):
     assert finetuned["env_id"] == DATASET_ID and finetuned["step"] == 200
     # the online episodes ran under the dataset's env_spec: none longer than its 40-step limit (Hopper-v5's is 1000)
     online = finetuned["resume"]["online"]
-    starts = np.flatnonzero(np.concatenate([[True], np.any(online["next_observations"][:-1] != online["observations"][1:], 1)]))
+    breaks = np.any(online["next_observations"][:-1] != online["observations"][1:], 1)
+    starts = np.flatnonzero(np.concatenate([[True], breaks]))
     lengths = np.diff(np.append(starts, len(online["observations"])))
     assert len(online["observations"]) == 200 and online["observations"].shape[1] == 11
     assert lengths.max() <= MAX_EPISODE_STEPS, lengths
@@ -407,10 +408,11 @@ def test_dataset_written_by_minari_itself(mods, episodes, tmp_path, monkeypatch)
     dataset = minari.load_dataset("mujoco/hopper/minari-written-v0")
     read = list(dataset.iterate_episodes())
     assert len(read) == len(episodes)
-    np.testing.assert_array_equal(data["observations"], np.concatenate([e.observations[:-1] for e in read]).astype(np.float32))
-    np.testing.assert_array_equal(data["next_observations"], np.concatenate([e.observations[1:] for e in read]).astype(np.float32))
-    np.testing.assert_array_equal(data["terminals"], np.concatenate([e.terminations for e in read]).astype(np.float32))
-    np.testing.assert_array_equal(data["rewards"], np.concatenate([e.rewards for e in read]).astype(np.float32))
+    expected = {"observations": [e.observations[:-1] for e in read], "next_observations": [e.observations[1:] for e in read],
+                "actions": [e.actions for e in read], "rewards": [e.rewards for e in read],
+                "terminals": [e.terminations for e in read]}
+    for key, parts in expected.items():
+        np.testing.assert_array_equal(data[key], np.concatenate(parts).astype(np.float32), err_msg=key)
     assert c.gym_env_id("mujoco/hopper/minari-written-v0") == "Hopper-v5"
     assert c.normalized_score("mujoco/hopper/minari-written-v0", 1490.0) == pytest.approx(
         100 * float(minari.get_normalized_score(dataset, np.array(1490.0))))
