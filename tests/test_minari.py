@@ -252,6 +252,24 @@ def test_pretrain_and_finetune_end_to_end(pretrained):
     assert len(scalars(work / "ft_run")["eval/return"]) == 3  # at 0, 100 and 200 online steps
 
 
+def test_sac_from_scratch_in_a_minari_datasets_env(use_root, tmp_path, monkeypatch):
+    """paper.sh --suite minari runs sac.py with a Minari id: the dataset's env (-v5, its time limit) and scores."""
+    sac = load_script("sac")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["sac.py", "--env-id", DATASET_ID, "--total-timesteps", "60", "--learning-starts",
+                                      "20", "--batch-size", "8", "--hidden-dim", "16", "--eval-every", "60",
+                                      "--eval-episodes", "1", "--run-dir", "sac_run", "--no-cuda"])
+    sac.main()
+    ckpt = torch.load(tmp_path / "checkpoints" / f"sac_{DATASET_ID}_seed1.pt", weights_only=False)
+    buffer = ckpt["resume"]["buffer"]
+    ends = np.flatnonzero(buffer["terminals"] | buffer["timeouts"])
+    assert ckpt["env_id"] == DATASET_ID and buffer["observations"].shape == (60, 11) and len(ends) > 0
+    assert np.diff(np.concatenate([[-1], ends])).max() <= MAX_EPISODE_STEPS  # the dataset's time limit, not 1000
+    logged = scalars(tmp_path / "sac_run")
+    np.testing.assert_allclose(logged["eval/normalized_score"],
+                               100 * (np.array(logged["eval/return"]) - REF_MIN) / (REF_MAX - REF_MIN), rtol=1e-5)
+
+
 # ---------------------------------------------------------------------------------
 # the checkpoint's environment: Minari (Hopper-v5) and D4RL (Hopper-v4) tasks do not mix
 # ---------------------------------------------------------------------------------
