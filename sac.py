@@ -20,6 +20,7 @@ the vectorized ensemble used by every script here, so a SAC checkpoint has the s
     python sac.py --env-id Hopper-v4 --total-timesteps 100000 --learning-starts 100000 --dataset-out data/hopper_random.hdf5
 """
 import dataclasses
+import json
 import os
 import random
 import re
@@ -43,7 +44,7 @@ from tqdm import tqdm
 @dataclass
 class Args:
     env_id: str = "Hopper-v4"
-    """gymnasium id (Hopper-v4) or D4RL task name (hopper-medium-v2 -> Hopper-v4)"""
+    """gymnasium id (Hopper-v4), D4RL task name (hopper-medium-v2 -> Hopper-v4) or Minari id (mujoco/hopper/medium-v0 -> v5)"""
     seed: int = 1
     """seed of the run (env, networks, replay sampling)"""
     total_timesteps: int = 1_000_000
@@ -100,21 +101,38 @@ D4RL_TASK = re.compile(r"(halfcheetah|hopper|walker2d)-(random|medium|medium-rep
 GYM_ENV_OF = {"halfcheetah": "HalfCheetah-v4", "hopper": "Hopper-v4", "walker2d": "Walker2d-v4"}
 # D4RL's reference returns (random, expert) used for the normalized score.
 REF_RETURNS = {"halfcheetah": (-280.178953, 12135.0), "hopper": (-20.272305, 3234.3), "walker2d": (1.629008, 4592.3)}
+# A versioned Minari dataset id with a namespace, e.g. mujoco/hopper/medium-v0; its env and scores are in its metadata.
+MINARI_ID = re.compile(r"[\w-]+(?:/[\w-]+)+-v\d+")
+
+
+def is_minari_id(env_id: str) -> bool:
+    """namespace/name-vN and not a gymnasium id (gymnasium ids can have a namespace too, e.g. ALE/Pong-v5)."""
+    return MINARI_ID.fullmatch(env_id) is not None and env_id not in gym.registry
 
 
 def gym_env_id(env_id: str) -> str:
-    """A D4RL task name (walker2d-medium-v2) maps to its gymnasium v4 env; a gymnasium id passes through."""
+    """A D4RL task name (walker2d-medium-v2) maps to its gymnasium v4 env, a Minari dataset id to the env its metadata
+    names (mujoco/hopper/medium-v0 -> Hopper-v5); a gymnasium id passes through."""
     task = D4RL_TASK.fullmatch(env_id)
     if task:
         return GYM_ENV_OF[task.group(1)]
     if env_id in gym.registry:
         return env_id
-    fail(f"unknown --env-id {env_id!r}: give a D4RL task name such as walker2d-medium-expert-v2 "
-         f"or a gymnasium id such as Hopper-v4")
+    if is_minari_id(env_id):
+        return minari_metadata(env_id)["env_spec"]["id"]
+    fail(f"unknown --env-id {env_id!r}: give a D4RL task name such as walker2d-medium-expert-v2, a Minari dataset id "
+         f"such as mujoco/hopper/medium-v0, or a gymnasium id such as Hopper-v4")
 
 
 def normalized_score(env_id: str, episode_return: float) -> float:
-    """100 * (R - random) / (expert - random) with D4RL's reference returns; NaN for envs D4RL has none for."""
+    """100 * (R - random) / (expert - random) with D4RL's reference returns, or with a Minari dataset's ref_min_score
+    and ref_max_score; NaN where there are none."""
+    if is_minari_id(env_id):
+        metadata = minari_metadata(env_id)
+        if metadata.get("ref_min_score") is None or metadata.get("ref_max_score") is None:
+            return float("nan")
+        random_return, expert_return = metadata["ref_min_score"], metadata["ref_max_score"]
+        return 100.0 * (episode_return - random_return) / (expert_return - random_return)
     family = gym_env_id(env_id).split("-")[0].lower()
     if family not in REF_RETURNS:
         return float("nan")
@@ -123,9 +141,18 @@ def normalized_score(env_id: str, episode_return: float) -> float:
 
 
 def make_env(env_id: str, seed: int) -> gym.Env:
+    kwargs = {}
+    if is_minari_id(env_id):  # the env exactly as the dataset's env_spec made it: its kwargs and episode length
+        spec = minari_metadata(env_id)["env_spec"]
+        kwargs = dict(spec.get("kwargs") or {})
+        if spec.get("max_episode_steps") is not None:
+            kwargs["max_episode_steps"] = spec["max_episode_steps"]
     with warnings.catch_warnings():  # gymnasium flags the -v4 envs as old; SPEC §2 explains why we use them
         warnings.simplefilter("ignore", DeprecationWarning)
-        env = gym.make(gym_env_id(env_id))
+        try:
+            env = gym.make(gym_env_id(env_id), **kwargs)
+        except (TypeError, ValueError, gym.error.Error) as err:  # e.g. env_spec kwargs this gymnasium does not take
+            fail(f"cannot make the environment of {env_id} ({gym_env_id(env_id)}, {kwargs}): {err}")
     if not np.allclose(env.action_space.low, -1.0) or not np.allclose(env.action_space.high, 1.0):
         fail(f"{env_id}: actions must lie in [-1, 1] (tanh policies, D4RL convention)")
     env = gym.wrappers.RecordEpisodeStatistics(env)
@@ -202,7 +229,8 @@ def read_hdf5_dataset(path: str) -> dict:
 
 
 def load_d4rl_dataset(env_id: str, dataset_path: str | None = None) -> dict[str, np.ndarray]:
-    """Transitions (s, a, r, s', d) of a D4RL task or of any file with D4RL's schema.
+    """Transitions (s, a, r, s', d) of a D4RL task, of a Minari dataset (read_minari_dataset) or of any file with
+    D4RL's schema.
 
     With stored next_observations every row is a transition and time-limit ends stay non-terminal
     (done = terminals). Without them (v0 files), s' = observations[i+1] and each episode's last row
@@ -210,8 +238,10 @@ def load_d4rl_dataset(env_id: str, dataset_path: str | None = None) -> dict[str,
     """
     path = dataset_path if dataset_path is not None else None
     if path is None:
+        if is_minari_id(env_id):
+            return read_minari_dataset(env_id)
         if not D4RL_TASK.fullmatch(env_id):
-            fail(f"--env-id {env_id!r} is not a D4RL task name: pass --dataset-path FILE.hdf5")
+            fail(f"--env-id {env_id!r} is not a D4RL task name or a Minari dataset id: pass --dataset-path FILE.hdf5")
         path = download_d4rl_file(env_id)
     data = read_hdf5_dataset(path)
     observations = data["observations"].astype(np.float32)
@@ -235,6 +265,131 @@ def load_d4rl_dataset(env_id: str, dataset_path: str | None = None) -> dict[str,
         "rewards": data["rewards"].astype(np.float32).reshape(-1)[keep],
         "next_observations": next_observations[keep],
         "terminals": terminals.astype(np.float32)[keep],
+    }
+
+
+# ---- Minari data path: <root>/<dataset id>/data/{metadata.json, main_data.hdf5}, read with h5py and json ----
+MINARI_METADATA_KEYS = ("env_spec", "observation_space", "action_space", "total_steps")
+MINARI_EPISODE_KEYS = ("observations", "actions", "rewards", "terminations", "truncations")
+
+
+def download_minari_dataset(dataset_id: str) -> str:
+    """Data folder of a Minari dataset in Minari's own cache (so its downloads are reused); when it is missing, the
+    minari package downloads it if installed, else the message says how to get it."""
+    root = os.environ.get("MINARI_DATASETS_PATH", os.path.expanduser(os.path.join("~", ".minari", "datasets")))
+    data_dir = os.path.join(root, dataset_id, "data")
+    if os.path.isfile(os.path.join(data_dir, "metadata.json")):
+        return data_dir
+    try:
+        import minari  # optional: only to download; reading needs h5py and json alone
+    except ImportError:
+        fail(f"Minari dataset {dataset_id} not found in {data_dir}; get it with: "
+             f"pip install minari && minari download {dataset_id}")
+    try:
+        minari.download_dataset(dataset_id)
+    except Exception as err:  # no network, unknown id, a dataset this minari cannot read: minari raises several types
+        fail(f"Minari dataset {dataset_id} not found in {data_dir} and minari could not download it "
+             f"({type(err).__name__}: {err})")
+    if not os.path.isfile(os.path.join(data_dir, "metadata.json")):
+        fail(f"minari downloaded {dataset_id} but {data_dir} has no metadata.json")
+    return data_dir
+
+
+def minari_metadata(dataset_id: str) -> dict:
+    """A Minari dataset's metadata.json, checked, with env_spec and the two spaces parsed from their JSON strings."""
+    path = os.path.join(download_minari_dataset(dataset_id), "metadata.json")
+    try:
+        with open(path) as f:
+            metadata = json.load(f)
+    except (OSError, ValueError) as err:
+        fail(f"cannot read {path}: not a readable JSON file ({err})")
+    if not isinstance(metadata, dict):
+        fail(f"{path} holds a JSON {type(metadata).__name__}, not an object")
+    for key in MINARI_METADATA_KEYS:
+        if key not in metadata:
+            fail(f"{path} has no '{key}' key (expected Minari keys: {', '.join(MINARI_METADATA_KEYS)})")
+    for key in ("env_spec", "observation_space", "action_space"):
+        try:  # Minari stores them as JSON strings
+            metadata[key] = json.loads(metadata[key]) if isinstance(metadata[key], str) else metadata[key]
+        except ValueError as err:
+            fail(f"{path}: '{key}' is not valid JSON ({err})")
+        if not isinstance(metadata[key], dict):
+            fail(f"{path}: '{key}' is not a JSON object")
+    env = metadata["env_spec"].get("id")
+    if not isinstance(env, str):
+        fail(f"{path}: 'env_spec' names no gymnasium id")
+    if env not in gym.registry:
+        fail(f"Minari dataset {dataset_id} was collected in {env!r}, which gymnasium does not know "
+             f"(install and import the package that registers it)")
+    if not isinstance(metadata["env_spec"].get("kwargs") or {}, dict):
+        fail(f"{path}: 'env_spec' kwargs are not a JSON object")
+    for key in ("observation_space", "action_space"):
+        space = metadata[key]
+        if space.get("type") != "Box" or not isinstance(space.get("shape"), list) or len(space["shape"]) != 1:
+            fail(f"Minari dataset {dataset_id}: '{key}' is a {space.get('type')} space of shape {space.get('shape')}; "
+                 f"only flat Box spaces (one vector per step) are supported")
+    refs = [metadata.get("ref_min_score"), metadata.get("ref_max_score")]
+    if any(r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not np.isfinite(r)) for r in refs) \
+            or (None not in refs and refs[1] <= refs[0]):
+        fail(f"{path}: ref_min_score {refs[0]!r} and ref_max_score {refs[1]!r} must be finite numbers, min < max")
+    if isinstance(metadata["total_steps"], bool) or not isinstance(metadata["total_steps"], int):
+        fail(f"{path}: 'total_steps' is {metadata['total_steps']!r}, not an integer")
+    return metadata
+
+
+def read_minari_dataset(dataset_id: str) -> dict[str, np.ndarray]:
+    """Transitions of a Minari dataset, episode after episode: s = observations[t], s' = observations[t+1] (an
+    episode's last s' is its own final observation) and done = terminations[t]; truncations (time limits) are not
+    terminal. Checked as read_hdf5_dataset checks a D4RL file."""
+    metadata = minari_metadata(dataset_id)
+    if metadata.get("data_format", "hdf5") != "hdf5":
+        fail(f"Minari dataset {dataset_id} is stored as {metadata['data_format']!r}; only Minari's hdf5 format is read")
+    path = os.path.join(download_minari_dataset(dataset_id), "main_data.hdf5")
+    if not os.path.isfile(path):
+        fail(f"dataset file {path} does not exist (an interrupted download? delete {os.path.dirname(path)} and retry)")
+    episodes = []
+    try:
+        with h5py.File(path, "r") as f:
+            names = sorted((n for n in f if re.fullmatch(r"episode_\d+", n)), key=lambda n: int(n.split("_")[1]))
+            for name in names:
+                missing = [key for key in MINARI_EPISODE_KEYS if key not in f[name]]
+                if missing:
+                    fail(f"dataset {path}: {name} has no '{missing[0]}' (expected: {', '.join(MINARI_EPISODE_KEYS)})")
+                if not all(isinstance(f[name][key], h5py.Dataset) for key in MINARI_EPISODE_KEYS):
+                    fail(f"dataset {path}: {name} stores a Dict or Tuple space as a group; only Box spaces are supported")
+                episodes.append((name, {key: f[name][key][()] for key in MINARI_EPISODE_KEYS}))
+    except Exception as err:  # h5py raises OSError for truncated or non-HDF5 files, KeyError/ValueError for corrupt ones
+        fail(f"cannot read dataset {path}: not a readable HDF5 file ({err})")
+    if not episodes:
+        fail(f"dataset {path} has no episode_<i> groups")
+    dims = {"observations": metadata["observation_space"]["shape"][0], "actions": metadata["action_space"]["shape"][0]}
+    for name, episode in episodes:
+        for key, values in episode.items():  # shapes first: len() of a scalar would crash below
+            if key in dims and (values.ndim != 2 or values.shape[1] != dims[key]):
+                fail(f"dataset {path}: {name}/{key} has shape {values.shape} but the metadata's {key[:-1]} space has "
+                     f"dim {dims[key]}")
+            if key not in dims and not (values.ndim == 1 or values.shape[1:] == (1,)):
+                fail(f"dataset {path}: {name}/{key} must have one value per step, got shape {values.shape}")
+        steps = len(episode["rewards"])
+        for key, values in episode.items():
+            if len(values) != steps + (key == "observations"):
+                fail(f"dataset {path}: {name}/{key} has {len(values)} rows for {steps} steps "
+                     f"(observations need steps + 1, the rest steps)")
+            if not np.all(np.isfinite(values)):
+                fail(f"dataset {path}: {name}/{key} contains NaN or inf")
+    n_steps = sum(len(episode["rewards"]) for _, episode in episodes)
+    if n_steps != metadata["total_steps"]:
+        fail(f"dataset {path}: its episodes hold {n_steps} steps but metadata.json's total_steps is "
+             f"{metadata['total_steps']}")
+    if n_steps < 2:
+        fail(f"dataset {path} has {n_steps} steps; need at least 2")
+    parts = [episode for _, episode in episodes]
+    return {
+        "observations": np.concatenate([e["observations"][:-1] for e in parts]).astype(np.float32),
+        "actions": np.concatenate([e["actions"] for e in parts]).astype(np.float32),
+        "rewards": np.concatenate([e["rewards"].reshape(-1) for e in parts]).astype(np.float32),
+        "next_observations": np.concatenate([e["observations"][1:] for e in parts]).astype(np.float32),
+        "terminals": np.concatenate([e["terminations"].reshape(-1) for e in parts]).astype(bool).astype(np.float32),
     }
 
 

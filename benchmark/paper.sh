@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # benchmark/paper.sh: the paper's main comparison (Lee et al., CoRL 2021, Fig. 3) at full scale, for GPU machines.
 #
-# Grid: {halfcheetah,hopper,walker2d} x {random,medium,medium-replay,medium-expert} (-v2) x seeds 0..3, methods:
+# Grid: {halfcheetah,hopper,walker2d} x {random,medium,medium-replay,medium-expert} (-v2) x seeds 0..3, methods
+# (--suite minari: the same grid on Minari's MuJoCo datasets, see below):
 #   ours     balanced_finetune.py --n-ensemble 5 --sampling balanced  (balanced replay + pessimistic Q-ensemble)
 #   sac-ft   balanced_finetune.py --n-ensemble 1 --sampling uniform   (first member of the same N=5 CQL checkpoint)
 #   awac     awac.py   --n-ensemble 5   (offline phase, then online with the same update rule; --awac-lambda 1.0,
@@ -10,8 +11,20 @@
 #   sac      sac.py, online from scratch: one run per env and seed (it uses no dataset)
 # ours and sac-ft fine-tune the checkpoint of cql_pretrain.py --n-ensemble 5, run once per task and seed.
 #
+# Suites (--suite, SUITE): d4rl (default) runs D4RL's -v2 files in gymnasium's -v4 envs, as the paper; minari runs
+# Minari's MuJoCo datasets, mujoco/<env>/<dataset>-v0, in the -v5 envs they were collected in, scored with their own
+# reference scores (not comparable with D4RL scores, see README "D4RL or Minari"). Minari publishes three levels for
+# halfcheetah, hopper and walker2d (simple, medium, expert); the paper's four datasets map to them as
+#   random        -> simple-v0   nearest only: Minari has no random-policy dataset; simple is a weak trained policy
+#   medium        -> medium-v0
+#   medium-replay -> none        (no replay-buffer dataset)
+#   medium-expert -> none        (no medium + expert mixture; expert-v0, its expert half, is run as the third column)
+# so --suite minari takes --datasets from {simple,medium,expert} (default: all three). Run, log and checkpoint names
+# use the id with '/' as '-' (mujoco-hopper-medium-v0__ours__seed0); sac runs in the env of the first dataset of
+# --datasets and is scored with that dataset's reference scores (mujoco-hopper__sac__seed0).
+#
 # Stages; each starts when the previous one has finished without error:
-#   0 download   each D4RL file once (scripts started together would otherwise download the same file at once)
+#   0 download   each D4RL file (Minari dataset) once (jobs started together would otherwise download it at once)
 #   1 offline    CQL pretraining, and the jobs that need no checkpoint: AWAC, BCQ-ft, SAC
 #   2 fine-tune  ours, SAC-ft (they read stage 1's CQL checkpoints)
 #
@@ -23,13 +36,15 @@
 #                                                     --dependency=afterok:<previous stage>)
 #   benchmark/paper.sh --envs hopper --datasets medium,medium-replay --seeds 0,1 --methods ours,sac-ft --dry-run
 # Options (lists are comma- or space-separated; the upper-case environment variables give the defaults):
+#   --suite NAME         SUITE     d4rl          (or minari)
 #   --envs LIST          ENVS      halfcheetah,hopper,walker2d
-#   --datasets LIST      DATASETS  random,medium,medium-replay,medium-expert
+#   --datasets LIST      DATASETS  random,medium,medium-replay,medium-expert (minari: simple,medium,expert)
 #   --seeds LIST         SEEDS     0,1,2,3
 #   --methods LIST       METHODS   ours,sac-ft,awac,bcq-ft,sac
 #   --python EXE         PYTHON    python
 #   --out-dir DIR        OUT_DIR   runs          (TensorBoard runs: OUT_DIR/<task>__<method>__seed<seed>)
 #   --checkpoint-dir DIR CKPT_DIR  checkpoints   (CQL checkpoints: CKPT_DIR/cql_<task>_seed<seed>.pt)
+#                        (<task>: hopper-medium-v2, or for Minari mujoco-hopper-medium-v0)
 #   --workers K          WORKERS   1             (local mode: jobs run at once)
 #   --skip-pretrain      reuse existing CQL checkpoints in CKPT_DIR (no stage-1 CQL jobs)
 #   --dry-run            print the commands stage by stage and exit
@@ -68,6 +83,7 @@ parse_args() {
     local select_flag=$1; shift
     while (($#)); do
         case "$1" in
+            --suite) SUITE=$2; shift 2 ;;
             --envs) ENVS=$(list "$2"); shift 2 ;;
             --datasets) DATASETS=$(list "$2"); shift 2 ;;
             --seeds) SEEDS=$(list "$2"); shift 2 ;;
@@ -86,14 +102,35 @@ parse_args() {
     [[ $WORKERS =~ ^[1-9][0-9]*$ ]] || die "--workers must be a positive integer, got '$WORKERS'"
     for seed in $SEEDS; do [[ $seed =~ ^[0-9]+$ ]] || die "seeds must be integers, got '$seed'"; done
     for env in $ENVS; do [[ $env =~ ^(halfcheetah|hopper|walker2d)$ ]] || die "unknown env '$env'"; done
-    for ds in $DATASETS; do
-        [[ $ds =~ ^(random|medium|medium-replay|medium-expert|expert)$ ]] || die "unknown dataset '$ds'"
-    done
+    case $SUITE in
+        d4rl)
+            DATASETS=${DATASETS:-random medium medium-replay medium-expert}
+            for ds in $DATASETS; do
+                [[ $ds =~ ^(random|medium|medium-replay|medium-expert|expert)$ ]] || die "unknown dataset '$ds'"
+            done ;;
+        minari)
+            DATASETS=${DATASETS:-simple medium expert}
+            for ds in $DATASETS; do
+                case $ds in
+                    simple|medium|expert) ;;
+                    random) die "Minari has no random-policy MuJoCo dataset; the nearest is 'simple' (--datasets simple)" ;;
+                    medium-replay|medium-expert) die "'$ds' has no Minari counterpart (Minari: simple, medium, expert)" ;;
+                    *) die "unknown dataset '$ds' (Minari: simple, medium, expert)" ;;
+                esac
+            done ;;
+        *) die "unknown suite '$SUITE' (d4rl or minari)" ;;
+    esac
 }
 
+# task_id ENV DATASET: the --env-id of one dataset of the suite; tag_of TASK: its name in run, log and checkpoint
+# names ('/' -> '-', so a Minari id makes one file name: mujoco/hopper/medium-v0 -> mujoco-hopper-medium-v0).
+task_id() { if [[ $SUITE == minari ]]; then echo "mujoco/$1/$2-v0"; else echo "$1-$2-v2"; fi; }
+tag_of() { echo "${1//\//-}"; }
+
 # Defaults, overridable by the environment and then by the options.
+SUITE=${SUITE:-d4rl}
 ENVS=$(list "${ENVS:-halfcheetah,hopper,walker2d}")
-DATASETS=$(list "${DATASETS:-random,medium,medium-replay,medium-expert}")
+DATASETS=$(list "${DATASETS:-}")   # empty: the suite's datasets (set in parse_args)
 SEEDS=$(list "${SEEDS:-0,1,2,3}")
 PYTHON=${PYTHON:-python}
 OUT_DIR=${OUT_DIR:-runs}
@@ -113,25 +150,26 @@ add_job() {
 
 # add_download_jobs: stage 0, one download per task (the scripts' own download function; no-op when cached).
 add_download_jobs() {
-    local env ds py
+    local env ds py task tag fn=download_d4rl_file
     printf -v py '%q' "$PYTHON"
+    [[ $SUITE == minari ]] && fn=download_minari_dataset
     for env in $ENVS; do for ds in $DATASETS; do
-        local task="$env-$ds-v2"
-        [[ -n ${JOB_SEEN[download_$task]:-} ]] && continue
-        JOB_SEEN[download_$task]=1; JOB_STAGE+=(0); JOB_NAME+=("download_$task")
-        JOB_CMD+=("$py -c 'import cql_pretrain; cql_pretrain.download_d4rl_file(\"$task\")'")
+        task=$(task_id "$env" "$ds") tag=$(tag_of "$(task_id "$env" "$ds")")
+        [[ -n ${JOB_SEEN[download_$tag]:-} ]] && continue
+        JOB_SEEN[download_$tag]=1; JOB_STAGE+=(0); JOB_NAME+=("download_$tag")
+        JOB_CMD+=("$py -c 'import cql_pretrain; cql_pretrain.$fn(\"$task\")'")
     done; done
 }
 
 # add_pretrain_job TASK SEED: stage 1, the N=5 CQL ensemble that the fine-tunes of TASK/SEED start from.
 add_pretrain_job() {
-    local task=$1 seed=$2
+    local task=$1 seed=$2 tag; tag=$(tag_of "$1")
     ((SKIP_PRETRAIN)) && return 0
-    add_job 1 "${task}__cql-pretrain__seed$seed" "$PYTHON" cql_pretrain.py --env-id "$task" \
+    add_job 1 "${tag}__cql-pretrain__seed$seed" "$PYTHON" cql_pretrain.py --env-id "$task" \
         --n-ensemble "$N_ENSEMBLE" --offline-steps "$OFFLINE_STEPS" --seed "$seed" \
-        --checkpoint "$(cql_checkpoint "$task" "$seed")" --run-dir "$OUT_DIR/${task}__cql-pretrain__seed$seed"
+        --checkpoint "$(cql_checkpoint "$task" "$seed")" --run-dir "$OUT_DIR/${tag}__cql-pretrain__seed$seed"
 }
-cql_checkpoint() { echo "$CKPT_DIR/cql_$1_seed$2.pt"; }
+cql_checkpoint() { echo "$CKPT_DIR/cql_$(tag_of "$1")_seed$2.pt"; }
 
 stage_indices() { local i; for i in "${!JOB_STAGE[@]}"; do [[ ${JOB_STAGE[$i]} == "$1" ]] && echo "$i"; done; return 0; }
 stages() { printf '%s\n' "${JOB_STAGE[@]}" | sort -nu; }
@@ -183,7 +221,7 @@ write_slurm() {
     {
         echo "#!/usr/bin/env bash"
         echo "# Written by benchmark/$(basename "$0"): submits its stages as Slurm array jobs, each after the previous"
-        echo "# one succeeded. Run it on the login node (stage 0 downloads the D4RL files there)."
+        echo "# one succeeded. Run it on the login node (stage 0 downloads the datasets there)."
         echo "set -euo pipefail"
         echo "cd $(printf '%q' "$REPO_ROOT")"
     } >"$submit"
@@ -239,48 +277,59 @@ emit_jobs() {  # run, print or write the job list, as the options asked
 # ---------------------------------------------------------------------------------------------------------------
 # The paper's grid.
 # ---------------------------------------------------------------------------------------------------------------
-STAGE_TITLE[0]="download D4RL datasets"
 STAGE_TITLE[1]="CQL pretraining, AWAC, BCQ-ft, SAC"
 STAGE_TITLE[2]="fine-tuning from CQL: ours, SAC-ft"
 
 declare -A GYM_ID=([halfcheetah]=HalfCheetah-v4 [hopper]=Hopper-v4 [walker2d]=Walker2d-v4)
 
 build_paper_grid() {
-    local env ds seed method task run
+    local env ds seed method task tag run sac_env sac_name
     for method in $SELECTION; do
         [[ $method =~ ^(ours|sac-ft|awac|bcq-ft|sac)$ ]] || die "unknown method '$method' (ours, sac-ft, awac, bcq-ft, sac)"
     done
-    [[ " $SELECTION " =~ \ (ours|sac-ft|awac|bcq-ft)\  ]] && add_download_jobs
+    if [[ $SUITE == minari ]]; then
+        STAGE_TITLE[0]="download Minari datasets"
+        # sac needs no data, but a Minari id gives it the env (-v5) and the reference scores of the other methods
+        add_download_jobs
+    else
+        STAGE_TITLE[0]="download D4RL datasets"
+        [[ " $SELECTION " =~ \ (ours|sac-ft|awac|bcq-ft)\  ]] && add_download_jobs
+    fi
     for method in $SELECTION; do
         for env in $ENVS; do
             for seed in $SEEDS; do
                 if [[ $method == sac ]]; then  # online from scratch: per env, not per dataset
-                    add_job 1 "${env}__sac__seed$seed" "$PYTHON" sac.py --env-id "${GYM_ID[$env]}" \
-                        --seed "$seed" --total-timesteps "$ONLINE_STEPS" --run-dir "$OUT_DIR/${env}__sac__seed$seed"
+                    sac_env=${GYM_ID[$env]} sac_name=$env
+                    if [[ $SUITE == minari ]]; then
+                        sac_env=$(task_id "$env" "${DATASETS%% *}") sac_name="mujoco-$env"
+                    fi
+                    add_job 1 "${sac_name}__sac__seed$seed" "$PYTHON" sac.py --env-id "$sac_env" \
+                        --seed "$seed" --total-timesteps "$ONLINE_STEPS" --run-dir "$OUT_DIR/${sac_name}__sac__seed$seed"
                     continue
                 fi
                 for ds in $DATASETS; do
-                    task="$env-$ds-v2" run="$OUT_DIR/${env}-${ds}-v2__${method}__seed$seed"
+                    task=$(task_id "$env" "$ds")
+                    tag=$(tag_of "$task") run="$OUT_DIR/$(tag_of "$task")__${method}__seed$seed"
                     case $method in
                         ours)
                             add_pretrain_job "$task" "$seed"
-                            add_job 2 "${task}__ours__seed$seed" "$PYTHON" balanced_finetune.py --env-id "$task" \
+                            add_job 2 "${tag}__ours__seed$seed" "$PYTHON" balanced_finetune.py --env-id "$task" \
                                 --checkpoint "$(cql_checkpoint "$task" "$seed")" --n-ensemble "$N_ENSEMBLE" \
                                 --sampling balanced --online-steps "$ONLINE_STEPS" --seed "$seed" \
-                                --save-checkpoint "$CKPT_DIR/balanced_${task}_seed$seed.pt" --run-dir "$run" ;;
+                                --save-checkpoint "$CKPT_DIR/balanced_${tag}_seed$seed.pt" --run-dir "$run" ;;
                         sac-ft)
                             add_pretrain_job "$task" "$seed"
-                            add_job 2 "${task}__sac-ft__seed$seed" "$PYTHON" balanced_finetune.py --env-id "$task" \
+                            add_job 2 "${tag}__sac-ft__seed$seed" "$PYTHON" balanced_finetune.py --env-id "$task" \
                                 --checkpoint "$(cql_checkpoint "$task" "$seed")" --n-ensemble 1 \
                                 --sampling uniform --online-steps "$ONLINE_STEPS" --seed "$seed" \
-                                --save-checkpoint "$CKPT_DIR/sacft_${task}_seed$seed.pt" --run-dir "$run" ;;
+                                --save-checkpoint "$CKPT_DIR/sacft_${tag}_seed$seed.pt" --run-dir "$run" ;;
                         awac)  # SPEC §6: lambda 1.0, except 0.3333 on walker2d-medium-expert (as CORL)
                             local lambda=1.0; [[ $task == walker2d-medium-expert-v2 ]] && lambda=0.3333
-                            add_job 1 "${task}__awac__seed$seed" "$PYTHON" awac.py --env-id "$task" \
+                            add_job 1 "${tag}__awac__seed$seed" "$PYTHON" awac.py --env-id "$task" \
                                 --n-ensemble "$N_ENSEMBLE" --awac-lambda "$lambda" --offline-steps "$OFFLINE_STEPS" \
                                 --online-steps "$ONLINE_STEPS" --seed "$seed" --run-dir "$run" ;;
                         bcq-ft)
-                            add_job 1 "${task}__bcq-ft__seed$seed" "$PYTHON" bcq_ft.py --env-id "$task" \
+                            add_job 1 "${tag}__bcq-ft__seed$seed" "$PYTHON" bcq_ft.py --env-id "$task" \
                                 --n-ensemble "$N_ENSEMBLE" --offline-steps "$OFFLINE_STEPS" \
                                 --online-steps "$ONLINE_STEPS" --seed "$seed" --run-dir "$run" ;;
                     esac

@@ -188,6 +188,76 @@ def test_paper_local_run_prints_then_runs_each_stage_in_order(repo_root, tmp_pat
     assert "balanced_finetune.py" not in result.stdout
 
 
+MINARI_DATASETS = ["simple", "medium", "expert"]  # Minari's MuJoCo levels (random, medium-replay, medium-expert: none)
+MINARI_TASKS = [f"mujoco/{e}/{d}-v0" for e, d in itertools.product(ENVS, MINARI_DATASETS)]
+
+
+def test_paper_minari_suite_dry_run(repo_root):
+    result = bash(repo_root, "paper.sh", "--suite", "minari", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    stages = dry_run_stages(result.stdout)
+    # 9 downloads; 36 CQL + 36 AWAC + 36 BCQ-ft + 12 SAC; 36 ours + 36 SAC-ft
+    assert {k: len(v) for k, v in stages.items()} == {0: 9, 1: 120, 2: 72}
+    commands = [c for stage in sorted(stages) for c in stages[stage]]
+    grid = {(t, str(s)) for t, s in itertools.product(MINARI_TASKS, SEEDS)}
+    by_script = {name: [c for c in commands if c.startswith(f"python {name}.py ")]
+                 for name in ("cql_pretrain", "awac", "bcq_ft", "sac")}
+    ours = [c for c in commands if re.search(r"balanced_finetune\.py .*--sampling balanced", c)]
+    sac_ft = [c for c in commands if re.search(r"balanced_finetune\.py .*--sampling uniform", c)]
+    for group in (by_script["cql_pretrain"], by_script["awac"], by_script["bcq_ft"], ours, sac_ft):
+        assert {(flag(c, "env-id"), flag(c, "seed")) for c in group} == grid and len(group) == 36
+    # SAC from scratch runs in the env of the first dataset (-v5, its reference scores), named per env
+    assert {(flag(c, "env-id"), flag(c, "run-dir")) for c in by_script["sac"]} == \
+        {(f"mujoco/{e}/simple-v0", f"runs/mujoco-{e}__sac__seed{s}") for e in ENVS for s in SEEDS}
+    assert all(flag(c, "awac-lambda") == "1.0" for c in by_script["awac"])  # no walker2d-medium-expert here
+    # one file name per task: '/' of the id is '-' in run, checkpoint and log names
+    for c in commands:
+        for name in ("run-dir", "checkpoint", "save-checkpoint"):
+            if flag(c, name):
+                assert flag(c, name).count("/") == 1, c
+    assert {flag(c, "run-dir") for c in ours} == {f"runs/mujoco-{e}-{d}-v0__ours__seed{s}"
+                                                  for e in ENVS for d in MINARI_DATASETS for s in SEEDS}
+    written = {(flag(c, "env-id"), flag(c, "seed")): flag(c, "checkpoint") for c in by_script["cql_pretrain"]}
+    assert written[("mujoco/hopper/medium-v0", "2")] == "checkpoints/cql_mujoco-hopper-medium-v0_seed2.pt"
+    for c in ours + sac_ft:
+        assert flag(c, "checkpoint") == written[(flag(c, "env-id"), flag(c, "seed"))]
+    assert len({flag(c, "run-dir") for c in commands if "--run-dir" in c}) == 192
+    assert stages[0] == [f"python -c 'import cql_pretrain; cql_pretrain.download_minari_dataset(\"{t}\")'"
+                         for t in MINARI_TASKS]
+    # SUITE from the environment, a subset, and the paper's datasets that have no Minari counterpart
+    result = bash(repo_root, "paper.sh", "--dry-run", "--datasets", "expert", "--methods", "sac",
+                  env_extra={"SUITE": "minari"})
+    stages = dry_run_stages(result.stdout)
+    assert [flag(c, "env-id") for c in stages[1]][:1] == ["mujoco/halfcheetah/expert-v0"] and len(stages[0]) == 3
+    for bad_args, message in [(["--datasets", "random"], "the nearest is 'simple'"),
+                              (["--datasets", "medium,medium-replay"], "'medium-replay' has no Minari counterpart"),
+                              (["--datasets", "medium-expert"], "'medium-expert' has no Minari counterpart")]:
+        result = bash(repo_root, "paper.sh", "--dry-run", "--suite", "minari", *bad_args)
+        assert result.returncode != 0 and message in result.stderr, (bad_args, result.stderr)
+    result = bash(repo_root, "paper.sh", "--dry-run", "--suite", "d4rl5")
+    assert result.returncode != 0 and "unknown suite 'd4rl5'" in result.stderr
+
+
+def test_paper_minari_suite_runs_locally_and_ablations_take_it(repo_root, tmp_path, stub_python):
+    stub, log = stub_python
+    options = ["--suite", "minari", "--envs", "hopper", "--datasets", "medium", "--seeds", "0", "--python", stub,
+               "--out-dir", tmp_path / "runs"]
+    result = bash(repo_root, "paper.sh", "--workers", "2", *options)
+    assert result.returncode == 0, result.stdout + result.stderr
+    stages = dry_run_stages(bash(repo_root, "paper.sh", "--dry-run", *options).stdout)
+    assert sorted(log.read_text().splitlines()) == sorted(args_seen_by_python(c) for s in stages.values() for c in s)
+    logs = sorted(p.name for p in (tmp_path / "runs" / "logs").iterdir())  # one flat log file per job
+    assert len(logs) == 7 and "mujoco-hopper-medium-v0__ours__seed0.log" in logs  # download, cql, awac, bcq, sac, ours, sac-ft
+    result = bash(repo_root, "ablations.sh", "--dry-run", "--suite", "minari", "--envs", "walker2d", "--seeds", "1",
+                  "--studies", "fig1c")
+    stages = dry_run_stages(result.stdout)
+    assert {k: len(v) for k, v in stages.items()} == {0: 3, 1: 3, 2: 6, 3: 3}
+    fqe = [c for c in stages[2] if " fqe.py " in c]
+    assert {flag(c, "env-id") for c in fqe} == {f"mujoco/walker2d/{d}-v0" for d in MINARI_DATASETS}
+    assert {flag(c, "checkpoint") for c in fqe} == \
+        {f"checkpoints/fqe_mujoco-walker2d-{d}-v0_seed1.pt" for d in MINARI_DATASETS}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # ablations.sh
 # ---------------------------------------------------------------------------------------------------------------

@@ -343,7 +343,10 @@ def test_every_checkpoint_write_is_atomic(script, mods, tmp_path, monkeypatch):
 
 
 SHARED_ERROR_PATH = ("fail", "download_d4rl_file", "read_hdf5_dataset", "load_d4rl_dataset", "check_dataset_matches_env",
-                     "save_checkpoint")
+                     "save_checkpoint", "gym_env_id", "normalized_score", "make_env", "is_minari_id",
+                     "download_minari_dataset", "minari_metadata", "read_minari_dataset")
+SHARED_CONSTANTS = ("D4RL_TASK", "GYM_ENV_OF", "REF_RETURNS", "MINARI_ID", "D4RL_KEYS", "MINARI_METADATA_KEYS",
+                    "MINARI_EPISODE_KEYS", "CHECKPOINT_FORMAT")
 
 
 def test_shared_error_path_is_identical_in_every_script(mods):
@@ -352,6 +355,9 @@ def test_shared_error_path_is_identical_in_every_script(mods):
         for script in SCRIPTS:
             assert inspect.getsource(getattr(mods[script], name)) == inspect.getsource(getattr(reference, name)), \
                 f"{script}.py's {name} differs from the shared block"
+    for name in SHARED_CONSTANTS:
+        for script in SCRIPTS:
+            assert getattr(mods[script], name) == getattr(reference, name), f"{script}.py's {name} differs"
 
 
 # ---------------------------------------------------------------------------------
