@@ -20,6 +20,7 @@ the vectorized ensemble used by every script here, so a SAC checkpoint has the s
     python sac.py --env-id Hopper-v4 --total-timesteps 100000 --learning-starts 100000 --dataset-out data/hopper_random.hdf5
 """
 import dataclasses
+import http.client
 import os
 import random
 import re
@@ -153,19 +154,27 @@ def download_d4rl_file(env_id: str) -> str:
         return path
     os.makedirs(dataset_dir, exist_ok=True)
     partial = f"{path}.{os.getpid()}.part"  # unique per process: parallel jobs may download the same file
+    received, total = 0, None
     try:
         with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
+            length = response.headers.get("Content-Length", "").strip()
+            total = int(length) if length.isdigit() else None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {os.path.basename(path)}") as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
+                    received += len(chunk)
                     bar.update(len(chunk))
-        os.replace(partial, path)
-    except (urllib.error.URLError, OSError) as err:
+        if total is None or received == total:  # a connection closed early ends the read loop without an error
+            os.replace(partial, path)
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         if os.path.exists(partial):
             os.remove(partial)
         fail(f"dataset for {env_id} not found at {path} and could not be downloaded from {url} ({err}); "
              f"download it there by hand, or pass --dataset-path FILE.hdf5")
+    if total is not None and received != total:  # never let a short file take the final name
+        os.remove(partial)
+        fail(f"download of {url} ended after {received} of the {total} bytes announced; the partial file was "
+             f"deleted and {path} not written: run again, or download it there by hand")
     return path
 
 
