@@ -22,6 +22,7 @@ the vectorized ensemble used by every script here, so a SAC checkpoint has the s
 import dataclasses
 import http.client
 import os
+import pickle
 import random
 import re
 import time
@@ -326,6 +327,39 @@ def save_checkpoint(path: str, payload: dict):
         fail(f"cannot write checkpoint {path}: {err}")
 
 
+def load_checkpoint(path: str, what: str):
+    """torch.load restricted to tensors and plain Python values (weights_only=True), on the CPU: loading runs no code.
+
+    A file the restricted unpickler refuses is not loaded. The globals its pickle names are then read statically
+    (nothing runs) to tell a checkpoint of an older version, which held numpy arrays, from a foreign file.
+    """
+    if not os.path.isfile(path):
+        fail(f"{what} {path} does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing them; fail() says it
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # refused by the restricted unpickler, or not a pickle at all
+        pass
+    except Exception as err:  # zip and I/O errors of a truncated or foreign file
+        fail(f"cannot read {what} {path}: {(str(err).strip() or repr(err)).splitlines()[0]}")
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic != b"PK" and magic[:1] != b"\x80":  # neither a torch.save zip nor a binary pickle
+        fail(f"cannot read {what} {path}: not a file written by torch.save")
+    try:
+        names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # a bare pickle, or opcodes torch.save never writes: no list of names
+        names = []
+    numpy_arrays = {"numpy.ndarray", "numpy.dtype", "numpy.core.multiarray._reconstruct",
+                    "numpy._core.multiarray._reconstruct", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"}
+    if names and set(names) <= numpy_arrays:
+        fail(f"{what} {path} holds numpy arrays: it was written by an older version of this project and was not "
+             f"loaded; if you trust the file, convert it once with: python benchmark/convert_checkpoint.py {path}")
+    fail(f"{what} {path} contains objects a checkpoint of this project never holds"
+         f"{' (' + ', '.join(names) + ')' if names else ''}; it was not loaded")
+
+
 # ---- replay buffer ----
 class ReplayBuffer:
     """Preallocated numpy arrays holding every transition of the run (capacity = total steps, nothing overwritten)."""
@@ -354,12 +388,13 @@ class ReplayBuffer:
         return {k: torch.as_tensor(v, dtype=torch.float32, device=device).unsqueeze(0) for k, v in batch.items()}
 
     def state(self) -> dict:
-        return {"size": self.size, **{k: getattr(self, k)[: self.size].copy() for k in self.FIELDS}}
+        """Tensors of the arrays' dtypes (float32, bool): checkpoints are loaded with weights_only=True."""
+        return {"size": self.size, **{k: torch.from_numpy(getattr(self, k)[: self.size].copy()) for k in self.FIELDS}}
 
     def load_state(self, state: dict):
         self.size = state["size"]
         for k in self.FIELDS:
-            getattr(self, k)[: self.size] = state[k]
+            getattr(self, k)[: self.size] = state[k].numpy()
 
 
 def write_d4rl_dataset(path: str, buffer: ReplayBuffer, metadata: dict):
@@ -474,10 +509,7 @@ def main():
 
     start_step, run_dir = 0, args.run_dir or f"runs/{args.env_id}__sac__{args.seed}__{int(time.time())}"
     if args.resume and os.path.exists(checkpoint_path):
-        try:
-            ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        except Exception as err:  # pickle/zip errors of a truncated or foreign file
-            fail(f"cannot read checkpoint {checkpoint_path}: {err}")
+        ckpt = load_checkpoint(checkpoint_path, "checkpoint")
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "resume" not in ckpt:
             fail(f"{checkpoint_path} is not a sac.py checkpoint (no {CHECKPOINT_FORMAT} resume state)")
         expected = {"algo": "sac", "env_id": args.env_id, "obs_dim": obs_dim, "act_dim": act_dim, "n_ensemble": 1,
