@@ -763,7 +763,7 @@ def main():
     ratio_optimizer = torch.optim.Adam(ratio_net.parameters(), lr=args.ratio_lr)
 
     # one buffer, offline rows [0, M), online rows [M, M + online_steps): nothing is ever overwritten.
-    # Host numpy arrays hold the online data (checkpointed); device tensors mirror everything for sampling.
+    # Host numpy arrays hold the online data (checkpointed as tensors); device tensors mirror everything for sampling.
     capacity = M + args.online_steps
     online = {
         "observations": np.zeros((args.online_steps, obs_dim), np.float32),
