@@ -347,7 +347,8 @@ def test_end_to_end_every_sampling_mode(tiny_runs, sampling):
     state = saved["resume"]
     assert len(state["online"]["observations"]) == 300
     if sampling == "balanced":
-        leaves = state["tree_leaves"]
+        assert state["tree_leaves"].dtype == torch.float64  # the sum-tree's own dtype, stored as a tensor
+        leaves = state["tree_leaves"].numpy()
         assert len(leaves) == m + 300 and np.all(leaves > 0)
         assert state["p_max"] >= bf.initial_p_max(m, 0.5) and state["p_max"] >= leaves.max()  # never decreases
 

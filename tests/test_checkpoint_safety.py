@@ -8,7 +8,7 @@
 * A download that ends before its Content-Length leaves no file under the final name (local server on 127.0.0.1).
 
 Speed: the scripts' main() run in-process at tiny sizes (fail() raises SystemExit("error: ..."), exit status 1, as
-in test_reliability.py); one subprocess per script checks the real stderr and exit status of a refused checkpoint.
+in test_reliability.py); real processes check the stderr and exit status of a refused checkpoint and a short download.
 """
 import http.server
 import importlib.util
@@ -207,9 +207,12 @@ def test_crafted_checkpoint_is_refused(case, kind, mods, tiny_hopper_dataset, po
 
 
 def test_real_process_refuses_with_one_line(tiny_hopper_dataset, policy, tmp_path):
-    """Each script, as a user runs it, on a file whose pickle calls os.system: exit 1, one line, no traceback."""
+    """As a user runs them, on a file whose pickle calls os.system: exit 1, one line, no traceback. The issue's case
+    (balanced_finetune.py --checkpoint) and fqe.py's policy; every flag of every script is checked in-process above,
+    and load_checkpoint is one function copied verbatim (test_reliability's identity test)."""
     env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
-    cases = {script: next(case for case in REFUSING_FLAGS.values() if case[0] == script) for script in SCRIPTS}
+    cases = {script: REFUSING_FLAGS[case] for script, case in (("balanced_finetune", "balanced_finetune --checkpoint"),
+                                                                ("fqe", "fqe --policy-checkpoint"))}
     procs = {}
     for script, (_, flag, extra) in cases.items():
         folder = tmp_path / script
