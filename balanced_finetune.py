@@ -47,8 +47,10 @@ Choices where SPEC.md is silent (a careful reading of the official code where po
 * Online time-limit ends are stored as non-terminal (done = terminated), as the dataset's are.
 """
 import dataclasses
+import http.client
 import json
 import os
+import pickle
 import random
 import re
 import time
@@ -231,19 +233,27 @@ def download_d4rl_file(env_id: str) -> str:
         return path
     os.makedirs(dataset_dir, exist_ok=True)
     partial = f"{path}.{os.getpid()}.part"  # unique per process: parallel jobs may download the same file
+    received, total = 0, None
     try:
         with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
+            length = response.headers.get("Content-Length", "").strip()
+            total = int(length) if length.isdigit() else None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {os.path.basename(path)}") as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
+                    received += len(chunk)
                     bar.update(len(chunk))
-        os.replace(partial, path)
-    except (urllib.error.URLError, OSError) as err:
+        if total is None or received == total:  # a connection closed early ends the read loop without an error
+            os.replace(partial, path)
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         if os.path.exists(partial):
             os.remove(partial)
         fail(f"dataset for {env_id} not found at {path} and could not be downloaded from {url} ({err}); "
              f"download it there by hand, or pass --dataset-path FILE.hdf5")
+    if total is not None and received != total:  # never let a short file take the final name
+        os.remove(partial)
+        fail(f"download of {url} ended after {received} of the {total} bytes announced; the partial file was "
+             f"deleted and {path} not written: run again, or download it there by hand")
     return path
 
 
@@ -523,6 +533,39 @@ def save_checkpoint(path: str, payload: dict):
         fail(f"cannot write checkpoint {path}: {err}")
 
 
+def load_checkpoint(path: str, what: str):
+    """torch.load restricted to tensors and plain Python values (weights_only=True), on the CPU: loading runs no code.
+
+    A file the restricted unpickler refuses is not loaded. The globals its pickle names are then read statically
+    (nothing runs) to tell a checkpoint of an older version, which held numpy arrays, from a foreign file.
+    """
+    if not os.path.isfile(path):
+        fail(f"{what} {path} does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing them; fail() says it
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # refused by the restricted unpickler, or not a pickle at all
+        pass
+    except Exception as err:  # zip and I/O errors of a truncated or foreign file
+        fail(f"cannot read {what} {path}: {(str(err).strip() or repr(err)).splitlines()[0]}")
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic != b"PK" and magic[:1] != b"\x80":  # neither a torch.save zip nor a binary pickle
+        fail(f"cannot read {what} {path}: not a file written by torch.save")
+    try:
+        names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # a bare pickle, or opcodes torch.save never writes: no list of names
+        names = []
+    numpy_arrays = {"numpy.ndarray", "numpy.dtype", "numpy.core.multiarray._reconstruct",
+                    "numpy._core.multiarray._reconstruct", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"}
+    if names and set(names) <= numpy_arrays:
+        fail(f"{what} {path} holds numpy arrays: it was written by an older version of this project and was not "
+             f"loaded; if you trust the file, convert it once with: python benchmark/convert_checkpoint.py {path}")
+    fail(f"{what} {path} contains objects a checkpoint of this project never holds"
+         f"{' (' + ', '.join(names) + ')' if names else ''}; it was not loaded")
+
+
 # ---------------------------------------------------------------------------------
 # Balanced replay: sum-tree, density-ratio network, priorities (eq. 4)
 # ---------------------------------------------------------------------------------
@@ -731,14 +774,12 @@ def update_actor_critic(batch, actor, critic, target_critic, log_alpha, actor_op
 # Checkpoints (SPEC §7)
 # ---------------------------------------------------------------------------------
 def load_ensemble_checkpoint(path: str, make_command: str, env_id: str, obs_dim: int, act_dim: int,
-                             n_members: int, device) -> dict:
-    """Load a SPEC §7 checkpoint and slice it to its first n_members (actor tensors [:k], critic tensors [:2k])."""
+                             n_members: int) -> dict:
+    """Load a SPEC §7 checkpoint (on the CPU, running no code) and slice it to its first n_members (actor [:k],
+    critic [:2k]); load_state_dict copies the tensors to the networks' device."""
     if not os.path.isfile(path):
         fail(f"checkpoint {path} not found; create it with: {make_command}")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-    except Exception as err:
-        fail(f"cannot read checkpoint {path}: {err}")
+    ckpt = load_checkpoint(path, "checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         fail(f"checkpoint {path} has format {found!r}, expected {CHECKPOINT_FORMAT!r}")
@@ -820,10 +861,7 @@ def main():
     if args.resume:
         if not os.path.isfile(args.save_checkpoint):
             fail(f"--resume: no checkpoint at {args.save_checkpoint} (give the run's --save-checkpoint)")
-        try:
-            saved = torch.load(args.save_checkpoint, map_location="cpu", weights_only=False)
-        except Exception as err:
-            fail(f"--resume: cannot read {args.save_checkpoint}: {err}")
+        saved = load_checkpoint(args.save_checkpoint, "checkpoint")
         if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT or saved.get("algo") != "balanced" \
                 or "resume" not in saved:
             fail(f"--resume: {args.save_checkpoint} is not a resumable balanced_finetune.py checkpoint")
@@ -854,7 +892,7 @@ def main():
     # ensemble (eq. 5): policy from CQL, critics from CQL or FQE
     cql_command = (f"python cql_pretrain.py --env-id {args.env_id} --n-ensemble {k} --seed {args.seed} "
                    f"--checkpoint {args.checkpoint}" + (f" --dataset-path {args.dataset_path}" if args.dataset_path else ""))
-    ckpt = load_ensemble_checkpoint(args.checkpoint, cql_command, args.env_id, obs_dim, act_dim, k, device)
+    ckpt = load_ensemble_checkpoint(args.checkpoint, cql_command, args.env_id, obs_dim, act_dim, k)
     if ckpt["algo"] == "fqe":
         fail(f"--checkpoint {args.checkpoint} is an fqe.py checkpoint (critics only); the policy comes from a CQL "
              f"checkpoint: give it as --checkpoint and this one as --q-init fqe --fqe-checkpoint")
@@ -864,7 +902,7 @@ def main():
         fqe_command = (f"python fqe.py --env-id {args.env_id} --n-ensemble {k} --seed {args.seed} --policy-checkpoint "
                        f"{args.checkpoint} --checkpoint {args.fqe_checkpoint}"
                        + (f" --dataset-path {args.dataset_path}" if args.dataset_path else ""))
-        critic_source = load_ensemble_checkpoint(args.fqe_checkpoint, fqe_command, args.env_id, obs_dim, act_dim, k, device)
+        critic_source = load_ensemble_checkpoint(args.fqe_checkpoint, fqe_command, args.env_id, obs_dim, act_dim, k)
         critic_path = args.fqe_checkpoint
         if critic_source["algo"] != "fqe":
             fail(f"--fqe-checkpoint {critic_path} has algo {critic_source['algo']!r}, expected 'fqe' (written by fqe.py)")
@@ -885,7 +923,7 @@ def main():
     ratio_optimizer = torch.optim.Adam(ratio_net.parameters(), lr=args.ratio_lr)
 
     # one buffer, offline rows [0, M), online rows [M, M + online_steps): nothing is ever overwritten.
-    # Host numpy arrays hold the online data (checkpointed); device tensors mirror everything for sampling.
+    # Host numpy arrays hold the online data (checkpointed as tensors); device tensors mirror everything for sampling.
     capacity = M + args.online_steps
     online = {
         "observations": np.zeros((args.online_steps, obs_dim), np.float32),
@@ -923,11 +961,11 @@ def main():
         with torch.no_grad():
             log_alpha.copy_(resume_state["log_alpha"])
         global_step, epoch, n_updates = resume_state["global_step"], resume_state["epoch"], resume_state["n_updates"]
-        for key in online:
-            online[key][:global_step] = resume_state["online"][key]
-            storage[key][M:M + global_step] = torch.as_tensor(resume_state["online"][key], device=device)
+        for key in online:  # stored as tensors of the buffer's dtype (weights_only loading takes no numpy arrays)
+            online[key][:global_step] = resume_state["online"][key].numpy()
+            storage[key][M:M + global_step] = resume_state["online"][key].to(device)
         if balanced:
-            tree.set_all(resume_state["tree_leaves"])
+            tree.set_all(resume_state["tree_leaves"].numpy())
         p_max = resume_state["p_max"]
         random.setstate(resume_state["python_rng"])
         rng.bit_generator.state = resume_state["numpy_rng"]
@@ -945,8 +983,8 @@ def main():
                 "actor_optimizer": actor_optimizer.state_dict(), "critic_optimizer": critic_optimizer.state_dict(),
                 "alpha_optimizer": alpha_optimizer.state_dict(), "ratio_optimizer": ratio_optimizer.state_dict(),
                 "log_alpha": log_alpha.detach().cpu(), "global_step": step, "epoch": epoch, "n_updates": n_updates,
-                "online": {key: value[:step].copy() for key, value in online.items()},
-                "tree_leaves": tree.get(np.arange(M + step)) if balanced else None, "p_max": p_max,
+                "online": {key: torch.from_numpy(value[:step].copy()) for key, value in online.items()},
+                "tree_leaves": torch.from_numpy(tree.get(np.arange(M + step))) if balanced else None, "p_max": p_max,
                 "dataset_size": M, "online_steps": args.online_steps, "sampling": args.sampling,
                 "python_rng": random.getstate(), "numpy_rng": rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(), "run_dir": args.run_dir,

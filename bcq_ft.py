@@ -61,8 +61,10 @@ Choices made where the SPEC is silent:
 """
 import ctypes
 import dataclasses
+import http.client
 import json
 import os
+import pickle
 import random
 import re
 import time
@@ -239,19 +241,27 @@ def download_d4rl_file(env_id: str) -> str:
         return path
     os.makedirs(dataset_dir, exist_ok=True)
     partial = f"{path}.{os.getpid()}.part"  # unique per process: parallel jobs may download the same file
+    received, total = 0, None
     try:
         with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
+            length = response.headers.get("Content-Length", "").strip()
+            total = int(length) if length.isdigit() else None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {os.path.basename(path)}") as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
+                    received += len(chunk)
                     bar.update(len(chunk))
-        os.replace(partial, path)
-    except (urllib.error.URLError, OSError) as err:
+        if total is None or received == total:  # a connection closed early ends the read loop without an error
+            os.replace(partial, path)
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         if os.path.exists(partial):
             os.remove(partial)
         fail(f"dataset for {env_id} not found at {path} and could not be downloaded from {url} ({err}); "
              f"download it there by hand, or pass --dataset-path FILE.hdf5")
+    if total is not None and received != total:  # never let a short file take the final name
+        os.remove(partial)
+        fail(f"download of {url} ended after {received} of the {total} bytes announced; the partial file was "
+             f"deleted and {path} not written: run again, or download it there by hand")
     return path
 
 
@@ -511,6 +521,39 @@ def save_checkpoint(path: str, payload: dict):
         fail(f"cannot write checkpoint {path}: {err}")
 
 
+def load_checkpoint(path: str, what: str):
+    """torch.load restricted to tensors and plain Python values (weights_only=True), on the CPU: loading runs no code.
+
+    A file the restricted unpickler refuses is not loaded. The globals its pickle names are then read statically
+    (nothing runs) to tell a checkpoint of an older version, which held numpy arrays, from a foreign file.
+    """
+    if not os.path.isfile(path):
+        fail(f"{what} {path} does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing them; fail() says it
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # refused by the restricted unpickler, or not a pickle at all
+        pass
+    except Exception as err:  # zip and I/O errors of a truncated or foreign file
+        fail(f"cannot read {what} {path}: {(str(err).strip() or repr(err)).splitlines()[0]}")
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic != b"PK" and magic[:1] != b"\x80":  # neither a torch.save zip nor a binary pickle
+        fail(f"cannot read {what} {path}: not a file written by torch.save")
+    try:
+        names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # a bare pickle, or opcodes torch.save never writes: no list of names
+        names = []
+    numpy_arrays = {"numpy.ndarray", "numpy.dtype", "numpy.core.multiarray._reconstruct",
+                    "numpy._core.multiarray._reconstruct", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"}
+    if names and set(names) <= numpy_arrays:
+        fail(f"{what} {path} holds numpy arrays: it was written by an older version of this project and was not "
+             f"loaded; if you trust the file, convert it once with: python benchmark/convert_checkpoint.py {path}")
+    fail(f"{what} {path} contains objects a checkpoint of this project never holds"
+         f"{' (' + ', '.join(names) + ')' if names else ''}; it was not loaded")
+
+
 # ---------------------------------------------------------------------------------
 # BCQ networks (all vectorized over N members: inputs [N, B, dim])
 # ---------------------------------------------------------------------------------
@@ -660,12 +703,13 @@ class ReplayBuffer:
         return tuple(self.data[key][idx] for key in self.FIELDS)
 
     def online_part(self) -> dict:
-        return {key: self.data[key][self.dataset_size : self.size].cpu().numpy() for key in self.FIELDS}
+        """The online rows as CPU tensors of their own (a slice would save the whole buffer's storage)."""
+        return {key: self.data[key][self.dataset_size : self.size].to("cpu", copy=True) for key in self.FIELDS}
 
     def load_online_part(self, online: dict):
         n = len(online["observations"])
         for key in self.FIELDS:
-            self.data[key][self.dataset_size : self.dataset_size + n] = torch.as_tensor(online[key])
+            self.data[key][self.dataset_size : self.dataset_size + n] = online[key]
         self.size = self.dataset_size + n
 
 
@@ -718,20 +762,17 @@ def rng_states(np_rng: np.random.Generator) -> dict:
 
 
 def set_rng_states(states: dict, np_rng: np.random.Generator):
-    torch.set_rng_state(states["torch"].cpu())  # torch.load(map_location=cuda) moves these to the GPU
+    torch.set_rng_state(states["torch"])
     np_rng.bit_generator.state = states["numpy"]
     random.setstate(states["random"])
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def load_resume_checkpoint(path: str, args: Args, expected: dict, device: torch.device) -> dict:
+def load_resume_checkpoint(path: str, expected: dict) -> dict:
     if not os.path.isfile(path):
         fail(f"--resume: no checkpoint at {path} (pass the run's --save-checkpoint)")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-    except Exception as err:
-        fail(f"cannot read checkpoint {path}: {err}")
+    ckpt = load_checkpoint(path, "checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         fail(f"checkpoint {path} is not in format {CHECKPOINT_FORMAT}")
     for key, value in expected.items():
@@ -815,7 +856,7 @@ def main():
               "latent_dim": latent_dim, "phi": args.phi}
     global_step, episodes = 0, 0
     if args.resume:
-        ckpt = load_resume_checkpoint(checkpoint_path, args, header, device)
+        ckpt = load_resume_checkpoint(checkpoint_path, header)
         state = ckpt["resume"]
         if state["dataset_size"] != buffer.dataset_size:
             fail(f"checkpoint {checkpoint_path} was trained on {state['dataset_size']} dataset transitions, "

@@ -45,8 +45,10 @@ Usage:
 """
 import ctypes
 import dataclasses
+import http.client
 import json
 import os
+import pickle
 import random
 import re
 import time
@@ -214,19 +216,27 @@ def download_d4rl_file(env_id: str) -> str:
         return path
     os.makedirs(dataset_dir, exist_ok=True)
     partial = f"{path}.{os.getpid()}.part"  # unique per process: parallel jobs may download the same file
+    received, total = 0, None
     try:
         with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
+            length = response.headers.get("Content-Length", "").strip()
+            total = int(length) if length.isdigit() else None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {os.path.basename(path)}") as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
+                    received += len(chunk)
                     bar.update(len(chunk))
-        os.replace(partial, path)
-    except (urllib.error.URLError, OSError) as err:
+        if total is None or received == total:  # a connection closed early ends the read loop without an error
+            os.replace(partial, path)
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         if os.path.exists(partial):
             os.remove(partial)
         fail(f"dataset for {env_id} not found at {path} and could not be downloaded from {url} ({err}); "
              f"download it there by hand, or pass --dataset-path FILE.hdf5")
+    if total is not None and received != total:  # never let a short file take the final name
+        os.remove(partial)
+        fail(f"download of {url} ended after {received} of the {total} bytes announced; the partial file was "
+             f"deleted and {path} not written: run again, or download it there by hand")
     return path
 
 
@@ -506,6 +516,39 @@ def save_checkpoint(path: str, payload: dict):
         fail(f"cannot write checkpoint {path}: {err}")
 
 
+def load_checkpoint(path: str, what: str):
+    """torch.load restricted to tensors and plain Python values (weights_only=True), on the CPU: loading runs no code.
+
+    A file the restricted unpickler refuses is not loaded. The globals its pickle names are then read statically
+    (nothing runs) to tell a checkpoint of an older version, which held numpy arrays, from a foreign file.
+    """
+    if not os.path.isfile(path):
+        fail(f"{what} {path} does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing them; fail() says it
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # refused by the restricted unpickler, or not a pickle at all
+        pass
+    except Exception as err:  # zip and I/O errors of a truncated or foreign file
+        fail(f"cannot read {what} {path}: {(str(err).strip() or repr(err)).splitlines()[0]}")
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic != b"PK" and magic[:1] != b"\x80":  # neither a torch.save zip nor a binary pickle
+        fail(f"cannot read {what} {path}: not a file written by torch.save")
+    try:
+        names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # a bare pickle, or opcodes torch.save never writes: no list of names
+        names = []
+    numpy_arrays = {"numpy.ndarray", "numpy.dtype", "numpy.core.multiarray._reconstruct",
+                    "numpy._core.multiarray._reconstruct", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"}
+    if names and set(names) <= numpy_arrays:
+        fail(f"{what} {path} holds numpy arrays: it was written by an older version of this project and was not "
+             f"loaded; if you trust the file, convert it once with: python benchmark/convert_checkpoint.py {path}")
+    fail(f"{what} {path} contains objects a checkpoint of this project never holds"
+         f"{' (' + ', '.join(names) + ')' if names else ''}; it was not loaded")
+
+
 # ---------------------------------------------------------------------------------
 # cql_pretrain.py: sampling, losses and the vectorized update
 # ---------------------------------------------------------------------------------
@@ -693,15 +736,6 @@ def check_checkpoint(ckpt, path: str, algo: str, env_id: str, obs_dim: int, act_
             fail(f"checkpoint {path} has {key}={ckpt.get(key)!r} but this run has {key}={value!r}")
 
 
-def load_checkpoint_file(path: str, device):
-    if not os.path.isfile(path):
-        fail(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location=device, weights_only=False)
-    except Exception as err:  # pickle/zip errors of a truncated or foreign file
-        fail(f"cannot read checkpoint {path}: {err}")
-
-
 def check_writable(path: str):
     """Fail at startup, not after hours of training, when the checkpoint cannot be written."""
     probe = f"{path}.probe.tmp"
@@ -753,7 +787,7 @@ def main():
     start_step = 0
     run_dir = args.run_dir or f"runs/{args.env_id}__cql__{args.seed}__{int(time.time())}"
     if args.resume:
-        ckpt = load_checkpoint_file(checkpoint_path, device)
+        ckpt = load_checkpoint(checkpoint_path, "checkpoint")
         check_checkpoint(ckpt, checkpoint_path, "cql", args.env_id, obs_dim, act_dim, n, hidden_sizes)
         if "resume" not in ckpt:
             fail(f"checkpoint {checkpoint_path} holds no resume state")

@@ -42,14 +42,17 @@ Usage:
 """
 import ctypes
 import dataclasses
+import http.client
 import json
 import os
+import pickle
 import random
 import re
 import time
 import urllib.error
 import urllib.request
 import warnings
+import zipfile
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -203,19 +206,27 @@ def download_d4rl_file(env_id: str) -> str:
         return path
     os.makedirs(dataset_dir, exist_ok=True)
     partial = f"{path}.{os.getpid()}.part"  # unique per process: parallel jobs may download the same file
+    received, total = 0, None
     try:
         with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
+            length = response.headers.get("Content-Length", "").strip()
+            total = int(length) if length.isdigit() else None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {os.path.basename(path)}") as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
+                    received += len(chunk)
                     bar.update(len(chunk))
-        os.replace(partial, path)
-    except (urllib.error.URLError, OSError) as err:
+        if total is None or received == total:  # a connection closed early ends the read loop without an error
+            os.replace(partial, path)
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         if os.path.exists(partial):
             os.remove(partial)
         fail(f"dataset for {env_id} not found at {path} and could not be downloaded from {url} ({err}); "
              f"download it there by hand, or pass --dataset-path FILE.hdf5")
+    if total is not None and received != total:  # never let a short file take the final name
+        os.remove(partial)
+        fail(f"download of {url} ended after {received} of the {total} bytes announced; the partial file was "
+             f"deleted and {path} not written: run again, or download it there by hand")
     return path
 
 
@@ -495,6 +506,39 @@ def save_checkpoint(path: str, payload: dict):
         fail(f"cannot write checkpoint {path}: {err}")
 
 
+def load_checkpoint(path: str, what: str):
+    """torch.load restricted to tensors and plain Python values (weights_only=True), on the CPU: loading runs no code.
+
+    A file the restricted unpickler refuses is not loaded. The globals its pickle names are then read statically
+    (nothing runs) to tell a checkpoint of an older version, which held numpy arrays, from a foreign file.
+    """
+    if not os.path.isfile(path):
+        fail(f"{what} {path} does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing them; fail() says it
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # refused by the restricted unpickler, or not a pickle at all
+        pass
+    except Exception as err:  # zip and I/O errors of a truncated or foreign file
+        fail(f"cannot read {what} {path}: {(str(err).strip() or repr(err)).splitlines()[0]}")
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic != b"PK" and magic[:1] != b"\x80":  # neither a torch.save zip nor a binary pickle
+        fail(f"cannot read {what} {path}: not a file written by torch.save")
+    try:
+        names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # a bare pickle, or opcodes torch.save never writes: no list of names
+        names = []
+    numpy_arrays = {"numpy.ndarray", "numpy.dtype", "numpy.core.multiarray._reconstruct",
+                    "numpy._core.multiarray._reconstruct", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"}
+    if names and set(names) <= numpy_arrays:
+        fail(f"{what} {path} holds numpy arrays: it was written by an older version of this project and was not "
+             f"loaded; if you trust the file, convert it once with: python benchmark/convert_checkpoint.py {path}")
+    fail(f"{what} {path} contains objects a checkpoint of this project never holds"
+         f"{' (' + ', '.join(names) + ')' if names else ''}; it was not loaded")
+
+
 # ---------------------------------------------------------------------------------
 # fqe.py: the fixed ensemble policy, the FQE loss and update
 # ---------------------------------------------------------------------------------
@@ -618,13 +662,9 @@ def keep_freed_memory_on_cpu():
     libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of freed heap for reuse
 
 
-def load_checkpoint_file(path: str, device, what: str):
-    if not os.path.isfile(path):
-        fail(f"{what} {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-    except Exception as err:  # pickle/zip errors of a truncated or foreign file
-        fail(f"cannot read {what} {path}: {err}")
+def load_ensemble_checkpoint(path: str, what: str):
+    """A SPEC §7 checkpoint with every field fqe.py reads (loaded by load_checkpoint: no code runs)."""
+    ckpt = load_checkpoint(path, what)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         fail(f"{what} {path} is not an {CHECKPOINT_FORMAT} checkpoint")
     missing = [k for k in ("algo", "env_id", "obs_dim", "act_dim", "n_ensemble", "hidden_sizes", "actor", "critic", "step")
@@ -655,11 +695,10 @@ def main():
             fail(f"--{name.replace('_', '-')} must be at least 1")
     if os.path.abspath(policy_path) == os.path.abspath(checkpoint_path):
         fail(f"--checkpoint {checkpoint_path} would overwrite the policy checkpoint (the policy is --policy-checkpoint)")
-    if os.path.isfile(checkpoint_path) and not args.resume:  # never overwrite another algorithm's checkpoint
-        try:
-            existing = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        except Exception:
-            existing = None
+    # never overwrite another algorithm's checkpoint; a file that is no torch.save zip (e.g. a half-written one) is
+    # overwritten, one that is refused (older format, foreign objects) stops the run with load_checkpoint's message
+    if os.path.isfile(checkpoint_path) and not args.resume and zipfile.is_zipfile(checkpoint_path):
+        existing = load_checkpoint(checkpoint_path, "checkpoint")
         if isinstance(existing, dict) and existing.get("algo") not in (None, "fqe"):
             fail(f"--checkpoint {checkpoint_path} holds a {existing['algo']!r} checkpoint; refusing to overwrite it "
                  f"(the policy to evaluate is --policy-checkpoint)")
@@ -677,7 +716,7 @@ def main():
     obs_dim, act_dim = envs[0].observation_space.shape[0], envs[0].action_space.shape[0]
 
     # the policy: the eq. (5) ensemble of the first N members of a pretrained checkpoint
-    policy = load_checkpoint_file(policy_path, device, "policy checkpoint")
+    policy = load_ensemble_checkpoint(policy_path, "policy checkpoint")
     if policy["algo"] not in POLICY_ALGOS:
         fail(f"policy checkpoint {policy_path} has algo {policy['algo']!r}; expected one of {', '.join(POLICY_ALGOS)}")
     # same environment = same gymnasium id, version included (D4RL names: -v4, Minari's mujoco/*: -v5), as in fine-tuning
@@ -712,7 +751,7 @@ def main():
     start_step = 0
     run_dir = args.run_dir or f"runs/{args.env_id}__fqe__{args.seed}__{int(time.time())}"
     if args.resume:
-        ckpt = load_checkpoint_file(checkpoint_path, device, "checkpoint")
+        ckpt = load_ensemble_checkpoint(checkpoint_path, "checkpoint")
         expected = {"algo": "fqe", "env_id": args.env_id, "n_ensemble": n, "hidden_sizes": hidden_sizes}
         for key, value in expected.items():
             if ckpt[key] != value:

@@ -20,8 +20,10 @@ the vectorized ensemble used by every script here, so a SAC checkpoint has the s
     python sac.py --env-id Hopper-v4 --total-timesteps 100000 --learning-starts 100000 --dataset-out data/hopper_random.hdf5
 """
 import dataclasses
+import http.client
 import json
 import os
+import pickle
 import random
 import re
 import time
@@ -184,19 +186,27 @@ def download_d4rl_file(env_id: str) -> str:
         return path
     os.makedirs(dataset_dir, exist_ok=True)
     partial = f"{path}.{os.getpid()}.part"  # unique per process: parallel jobs may download the same file
+    received, total = 0, None
     try:
         with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
+            length = response.headers.get("Content-Length", "").strip()
+            total = int(length) if length.isdigit() else None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {os.path.basename(path)}") as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
+                    received += len(chunk)
                     bar.update(len(chunk))
-        os.replace(partial, path)
-    except (urllib.error.URLError, OSError) as err:
+        if total is None or received == total:  # a connection closed early ends the read loop without an error
+            os.replace(partial, path)
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         if os.path.exists(partial):
             os.remove(partial)
         fail(f"dataset for {env_id} not found at {path} and could not be downloaded from {url} ({err}); "
              f"download it there by hand, or pass --dataset-path FILE.hdf5")
+    if total is not None and received != total:  # never let a short file take the final name
+        os.remove(partial)
+        fail(f"download of {url} ended after {received} of the {total} bytes announced; the partial file was "
+             f"deleted and {path} not written: run again, or download it there by hand")
     return path
 
 
@@ -476,6 +486,39 @@ def save_checkpoint(path: str, payload: dict):
         fail(f"cannot write checkpoint {path}: {err}")
 
 
+def load_checkpoint(path: str, what: str):
+    """torch.load restricted to tensors and plain Python values (weights_only=True), on the CPU: loading runs no code.
+
+    A file the restricted unpickler refuses is not loaded. The globals its pickle names are then read statically
+    (nothing runs) to tell a checkpoint of an older version, which held numpy arrays, from a foreign file.
+    """
+    if not os.path.isfile(path):
+        fail(f"{what} {path} does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing them; fail() says it
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # refused by the restricted unpickler, or not a pickle at all
+        pass
+    except Exception as err:  # zip and I/O errors of a truncated or foreign file
+        fail(f"cannot read {what} {path}: {(str(err).strip() or repr(err)).splitlines()[0]}")
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic != b"PK" and magic[:1] != b"\x80":  # neither a torch.save zip nor a binary pickle
+        fail(f"cannot read {what} {path}: not a file written by torch.save")
+    try:
+        names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # a bare pickle, or opcodes torch.save never writes: no list of names
+        names = []
+    numpy_arrays = {"numpy.ndarray", "numpy.dtype", "numpy.core.multiarray._reconstruct",
+                    "numpy._core.multiarray._reconstruct", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"}
+    if names and set(names) <= numpy_arrays:
+        fail(f"{what} {path} holds numpy arrays: it was written by an older version of this project and was not "
+             f"loaded; if you trust the file, convert it once with: python benchmark/convert_checkpoint.py {path}")
+    fail(f"{what} {path} contains objects a checkpoint of this project never holds"
+         f"{' (' + ', '.join(names) + ')' if names else ''}; it was not loaded")
+
+
 # ---- replay buffer ----
 class ReplayBuffer:
     """Preallocated numpy arrays holding every transition of the run (capacity = total steps, nothing overwritten)."""
@@ -504,12 +547,13 @@ class ReplayBuffer:
         return {k: torch.as_tensor(v, dtype=torch.float32, device=device).unsqueeze(0) for k, v in batch.items()}
 
     def state(self) -> dict:
-        return {"size": self.size, **{k: getattr(self, k)[: self.size].copy() for k in self.FIELDS}}
+        """Tensors of the arrays' dtypes (float32, bool): checkpoints are loaded with weights_only=True."""
+        return {"size": self.size, **{k: torch.from_numpy(getattr(self, k)[: self.size].copy()) for k in self.FIELDS}}
 
     def load_state(self, state: dict):
         self.size = state["size"]
         for k in self.FIELDS:
-            getattr(self, k)[: self.size] = state[k]
+            getattr(self, k)[: self.size] = state[k].numpy()
 
 
 def write_d4rl_dataset(path: str, buffer: ReplayBuffer, metadata: dict):
@@ -537,12 +581,7 @@ def check_writable(path: str, what: str):
 
 def load_rollout_actor(path: str, env_id: str, obs_dim: int, act_dim: int) -> dict:
     """The actor of a sac.py snapshot or checkpoint, checked against the env (loads tensors and plain data only)."""
-    if not os.path.isfile(path):
-        fail(f"--rollout-actor {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        fail(f"cannot load --rollout-actor {path}: {err}")
+    state = load_checkpoint(path, "--rollout-actor checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or state.get("n_ensemble") != 1:
         fail(f"--rollout-actor {path} is not a one-member {CHECKPOINT_FORMAT} checkpoint or snapshot")
     if (state.get("obs_dim"), state.get("act_dim")) != (obs_dim, act_dim):
@@ -646,10 +685,7 @@ def main():
 
     start_step, run_dir = 0, args.run_dir or f"runs/{args.env_id}__sac__{args.seed}__{int(time.time())}"
     if args.resume and os.path.exists(checkpoint_path):
-        try:
-            ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        except Exception as err:  # pickle/zip errors of a truncated or foreign file
-            fail(f"cannot read checkpoint {checkpoint_path}: {err}")
+        ckpt = load_checkpoint(checkpoint_path, "checkpoint")
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "resume" not in ckpt:
             fail(f"{checkpoint_path} is not a sac.py checkpoint (no {CHECKPOINT_FORMAT} resume state)")
         expected = {"algo": "sac", "env_id": args.env_id, "obs_dim": obs_dim, "act_dim": act_dim, "n_ensemble": 1,

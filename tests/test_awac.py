@@ -114,7 +114,7 @@ def test_tiny_offline_then_online_run_is_deterministic(run_script, tiny_hopper_d
     for tag in first:
         if tag != "charts/SPS":
             assert first[tag] == second[tag], tag
-    ckpt = torch.load(tmp_path / "ck" / "a.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "ck" / "a.pt", weights_only=True)
     assert ckpt["format"] == "o2o-ensemble-v1" and ckpt["algo"] == "awac" and ckpt["step"] == 300
     assert ckpt["n_ensemble"] == 2 and ckpt["hidden_sizes"] == [16, 16]
     actor = awac.EnsembleActor(11, 3, [16, 16], 2)
@@ -154,7 +154,7 @@ def test_sigkill_then_resume(tiny_hopper_dataset, tmp_path):
     while time.time() < deadline and proc.poll() is None:
         if ckpt_path.exists():
             try:
-                step = torch.load(ckpt_path, weights_only=False)["step"]
+                step = torch.load(ckpt_path, weights_only=True)["step"]
             except Exception:  # replaced while reading
                 step = 0
             if step >= 400:
@@ -163,7 +163,7 @@ def test_sigkill_then_resume(tiny_hopper_dataset, tmp_path):
         time.sleep(0.05)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    before = torch.load(ckpt_path, weights_only=False)
+    before = torch.load(ckpt_path, weights_only=True)
     killed_at = before["step"]
     assert 400 <= killed_at < 1600
     online_before = before["resume"]["online_transitions"]
@@ -171,7 +171,7 @@ def test_sigkill_then_resume(tiny_hopper_dataset, tmp_path):
 
     result = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
-    after = torch.load(ckpt_path, weights_only=False)
+    after = torch.load(ckpt_path, weights_only=True)
     assert after["step"] == 1600
     online = after["resume"]["online_transitions"]
     assert len(online["observations"]) == 1500  # dataset + 1500 online transitions, none lost or repeated
@@ -218,4 +218,4 @@ def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         awac.save_checkpoint(path, {"step": 2})
     monkeypatch.setattr(torch, "save", real_save)
-    assert torch.load(path, weights_only=False) == {"step": 1}
+    assert torch.load(path, weights_only=True) == {"step": 1}

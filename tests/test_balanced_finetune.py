@@ -222,9 +222,9 @@ def cql_checkpoint(tmp_path_factory, tiny_hopper_dataset):
 
 
 def test_loader_errors(cql_checkpoint, tmp_path):
-    ckpt = torch.load(cql_checkpoint, weights_only=False)
+    ckpt = torch.load(cql_checkpoint, weights_only=True)
     load = lambda path, **kw: bf.load_ensemble_checkpoint(
-        str(path), "python cql_pretrain.py ...", kw.get("env", "Hopper-v4"), kw.get("obs", 11), 3, kw.get("k", 2), "cpu")
+        str(path), "python cql_pretrain.py ...", kw.get("env", "Hopper-v4"), kw.get("obs", 11), 3, kw.get("k", 2))
     sliced = load(cql_checkpoint, k=1)  # first k of a larger stored ensemble: actor [:k], critic [:2k]
     actor, critic = bf.EnsembleActor(11, 3, [32, 32], 1), bf.EnsembleCritic(11, 3, [32, 32], 1)
     actor.load_state_dict(sliced["actor"], strict=True)
@@ -262,7 +262,7 @@ def test_interrupted_checkpoint_write_keeps_previous(tmp_path):
     bf.save_checkpoint(str(path), {"step": 1})
     with pytest.raises(Exception):  # the write dies half-way (an unpicklable value) before the rename
         bf.save_checkpoint(str(path), {"step": 2, "broken": lambda: None})
-    assert torch.load(path, weights_only=False)["step"] == 1
+    assert torch.load(path, weights_only=True)["step"] == 1
 
 
 def test_nonfinite_loss_stops_with_loss_name_and_step(run_script, tiny_hopper_dataset, cql_checkpoint, tmp_path):
@@ -285,14 +285,14 @@ def test_missing_fqe_checkpoint_names_fqe(run_script, tiny_hopper_dataset, cql_c
 
 def test_q_init_fqe_takes_critics_from_fqe_and_policy_from_cql(tmp_path, tiny_hopper_dataset, cql_checkpoint):
     """fqe.py writes the critics; with zero learning rates nothing moves, so the saved networks show their source."""
-    cql = torch.load(cql_checkpoint, weights_only=False)
+    cql = torch.load(cql_checkpoint, weights_only=True)
     made = subprocess.run(
         [sys.executable, str(REPO_ROOT / "fqe.py"), "--env-id", "Hopper-v4", "--dataset-path", str(tiny_hopper_dataset),
          "--policy-checkpoint", str(cql_checkpoint), "--checkpoint", str(tmp_path / "fqe.pt"), "--n-ensemble", "2",
          "--steps", "20", "--batch-size", "32", "--eval-every", "20", "--eval-episodes", "1", "--no-cuda"],
         cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert made.returncode == 0, made.stderr[-2000:]
-    fqe = torch.load(tmp_path / "fqe.pt", weights_only=False)
+    fqe = torch.load(tmp_path / "fqe.pt", weights_only=True)
     assert fqe["algo"] == "fqe"
     assert not torch.equal(fqe["critic"]["net.0.weight"], cql["critic"]["net.0.weight"])
     result = subprocess.run(
@@ -302,7 +302,7 @@ def test_q_init_fqe_takes_critics_from_fqe_and_policy_from_cql(tmp_path, tiny_ho
          "--policy-lr", "0", "--save-checkpoint", "out/ft.pt", "--run-dir", "run"],
         cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    saved = torch.load(tmp_path / "out" / "ft.pt", weights_only=False)
+    saved = torch.load(tmp_path / "out" / "ft.pt", weights_only=True)
     for key, value in saved["critic"].items():  # first member of the FQE critics: rows [:2]
         torch.testing.assert_close(value, fqe["critic"][key][:2])
     for key, value in saved["actor"].items():
@@ -359,14 +359,15 @@ def test_end_to_end_every_sampling_mode(tiny_runs, sampling):
         assert all(0.0 < f < 1.0 for f in fractions)
     assert "before fine-tuning" in result.stdout
     # the saved ensemble is in the SPEC §7 format and loads with strict=True into the shared-block classes
-    saved = torch.load(folder / "out" / "ft.pt", weights_only=False)
+    saved = torch.load(folder / "out" / "ft.pt", weights_only=True)
     assert (saved["format"], saved["algo"], saved["n_ensemble"], saved["step"]) == ("o2o-ensemble-v1", "balanced", 2, 300)
     bf.EnsembleActor(11, 3, saved["hidden_sizes"], 2).load_state_dict(saved["actor"], strict=True)
     bf.EnsembleCritic(11, 3, saved["hidden_sizes"], 2).load_state_dict(saved["critic"], strict=True)
     state = saved["resume"]
     assert len(state["online"]["observations"]) == 300
     if sampling == "balanced":
-        leaves = state["tree_leaves"]
+        assert state["tree_leaves"].dtype == torch.float64  # the sum-tree's own dtype, stored as a tensor
+        leaves = state["tree_leaves"].numpy()
         assert len(leaves) == m + 300 and np.all(leaves > 0)
         assert state["p_max"] >= bf.initial_p_max(m, 0.5) and state["p_max"] >= leaves.max()  # never decreases
 
@@ -394,14 +395,14 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, tiny_hopper_
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    killed = torch.load(save_path, weights_only=False)
+    killed = torch.load(save_path, weights_only=True)
     k = killed["step"]
     assert 0 < k < 600 and len(killed["resume"]["online"]["observations"]) == k
 
     result = subprocess.run(args + ["--resume"], cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    final = torch.load(save_path, weights_only=False)
+    final = torch.load(save_path, weights_only=True)
     online = final["resume"]["online"]
     assert final["step"] == 600 and final["resume"]["global_step"] == 600
     assert all(len(v) == 600 for v in online.values())

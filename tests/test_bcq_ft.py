@@ -140,7 +140,7 @@ def test_tiny_offline_then_online_run_is_deterministic(run_script, tiny_hopper_d
     for tag in first:
         if tag != "charts/SPS":
             assert first[tag] == second[tag], tag
-    ckpt = torch.load(tmp_path / "ck" / "a.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "ck" / "a.pt", weights_only=True)
     assert ckpt["format"] == "o2o-ensemble-v1" and ckpt["algo"] == "bcq" and ckpt["step"] == 300
     assert ckpt["n_ensemble"] == 2 and ckpt["hidden_sizes"] == [16, 16] and ckpt["latent_dim"] == 6
     bcq_ft.EnsembleCritic(11, 3, [16, 16], 2).load_state_dict(ckpt["critic"], strict=True)
@@ -180,7 +180,7 @@ def test_sigkill_then_resume(tiny_hopper_dataset, tmp_path):
     while time.time() < deadline and proc.poll() is None:
         if ckpt_path.exists():
             try:
-                step = torch.load(ckpt_path, weights_only=False)["step"]
+                step = torch.load(ckpt_path, weights_only=True)["step"]
             except Exception:  # replaced while reading
                 step = 0
             if step >= 400:
@@ -189,7 +189,7 @@ def test_sigkill_then_resume(tiny_hopper_dataset, tmp_path):
         time.sleep(0.05)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    before = torch.load(ckpt_path, weights_only=False)
+    before = torch.load(ckpt_path, weights_only=True)
     killed_at = before["step"]
     assert 400 <= killed_at < 1300
     online_before = before["resume"]["online_transitions"]
@@ -197,7 +197,7 @@ def test_sigkill_then_resume(tiny_hopper_dataset, tmp_path):
 
     result = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
-    after = torch.load(ckpt_path, weights_only=False)
+    after = torch.load(ckpt_path, weights_only=True)
     assert after["step"] == 1300
     online = after["resume"]["online_transitions"]
     assert len(online["observations"]) == 1200

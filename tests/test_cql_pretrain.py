@@ -292,14 +292,14 @@ def runs(tmp_path_factory, tiny_hopper_dataset):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = torch.load(root / "c.pt", weights_only=False)["step"]
+    killed_at = torch.load(root / "c.pt", weights_only=True)["step"]
     resumed = run_cql(root, *TINY, "--dataset-path", tiny_hopper_dataset, "--checkpoint", "c.pt", "--resume")
     return root, killed_at, resumed
 
 
 def test_checkpoint_has_spec_fields_and_loads_strict(runs):
     root = runs[0]
-    ckpt = torch.load(root / "a.pt", weights_only=False)
+    ckpt = torch.load(root / "a.pt", weights_only=True)
     for key in ("format", "algo", "env_id", "obs_dim", "act_dim", "n_ensemble", "hidden_sizes", "actor", "critic", "step", "args", "resume"):
         assert key in ckpt
     assert (ckpt["format"], ckpt["algo"], ckpt["env_id"]) == ("o2o-ensemble-v1", "cql", "Hopper-v4")
@@ -334,7 +334,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(runs):
     root, killed_at, resumed = runs
     assert 150 <= killed_at < 600  # really killed mid-way, after a periodic checkpoint
     assert f"at step {killed_at}" in resumed.stdout
-    assert torch.load(root / "c.pt", weights_only=False)["step"] == 600
+    assert torch.load(root / "c.pt", weights_only=True)["step"] == 600
     assert scalars(root / "runs" / "c") == scalars(root / "runs" / "a")  # curves continue, nothing lost or doubled
 
 
@@ -387,4 +387,4 @@ def test_interrupted_checkpoint_write_keeps_previous_file(tmp_path, monkeypatch)
     with pytest.raises(SystemExit, match="cannot write checkpoint"):
         cql.save_checkpoint(str(path), {"step": 2})
     monkeypatch.undo()
-    assert torch.load(path, weights_only=False) == {"step": 1}
+    assert torch.load(path, weights_only=True) == {"step": 1}

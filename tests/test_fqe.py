@@ -54,7 +54,7 @@ def constant_reward_dataset(path, terminal: bool, rows=400, seed=0):
 
 def critic_values(ckpt_path, dataset_path):
     """Q of every member and twin at the dataset's (s, a) and at (s, uniform random a)."""
-    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt = torch.load(ckpt_path, weights_only=True)
     critic = fqe.EnsembleCritic(OBS_DIM, ACT_DIM, ckpt["hidden_sizes"], ckpt["n_ensemble"])
     critic.load_state_dict(ckpt["critic"], strict=True)
     data = fqe.load_d4rl_dataset("Hopper-v4", str(dataset_path))
@@ -175,12 +175,12 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_hopper_dat
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = torch.load(tmp_path / "b.pt", weights_only=False)["step"]
+    killed_at = torch.load(tmp_path / "b.pt", weights_only=True)["step"]
     assert 200 <= killed_at < 2000
     resumed = subprocess.run([*common, "--checkpoint", "b.pt", "--resume"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    final = torch.load(tmp_path / "b.pt", weights_only=False)
+    final = torch.load(tmp_path / "b.pt", weights_only=True)
     assert final["step"] == 2000 and final["algo"] == "fqe" and final["n_ensemble"] == 2
     logged = scalars(tmp_path / "runs" / "b")
     assert logged == scalars(tmp_path / "runs" / "a")  # same seed: identical values, nothing lost or doubled
@@ -195,8 +195,8 @@ def test_default_paths_chain_cql_fqe_balanced_finetune(run_script, tmp_path, tin
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = run_script("fqe.py", *data, "--steps", "100", "--batch-size", "32", "--eval-episodes", "1", "--log-every", "50")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ckpt = torch.load(tmp_path / "checkpoints" / "fqe_Hopper-v4_seed1.pt", weights_only=False)
-    cql_ckpt = torch.load(tmp_path / "checkpoints" / "cql_Hopper-v4_seed1.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "checkpoints" / "fqe_Hopper-v4_seed1.pt", weights_only=True)
+    cql_ckpt = torch.load(tmp_path / "checkpoints" / "cql_Hopper-v4_seed1.pt", weights_only=True)
     assert (ckpt["algo"], ckpt["n_ensemble"], ckpt["hidden_sizes"]) == ("fqe", 2, [32, 32])  # N and size from the policy
     for key, value in ckpt["actor"].items():  # the actor stored is the policy evaluated
         torch.testing.assert_close(value, cql_ckpt["actor"][key])

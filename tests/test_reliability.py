@@ -114,7 +114,7 @@ def ckpts(tmp_path_factory, mods, files):
         sys.argv = old_argv
         os.chdir(cwd)
         torch.set_num_threads(threads)
-    cql = torch.load(cql_path, weights_only=False)
+    cql = torch.load(cql_path, weights_only=True)
     assert (cql["algo"], cql["n_ensemble"], cql["hidden_sizes"]) == ("cql", 2, [HIDDEN, HIDDEN])
 
     def forge(name, **changes):
@@ -218,7 +218,7 @@ RESUME_CASES = {  # script -> {checkpoint at the resume path: regex the message 
                      "cql_walker": r"{p} has env_id='Walker2d-v4'", "cql": r"{p} has n_ensemble=2 but this run has n_ensemble=1"},
     "fqe": {"text": r"cannot read checkpoint {p}", "raw": FORMAT_MSG, "cql": r"{p} has algo='cql'",
             "fqe_walker": r"{p} has env_id='Walker2d-v4'", "fqe_n1": r"{p} has n_ensemble=1 but this run has n_ensemble=2"},
-    "balanced_finetune": {"text": r"cannot read {p}", "raw": FORMAT_MSG, "cql": r"{p} is not a resumable balanced",
+    "balanced_finetune": {"text": r"cannot read checkpoint {p}", "raw": FORMAT_MSG, "cql": r"{p} is not a resumable balanced",
                           "balanced_walker": r"{p} was made for --env-id 'Walker2d-v4', this run has 'Hopper-v4'", "balanced_n3": r"{p} holds 3 members"},
     "awac": {"text": r"cannot read checkpoint {p}", "raw": FORMAT_MSG, "cql": r"{p} has algo='cql'",
              "awac_walker": r"{p} has env_id='Walker2d-v4'", "awac_n2": r"{p} has n_ensemble=2 but this run has 1"},
@@ -339,11 +339,11 @@ def test_every_checkpoint_write_is_atomic(script, mods, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         module.save_checkpoint(str(path), {"step": 2})
     monkeypatch.undo()
-    assert torch.load(path, weights_only=False) == {"step": 1}
+    assert torch.load(path, weights_only=True) == {"step": 1}
 
 
 SHARED_ERROR_PATH = ("fail", "download_d4rl_file", "read_hdf5_dataset", "load_d4rl_dataset", "check_dataset_matches_env",
-                     "save_checkpoint", "gym_env_id", "normalized_score", "make_env", "is_minari_id",
+                     "save_checkpoint", "load_checkpoint", "gym_env_id", "normalized_score", "make_env", "is_minari_id",
                      "download_minari_dataset", "minari_metadata", "read_minari_dataset")
 SHARED_CONSTANTS = ("D4RL_TASK", "GYM_ENV_OF", "REF_RETURNS", "MINARI_ID", "D4RL_KEYS", "MINARI_METADATA_KEYS",
                     "MINARI_EPISODE_KEYS", "CHECKPOINT_FORMAT")

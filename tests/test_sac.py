@@ -128,13 +128,13 @@ def test_killed_run_resumes_without_losing_transitions(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed; make it longer"
-    killed_at = torch.load(tmp_path / "ck.pt", weights_only=False)["step"]
+    killed_at = torch.load(tmp_path / "ck.pt", weights_only=True)["step"]
     assert 0 < killed_at < 3000
 
     resumed = subprocess.run(args + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from ck.pt at step {killed_at}" in resumed.stdout + resumed.stderr
-    final = torch.load(tmp_path / "ck.pt", weights_only=False)
+    final = torch.load(tmp_path / "ck.pt", weights_only=True)
     assert final["step"] == 3000 and final["resume"]["buffer"]["size"] == 3000
     with h5py.File(tmp_path / "d.hdf5") as f:
         obs, next_obs = f["observations"][()], f["next_observations"][()]
@@ -156,7 +156,7 @@ def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
     monkeypatch.setattr(sac.torch, "save", crash_mid_write)
     with pytest.raises(KeyboardInterrupt):
         sac.save_checkpoint(path, {"step": 2})
-    assert torch.load(path, weights_only=False) == {"step": 1}
+    assert torch.load(path, weights_only=True) == {"step": 1}
 
 
 def test_snapshots_then_rollouts_of_a_saved_actor(run_script, tmp_path):
@@ -186,7 +186,7 @@ def test_snapshots_then_rollouts_of_a_saved_actor(run_script, tmp_path):
     with torch.no_grad():
         mean, _ = actor(torch.as_tensor(observations).unsqueeze(0))
     np.testing.assert_allclose(actions, torch.tanh(mean[0]).numpy(), atol=1e-5)
-    after = torch.load(tmp_path / "r.pt", weights_only=False)["actor"]
+    after = torch.load(tmp_path / "r.pt", weights_only=True)["actor"]
     for key, value in snapshot["actor"].items():  # no update touched the actor
         torch.testing.assert_close(after[key], value)
 
