@@ -3,7 +3,7 @@
 D4RL (Fu et al., 2020) made its MuJoCo datasets from one SAC run per environment; this script follows the same
 recipes with smaller budgets (D4RL's sizes in brackets):
 
-  behaviour run  sac.py, 2x256 networks, seed 1, --total-timesteps 300k [D4RL: SAC to convergence, ~1M+],
+  behaviour run  sac.py, 2x256 networks, seed 1, --total-timesteps 200k [D4RL: SAC to convergence, ~1M+],
                  the actor saved at every evaluation (every 5k steps, 10 deterministic episodes)
   expert         100k transitions [1M] of the run's best snapshot (highest evaluation return)
   medium         100k transitions [1M] of the first snapshot whose evaluation reaches one third of D4RL's expert
@@ -47,7 +47,7 @@ D4RL_SIZE = {"medium": 1_000_000, "expert": 1_000_000, "medium-expert": 2_000_00
 DATASETS = ("medium", "medium-replay", "expert", "medium-expert")
 KEYS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
 
-BEHAVIOUR_SEED, BEHAVIOUR_STEPS, SNAPSHOT_EVERY = 1, 300_000, 5_000
+BEHAVIOUR_SEED, BEHAVIOUR_STEPS, SNAPSHOT_EVERY = 1, 200_000, 5_000
 ROLLOUT_STEPS = 100_000
 ROLLOUT_SEED = {"medium": 2, "expert": 3}
 MEDIUM_FRACTION = 1.0 / 3.0
