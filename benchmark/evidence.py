@@ -152,7 +152,8 @@ def run_campaign(out: Path, workers: int, dry_run: bool, only: list[str]):
     running, failed = {}, set()
     with open(ROOT / out / "commands.txt", "a") as commands:
         commands.write(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} python benchmark/evidence.py"
-                       f" --workers {workers} (finished jobs are skipped, interrupted ones resumed)\n")
+                       f" --workers {workers}{' --only ' + ' '.join(only) if only else ''}"
+                       " (finished jobs are skipped, interrupted ones resumed)\n")
         while True:
             pending = [job for job in todo if not done(job.name) and job.name not in running and job.name not in failed]
             blocked = lambda job: any(dep in failed for dep in job.deps)  # noqa: E731
