@@ -151,3 +151,33 @@ def test_dry_run_marks_finished_jobs(tmp_path, monkeypatch, capsys):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_report_summary_from_finished_runs(tmp_path, monkeypatch):
+    """summary.csv: final = mean of the last 3 evaluations, after_first_epoch = the score at 1000 steps, per seed then
+    mean/std over the seeds that finished; unfinished seeds are left out."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    monkeypatch.setattr(evidence, "ROOT", tmp_path)
+    out = tmp_path / "out"
+    (out / "status").mkdir(parents=True)
+    steps = list(range(0, 5001, 1000))
+    curves = {("balanced-N5", 1): [40, 42, 45, 50, 55, 60], ("balanced-N5", 2): [40, 30, 35, 52, 58, 64],
+              ("balanced-N5", 3): [40, 0, 0, 0, 0, 0], ("sac-ft", 1): [40, 10, 20, 30, 40, 50]}
+    for (arm, seed), scores in curves.items():
+        with SummaryWriter(str(out / "runs" / f"hopper-medium__{arm}__seed{seed}")) as writer:
+            for step, score in zip(steps, scores):
+                writer.add_scalar("eval/normalized_score", score, step)
+        if seed != 3:  # seed 3 did not finish
+            (out / "status" / f"medium_{arm}_s{seed}.done").touch()
+    monkeypatch.setattr(evidence, "FIGURES", {})  # the figures come from plot.py, tested on its own
+    evidence.report(out)
+    import csv as csv_module
+    rows = {row["arm"]: row for row in csv_module.DictReader(open(out / "summary.csv"))}
+    finals = [np.mean([50, 55, 60]), np.mean([52, 58, 64])]
+    assert float(rows["balanced-N5"]["final_mean"]) == pytest.approx(np.mean(finals), abs=0.01)
+    assert float(rows["balanced-N5"]["final_std"]) == pytest.approx(np.std(finals), abs=0.01)
+    assert rows["balanced-N5"]["n_seeds"] == "2" and rows["sac-ft"]["n_seeds"] == "1"
+    assert float(rows["balanced-N5"]["after_first_epoch_mean"]) == pytest.approx(36.0)
+    assert float(rows["sac-ft"]["min_1k_10k_mean"]) == pytest.approx(10.0)
+    assert float(rows["sac-ft"]["final_mean"]) == pytest.approx(40.0)
