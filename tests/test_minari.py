@@ -239,7 +239,7 @@ def test_pretrain_and_finetune_end_to_end(pretrained):
     assert finetuned["env_id"] == DATASET_ID and finetuned["step"] == 200
     # the online episodes ran under the dataset's env_spec: none longer than its 40-step limit (Hopper-v5's is 1000)
     online = finetuned["resume"]["online"]
-    breaks = np.any(online["next_observations"][:-1] != online["observations"][1:], 1)
+    breaks = np.asarray(online["next_observations"][:-1] != online["observations"][1:]).any(1)
     starts = np.flatnonzero(np.concatenate([[True], breaks]))
     lengths = np.diff(np.append(starts, len(online["observations"])))
     assert len(online["observations"]) == 200 and online["observations"].shape[1] == 11
@@ -299,7 +299,7 @@ def test_checkpoint_of_another_environment_is_refused(mods, pretrained, use_root
     # same environment, other dataset: allowed (a gymnasium id with --dataset-path, or another Minari dataset of v5)
     v5_ckpt = tmp_path / "cql_v5.pt"
     torch.save(dict(torch.load(minari_ckpt, weights_only=False), env_id="Hopper-v5"), v5_ckpt)
-    loaded = mods["balanced_finetune"].load_ensemble_checkpoint(str(v5_ckpt), "", DATASET_ID, 11, 3, 1, "cpu")
+    loaded = mods["balanced_finetune"].load_ensemble_checkpoint(str(v5_ckpt), "", DATASET_ID, 11, 3, 1)
     assert loaded["n_ensemble"] == 2 and loaded["actor"]["net.0.weight"].shape[0] == 1
 
 
