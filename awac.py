@@ -3,7 +3,7 @@
 Implements Advantage-Weighted Actor-Critic (Nair, Gupta, Dalal, Levine, "AWAC: Accelerating Online
 Reinforcement Learning with Offline Datasets", 2020) as the offline-to-online baseline of Lee, Seo, Lee,
 Abbeel, Shin, "Offline-to-Online Reinforcement Learning via Balanced Replay and Pessimistic Q-Ensemble"
-(CoRL 2021), following SPEC §6 of this repository. One run = an offline phase of `--offline-steps` gradient
+(CoRL 2021), as the paper's baseline. One run = an offline phase of `--offline-steps` gradient
 steps on the D4RL dataset, then an online phase of `--online-steps` environment steps with one gradient step
 after each, with the SAME update rule; one replay buffer holds the dataset and, online, the new transitions
 (capacity = dataset size + online steps, nothing is overwritten; minibatches are uniform over its contents).
@@ -15,7 +15,7 @@ Update (the AWAC paper's Algorithm 1: weighted-likelihood actor update and TD ba
           A(s,a) = min(Q1,Q2)(s,a) − min(Q1,Q2)(s, a_π),  a_π ~ π(·|s),  weights computed without gradient.
   Order per step as CORL's awac.py: critic step, then actor step with the freshly updated critic, then Polyak.
 
-Choices made where the SPEC is silent:
+Choices made where the paper is silent:
 - V(s) ≈ min-Q(s, a_π) with a_π ONE SAMPLE of the current policy (not its mean), as CORL's awac.py
   (`pi_action, _ = self._actor(states)` draws an rsample). The next-state action a' is also a sample.
 - Policy: the shared block's tanh-Gaussian EnsembleActor (state-dependent log-std clamped to [−20, 2]) so the
@@ -24,11 +24,11 @@ Choices made where the SPEC is silent:
   (the clip keeps atanh finite for actions stored at exactly ±1; the Jacobian term does not depend on the
   parameters, so it changes the value of the loss but not its gradient).
 - λ (`--awac-lambda`) defaults to 1.0; CORL uses 0.3333 for walker2d-medium-expert (pass --awac-lambda 0.3333).
-- Learning rate 3e-4 for actor and critic, batch 256, γ 0.99, hidden 256-256 (SPEC §6). The actor uses no
+- Learning rate 3e-4 for actor and critic, batch 256, γ 0.99, hidden 256-256 (the paper's baselines). The actor uses no
   weight decay (CORL's AWAC uses none either).
-- Offline length: `--offline-steps` defaults to 1,000,000 (the CQL pre-training budget of SPEC §3, so the
+- Offline length: `--offline-steps` defaults to 1,000,000 (the paper's CQL pre-training budget, so the
   baselines get the same offline compute as the method); online: 250,000 steps as balanced_finetune.py.
-- Ensemble (`--n-ensemble N`, SPEC §6 "the paper applied the ensemble to every baseline"): N independent
+- Ensemble (`--n-ensemble N`: the paper applied the ensemble to every baseline): N independent
   AWAC agents as one vectorized ensemble (EnsembleActor / EnsembleCritic, weights [N, in, out]); each member
   gets its own minibatch (indices [N, B]), its own targets and its own advantage weights (each member's
   log π is of its own Gaussian on the data action); losses are per-member means summed over members, so
@@ -42,7 +42,7 @@ Choices made where the SPEC is silent:
   Evaluations happen whenever x is a multiple of `--eval-every` (x = 0 included) and at the end.
 - Evaluation: `--eval-episodes` episodes in a separate env, episode k reset with seed `seed + 10_000 + k`
   (the same start states at every evaluation, independent of training history).
-- Checkpoints (SPEC §7, format "o2o-ensemble-v1", algo "awac") every `--checkpoint-every` steps (offline
+- Checkpoints (CONTRIBUTING.md: Contracts; format "o2o-ensemble-v1", algo "awac") every `--checkpoint-every` steps (offline
   and online steps count alike) and at the end, written atomically. `resume` holds the target critic, both
   optimizers, the RNG states, the global step and the online transitions (the dataset part of the buffer is
   re-read from the dataset file and its size checked). `--resume` continues from `--save-checkpoint`:
@@ -55,7 +55,8 @@ Choices made where the SPEC is silent:
 
     python awac.py --env-id hopper-medium-v2 --n-ensemble 5
     python awac.py --env-id walker2d-medium-expert-v2 --n-ensemble 5 --awac-lambda 0.3333
-    python awac.py --env-id Hopper-v4 --dataset-path data/hopper_replay.hdf5 --offline-steps 20000 --online-steps 20000 --hidden-dim 64
+    python awac.py --env-id Hopper-v4 --dataset-path data/hopper_replay.hdf5 --offline-steps 20000 \
+        --online-steps 20000 --hidden-dim 64
     python awac.py --env-id hopper-medium-v2 --n-ensemble 5 --resume    # continue an interrupted run
 """
 import dataclasses
@@ -80,7 +81,6 @@ import torch.nn.functional as F
 import tyro
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
-
 
 
 @dataclass
@@ -132,14 +132,14 @@ class Args:
 
 
 # ---------------------------------------------------------------------------------
-# Shared block (copied verbatim from the team's common block; SPEC §1: scripts never import each other)
+# Shared block (copied verbatim into every script that needs it; CONTRIBUTING.md: scripts never import each other)
 # ---------------------------------------------------------------------------------
 def fail(message: str):
     """Stop with one clear message and exit status 1, no traceback (used for every bad input)."""
     raise SystemExit(f"error: {message}")
 
 
-# ---- tasks, environments, scores (SPEC §2) ----
+# ---- tasks, environments, scores (README: D4RL or Minari) ----
 D4RL_TASK = re.compile(r"(halfcheetah|hopper|walker2d)-(random|medium|medium-replay|medium-expert|expert)-v(0|2)")
 GYM_ENV_OF = {"halfcheetah": "HalfCheetah-v4", "hopper": "Hopper-v4", "walker2d": "Walker2d-v4"}
 # D4RL's reference returns (random, expert) used for the normalized score.
@@ -190,7 +190,7 @@ def make_env(env_id: str, seed: int) -> gym.Env:
         kwargs = dict(spec.get("kwargs") or {})
         if spec.get("max_episode_steps") is not None:
             kwargs["max_episode_steps"] = spec["max_episode_steps"]
-    with warnings.catch_warnings():  # gymnasium flags the -v4 envs as old; SPEC §2 explains why we use them
+    with warnings.catch_warnings():  # gymnasium flags the -v4 envs as old; README explains why we use them
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
             env = gym.make(gym_env_id(env_id), **kwargs)
@@ -204,7 +204,7 @@ def make_env(env_id: str, seed: int) -> gym.Env:
     return env
 
 
-# ---- D4RL data path (SPEC §2, §7) ----
+# ---- D4RL data path (README: D4RL or Minari) ----
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl"
 D4RL_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
 
@@ -305,7 +305,8 @@ def load_d4rl_dataset(env_id: str, dataset_path: str | None = None) -> dict[str,
             timeouts = data["timeouts"].astype(bool)
         else:  # v0 without timeouts: an episode times out at its 1000th step (d4rl's episode_step counter)
             episode_start = np.concatenate([[0], np.flatnonzero(terminals[:-1]) + 1])
-            step_in_episode = np.arange(len(terminals)) - episode_start[np.searchsorted(episode_start, np.arange(len(terminals)), side="right") - 1]
+            index = np.arange(len(terminals))
+            step_in_episode = index - episode_start[np.searchsorted(episode_start, index, side="right") - 1]
             timeouts = (step_in_episode + 1) % 1000 == 0
         keep = ~timeouts
         keep[-1] = False
@@ -451,7 +452,7 @@ def check_dataset_matches_env(dataset: dict, env: gym.Env, source: str):
              f"{dataset['actions'].shape[1]} but {env.spec.id} has {obs_dim}/{act_dim}")
 
 
-# ---- vectorized ensemble networks (SPEC §3): weights [N, in, out], one batched matmul per layer ----
+# ---- vectorized ensemble networks (paper §3.2): weights [N, in, out], one batched matmul per layer ----
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 CHECKPOINT_FORMAT = "o2o-ensemble-v1"
 
@@ -511,7 +512,8 @@ def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor):
     """Reparameterized a = tanh(u), u ~ N(mean, std), and log pi(a) with the tanh change of variables."""
     std = log_std.exp()
     u = mean + std * torch.randn_like(mean)
-    log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(u) - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
+    log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(u)
+    log_prob = log_prob - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
     return torch.tanh(u), log_prob.sum(-1)
 
 
@@ -781,7 +783,7 @@ def main():
     np_rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
 
-    # data, envs, buffer (SPEC §2)
+    # data, envs, buffer (README: D4RL or Minari)
     eval_env = make_env(args.env_id, args.seed + 10_000)
     obs_dim, act_dim = eval_env.observation_space.shape[0], eval_env.action_space.shape[0]
     dataset = load_d4rl_dataset(args.env_id, args.dataset_path)

@@ -20,7 +20,7 @@ Loads N offline CQL agents (cql_pretrain.py) and fine-tunes them online:
 * Schedule [official]: epochs of 1000 env steps followed by 1000 updates (5000 in the first epoch);
   evaluation (deterministic tanh(mu) of the ensemble, >= 5 episodes) at the start of every epoch.
 
-Choices where SPEC.md is silent (a careful reading of the official code where possible):
+Choices where the paper is silent (a careful reading of the official code where possible):
 * All members share the one RL minibatch of 256 (the policy is one distribution, the priorities are set
   for "the 256 transitions just drawn"); the offline pretraining's per-member minibatches do not apply.
 * The mixture variance is computed as mean_i sigma_i^2 + mean_i (mu_i - mu)^2, algebraically equal to
@@ -39,7 +39,7 @@ Choices where SPEC.md is silent (a careful reading of the official code where po
   once per epoch; that is also where a NaN/inf loss stops the run (before the checkpoint is written, so
   the last good checkpoint survives). With --sampling balanced the sum-tree lives on the host, so one
   copy of the 256 new priorities per update is inherent (free on the CPU).
-* Checkpoints (SPEC §7 format, algo "balanced") are written at the end of an epoch once at least
+* Checkpoints (CONTRIBUTING.md format, algo "balanced") are written at the end of an epoch once at least
   --checkpoint-every env steps passed since the last one, and at the end. They hold the full resume state
   (online transitions, sum-tree leaves, p_max, density-ratio net, optimizers, alpha, RNG states, step,
   run dir). --resume continues at the next epoch, which starts a fresh episode anyway, so an interrupted run
@@ -58,7 +58,7 @@ import urllib.error
 import urllib.request
 import warnings
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import gymnasium as gym
 import h5py
@@ -75,15 +75,15 @@ from tqdm import tqdm
 class Args:
     env_id: str = "walker2d-medium-expert-v2"
     """D4RL task name (v4 env), Minari dataset id (mujoco/hopper/medium-v0: the env it names) or gym id + --dataset-path"""
-    dataset_path: Optional[str] = None
+    dataset_path: str | None = None
     """D4RL-format HDF5 file to use instead of the D4RL download for --env-id"""
-    checkpoint: Optional[str] = None
+    checkpoint: str | None = None
     """CQL checkpoint to fine-tune (default checkpoints/cql_{env_id}_seed{seed}.pt, as cql_pretrain.py writes)"""
     n_ensemble: int = 5
     """number of ensemble members N (the first N of the stored ensemble) [official: 5]"""
     q_init: Literal["cql", "fqe"] = "cql"
     """where the critics come from: the CQL checkpoint or an fqe.py checkpoint (policy always from CQL)"""
-    fqe_checkpoint: Optional[str] = None
+    fqe_checkpoint: str | None = None
     """fqe.py checkpoint for --q-init fqe (default checkpoints/fqe_{env_id}_seed{seed}.pt)"""
     sampling: Literal["balanced", "uniform", "online-only"] = "balanced"
     """RL minibatch source: balanced replay, uniform over offline+online, or online data only"""
@@ -118,10 +118,10 @@ class Args:
     init_online_fraction: float = 0.5
     """f: share of priority mass online after the first 1000 online steps; sets the initial p_max [official]"""
     eval_episodes: int = 5
-    """deterministic evaluation episodes at the start of each epoch (SPEC: at least 5)"""
+    """deterministic evaluation episodes at the start of each epoch (the authors' code: at least 5)"""
     eval_every_epochs: int = 1
     """evaluate at the start of every this many epochs (and at the end)"""
-    save_checkpoint: Optional[str] = None
+    save_checkpoint: str | None = None
     """where the fine-tuned ensemble is written (default checkpoints/balanced_{env_id}_seed{seed}.pt)"""
     checkpoint_every: int = 10_000
     """write a resumable checkpoint at the first epoch end after this many env steps (0: only at the end)"""
@@ -129,7 +129,7 @@ class Args:
     """continue the run stored in --save-checkpoint"""
     seed: int = 1
     """seed of python, numpy and torch RNGs and of the environments"""
-    run_dir: Optional[str] = None
+    run_dir: str | None = None
     """TensorBoard folder (default runs/{env_id}__balanced__{seed}__{time})"""
     torch_deterministic: bool = True
     """set torch.backends.cudnn.deterministic"""
@@ -145,7 +145,7 @@ def fail(message: str):
     raise SystemExit(f"error: {message}")
 
 
-# ---- tasks, environments, scores (SPEC §2) ----
+# ---- tasks, environments, scores (README: D4RL or Minari) ----
 D4RL_TASK = re.compile(r"(halfcheetah|hopper|walker2d)-(random|medium|medium-replay|medium-expert|expert)-v(0|2)")
 GYM_ENV_OF = {"halfcheetah": "HalfCheetah-v4", "hopper": "Hopper-v4", "walker2d": "Walker2d-v4"}
 # D4RL's reference returns (random, expert) used for the normalized score.
@@ -196,7 +196,7 @@ def make_env(env_id: str, seed: int) -> gym.Env:
         kwargs = dict(spec.get("kwargs") or {})
         if spec.get("max_episode_steps") is not None:
             kwargs["max_episode_steps"] = spec["max_episode_steps"]
-    with warnings.catch_warnings():  # gymnasium flags the -v4 envs as old; SPEC §2 explains why we use them
+    with warnings.catch_warnings():  # gymnasium flags the -v4 envs as old; README explains why we use them
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
             env = gym.make(gym_env_id(env_id), **kwargs)
@@ -210,7 +210,7 @@ def make_env(env_id: str, seed: int) -> gym.Env:
     return env
 
 
-# ---- D4RL data path (SPEC §2, §7) ----
+# ---- D4RL data path (README: D4RL or Minari) ----
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl"
 D4RL_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
 
@@ -311,7 +311,8 @@ def load_d4rl_dataset(env_id: str, dataset_path: str | None = None) -> dict[str,
             timeouts = data["timeouts"].astype(bool)
         else:  # v0 without timeouts: an episode times out at its 1000th step (d4rl's episode_step counter)
             episode_start = np.concatenate([[0], np.flatnonzero(terminals[:-1]) + 1])
-            step_in_episode = np.arange(len(terminals)) - episode_start[np.searchsorted(episode_start, np.arange(len(terminals)), side="right") - 1]
+            index = np.arange(len(terminals))
+            step_in_episode = index - episode_start[np.searchsorted(episode_start, index, side="right") - 1]
             timeouts = (step_in_episode + 1) % 1000 == 0
         keep = ~timeouts
         keep[-1] = False
@@ -457,7 +458,7 @@ def check_dataset_matches_env(dataset: dict, env: gym.Env, source: str):
              f"{dataset['actions'].shape[1]} but {env.spec.id} has {obs_dim}/{act_dim}")
 
 
-# ---- vectorized ensemble networks (SPEC §3): weights [N, in, out], one batched matmul per layer ----
+# ---- vectorized ensemble networks (paper §3.2): weights [N, in, out], one batched matmul per layer ----
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 CHECKPOINT_FORMAT = "o2o-ensemble-v1"
 
@@ -517,7 +518,8 @@ def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor):
     """Reparameterized a = tanh(u), u ~ N(mean, std), and log pi(a) with the tanh change of variables."""
     std = log_std.exp()
     u = mean + std * torch.randn_like(mean)
-    log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(u) - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
+    log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(u)
+    log_prob = log_prob - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
     return torch.tanh(u), log_prob.sum(-1)
 
 
@@ -771,11 +773,11 @@ def update_actor_critic(batch, actor, critic, target_critic, log_alpha, actor_op
 
 
 # ---------------------------------------------------------------------------------
-# Checkpoints (SPEC §7)
+# Checkpoints (CONTRIBUTING.md: Contracts between scripts)
 # ---------------------------------------------------------------------------------
 def load_ensemble_checkpoint(path: str, make_command: str, env_id: str, obs_dim: int, act_dim: int,
                              n_members: int) -> dict:
-    """Load a SPEC §7 checkpoint (on the CPU, running no code) and slice it to its first n_members (actor [:k],
+    """Load a checkpoint (on the CPU, running no code) and slice it to its first n_members (actor [:k],
     critic [:2k]); load_state_dict copies the tensors to the networks' device."""
     if not os.path.isfile(path):
         fail(f"checkpoint {path} not found; create it with: {make_command}")
@@ -1034,7 +1036,8 @@ def main():
             global_step += 1
             progress.update(1)
         for key in storage:
-            storage[key][M + epoch_start:M + global_step] = torch.as_tensor(online[key][epoch_start:global_step], device=device)
+            rows = online[key][epoch_start:global_step]
+            storage[key][M + epoch_start:M + global_step] = torch.as_tensor(rows, device=device)
         new_rows = np.arange(M + epoch_start, M + global_step)
         if balanced:
             tree.update(new_rows, np.full(len(new_rows), p_max))  # online transitions enter with p_max

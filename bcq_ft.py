@@ -3,7 +3,7 @@
 Implements Batch-Constrained deep Q-learning (Fujimoto, Meger, Precup, "Off-Policy Deep Reinforcement
 Learning without Exploration", ICML 2019, Algorithm 1) as the "BCQ-ft" baseline of Lee, Seo, Lee, Abbeel,
 Shin, "Offline-to-Online Reinforcement Learning via Balanced Replay and Pessimistic Q-Ensemble" (CoRL 2021),
-following SPEC §6 of this repository. One run = an offline phase of `--offline-steps` gradient steps on the
+as the paper's baseline. One run = an offline phase of `--offline-steps` gradient steps on the
 D4RL dataset, then an online phase of `--online-steps` environment steps with one gradient step after each,
 with the SAME update rule ("-ft"); one replay buffer holds the dataset and the new transitions (capacity =
 dataset size + online steps, nothing is overwritten; minibatches are uniform over its contents).
@@ -19,23 +19,23 @@ Per member (Algorithm 1 of the BCQ paper, in the order of its reference code):
   Actor: maximise Q1(s, ξ_φ(s, G_ω(s))), i.e. loss = −mean Q1. Polyak τ = 5e-3 for ξ' and Q'.
   Acting: 100 candidates ξ_φ(s, G_ω(s)) (BCQ's select_action), take the argmax of Q1.
 
-Choices made where the SPEC is silent:
+Choices made where the paper is silent:
 - Latent clipping: z ~ N(0, I) clipped to [−0.5, 0.5] whenever the decoder samples from the prior (targets,
   actor loss, acting), as BCQ's code; the reconstruction during VAE training uses the encoder's z unclipped.
-- Learning rate 1e-3 for VAE, actor and critic (SPEC §6; BCQ's code uses Adam defaults / 1e-3). Batch 256 as
-  every script in this repository (BCQ's code used 100). γ 0.99.
-- Ensemble (`--n-ensemble N`, SPEC §6): every network is N members vectorized with VectorizedLinear (weights
-  [N, in, out]); each member gets its own minibatch (indices [N, B]) and is trained exactly as a solo BCQ
-  (losses are per-member means summed over members). Target candidates are per member (its own VAE, ξ' and
-  Q'). Action selection pools candidates: each member proposes 100 (its own VAE + perturbation), the N·100
-  candidates are scored by the MEAN OVER MEMBERS OF Q1 (Q1 as BCQ's select_action), and the best is taken.
-  With N = 1 this is exactly BCQ's select_action.
+- Learning rate 1e-3 for VAE, actor and critic (the paper's baselines; BCQ's code uses Adam defaults / 1e-3).
+  Batch 256 as every script in this repository (BCQ's code used 100). γ 0.99.
+- Ensemble (`--n-ensemble N`: the paper applied the ensemble to every baseline): every network is N members
+  vectorized with VectorizedLinear (weights [N, in, out]); each member gets its own minibatch (indices [N, B]) and
+  is trained exactly as a solo BCQ (losses are per-member means summed over members). Target candidates are per
+  member (its own VAE, ξ' and Q'). Action selection pools candidates: each member proposes 100 (its own VAE +
+  perturbation), the N·100 candidates are scored by the MEAN OVER MEMBERS OF Q1 (Q1 as BCQ's select_action), and
+  the best is taken. With N = 1 this is exactly BCQ's select_action.
 - Online exploration uses that (already stochastic, through the VAE's samples) BCQ policy; `--expl-noise σ`
-  optionally adds N(0, σ²) noise clipped to [−1, 1] (default 0: plain BCQ policy). Evaluation uses the BCQ
-  policy with no added noise (it stays stochastic through the VAE, as in BCQ's own evaluation).
+  optionally adds N(0, σ²) noise clipped to [−1, 1] (default 0: plain BCQ policy). Evaluation uses the BCQ policy
+  with no added noise (it stays stochastic through the VAE, as in BCQ's own evaluation).
 - Network sizes: `--vae-hidden-sizes`, `--actor-hidden-sizes`, `--critic-hidden-sizes` (defaults 750-750,
   400-300, 400-300); `--hidden-dim H`, when given, sets all three to [H, H] (small test / CPU runs).
-- Offline length: `--offline-steps` defaults to 1,000,000 (the CQL pre-training budget of SPEC §3);
+- Offline length: `--offline-steps` defaults to 1,000,000 (the paper's CQL pre-training budget);
   online: 250,000 steps as balanced_finetune.py.
 - x-axis of every TensorBoard curve = online environment steps. Offline gradient step t (1-based) is logged
   at x = t − offline_steps, so the offline phase occupies x ∈ [−offline_steps, 0] and the evaluation at
@@ -43,7 +43,7 @@ Choices made where the SPEC is silent:
   (its pretrained policy, logged at x = 0). Online step t (1-based, after its gradient step) is at x = t.
   Evaluations happen whenever x is a multiple of `--eval-every` (x = 0 included) and at the end.
 - Evaluation: `--eval-episodes` episodes in a separate env, episode k reset with seed `seed + 10_000 + k`.
-- Checkpoints (SPEC §7, format "o2o-ensemble-v1", algo "bcq"): `actor` = the perturbation network ξ,
+- Checkpoints (CONTRIBUTING.md: Contracts; format "o2o-ensemble-v1", algo "bcq"): `actor` = the perturbation network ξ,
   `critic` = the EnsembleCritic (twin Q), `hidden_sizes` = the critic's; extra keys `vae`,
   `vae_hidden_sizes`, `actor_hidden_sizes`, `latent_dim`, `phi`. `resume` holds the target actor and critic,
   the three optimizers, RNG states, the global step and the online transitions. Written atomically every
@@ -56,7 +56,8 @@ Choices made where the SPEC is silent:
 
     python bcq_ft.py --env-id hopper-medium-v2 --n-ensemble 5
     python bcq_ft.py --env-id walker2d-medium-expert-v2 --n-ensemble 5
-    python bcq_ft.py --env-id Hopper-v4 --dataset-path data/hopper_replay.hdf5 --offline-steps 20000 --online-steps 20000 --hidden-dim 64
+    python bcq_ft.py --env-id Hopper-v4 --dataset-path data/hopper_replay.hdf5 --offline-steps 20000 \
+        --online-steps 20000 --hidden-dim 64
     python bcq_ft.py --env-id hopper-medium-v2 --n-ensemble 5 --resume    # continue an interrupted run
 """
 import ctypes
@@ -146,14 +147,14 @@ class Args:
 
 
 # ---------------------------------------------------------------------------------
-# Shared block (copied verbatim from the team's common block; SPEC §1: scripts never import each other)
+# Shared block (copied verbatim into every script that needs it; CONTRIBUTING.md: scripts never import each other)
 # ---------------------------------------------------------------------------------
 def fail(message: str):
     """Stop with one clear message and exit status 1, no traceback (used for every bad input)."""
     raise SystemExit(f"error: {message}")
 
 
-# ---- tasks, environments, scores (SPEC §2) ----
+# ---- tasks, environments, scores (README: D4RL or Minari) ----
 D4RL_TASK = re.compile(r"(halfcheetah|hopper|walker2d)-(random|medium|medium-replay|medium-expert|expert)-v(0|2)")
 GYM_ENV_OF = {"halfcheetah": "HalfCheetah-v4", "hopper": "Hopper-v4", "walker2d": "Walker2d-v4"}
 # D4RL's reference returns (random, expert) used for the normalized score.
@@ -204,7 +205,7 @@ def make_env(env_id: str, seed: int) -> gym.Env:
         kwargs = dict(spec.get("kwargs") or {})
         if spec.get("max_episode_steps") is not None:
             kwargs["max_episode_steps"] = spec["max_episode_steps"]
-    with warnings.catch_warnings():  # gymnasium flags the -v4 envs as old; SPEC §2 explains why we use them
+    with warnings.catch_warnings():  # gymnasium flags the -v4 envs as old; README explains why we use them
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
             env = gym.make(gym_env_id(env_id), **kwargs)
@@ -218,7 +219,7 @@ def make_env(env_id: str, seed: int) -> gym.Env:
     return env
 
 
-# ---- D4RL data path (SPEC §2, §7) ----
+# ---- D4RL data path (README: D4RL or Minari) ----
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl"
 D4RL_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
 
@@ -319,7 +320,8 @@ def load_d4rl_dataset(env_id: str, dataset_path: str | None = None) -> dict[str,
             timeouts = data["timeouts"].astype(bool)
         else:  # v0 without timeouts: an episode times out at its 1000th step (d4rl's episode_step counter)
             episode_start = np.concatenate([[0], np.flatnonzero(terminals[:-1]) + 1])
-            step_in_episode = np.arange(len(terminals)) - episode_start[np.searchsorted(episode_start, np.arange(len(terminals)), side="right") - 1]
+            index = np.arange(len(terminals))
+            step_in_episode = index - episode_start[np.searchsorted(episode_start, index, side="right") - 1]
             timeouts = (step_in_episode + 1) % 1000 == 0
         keep = ~timeouts
         keep[-1] = False
@@ -465,7 +467,7 @@ def check_dataset_matches_env(dataset: dict, env: gym.Env, source: str):
              f"{dataset['actions'].shape[1]} but {env.spec.id} has {obs_dim}/{act_dim}")
 
 
-# ---- vectorized ensemble networks (SPEC §3): weights [N, in, out], one batched matmul per layer ----
+# ---- vectorized ensemble networks (paper §3.2): weights [N, in, out], one batched matmul per layer ----
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 CHECKPOINT_FORMAT = "o2o-ensemble-v1"
 
@@ -831,7 +833,7 @@ def main():
     np_rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
 
-    # data, envs, buffer (SPEC §2)
+    # data, envs, buffer (README: D4RL or Minari)
     eval_env = make_env(args.env_id, args.seed + 10_000)
     obs_dim, act_dim = eval_env.observation_space.shape[0], eval_env.action_space.shape[0]
     dataset = load_d4rl_dataset(args.env_id, args.dataset_path)

@@ -1,9 +1,10 @@
 """Offline CQL pretraining of an N-member ensemble, trained as one vectorized network (Lee et al., CoRL 2021, §3.2).
 
-Implements SPEC §3: N independent CQL(H) agents (Kumar et al., 2020) whose weights are stacked into batched
-layers ([N, in, out], one baddbmm per layer). Every member has its own initialisation and its own minibatch
-(indices of shape [N, B]); the loss is the sum of the members' losses, and Adam is elementwise, so each member
-is updated exactly as if it were trained alone (the official code trained 5 separate CQL seeds).
+Implements the paper's offline phase (§3.2, eqs. 2-3): N independent CQL(H) agents (Kumar et al., 2020) whose
+weights are stacked into batched layers ([N, in, out], one baddbmm per layer). Every member has its own
+initialisation and its own minibatch (indices of shape [N, B]); the loss is the sum of the members' losses, and
+Adam is elementwise, so each member is updated exactly as if it were trained alone (the official code trained 5
+separate CQL seeds).
 
 Equations (numbers as in the paper):
   eq. (2)  actor:   L_pi = E_s[ alpha * log pi(a|s) - min(Q1, Q2)(s, a) ],  a ~ pi(s) reparameterized;
@@ -17,7 +18,7 @@ Equations (numbers as in the paper):
            moments in pre-tanh space, mu = mean_i mu_i, sigma^2 = mean_i(sigma_i^2 + mu_i^2) - mu^2; the
            deterministic evaluation action is tanh(mu).
 
-Choices where the SPEC is silent (following the official CQL code unless said otherwise):
+Choices where the paper is silent (following the official CQL code unless said otherwise):
   * The actor is updated with the critics of the current step, before the critic update (CQL/rlkit order); the
     actor, critic and alpha losses share one forward pass and one backward pass. The actor loss evaluates the
     critics with detached weights, so it sends no gradient into the critics.
@@ -34,7 +35,7 @@ Choices where the SPEC is silent (following the official CQL code unless said ot
     batched actor forward per env step.
   * Resume (--resume) takes the networks, target critics, optimizers, log alpha, RNG states, step and run dir from
     the checkpoint; hyperparameters come from the command line (env, N and network size must match).
-  * Observations and rewards are used raw (SPEC §2).
+  * Observations and rewards are used raw (as in the authors' fine-tuning code).
   * On the CPU, glibc's malloc is told to keep freed memory for reuse (keep_freed_memory_on_cpu): without it every
     large activation of the vectorized update is a fresh, page-faulting mmap and N = 5 runs slower than a loop.
 
@@ -128,7 +129,7 @@ def fail(message: str):
     raise SystemExit(f"error: {message}")
 
 
-# ---- tasks, environments, scores (SPEC §2) ----
+# ---- tasks, environments, scores (README: D4RL or Minari) ----
 D4RL_TASK = re.compile(r"(halfcheetah|hopper|walker2d)-(random|medium|medium-replay|medium-expert|expert)-v(0|2)")
 GYM_ENV_OF = {"halfcheetah": "HalfCheetah-v4", "hopper": "Hopper-v4", "walker2d": "Walker2d-v4"}
 # D4RL's reference returns (random, expert) used for the normalized score.
@@ -179,7 +180,7 @@ def make_env(env_id: str, seed: int) -> gym.Env:
         kwargs = dict(spec.get("kwargs") or {})
         if spec.get("max_episode_steps") is not None:
             kwargs["max_episode_steps"] = spec["max_episode_steps"]
-    with warnings.catch_warnings():  # gymnasium flags the -v4 envs as old; SPEC §2 explains why we use them
+    with warnings.catch_warnings():  # gymnasium flags the -v4 envs as old; README explains why we use them
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
             env = gym.make(gym_env_id(env_id), **kwargs)
@@ -193,7 +194,7 @@ def make_env(env_id: str, seed: int) -> gym.Env:
     return env
 
 
-# ---- D4RL data path (SPEC §2, §7) ----
+# ---- D4RL data path (README: D4RL or Minari) ----
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl"
 D4RL_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
 
@@ -294,7 +295,8 @@ def load_d4rl_dataset(env_id: str, dataset_path: str | None = None) -> dict[str,
             timeouts = data["timeouts"].astype(bool)
         else:  # v0 without timeouts: an episode times out at its 1000th step (d4rl's episode_step counter)
             episode_start = np.concatenate([[0], np.flatnonzero(terminals[:-1]) + 1])
-            step_in_episode = np.arange(len(terminals)) - episode_start[np.searchsorted(episode_start, np.arange(len(terminals)), side="right") - 1]
+            index = np.arange(len(terminals))
+            step_in_episode = index - episode_start[np.searchsorted(episode_start, index, side="right") - 1]
             timeouts = (step_in_episode + 1) % 1000 == 0
         keep = ~timeouts
         keep[-1] = False
@@ -440,7 +442,7 @@ def check_dataset_matches_env(dataset: dict, env: gym.Env, source: str):
              f"{dataset['actions'].shape[1]} but {env.spec.id} has {obs_dim}/{act_dim}")
 
 
-# ---- vectorized ensemble networks (SPEC §3): weights [N, in, out], one batched matmul per layer ----
+# ---- vectorized ensemble networks (paper §3.2): weights [N, in, out], one batched matmul per layer ----
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 CHECKPOINT_FORMAT = "o2o-ensemble-v1"
 
@@ -500,7 +502,8 @@ def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor):
     """Reparameterized a = tanh(u), u ~ N(mean, std), and log pi(a) with the tanh change of variables."""
     std = log_std.exp()
     u = mean + std * torch.randn_like(mean)
-    log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(u) - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
+    log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(u)
+    log_prob = log_prob - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
     return torch.tanh(u), log_prob.sum(-1)
 
 
@@ -573,7 +576,8 @@ def sample_batch(data: dict, rng: np.random.Generator, n_members: int, batch_siz
 def tanh_gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
     """log pi(a|s) of a given action in [-1, 1] (BC warm-up), with the same change of variables as tanh_gaussian_sample."""
     u = torch.atanh(action.clamp(-1.0 + 1e-6, 1.0 - 1e-6))
-    log_prob = torch.distributions.Normal(mean, log_std.exp(), validate_args=False).log_prob(u) - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
+    log_prob = torch.distributions.Normal(mean, log_std.exp(), validate_args=False).log_prob(u)
+    log_prob = log_prob - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
     return log_prob.sum(-1)
 
 
@@ -585,7 +589,9 @@ def sample_cql_actions(mean: torch.Tensor, log_std: torch.Tensor, n_actions: int
     [N, B * n_actions], and target_actions [N, B, A] ~ pi(s') for the Bellman backup.
     """
     batch = mean.shape[1] // 2
-    pi_actions, pi_log_probs = tanh_gaussian_sample(mean.repeat_interleave(n_actions, 1), log_std.repeat_interleave(n_actions, 1))
+    pi_actions, pi_log_probs = tanh_gaussian_sample(
+        mean.repeat_interleave(n_actions, 1), log_std.repeat_interleave(n_actions, 1)
+    )
     target_actions, _ = tanh_gaussian_sample(mean[:, batch:], log_std[:, batch:])
     return {
         "random_actions": torch.empty_like(pi_actions[:, : batch * n_actions]).uniform_(-1.0, 1.0),
@@ -765,7 +771,7 @@ def main():
     if device.type == "cpu":
         keep_freed_memory_on_cpu()
 
-    # data (SPEC §2): D4RL file or --dataset-path, checked against the env it is evaluated in
+    # data (README: D4RL or Minari): D4RL file or --dataset-path, checked against the env it is evaluated in
     n = args.n_ensemble
     envs = [make_env(args.env_id, args.seed) for _ in range((n + 1) * args.eval_episodes)]
     dataset = load_d4rl_dataset(args.env_id, args.dataset_path)

@@ -1,4 +1,4 @@
-"""Fitted Q Evaluation (FQE) of a fixed pretrained ensemble policy on its offline dataset (SPEC §5, issue 5).
+"""Fitted Q Evaluation (FQE) of a fixed pretrained ensemble policy on its offline dataset (paper Fig. 1c).
 
 Gives the critics for the paper's Fig. 1c experiment (balanced_finetune.py --q-init fqe): fine-tuning the same CQL
 policy from critics that are *not* pessimistic. For each of the N members, twin critics of the usual architecture
@@ -14,14 +14,14 @@ sigma^2 = mean_i(sigma_i^2 + mu_i^2) - mu^2, then tanh), *stochastic*, since tha
 the fine-tuned critics represent. Every member's critics evaluate this same ensemble policy, each member with its
 own initialisation and its own minibatches (indices [N, B]), so the N critics are N independent FQE estimates.
 
-Choices where the SPEC is silent:
+Choices where the paper is silent:
   * Twin critics without a min in the target (a min would be a pessimistic, i.e. conservative, estimate).
   * The critics start from a fresh random initialisation (standard FQE), not from the CQL critics.
   * The policy is fixed, so its eq. (5) moments at every next_observation of the dataset are computed once at the
     start; an update then only samples a' = tanh(mu + sigma eps).
-  * Default 250,000 steps (SPEC gives none). Hidden width defaults to the policy checkpoint's (balanced_finetune.py
+  * Default 250,000 steps (the paper gives none). Hidden width defaults to the policy checkpoint's (balanced_finetune.py
     requires FQE and CQL networks of one size); --n-ensemble defaults to all members of the policy checkpoint.
-  * Accepted policy checkpoints: SPEC §7 files with an EnsembleActor (algo cql, balanced, awac or sac).
+  * Accepted policy checkpoints: those with an EnsembleActor (algo cql, balanced, awac or sac; CONTRIBUTING.md).
   * Evaluation every --eval-every steps: eval/mc_return is the mean discounted return of the stochastic ensemble
     policy over --eval-episodes episodes in the env (start states from env seeds seed + 10000 + k);
     eval/q_estimate is the FQE value V(s) = E_{a~pi} Q(s, a) (mean over members, twins and 10 sampled actions)
@@ -32,7 +32,7 @@ Choices where the SPEC is silent:
     where the data do not pin Q down and the errors compound through bootstrapping (a CQL policy on a 20k-row
     random-policy Hopper dataset, hidden 64, 30k steps: eval/q_estimate 127 against eval/mc_return 48 and still
     rising), while at gamma 0.9 it matches (10.5 against 9.2-10.6). That optimism is what paper Fig. 1c is about.
-  * Output: SPEC §7 checkpoint with algo "fqe", the same N, actor = the N policy members evaluated, critic = the
+  * Output: a checkpoint (CONTRIBUTING.md) with algo "fqe", the same N, actor = the N policy members evaluated, critic = the
     FQE critics, plus a resume state (target critics, optimizer, RNG states, step, run dir) for --resume.
 
 Usage:
@@ -118,7 +118,7 @@ def fail(message: str):
     raise SystemExit(f"error: {message}")
 
 
-# ---- tasks, environments, scores (SPEC §2) ----
+# ---- tasks, environments, scores (README: D4RL or Minari) ----
 D4RL_TASK = re.compile(r"(halfcheetah|hopper|walker2d)-(random|medium|medium-replay|medium-expert|expert)-v(0|2)")
 GYM_ENV_OF = {"halfcheetah": "HalfCheetah-v4", "hopper": "Hopper-v4", "walker2d": "Walker2d-v4"}
 # D4RL's reference returns (random, expert) used for the normalized score.
@@ -169,7 +169,7 @@ def make_env(env_id: str, seed: int) -> gym.Env:
         kwargs = dict(spec.get("kwargs") or {})
         if spec.get("max_episode_steps") is not None:
             kwargs["max_episode_steps"] = spec["max_episode_steps"]
-    with warnings.catch_warnings():  # gymnasium flags the -v4 envs as old; SPEC §2 explains why we use them
+    with warnings.catch_warnings():  # gymnasium flags the -v4 envs as old; README explains why we use them
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
             env = gym.make(gym_env_id(env_id), **kwargs)
@@ -183,7 +183,7 @@ def make_env(env_id: str, seed: int) -> gym.Env:
     return env
 
 
-# ---- D4RL data path (SPEC §2, §7) ----
+# ---- D4RL data path (README: D4RL or Minari) ----
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl"
 D4RL_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
 
@@ -284,7 +284,8 @@ def load_d4rl_dataset(env_id: str, dataset_path: str | None = None) -> dict[str,
             timeouts = data["timeouts"].astype(bool)
         else:  # v0 without timeouts: an episode times out at its 1000th step (d4rl's episode_step counter)
             episode_start = np.concatenate([[0], np.flatnonzero(terminals[:-1]) + 1])
-            step_in_episode = np.arange(len(terminals)) - episode_start[np.searchsorted(episode_start, np.arange(len(terminals)), side="right") - 1]
+            index = np.arange(len(terminals))
+            step_in_episode = index - episode_start[np.searchsorted(episode_start, index, side="right") - 1]
             timeouts = (step_in_episode + 1) % 1000 == 0
         keep = ~timeouts
         keep[-1] = False
@@ -430,7 +431,7 @@ def check_dataset_matches_env(dataset: dict, env: gym.Env, source: str):
              f"{dataset['actions'].shape[1]} but {env.spec.id} has {obs_dim}/{act_dim}")
 
 
-# ---- vectorized ensemble networks (SPEC §3): weights [N, in, out], one batched matmul per layer ----
+# ---- vectorized ensemble networks (paper §3.2): weights [N, in, out], one batched matmul per layer ----
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 CHECKPOINT_FORMAT = "o2o-ensemble-v1"
 
@@ -490,7 +491,8 @@ def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor):
     """Reparameterized a = tanh(u), u ~ N(mean, std), and log pi(a) with the tanh change of variables."""
     std = log_std.exp()
     u = mean + std * torch.randn_like(mean)
-    log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(u) - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
+    log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(u)
+    log_prob = log_prob - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
     return torch.tanh(u), log_prob.sum(-1)
 
 
@@ -592,7 +594,8 @@ def fqe_loss(critic: nn.Module, critic_target: nn.Module, batch: dict, next_acti
 
 def fqe_update(critic, critic_target, optimizer, batch: dict, gamma: float, tau: float) -> dict:
     """One FQE step of every member. batch holds next_policy_mean/std, the eq. (5) moments at s'. No .item()."""
-    next_actions = torch.tanh(batch["next_policy_mean"] + batch["next_policy_std"] * torch.randn_like(batch["next_policy_mean"]))
+    mean, std = batch["next_policy_mean"], batch["next_policy_std"]
+    next_actions = torch.tanh(mean + std * torch.randn_like(mean))
     loss, info = fqe_loss(critic, critic_target, batch, next_actions, gamma)
     optimizer.zero_grad()
     loss.backward()
@@ -663,7 +666,7 @@ def keep_freed_memory_on_cpu():
 
 
 def load_ensemble_checkpoint(path: str, what: str):
-    """A SPEC §7 checkpoint with every field fqe.py reads (loaded by load_checkpoint: no code runs)."""
+    """A checkpoint (CONTRIBUTING.md: Contracts) with every field fqe.py reads (loaded by load_checkpoint: no code runs)."""
     ckpt = load_checkpoint(path, what)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         fail(f"{what} {path} is not an {CHECKPOINT_FORMAT} checkpoint")
@@ -735,7 +738,7 @@ def main():
         fail(f"policy checkpoint {policy_path}: its actor does not fit an EnsembleActor ({str(err).splitlines()[0]})")
     actor.requires_grad_(False)
 
-    # data (SPEC §2), with the fixed policy's eq. (5) moments at every s' computed once
+    # data (README: D4RL or Minari), with the fixed policy's eq. (5) moments at every s' computed once
     dataset = load_d4rl_dataset(args.env_id, args.dataset_path)
     check_dataset_matches_env(dataset, envs[0], args.dataset_path or args.env_id)
     data = {key: torch.as_tensor(value, device=device) for key, value in dataset.items()}
@@ -794,7 +797,8 @@ def main():
 
     start_time, sps_step = time.time(), start_step
     for step in tqdm(range(start_step, args.steps), initial=start_step, total=args.steps):
-        info = fqe_update(critic, critic_target, optimizer, sample_batch(data, np_rng, n, args.batch_size), args.gamma, args.tau)
+        batch = sample_batch(data, np_rng, n, args.batch_size)
+        info = fqe_update(critic, critic_target, optimizer, batch, args.gamma, args.tau)
         global_step = step + 1  # updates done
         is_eval = global_step % args.eval_every == 0 or global_step == args.steps
         if global_step % args.log_every == 0 or is_eval or global_step % args.checkpoint_every == 0:

@@ -11,7 +11,7 @@ which is how D4RL's random datasets were made. Keys: observations, actions, rewa
 timeouts, next_observations, metadata/*. A time-limit truncation is stored as timeouts=1, terminals=0,
 with the real final observation as next_observations (never the reset observation).
 
-Choices where the SPEC is silent: the actor and temperature are updated every step (as in the original
+Choices where the paper is silent: the actor and temperature are updated every step (as in the original
 SAC, not CleanRL's delayed policy updates); evaluation runs `--eval-episodes` deterministic episodes
 (tanh of the mean) in a separate env seeded with seed + 10_000. The networks are the one-member case of
 the vectorized ensemble used by every script here, so a SAC checkpoint has the same format.
@@ -98,7 +98,7 @@ def fail(message: str):
     raise SystemExit(f"error: {message}")
 
 
-# ---- tasks, environments, scores (SPEC §2) ----
+# ---- tasks, environments, scores (README: D4RL or Minari) ----
 D4RL_TASK = re.compile(r"(halfcheetah|hopper|walker2d)-(random|medium|medium-replay|medium-expert|expert)-v(0|2)")
 GYM_ENV_OF = {"halfcheetah": "HalfCheetah-v4", "hopper": "Hopper-v4", "walker2d": "Walker2d-v4"}
 # D4RL's reference returns (random, expert) used for the normalized score.
@@ -149,7 +149,7 @@ def make_env(env_id: str, seed: int) -> gym.Env:
         kwargs = dict(spec.get("kwargs") or {})
         if spec.get("max_episode_steps") is not None:
             kwargs["max_episode_steps"] = spec["max_episode_steps"]
-    with warnings.catch_warnings():  # gymnasium flags the -v4 envs as old; SPEC §2 explains why we use them
+    with warnings.catch_warnings():  # gymnasium flags the -v4 envs as old; README explains why we use them
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
             env = gym.make(gym_env_id(env_id), **kwargs)
@@ -163,7 +163,7 @@ def make_env(env_id: str, seed: int) -> gym.Env:
     return env
 
 
-# ---- D4RL data path (SPEC §2, §7) ----
+# ---- D4RL data path (README: D4RL or Minari) ----
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl"
 D4RL_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
 
@@ -264,7 +264,8 @@ def load_d4rl_dataset(env_id: str, dataset_path: str | None = None) -> dict[str,
             timeouts = data["timeouts"].astype(bool)
         else:  # v0 without timeouts: an episode times out at its 1000th step (d4rl's episode_step counter)
             episode_start = np.concatenate([[0], np.flatnonzero(terminals[:-1]) + 1])
-            step_in_episode = np.arange(len(terminals)) - episode_start[np.searchsorted(episode_start, np.arange(len(terminals)), side="right") - 1]
+            index = np.arange(len(terminals))
+            step_in_episode = index - episode_start[np.searchsorted(episode_start, index, side="right") - 1]
             timeouts = (step_in_episode + 1) % 1000 == 0
         keep = ~timeouts
         keep[-1] = False
@@ -410,7 +411,7 @@ def check_dataset_matches_env(dataset: dict, env: gym.Env, source: str):
              f"{dataset['actions'].shape[1]} but {env.spec.id} has {obs_dim}/{act_dim}")
 
 
-# ---- vectorized ensemble networks (SPEC §3): weights [N, in, out], one batched matmul per layer ----
+# ---- vectorized ensemble networks (paper §3.2): weights [N, in, out], one batched matmul per layer ----
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 CHECKPOINT_FORMAT = "o2o-ensemble-v1"
 
@@ -470,7 +471,8 @@ def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor):
     """Reparameterized a = tanh(u), u ~ N(mean, std), and log pi(a) with the tanh change of variables."""
     std = log_std.exp()
     u = mean + std * torch.randn_like(mean)
-    log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(u) - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
+    log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(u)
+    log_prob = log_prob - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
     return torch.tanh(u), log_prob.sum(-1)
 
 
@@ -702,7 +704,8 @@ def main():
         critic_target.load_state_dict(state["critic_target"])
         with torch.no_grad():
             log_alpha.copy_(state["log_alpha"])
-        for optimizer, key in ((actor_optimizer, "actor_optimizer"), (q_optimizer, "q_optimizer"), (alpha_optimizer, "alpha_optimizer")):
+        optimizers = ((actor_optimizer, "actor_optimizer"), (q_optimizer, "q_optimizer"), (alpha_optimizer, "alpha_optimizer"))
+        for optimizer, key in optimizers:
             optimizer.load_state_dict(state[key])
         buffer.load_state(state["buffer"])
         if buffer.size and not (buffer.terminals[buffer.size - 1] or buffer.timeouts[buffer.size - 1]):
@@ -734,13 +737,16 @@ def main():
 
     obs, _ = env.reset(seed=args.seed + start_step)
     sps_start, sps_step = time.time(), start_step
-    progress = tqdm(range(start_step, args.total_timesteps), initial=start_step, total=args.total_timesteps, desc="sac", unit="step")
+    progress = tqdm(
+        range(start_step, args.total_timesteps), initial=start_step, total=args.total_timesteps, desc="sac", unit="step"
+    )
     for global_step in progress:
         if learn and global_step < args.learning_starts:
             action = env.action_space.sample()
         else:
             with torch.no_grad():
-                action, _ = tanh_gaussian_sample(*actor(torch.as_tensor(obs, dtype=torch.float32, device=device).view(1, 1, -1)))
+                obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=device).view(1, 1, -1)
+                action, _ = tanh_gaussian_sample(*actor(obs_tensor))
             action = action.view(-1).cpu().numpy()
         next_obs, reward, terminated, truncated, info = env.step(action)
         # next_obs is the real last observation even when the episode ends; we reset only after storing it

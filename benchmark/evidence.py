@@ -169,8 +169,9 @@ def run_campaign(out: Path, workers: int, dry_run: bool, only: list[str]):
                 commands.flush()
                 log = open(ROOT / logs / f"{job.name}.log", "a")
                 print(f"{time.strftime('%H:%M:%S')} start {job.name}", flush=True)
-                running[job.name] = (subprocess.Popen([sys.executable, *command[1:]], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT),
-                                     log)
+                process = subprocess.Popen([sys.executable, *command[1:]], cwd=ROOT, env=env, stdout=log,
+                                           stderr=subprocess.STDOUT)
+                running[job.name] = (process, log)
             if not running:
                 break
             time.sleep(POLL_SECONDS)

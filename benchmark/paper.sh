@@ -82,6 +82,10 @@ list() { echo "${1//,/ }"; }  # "a,b c" -> "a b c"
 parse_args() {
     local select_flag=$1; shift
     while (($#)); do
+        case "$1" in  # every option but the flags takes a value: say which one is missing, not bash's "unbound variable"
+            --suite|--envs|--datasets|--seeds|"--$select_flag"|--python|--out-dir|--checkpoint-dir|--workers|--slurm)
+                [[ $# -ge 2 && -n $2 && $2 != --* ]] || die "$1 needs a value (see --help)" ;;
+        esac
         case "$1" in
             --suite) SUITE=$2; shift 2 ;;
             --envs) ENVS=$(list "$2"); shift 2 ;;
@@ -323,7 +327,7 @@ build_paper_grid() {
                                 --checkpoint "$(cql_checkpoint "$task" "$seed")" --n-ensemble 1 \
                                 --sampling uniform --online-steps "$ONLINE_STEPS" --seed "$seed" \
                                 --save-checkpoint "$CKPT_DIR/sacft_${tag}_seed$seed.pt" --run-dir "$run" ;;
-                        awac)  # SPEC §6: lambda 1.0, except 0.3333 on walker2d-medium-expert (as CORL)
+                        awac)  # lambda 1.0, except 0.3333 on walker2d-medium-expert (as CORL)
                             local lambda=1.0; [[ $task == walker2d-medium-expert-v2 ]] && lambda=0.3333
                             add_job 1 "${tag}__awac__seed$seed" "$PYTHON" awac.py --env-id "$task" \
                                 --n-ensemble "$N_ENSEMBLE" --awac-lambda "$lambda" --offline-steps "$OFFLINE_STEPS" \

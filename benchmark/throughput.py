@@ -297,7 +297,8 @@ def benchmarks(name, mod, args, device, data, rng):
             actor, critic, target = actor_critic(n)
             log_alpha = torch.zeros((), device=device, requires_grad=True)
             opts = adam(actor.parameters(), lr=3e-4), adam(critic.parameters(), lr=3e-4), adam([log_alpha], lr=3e-4)
-            return lambda: mod.update_actor_critic(gather(B), actor, critic, target, log_alpha, *opts, -float(A), 0.99, 5e-3, n)
+            return lambda: mod.update_actor_critic(gather(B), actor, critic, target, log_alpha, *opts, -float(A), 0.99, 5e-3,
+                                                   n)
 
         def make_ratio(n):
             net = mod.DensityRatioNet(S, A, h[0]).to(device)
@@ -332,11 +333,13 @@ def benchmarks(name, mod, args, device, data, rng):
             vae = mod.EnsembleVAE(S, A, 2 * A, vae_h, n).to(device)
             actor = mod.EnsemblePerturbation(S, A, actor_h, n, bcq_args.phi).to(device)
             actor_target = mod.EnsemblePerturbation(S, A, actor_h, n, bcq_args.phi).to(device)
-            critic, critic_target = mod.EnsembleCritic(S, A, critic_h, n).to(device), mod.EnsembleCritic(S, A, critic_h, n).to(device)
+            critic = mod.EnsembleCritic(S, A, critic_h, n).to(device)
+            critic_target = mod.EnsembleCritic(S, A, critic_h, n).to(device)
             actor_target.load_state_dict(actor.state_dict())
             critic_target.load_state_dict(critic.state_dict())
             opts = tuple(adam(net.parameters(), lr=bcq_args.learning_rate) for net in (vae, actor, critic))
-            return lambda: mod.bcq_update(vae, actor, actor_target, critic, critic_target, opts, sample_tuple(data, rng, n, B), bcq_args)
+            return lambda: mod.bcq_update(vae, actor, actor_target, critic, critic_target, opts, sample_tuple(data, rng, n, B),
+                                          bcq_args)
         label = "vae{}/actor{}/critic{}".format(*("-".join(map(str, x)) for x in (vae_h, actor_h, critic_h)))
         return [("bcq_ft.bcq_update", label, make,
                  lambda n: bcq_update_flops(n, S, A, vae_h, actor_h, critic_h, B, k), f"{k} action samples", True)]
@@ -383,8 +386,8 @@ def update_section(name, mod, args, device, data, rng):
             for variant, ts in times.items():
                 extra = [note, check, f"median {1e3 * statistics.median(ts):.3g} ms", load_note(load_before)]
                 if variant == "loop":
-                    extra.insert(0, f"{n} separate 1-member networks"
-                                 + (" = N independent single-member SAC updates (not eq. 5)" if "actor_critic" in label else ""))
+                    independent = " = N independent single-member SAC updates (not eq. 5)" if "actor_critic" in label else ""
+                    extra.insert(0, f"{n} separate 1-member networks" + independent)
                 if "loop" in best:
                     extra.insert(0, f"vectorized/loop speedup {best['loop'] / best['vectorized']:.2f}x")
                 rows.append(make_row(label, device, n, hidden, args.batch_size, variant, best[variant], flops, args.peak,
@@ -447,7 +450,8 @@ def finetune_loop_section(args, device):
     if len(sps) < 2:
         raise SystemExit("error: the fine-tuning loop needs --loop-steps >= 2 * --loop-epoch-length for a steady-state rate")
     seconds = (sps[-1].wall_time - sps[0].wall_time) / (sps[-1].step - sps[0].step)  # per env step, epochs 2..E
-    flops = balanced_update_flops(n, S, A, h, args.batch_size) + density_ratio_flops(S, A, h[0], args.batch_size, args.batch_size)
+    flops = (balanced_update_flops(n, S, A, h, args.batch_size)
+             + density_ratio_flops(S, A, h[0], args.batch_size, args.batch_size))
     notes = (f"env steps/s in updates_per_s (1 env step + 1 density-ratio step + 1 update_actor_critic each); "
              f"steady state over {sps[-1].step - sps[0].step} steps (epochs 2-{len(sps)} of {args.loop_epoch_length}); "
              f"script's own charts/SPS {sps[-1].value:.0f}; end-to-end {wall:.1f} s for {args.loop_steps} steps incl. startup "
@@ -523,8 +527,8 @@ def write_results(rows, args, device, out: Path, target_lines):
     axes[0].set_ylabel("updates per second (log)")
     axes[0].legend(fontsize=8)
     axes[1].set_ylabel("% of measured matmul peak")
-    axes[1].set_xticks(np.arange(len(configs)), [f"{s.replace('.py (', ' (').replace('.', chr(10), 1)}\nN={n}" for s, n in configs],
-                       fontsize=7, rotation=0)
+    ticks = [f"{s.replace('.py (', ' (').replace('.', chr(10), 1)}\nN={n}" for s, n in configs]
+    axes[1].set_xticks(np.arange(len(configs)), ticks, fontsize=7, rotation=0)
     fig.suptitle(f"update throughput on {device.type}" + (f" ({gpu})" if device.type == "cuda" else
                  f" ({torch.get_num_threads()} thread(s), load avg {args.load_start})")
                  + f", matmul peak {args.peak:.0f} GFLOP/s")
@@ -550,8 +554,10 @@ def main():
     parser.add_argument("--act-dim", type=int, default=6, help="action dim (6: HalfCheetah/Walker2d)")
     parser.add_argument("--n-actions", type=int, default=10, help="CQL sampled actions per state and kind")
     parser.add_argument("--loop-n-ensemble", type=int, default=5, help="N of the whole-loop run")
-    parser.add_argument("--loop-steps", type=int, default=None, help="env steps of the whole-loop run (default cpu 300, cuda 4000)")
-    parser.add_argument("--loop-epoch-length", type=int, default=None, help="env steps per epoch there (default cpu 100, cuda 1000)")
+    parser.add_argument("--loop-steps", type=int, default=None,
+                        help="env steps of the whole-loop run (default cpu 300, cuda 4000)")
+    parser.add_argument("--loop-epoch-length", type=int, default=None,
+                        help="env steps per epoch there (default cpu 100, cuda 1000)")
     parser.add_argument("--loop-dataset-size", type=int, default=None, help="synthetic dataset rows (default 1,000,000)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--default-malloc", action="store_true",

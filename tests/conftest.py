@@ -1,4 +1,6 @@
-"""Shared pytest fixtures: a tiny D4RL-format dataset and a helper that runs a script as a user would."""
+"""Shared pytest fixtures: a tiny D4RL-format dataset, a helper that runs a script as a user would, and one that
+imports a script (or a benchmark tool) as a module."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -10,6 +12,19 @@ import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative_path: str, module_name: str | None = None):
+    """Import a repository file ("awac", "cql_pretrain.py", "benchmark/plot.py") as a fresh module; main() does not run.
+
+    module_name (default: the file's stem) lets a test file hold its own copy, so what it patches stays its own."""
+    path = REPO_ROOT / relative_path
+    if path.suffix != ".py":
+        path = path.with_name(path.name + ".py")
+    spec = importlib.util.spec_from_file_location(module_name or path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -8,11 +8,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, write_d4rl_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-sys.path.insert(0, str(REPO_ROOT))
-import awac  # noqa: E402
+from conftest import REPO_ROOT, load_script, write_d4rl_file
+
+awac = load_script("awac")
 
 TINY = ["--env-id", "Hopper-v4", "--n-ensemble", "2", "--hidden-dim", "16", "--batch-size", "32",
         "--eval-episodes", "1", "--log-every", "50", "--eval-every", "100"]

@@ -1,6 +1,5 @@
 """Tests of balanced_finetune.py: sum-tree, eq. (4)/(5) pieces against independent formulas, end-to-end runs
 from a cql_pretrain.py checkpoint in every sampling mode, error messages, SIGKILL + --resume, determinism."""
-import importlib.util
 import inspect
 import math
 import os
@@ -15,13 +14,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, load_script
 
-spec = importlib.util.spec_from_file_location("balanced_finetune", REPO_ROOT / "balanced_finetune.py")
-bf = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bf)
+bf = load_script("balanced_finetune")
 
-SPEC4_TAGS = {"eval/normalized_score", "eval/return", "balanced/offline_fraction", "balanced/auroc",
+PAPER_TAGS = {"eval/normalized_score", "eval/return", "balanced/offline_fraction", "balanced/auroc",
               "balanced/w_offline", "balanced/w_online", "charts/alpha", "charts/SPS"}
 TINY = ["--env-id", "Hopper-v4", "--n-ensemble", "2", "--epoch-length", "100", "--first-epoch-multiplier", "2",
         "--batch-size", "32", "--ratio-batch-size", "32", "--hidden-dim", "32", "--eval-episodes", "1", "--no-cuda"]
@@ -141,9 +138,7 @@ def test_ensemble_moments_std_clamped_like_a_members():
 def test_ensemble_moments_is_one_copy_in_every_script():
     sources = set()
     for script in ("balanced_finetune", "cql_pretrain", "fqe", "awac"):
-        module_spec = importlib.util.spec_from_file_location(f"{script}_moments", REPO_ROOT / f"{script}.py")
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        module = load_script(script, f"{script}_moments")
         sources.add(inspect.getsource(module.ensemble_moments))
     assert len(sources) == 1
 
@@ -260,7 +255,7 @@ def test_unwritable_checkpoint_path_fails_at_start(tmp_path):
 def test_interrupted_checkpoint_write_keeps_previous(tmp_path):
     path = tmp_path / "ft.pt"
     bf.save_checkpoint(str(path), {"step": 1})
-    with pytest.raises(Exception):  # the write dies half-way (an unpicklable value) before the rename
+    with pytest.raises(Exception):  # noqa: B017  the write dies half-way (an unpicklable value) before the rename
         bf.save_checkpoint(str(path), {"step": 2, "broken": lambda: None})
     assert torch.load(path, weights_only=True)["step"] == 1
 
@@ -342,7 +337,7 @@ def tiny_runs(tmp_path_factory, tiny_hopper_dataset, cql_checkpoint):
 def test_end_to_end_every_sampling_mode(tiny_runs, sampling):
     folder, result = tiny_runs(sampling, sampling)
     logged = scalars(folder / "run")
-    assert SPEC4_TAGS <= set(logged)
+    assert PAPER_TAGS <= set(logged)
     assert {"losses/qf_loss", "losses/actor_loss", "losses/alpha_loss", "losses/density_ratio_loss"} <= set(logged)
     assert [s for s, _ in logged["eval/normalized_score"]] == [0, 100, 200, 300]  # epoch 0 = pretrained policy
     assert [s for s, _ in logged["balanced/offline_fraction"]] == [100, 200, 300]
@@ -358,7 +353,7 @@ def test_end_to_end_every_sampling_mode(tiny_runs, sampling):
     else:
         assert all(0.0 < f < 1.0 for f in fractions)
     assert "before fine-tuning" in result.stdout
-    # the saved ensemble is in the SPEC §7 format and loads with strict=True into the shared-block classes
+    # the saved ensemble is in CONTRIBUTING.md's checkpoint format and loads with strict=True into the shared-block classes
     saved = torch.load(folder / "out" / "ft.pt", weights_only=True)
     assert (saved["format"], saved["algo"], saved["n_ensemble"], saved["step"]) == ("o2o-ensemble-v1", "balanced", 2, 300)
     bf.EnsembleActor(11, 3, saved["hidden_sizes"], 2).load_state_dict(saved["actor"], strict=True)

@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, write_d4rl_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-sys.path.insert(0, str(REPO_ROOT))
-import bcq_ft  # noqa: E402
+from conftest import REPO_ROOT, load_script, write_d4rl_file
+
+bcq_ft = load_script("bcq_ft")
 
 TINY = ["--env-id", "Hopper-v4", "--n-ensemble", "2", "--hidden-dim", "16", "--batch-size", "32",
         "--eval-episodes", "1", "--log-every", "50", "--eval-every", "100"]

@@ -4,7 +4,6 @@ The shell scripts are exercised with a stub in place of python (--python STUB) t
 commands are checked as they would really be executed, without training anything.
 """
 import csv
-import importlib.util
 import itertools
 import os
 import re
@@ -14,6 +13,8 @@ import sys
 
 import numpy as np
 import pytest
+
+from conftest import load_script
 
 ENVS = ["halfcheetah", "hopper", "walker2d"]
 DATASETS = ["random", "medium", "medium-replay", "medium-expert"]
@@ -121,7 +122,8 @@ def test_paper_subsets_options_and_errors(repo_root, tmp_path):
     stages = dry_run_stages(result.stdout)
     assert sorted(stages) == [0, 2] and [flag(c, "seed") for c in stages[2]] == ["7", "8"]
     for bad_args, message in [(["--methods", "ours,ppo"], "unknown method 'ppo'"), (["--envs", "ant"], "unknown env"),
-                              (["--workers", "0"], "--workers"), (["--frobnicate"], "unknown option")]:
+                              (["--workers", "0"], "--workers"), (["--frobnicate"], "unknown option"),
+                              (["--slurm"], "--slurm needs a value"), (["--envs", "--seeds", "1"], "--envs needs a value")]:
         result = bash(repo_root, "paper.sh", "--dry-run", *bad_args)
         assert result.returncode != 0 and message in result.stderr, (bad_args, result.stderr)
 
@@ -382,9 +384,7 @@ def test_plot_writes_figures_and_exact_aggregates(repo_root, tmp_path):
 
 def test_plot_explicit_method_globs(repo_root, tmp_path, capsys):
     logged = write_runs(tmp_path / "runs")
-    spec = importlib.util.spec_from_file_location("plot", repo_root / "benchmark" / "plot.py")
-    plot = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plot)
+    plot = load_script("benchmark/plot")
     out = tmp_path / "out"
     plot.main([f"--method=Ours, seed 0 only={tmp_path}/runs/*__ours__seed0", f"--method=AWAC (N=5)={tmp_path}/runs/*awac*",
                "--figures", "fig3", "--formats", "png", "--include-offline", "--out-dir", str(out)])

@@ -11,7 +11,6 @@ Speed: the scripts' main() run in-process at tiny sizes (fail() raises SystemExi
 in test_reliability.py); real processes check the stderr and exit status of a refused checkpoint and a short download.
 """
 import http.server
-import importlib.util
 import os
 import pickle
 import re
@@ -23,24 +22,22 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import REPO_ROOT, load_script
 
 SCRIPTS = ("cql_pretrain", "fqe", "balanced_finetune", "awac", "bcq_ft", "sac")
 FORMAT = "o2o-ensemble-v1"
 HIDDEN = 16
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"safety_{name}", REPO_ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load_own_copy(name):
+    return load_script(name, f"safety_{name}")
 
 
 @pytest.fixture(scope="module")
 def mods():
-    return {name: load_script(name) for name in SCRIPTS}
+    return {name: load_own_copy(name) for name in SCRIPTS}
 
 
 @pytest.fixture(autouse=True)
@@ -295,9 +292,9 @@ def test_every_checkpoint_kind_loads_restricted_converts_and_resumes_exactly(scr
     resume = argv + ["--resume"]
     if OLD_NUMPY[script]:
         message = run_main(module, resume, monkeypatch, converted)
-        assert message == (f"error: checkpoint ck.pt holds numpy arrays: it was written by an older version of this "
-                           f"project and was not loaded; if you trust the file, convert it once with: "
-                           f"python benchmark/convert_checkpoint.py ck.pt"), message
+        assert message == ("error: checkpoint ck.pt holds numpy arrays: it was written by an older version of this "
+                           "project and was not loaded; if you trust the file, convert it once with: "
+                           "python benchmark/convert_checkpoint.py ck.pt"), message
     done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmark" / "convert_checkpoint.py"), "ck.pt"],
                           cwd=converted, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

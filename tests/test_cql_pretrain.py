@@ -1,6 +1,5 @@
 """cql_pretrain.py: eq. (3) against a plain per-state computation, member independence, the D4RL loader and its
 errors, checkpoints, determinism, and resume after a real SIGKILL."""
-import importlib.util
 import math
 import os
 import signal
@@ -11,18 +10,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, write_d4rl_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from conftest import REPO_ROOT, load_script, write_d4rl_file
 
-def load_module():
-    spec = importlib.util.spec_from_file_location("cql_pretrain", REPO_ROOT / "cql_pretrain.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-cql = load_module()
+cql = load_script("cql_pretrain")
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +73,8 @@ def test_critic_loss_matches_unvectorized_eq3():
                 j = b * n_actions + k
                 values.append(plain_q(critic, twin, s, samples["random_actions"][0, j]) - log_uniform)
                 values.append(plain_q(critic, twin, s, samples["pi_actions"][0, j]) - float(samples["pi_log_probs"][0, j]))
-                values.append(plain_q(critic, twin, s, samples["next_pi_actions"][0, j]) - float(samples["next_pi_log_probs"][0, j]))
+                next_q = plain_q(critic, twin, s, samples["next_pi_actions"][0, j])
+                values.append(next_q - float(samples["next_pi_log_probs"][0, j]))
             assert len(values) == 3 * n_actions
             top = max(values)
             lse.append(top + math.log(sum(math.exp(v - top) for v in values)))
@@ -90,7 +83,8 @@ def test_critic_loss_matches_unvectorized_eq3():
         expected += alpha_cql * (np.mean(lse) - np.mean(q_data)) + np.mean(sq_err)
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-5, abs=1e-5)
     # the sampled actions come from the right distributions
-    assert samples["random_actions"].abs().max() <= 1 and samples["random_actions"].shape == (1, batch_size * n_actions, act_dim)
+    assert samples["random_actions"].abs().max() <= 1
+    assert samples["random_actions"].shape == (1, batch_size * n_actions, act_dim)
     assert not samples["pi_actions"].requires_grad
 
 
@@ -149,9 +143,11 @@ def test_update_moves_every_member():
     target = cql.EnsembleCritic(obs_dim, act_dim, [8, 8], n)
     target.load_state_dict(critic.state_dict())
     log_alpha = torch.zeros(n, requires_grad=True)
-    opts = [torch.optim.Adam(actor.parameters(), 1e-3), torch.optim.Adam(critic.parameters(), 1e-3), torch.optim.Adam([log_alpha], 1e-3)]
+    opts = [torch.optim.Adam(actor.parameters(), 1e-3), torch.optim.Adam(critic.parameters(), 1e-3),
+            torch.optim.Adam([log_alpha], 1e-3)]
     before = [p.detach().clone() for p in [*actor.parameters(), *critic.parameters()]]
-    info = cql.cql_update(actor, critic, target, log_alpha, *opts, random_batch(n, 16, obs_dim, act_dim), 0.99, 5e-3, 5.0, 3, -2.0)
+    batch = random_batch(n, 16, obs_dim, act_dim)
+    info = cql.cql_update(actor, critic, target, log_alpha, *opts, batch, 0.99, 5e-3, 5.0, 3, -2.0)
     after = [*actor.parameters(), *critic.parameters()]
     for b, a in zip(before, after):
         assert all(not torch.equal(b[i], a[i]) for i in range(a.shape[0]))
@@ -237,8 +233,8 @@ def test_d4rl_name_without_cache_or_network(run_script, tmp_path):
     # a proxy that refuses connections makes the download fail fast (and never downloads 100s of MB in CI)
     proxy = {"http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
     proc = run_script("cql_pretrain.py", "--env-id", "hopper-medium-v2", "--offline-steps", "1", env_vars=proxy)
-    assert_clean_error(proc, str(tmp_path / "d4rl_cache" / "hopper_medium-v2.hdf5"),
-                       "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/hopper_medium-v2.hdf5", "--dataset-path")
+    url = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/hopper_medium-v2.hdf5"
+    assert_clean_error(proc, str(tmp_path / "d4rl_cache" / "hopper_medium-v2.hdf5"), url, "--dataset-path")
 
 
 def test_dataset_dims_must_match_env(run_script, tmp_path):
@@ -300,10 +296,12 @@ def runs(tmp_path_factory, tiny_hopper_dataset):
 def test_checkpoint_has_spec_fields_and_loads_strict(runs):
     root = runs[0]
     ckpt = torch.load(root / "a.pt", weights_only=True)
-    for key in ("format", "algo", "env_id", "obs_dim", "act_dim", "n_ensemble", "hidden_sizes", "actor", "critic", "step", "args", "resume"):
+    for key in ("format", "algo", "env_id", "obs_dim", "act_dim", "n_ensemble", "hidden_sizes", "actor", "critic", "step",
+                "args", "resume"):
         assert key in ckpt
     assert (ckpt["format"], ckpt["algo"], ckpt["env_id"]) == ("o2o-ensemble-v1", "cql", "Hopper-v4")
-    assert (ckpt["obs_dim"], ckpt["act_dim"], ckpt["n_ensemble"], ckpt["hidden_sizes"], ckpt["step"]) == (11, 3, 2, [32, 32], 600)
+    dims = (ckpt["obs_dim"], ckpt["act_dim"], ckpt["n_ensemble"], ckpt["hidden_sizes"], ckpt["step"])
+    assert dims == (11, 3, 2, [32, 32], 600)
     assert ckpt["args"]["n_ensemble"] == 2
     actor, critic = cql.EnsembleActor(11, 3, [32, 32], 2), cql.EnsembleCritic(11, 3, [32, 32], 2)
     actor.load_state_dict(ckpt["actor"], strict=True)
@@ -340,7 +338,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(runs):
 
 def test_resume_with_other_n_is_an_error(runs, tiny_hopper_dataset):
     root = runs[0]
-    cmd, env = script_command(*TINY, "--dataset-path", tiny_hopper_dataset, "--checkpoint", "a.pt", "--resume", "--n-ensemble", "3")
+    cmd, env = script_command(*TINY, "--dataset-path", tiny_hopper_dataset, "--checkpoint", "a.pt", "--resume",
+                              "--n-ensemble", "3")
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=120)
     assert_clean_error(proc, "n_ensemble=2", "n_ensemble=3")
 
@@ -363,7 +362,8 @@ def test_bc_warmup_clones_the_data_actions():
     actor, critic = cql.EnsembleActor(obs_dim, act_dim, [16, 16], n), cql.EnsembleCritic(obs_dim, act_dim, [16, 16], n)
     target = cql.EnsembleCritic(obs_dim, act_dim, [16, 16], n)
     log_alpha = torch.full((n,), -5.0, requires_grad=True)  # small alpha: the clone is sharp
-    opts = [torch.optim.Adam(actor.parameters(), 1e-2), torch.optim.Adam(critic.parameters(), 1e-3), torch.optim.Adam([log_alpha], 0.0)]
+    opts = [torch.optim.Adam(actor.parameters(), 1e-2), torch.optim.Adam(critic.parameters(), 1e-3),
+            torch.optim.Adam([log_alpha], 0.0)]
     batch = random_batch(n, 32, obs_dim, act_dim)
     batch["actions"] = torch.tensor([0.5, -0.3]).expand(n, 32, act_dim).clone()
     for _ in range(300):

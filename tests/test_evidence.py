@@ -1,19 +1,15 @@
 """benchmark/make_datasets.py (D4RL recipes at CPU scale) and benchmark/evidence.py (the restartable campaign)."""
-import importlib.util
 import sys
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import load_script
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmark" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"benchmark/{name}")
 
 
 make_datasets = load("make_datasets")
@@ -95,7 +91,7 @@ def test_campaign_arms_share_every_setting(tmp_path):
     assert len(names) == len(set(names))
     finetune = [job for job in all_jobs if "balanced_finetune.py" in job.command]
     for job in finetune:
-        value = lambda flag: job.command[job.command.index(flag) + 1]  # noqa: E731
+        value = lambda flag, job=job: job.command[job.command.index(flag) + 1]
         assert value("--online-steps") == "50000" and value("--eval-episodes") == "10", job.name
     for arm in evidence.FINETUNE_ARMS:
         assert {n for n in names if n.startswith(f"medium_{arm}_s")} == {f"medium_{arm}_s{s}" for s in evidence.SEEDS}

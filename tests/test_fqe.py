@@ -1,5 +1,4 @@
 """fqe.py: convergence to closed-form values, the TD target, bad policy checkpoints, and resume after SIGKILL."""
-import importlib.util
 import os
 import signal
 import subprocess
@@ -9,18 +8,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, write_d4rl_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from conftest import REPO_ROOT, load_script, write_d4rl_file
 
-def load_module():
-    spec = importlib.util.spec_from_file_location("fqe", REPO_ROOT / "fqe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fqe = load_module()
+fqe = load_script("fqe")
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +26,7 @@ OBS_DIM, ACT_DIM = 11, 3  # Hopper-v4
 
 
 def write_policy(path, n_members=2, hidden=16, env_id="Hopper-v4", obs_dim=OBS_DIM, act_dim=ACT_DIM, algo="cql"):
-    """A SPEC §7 checkpoint holding a random ensemble policy, written without running cql_pretrain.py."""
+    """A checkpoint (CONTRIBUTING.md: Contracts) holding a random ensemble policy, written without running cql_pretrain.py."""
     torch.manual_seed(0)
     actor = fqe.EnsembleActor(obs_dim, act_dim, [hidden, hidden], n_members)
     critic = fqe.EnsembleCritic(obs_dim, act_dim, [hidden, hidden], n_members)
@@ -138,7 +130,8 @@ def test_bad_policy_checkpoint(run_script, tmp_path, monkeypatch, tiny_hopper_da
         extra = ["--n-ensemble", "3"]
     elif case == "fqe_as_policy":
         write_policy(path, algo="fqe")
-    args = ["--env-id", "Hopper-v4", "--dataset-path", tiny_hopper_dataset, "--policy-checkpoint", path, "--steps", "10", *extra]
+    args = ["--env-id", "Hopper-v4", "--dataset-path", tiny_hopper_dataset, "--policy-checkpoint", path, "--steps", "10",
+            *extra]
     if case == "not_a_checkpoint":  # one case as a user sees it: one line, no traceback
         proc = run_script("fqe.py", *args)
         assert proc.returncode != 0
@@ -230,7 +223,8 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(monkeypatch, tmp_path):
 def test_unwritable_checkpoint_fails_at_startup(monkeypatch, tmp_path, tiny_hopper_dataset):
     (tmp_path / "a_file").write_text("x")
     message = run_main(monkeypatch, tmp_path, "--env-id", "Hopper-v4", "--dataset-path", tiny_hopper_dataset,
-                       "--policy-checkpoint", write_policy(tmp_path / "policy.pt"), "--checkpoint", tmp_path / "a_file" / "fqe.pt")
+                       "--policy-checkpoint", write_policy(tmp_path / "policy.pt"),
+                       "--checkpoint", tmp_path / "a_file" / "fqe.pt")
     assert message.startswith("error: cannot write checkpoint")
 
 

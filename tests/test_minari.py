@@ -8,7 +8,6 @@ No network: datasets are written here with h5py and json, in Minari's layout
 points at a temporary root. Cases run in-process where that is enough (a SystemExit carrying one 'error: ...' line is
 what the real process prints with exit status 1, see test_reliability.py); one subprocess checks the real exit.
 """
-import importlib.util
 import json
 import os
 import subprocess
@@ -20,8 +19,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import REPO_ROOT, load_script
 
 DATASET_SCRIPTS = ("cql_pretrain", "fqe", "balanced_finetune", "awac", "bcq_ft")
 DATASET_ID = "mujoco/hopper/tiny-v0"
@@ -29,16 +29,13 @@ REF_MIN, REF_MAX = -20.0, 3000.0  # not D4RL's hopper references (-20.272305, 32
 MAX_EPISODE_STEPS = 40  # the env_spec's time limit (Hopper-v5's own is 1000): make_env must apply it
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"minari_{name}", REPO_ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load_own_copy(name):
+    return load_script(name, f"minari_{name}")
 
 
 @pytest.fixture(scope="module")
 def mods():
-    return {name: load_script(name) for name in DATASET_SCRIPTS}
+    return {name: load_own_copy(name) for name in DATASET_SCRIPTS}
 
 
 @pytest.fixture(autouse=True)
@@ -239,7 +236,7 @@ def test_pretrain_and_finetune_end_to_end(pretrained):
     assert finetuned["env_id"] == DATASET_ID and finetuned["step"] == 200
     # the online episodes ran under the dataset's env_spec: none longer than its 40-step limit (Hopper-v5's is 1000)
     online = finetuned["resume"]["online"]
-    breaks = np.any(online["next_observations"][:-1] != online["observations"][1:], 1)
+    breaks = np.asarray(online["next_observations"][:-1] != online["observations"][1:]).any(1)
     starts = np.flatnonzero(np.concatenate([[True], breaks]))
     lengths = np.diff(np.append(starts, len(online["observations"])))
     assert len(online["observations"]) == 200 and online["observations"].shape[1] == 11
@@ -254,7 +251,7 @@ def test_pretrain_and_finetune_end_to_end(pretrained):
 
 def test_sac_from_scratch_in_a_minari_datasets_env(use_root, tmp_path, monkeypatch):
     """paper.sh --suite minari runs sac.py with a Minari id: the dataset's env (-v5, its time limit) and scores."""
-    sac = load_script("sac")
+    sac = load_own_copy("sac")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["sac.py", "--env-id", DATASET_ID, "--total-timesteps", "60", "--learning-starts",
                                       "20", "--batch-size", "8", "--hidden-dim", "16", "--eval-every", "60",
@@ -299,7 +296,7 @@ def test_checkpoint_of_another_environment_is_refused(mods, pretrained, use_root
     # same environment, other dataset: allowed (a gymnasium id with --dataset-path, or another Minari dataset of v5)
     v5_ckpt = tmp_path / "cql_v5.pt"
     torch.save(dict(torch.load(minari_ckpt, weights_only=False), env_id="Hopper-v5"), v5_ckpt)
-    loaded = mods["balanced_finetune"].load_ensemble_checkpoint(str(v5_ckpt), "", DATASET_ID, 11, 3, 1, "cpu")
+    loaded = mods["balanced_finetune"].load_ensemble_checkpoint(str(v5_ckpt), "", DATASET_ID, 11, 3, 1)
     assert loaded["n_ensemble"] == 2 and loaded["actor"]["net.0.weight"].shape[0] == 1
 
 

@@ -10,7 +10,6 @@ Covered elsewhere, not repeated here: a NaN/inf loss stopping the run (tests of 
 awac; bcq_ft and sac are covered below), same seed -> identical logged values (tests of every script; fqe's through
 its SIGKILL test, which compares a resumed run with a same-seed uninterrupted one), SIGKILL + --resume (every script).
 """
-import importlib.util
 import inspect
 import os
 import re
@@ -21,7 +20,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, write_d4rl_file
+
+from conftest import REPO_ROOT, load_script, write_d4rl_file
 
 SCRIPTS = ("sac", "cql_pretrain", "fqe", "balanced_finetune", "awac", "bcq_ft")
 DATASET_SCRIPTS = ("cql_pretrain", "fqe", "balanced_finetune", "awac", "bcq_ft")
@@ -29,16 +29,13 @@ HIDDEN = 16
 FORMAT = "o2o-ensemble-v1"
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"reliability_{name}", REPO_ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load_own_copy(name):
+    return load_script(name, f"reliability_{name}")
 
 
 @pytest.fixture(scope="module")
 def mods():
-    return {name: load_script(name) for name in SCRIPTS}
+    return {name: load_own_copy(name) for name in SCRIPTS}
 
 
 @pytest.fixture(autouse=True)
@@ -84,7 +81,8 @@ def files(tmp_path_factory, tiny_hopper_dataset, base_arrays):
     out["no_actions_key"] = write_d4rl_file(folder / "no_actions.hdf5", **base_arrays)
     with h5py.File(out["no_actions_key"], "a") as f:
         del f["actions"]
-    out["short_rewards"] = write_d4rl_file(folder / "short_rewards.hdf5", **dict(base_arrays, rewards=base_arrays["rewards"][:-7]))
+    out["short_rewards"] = write_d4rl_file(folder / "short_rewards.hdf5",
+                                           **dict(base_arrays, rewards=base_arrays["rewards"][:-7]))
     out["two_column_rewards"] = write_d4rl_file(folder / "two_column_rewards.hdf5",
                                                 **dict(base_arrays, rewards=np.zeros((300, 2))))
     for key in ("observations", "actions", "rewards"):
@@ -212,14 +210,17 @@ def test_dataset_dims_must_match_env(script, mods, files, ckpts, tmp_path, monke
 # ---------------------------------------------------------------------------------
 # checkpoints of another format / algorithm / env / N
 # ---------------------------------------------------------------------------------
-FORMAT_MSG = rf"not an {FORMAT} checkpoint|format None, expected '{FORMAT}'|not in format {FORMAT}|not a resumable|not a sac\.py checkpoint"
+FORMAT_MSG = (rf"not an {FORMAT} checkpoint|format None, expected '{FORMAT}'|not in format {FORMAT}|not a resumable"
+              r"|not a sac\.py checkpoint")
 RESUME_CASES = {  # script -> {checkpoint at the resume path: regex the message must match ({p}: that path)}
     "cql_pretrain": {"text": r"cannot read checkpoint {p}", "raw": FORMAT_MSG, "fqe": r"{p} has algo='fqe'",
-                     "cql_walker": r"{p} has env_id='Walker2d-v4'", "cql": r"{p} has n_ensemble=2 but this run has n_ensemble=1"},
+                     "cql_walker": r"{p} has env_id='Walker2d-v4'",
+                     "cql": r"{p} has n_ensemble=2 but this run has n_ensemble=1"},
     "fqe": {"text": r"cannot read checkpoint {p}", "raw": FORMAT_MSG, "cql": r"{p} has algo='cql'",
             "fqe_walker": r"{p} has env_id='Walker2d-v4'", "fqe_n1": r"{p} has n_ensemble=1 but this run has n_ensemble=2"},
     "balanced_finetune": {"text": r"cannot read checkpoint {p}", "raw": FORMAT_MSG, "cql": r"{p} is not a resumable balanced",
-                          "balanced_walker": r"{p} was made for --env-id 'Walker2d-v4', this run has 'Hopper-v4'", "balanced_n3": r"{p} holds 3 members"},
+                          "balanced_walker": r"{p} was made for --env-id 'Walker2d-v4', this run has 'Hopper-v4'",
+                          "balanced_n3": r"{p} holds 3 members"},
     "awac": {"text": r"cannot read checkpoint {p}", "raw": FORMAT_MSG, "cql": r"{p} has algo='cql'",
              "awac_walker": r"{p} has env_id='Walker2d-v4'", "awac_n2": r"{p} has n_ensemble=2 but this run has 1"},
     "bcq_ft": {"text": r"cannot read checkpoint {p}", "raw": FORMAT_MSG, "cql": r"{p} has algo='cql'",
@@ -263,17 +264,21 @@ LOADED_CASES = [  # (script, flag, checkpoint, extra args, regex ({p}: the check
     ("fqe", "--policy-checkpoint", "text", [], r"cannot read policy checkpoint {p}"),
     ("fqe", "--policy-checkpoint", "raw", [], r"policy checkpoint {p} is not an " + FORMAT),
     ("fqe", "--policy-checkpoint", "fqe", [], r"policy checkpoint {p} has algo 'fqe'"),
-    ("fqe", "--policy-checkpoint", "cql_walker", [], r"policy checkpoint {p} is for 'Walker2d-v4'.*not for --env-id 'Hopper-v4'"),
+    ("fqe", "--policy-checkpoint", "cql_walker", [],
+     r"policy checkpoint {p} is for 'Walker2d-v4'.*not for --env-id 'Hopper-v4'"),
     ("fqe", "--policy-checkpoint", "cql", ["--n-ensemble", "3"], r"--n-ensemble 3 but policy checkpoint {p} holds 2"),
     ("balanced_finetune", "--checkpoint", "text", [], r"cannot read checkpoint {p}"),
     ("balanced_finetune", "--checkpoint", "raw", [], r"checkpoint {p} has format None, expected '" + FORMAT),
     ("balanced_finetune", "--checkpoint", "fqe", [], r"--checkpoint {p} is an fqe\.py checkpoint"),
-    ("balanced_finetune", "--checkpoint", "cql_walker", [], r"checkpoint {p} was trained for 'Walker2d-v4', not for --env-id 'Hopper-v4'"),
+    ("balanced_finetune", "--checkpoint", "cql_walker", [],
+     r"checkpoint {p} was trained for 'Walker2d-v4', not for --env-id 'Hopper-v4'"),
     ("balanced_finetune", "--checkpoint", "cql", ["--n-ensemble", "3"], r"--n-ensemble 3 but checkpoint {p} holds 2"),
     ("balanced_finetune", "--fqe-checkpoint", "text", ["--q-init", "fqe"], r"cannot read checkpoint {p}"),
     ("balanced_finetune", "--fqe-checkpoint", "raw", ["--q-init", "fqe"], r"checkpoint {p} has format None"),
-    ("balanced_finetune", "--fqe-checkpoint", "cql", ["--q-init", "fqe"], r"--fqe-checkpoint {p} has algo 'cql', expected 'fqe'"),
-    ("balanced_finetune", "--fqe-checkpoint", "fqe_walker", ["--q-init", "fqe"], r"checkpoint {p} was trained for 'Walker2d-v4'"),
+    ("balanced_finetune", "--fqe-checkpoint", "cql", ["--q-init", "fqe"],
+     r"--fqe-checkpoint {p} has algo 'cql', expected 'fqe'"),
+    ("balanced_finetune", "--fqe-checkpoint", "fqe_walker", ["--q-init", "fqe"],
+     r"checkpoint {p} was trained for 'Walker2d-v4'"),
     ("balanced_finetune", "--fqe-checkpoint", "fqe_n1", ["--q-init", "fqe"], r"--n-ensemble 2 but checkpoint {p} holds 1"),
 ]
 

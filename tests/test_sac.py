@@ -1,5 +1,4 @@
 """sac.py: TensorBoard tags, the D4RL-format dataset it writes, time-limit handling, scores, errors, resume."""
-import importlib.util
 import os
 import signal
 import subprocess
@@ -12,16 +11,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, load_script
 
 TINY = ["--batch-size", "32", "--hidden-dim", "16", "--eval-episodes", "1", "--no-cuda"]
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), REPO_ROOT / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 sac = load_script("sac.py")

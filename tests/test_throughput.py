@@ -1,6 +1,5 @@
 """benchmark/throughput.py: a --quick CPU run writes the CSV it promises, and the analytic FLOP counts are right."""
 import csv
-import importlib.util
 import math
 import os
 import subprocess
@@ -9,16 +8,15 @@ import sys
 import pytest
 import torch
 
+from conftest import load_script
+
 COLUMNS = ["script", "device", "N", "hidden", "batch", "variant", "updates_per_s", "ms_per_update", "gflop_per_update",
            "achieved_gflops", "peak_gflops", "share_of_peak", "notes"]
 
 
 @pytest.fixture(scope="module")
 def throughput(repo_root):
-    spec = importlib.util.spec_from_file_location("throughput", repo_root / "benchmark" / "throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmark/throughput")
 
 
 def read_rows(path):
