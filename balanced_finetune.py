@@ -196,6 +196,71 @@ def initial_p_max(dataset_size: int, init_online_fraction: float) -> float:
     return dataset_size * f / ((1.0 - f) * 1000.0)
 
 
+class BalancedReplayBuffer:
+    """The one buffer of balanced replay: offline rows [0, M), then online rows [M, M + online_steps); nothing is ever
+    overwritten. Host numpy arrays hold the online data (checkpointed as tensors), device tensors mirror every row for
+    sampling, and with --sampling balanced a sum-tree holds every row's priority (offline 1, online p_max)."""
+
+    KEYS = ("observations", "actions", "rewards", "next_observations", "terminals")
+
+    def __init__(self, dataset: dict, online_steps: int, balanced: bool, init_online_fraction: float, device):
+        self.dataset_size = M = len(dataset["observations"])
+        obs_dim, act_dim = dataset["observations"].shape[1], dataset["actions"].shape[1]
+        self.online = {
+            "observations": np.zeros((online_steps, obs_dim), np.float32),
+            "actions": np.zeros((online_steps, act_dim), np.float32),
+            "rewards": np.zeros(online_steps, np.float32),
+            "next_observations": np.zeros((online_steps, obs_dim), np.float32),
+            "terminals": np.zeros(online_steps, np.float32),
+        }
+        capacity = M + online_steps
+        self.storage = {key: torch.zeros((capacity, *value.shape[1:]), device=device) for key, value in self.online.items()}
+        for key in self.storage:
+            self.storage[key][:M] = torch.as_tensor(dataset[key], device=device)
+        self.tree = SumTree(capacity) if balanced else None
+        if balanced:
+            self.tree.set_all(np.ones(M))  # offline priority 1
+        self.p_max = initial_p_max(M, init_online_fraction)
+        self.device = device
+
+    def add(self, row: int, obs, action, reward, next_obs, terminated: bool):
+        online = self.online
+        online["observations"][row], online["actions"][row], online["rewards"][row] = obs, action, reward
+        online["next_observations"][row], online["terminals"][row] = next_obs, float(terminated)  # timeouts not terminal
+
+    def publish(self, start: int, end: int):
+        """Online rows [start, end) to the device, entering the sum-tree with p_max."""
+        M = self.dataset_size
+        for key in self.storage:
+            rows = self.online[key][start:end]
+            self.storage[key][M + start:M + end] = torch.as_tensor(rows, device=self.device)
+        if self.tree is not None:
+            new_rows = np.arange(M + start, M + end)
+            self.tree.update(new_rows, np.full(len(new_rows), self.p_max))  # online transitions enter with p_max
+
+    def set_priorities(self, indices: np.ndarray, priorities: np.ndarray):
+        self.tree.update(indices, priorities)  # only the drawn leaves change; p_max never decreases
+        self.p_max = max(self.p_max, float(priorities.max()))
+
+    def gather(self, indices: np.ndarray):
+        idx = torch.from_numpy(indices).to(self.device, non_blocking=True)
+        return tuple(self.storage[key][idx] for key in self.KEYS)
+
+    def state_dict(self, n_online: int) -> dict:
+        return {"online": {key: torch.from_numpy(value[:n_online].copy()) for key, value in self.online.items()},
+                "tree_leaves": torch.from_numpy(self.tree.get(np.arange(self.dataset_size + n_online)))
+                if self.tree is not None else None, "p_max": self.p_max}
+
+    def load_state_dict(self, state: dict, n_online: int):
+        M = self.dataset_size
+        for key in self.online:  # stored as tensors of the buffer's dtype (weights_only loading takes no numpy arrays)
+            self.online[key][:n_online] = state["online"][key].numpy()
+            self.storage[key][M:M + n_online] = state["online"][key].to(self.device)
+        if self.tree is not None:
+            self.tree.set_all(state["tree_leaves"].numpy())
+        self.p_max = state["p_max"]
+
+
 class DensityRatioNet(nn.Module):
     """w(s, a) >= 0: MLP hidden-hidden ReLU, ReLU output; last layer U(-3e-3, 3e-3), bias 1.0 so w ~ 1 at start."""
 
@@ -229,7 +294,7 @@ def priorities_from_ratio(w_batch: torch.Tensor, w_offline: torch.Tensor, temper
 
 def update_density_ratio(ratio_net, ratio_optimizer, online, offline, rl_batch, temperature):
     """One density-ratio step (eq. 4). Each argument batch is (obs, act). Returns the RL batch's new priorities,
-    computed with w BEFORE this step's update, and detached (loss, mean w_online, mean w_offline)."""
+    computed with w BEFORE this step's update, and the detached loss, mean w_online and mean w_offline by tag."""
     n_on, n_off = len(online[0]), len(offline[0])
     w = ratio_net(torch.cat([online[0], offline[0], rl_batch[0]]), torch.cat([online[1], offline[1], rl_batch[1]]))
     w_online, w_offline, w_batch = w[:n_on], w[n_on:n_on + n_off], w[n_on + n_off:]
@@ -238,7 +303,8 @@ def update_density_ratio(ratio_net, ratio_optimizer, online, offline, rl_batch, 
     ratio_optimizer.zero_grad(set_to_none=True)
     loss.backward()
     ratio_optimizer.step()
-    return priorities, torch.stack([loss.detach(), w_online.detach().mean(), w_offline.detach().mean()])
+    return priorities, {"losses/density_ratio_loss": loss.detach(), "balanced/w_online": w_online.detach().mean(),
+                        "balanced/w_offline": w_offline.detach().mean()}
 
 
 def auroc(positive_scores: np.ndarray, negative_scores: np.ndarray) -> float:
@@ -358,8 +424,8 @@ def update_actor_critic(batch, actor, critic, target_critic, log_alpha, actor_op
                         alpha_optimizer, target_entropy, gamma, tau, n_members):
     """One SAC step of the pessimistic ensemble: critic, actor, alpha, Polyak. No host sync.
 
-    batch = (obs [B,S], act [B,A], rew [B], next_obs [B,S], done [B]). Returns detached
-    [qf_loss, actor_loss, alpha_loss, alpha, qbar] for logging.
+    batch = (obs [B,S], act [B,A], rew [B], next_obs [B,S], done [B]). Returns the detached losses, alpha and
+    Qbar by TensorBoard tag.
     """
     obs, act, rew, next_obs, done = batch
     alpha = log_alpha.exp().detach()
@@ -393,16 +459,14 @@ def update_actor_critic(batch, actor, critic, target_critic, log_alpha, actor_op
     alpha_optimizer.step()
 
     soft_update(target_critic, critic, tau)
-    return torch.stack([qf_loss.detach(), actor_loss.detach(), alpha_loss.detach(), alpha, qbar.detach().mean()])
+    return {"losses/qf_loss": qf_loss.detach(), "losses/actor_loss": actor_loss.detach(),
+            "losses/alpha_loss": alpha_loss.detach(), "charts/alpha": alpha, "losses/qf_values": qbar.detach().mean()}
 
 
-LOSS_TAGS = ("losses/qf_loss", "losses/actor_loss", "losses/alpha_loss", "charts/alpha", "losses/qf_values",
-             "losses/density_ratio_loss", "balanced/w_online", "balanced/w_offline")
 
 
-def main():
-    args = tyro.cli(Args)
-    k = args.n_ensemble
+def resolve_args(args: Args):
+    """Default checkpoint paths (as cql_pretrain.py and fqe.py write them) and a clear error for a bad value."""
     if args.checkpoint is None:
         args.checkpoint = f"checkpoints/cql_{args.env_id}_seed{args.seed}.pt"
     if args.q_init == "fqe" and args.fqe_checkpoint is None:
@@ -418,19 +482,124 @@ def main():
     if args.temperature <= 0:
         fail("--temperature must be > 0")
 
-    resume_state = None
+
+def read_resume_checkpoint(args: Args) -> dict:
+    """The checkpoint --resume continues from, checked to be a resumable run of this script and --env-id."""
+    if not os.path.isfile(args.save_checkpoint):
+        fail(f"--resume: no checkpoint at {args.save_checkpoint} (give the run's --save-checkpoint)")
+    saved = load_checkpoint(args.save_checkpoint, "checkpoint")
+    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT or saved.get("algo") != "balanced" \
+            or "resume" not in saved:
+        fail(f"--resume: {args.save_checkpoint} is not a resumable balanced_finetune.py checkpoint")
+    if saved.get("env_id") != args.env_id:  # envs can share dims (Walker2d and HalfCheetah: 17/6)
+        fail(f"--resume: {args.save_checkpoint} was made for --env-id {saved.get('env_id')!r}, "
+             f"this run has {args.env_id!r}")
+    return saved
+
+
+def load_pretrained_ensemble(args: Args, obs_dim: int, act_dim: int, device):
+    """The first k members of the CQL checkpoint: the policy, and the critics from it or from --fqe-checkpoint."""
+    k = args.n_ensemble
+    data_flag = f" --dataset-path {args.dataset_path}" if args.dataset_path else ""
+    cql_command = (f"python cql_pretrain.py --env-id {args.env_id} --n-ensemble {k} --seed {args.seed} "
+                   f"--checkpoint {args.checkpoint}" + data_flag)
+    ckpt = load_ensemble_checkpoint(args.checkpoint, cql_command, args.env_id, obs_dim, act_dim, k)
+    if ckpt["algo"] == "fqe":
+        fail(f"--checkpoint {args.checkpoint} is an fqe.py checkpoint (critics only); the policy comes from a CQL "
+             f"checkpoint: give it as --checkpoint and this one as --q-init fqe --fqe-checkpoint")
+    hidden_sizes = list(ckpt["hidden_sizes"])
+    critic_source, critic_path = ckpt, args.checkpoint
+    if args.q_init == "fqe":
+        fqe_command = (f"python fqe.py --env-id {args.env_id} --n-ensemble {k} --seed {args.seed} --policy-checkpoint "
+                       f"{args.checkpoint} --checkpoint {args.fqe_checkpoint}" + data_flag)
+        critic_source = load_ensemble_checkpoint(args.fqe_checkpoint, fqe_command, args.env_id, obs_dim, act_dim, k)
+        critic_path = args.fqe_checkpoint
+        if critic_source["algo"] != "fqe":
+            fail(f"--fqe-checkpoint {critic_path} has algo {critic_source['algo']!r}, expected 'fqe' (written by fqe.py)")
+        if list(critic_source["hidden_sizes"]) != hidden_sizes:
+            fail(f"FQE critics {critic_source['hidden_sizes']} and CQL networks {hidden_sizes} differ in hidden sizes")
+    actor = EnsembleActor(obs_dim, act_dim, hidden_sizes, k).to(device)
+    critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, k).to(device)
+    load_state(actor, ckpt["actor"], "actor", args.checkpoint)
+    load_state(critic, critic_source["critic"], "critic", critic_path)
+    return actor, critic, hidden_sizes
+
+
+def run_state_dict(args: Args, nets: dict, optimizers: dict, log_alpha, buffer, counters: dict, rng, device) -> dict:
+    """Everything a run needs to continue exactly where it stopped: the checkpoint's "resume" entry."""
+    return {
+        "target_critic": nets["target_critic"].state_dict(), "ratio_net": nets["ratio_net"].state_dict(),
+        **{key: optimizer.state_dict() for key, optimizer in optimizers.items()},
+        "log_alpha": log_alpha.detach().cpu(), **counters, **buffer.state_dict(counters["global_step"]),
+        "dataset_size": buffer.dataset_size, "online_steps": args.online_steps, "sampling": args.sampling,
+        "python_rng": random.getstate(), "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+        "run_dir": args.run_dir, "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+    }
+
+
+def load_run_state(saved: dict, args: Args, nets: dict, optimizers: dict, log_alpha, buffer, rng, device) -> dict:
+    """The inverse of run_state_dict, once the checkpoint is checked to fit this run; returns the step counters."""
+    state, path, k = saved["resume"], args.save_checkpoint, args.n_ensemble
+    obs_dim, act_dim = buffer.online["observations"].shape[1], buffer.online["actions"].shape[1]
+    if saved["n_ensemble"] != k or saved["obs_dim"] != obs_dim or saved["act_dim"] != act_dim:
+        fail(f"--resume: {path} holds {saved['n_ensemble']} members for dims "
+             f"{saved['obs_dim']}/{saved['act_dim']}; this run asks for {k} and has {obs_dim}/{act_dim}")
+    if state["dataset_size"] != buffer.dataset_size or state["online_steps"] != args.online_steps \
+            or state["sampling"] != args.sampling:
+        fail(f"--resume: {path} was made with dataset size {state['dataset_size']}, "
+             f"--online-steps {state['online_steps']}, --sampling {state['sampling']}; "
+             f"this run has {buffer.dataset_size}, {args.online_steps}, {args.sampling}")
+    load_state(nets["actor"], saved["actor"], "actor", path)  # e.g. another --hidden-dim: a clear error
+    load_state(nets["critic"], saved["critic"], "critic", path)
+    load_state(nets["target_critic"], state["target_critic"], "target critic", path)
+    load_state(nets["ratio_net"], state["ratio_net"], "density-ratio net", path)
+    for key, optimizer in optimizers.items():
+        optimizer.load_state_dict(state[key])
+    with torch.no_grad():
+        log_alpha.copy_(state["log_alpha"])
+    counters = {key: state[key] for key in ("global_step", "epoch", "n_updates")}
+    buffer.load_state_dict(state, counters["global_step"])
+    random.setstate(state["python_rng"])
+    rng.bit_generator.state = state["numpy_rng"]
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return counters
+
+
+def sample_indices(args: Args, buffer: BalancedReplayBuffer, rng: np.random.Generator, n_online: int):
+    """Row indices of one update: the RL minibatch (by --sampling), then the density-ratio net's online and
+    offline minibatches (uniform over each part)."""
+    M = buffer.dataset_size
+    if args.sampling == "balanced":
+        indices = buffer.tree.sample(args.batch_size, rng)
+    elif args.sampling == "uniform":
+        indices = rng.integers(0, M + n_online, args.batch_size)
+    else:  # online-only
+        indices = M + rng.integers(0, n_online, args.batch_size)
+    ratio_indices = np.concatenate([M + rng.integers(0, n_online, args.ratio_batch_size),
+                                    rng.integers(0, M, args.ratio_batch_size)])
+    return indices, ratio_indices
+
+
+@torch.no_grad()
+def q_auroc(critic, buffer: BalancedReplayBuffer, rows: slice, rng: np.random.Generator, device, k: int) -> float:
+    """Qbar as a classifier of real online actions against uniform random actions at the same states (Fig. 4b)."""
+    states = torch.as_tensor(buffer.online["observations"][rows], device=device)
+    real = mean_min_q(critic, states, torch.as_tensor(buffer.online["actions"][rows], device=device), k)
+    act_dim = buffer.online["actions"].shape[1]
+    fake_actions = torch.as_tensor(rng.uniform(-1.0, 1.0, (len(states), act_dim)).astype(np.float32), device=device)
+    fake = mean_min_q(critic, states, fake_actions, k)
+    return auroc(real.cpu().numpy(), fake.cpu().numpy())
+
+
+def main():
+    args = tyro.cli(Args)
+    resolve_args(args)
+    k, saved = args.n_ensemble, None
     if args.resume:
-        if not os.path.isfile(args.save_checkpoint):
-            fail(f"--resume: no checkpoint at {args.save_checkpoint} (give the run's --save-checkpoint)")
-        saved = load_checkpoint(args.save_checkpoint, "checkpoint")
-        if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT or saved.get("algo") != "balanced" \
-                or "resume" not in saved:
-            fail(f"--resume: {args.save_checkpoint} is not a resumable balanced_finetune.py checkpoint")
-        if saved.get("env_id") != args.env_id:  # envs can share dims (Walker2d and HalfCheetah: 17/6)
-            fail(f"--resume: {args.save_checkpoint} was made for --env-id {saved.get('env_id')!r}, "
-                 f"this run has {args.env_id!r}")
-        resume_state = saved["resume"]
-        args.run_dir = resume_state["run_dir"]
+        saved = read_resume_checkpoint(args)
+        args.run_dir = saved["resume"]["run_dir"]
     if args.run_dir is None:
         args.run_dir = f"runs/{args.env_id}__balanced__{args.seed}__{int(time.time())}"
     check_writable(args.save_checkpoint)
@@ -448,126 +617,46 @@ def main():
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     dataset = load_d4rl_dataset(args.env_id, args.dataset_path)
     check_dataset_matches_env(dataset, env, args.dataset_path or args.env_id)
-    M = len(dataset["observations"])
 
-    # ensemble (eq. 5): policy from CQL, critics from CQL or FQE
-    cql_command = (f"python cql_pretrain.py --env-id {args.env_id} --n-ensemble {k} --seed {args.seed} "
-                   f"--checkpoint {args.checkpoint}" + (f" --dataset-path {args.dataset_path}" if args.dataset_path else ""))
-    ckpt = load_ensemble_checkpoint(args.checkpoint, cql_command, args.env_id, obs_dim, act_dim, k)
-    if ckpt["algo"] == "fqe":
-        fail(f"--checkpoint {args.checkpoint} is an fqe.py checkpoint (critics only); the policy comes from a CQL "
-             f"checkpoint: give it as --checkpoint and this one as --q-init fqe --fqe-checkpoint")
-    hidden_sizes = list(ckpt["hidden_sizes"])
-    critic_source, critic_path = ckpt, args.checkpoint
-    if args.q_init == "fqe":
-        fqe_command = (f"python fqe.py --env-id {args.env_id} --n-ensemble {k} --seed {args.seed} --policy-checkpoint "
-                       f"{args.checkpoint} --checkpoint {args.fqe_checkpoint}"
-                       + (f" --dataset-path {args.dataset_path}" if args.dataset_path else ""))
-        critic_source = load_ensemble_checkpoint(args.fqe_checkpoint, fqe_command, args.env_id, obs_dim, act_dim, k)
-        critic_path = args.fqe_checkpoint
-        if critic_source["algo"] != "fqe":
-            fail(f"--fqe-checkpoint {critic_path} has algo {critic_source['algo']!r}, expected 'fqe' (written by fqe.py)")
-        if list(critic_source["hidden_sizes"]) != hidden_sizes:
-            fail(f"FQE critics {critic_source['hidden_sizes']} and CQL networks {hidden_sizes} differ in hidden sizes")
-    actor = EnsembleActor(obs_dim, act_dim, hidden_sizes, k).to(device)
-    critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, k).to(device)
-    load_state(actor, ckpt["actor"], "actor", args.checkpoint)
-    load_state(critic, critic_source["critic"], "critic", critic_path)
+    # ensemble (eq. 5): policy from CQL, critics from CQL or FQE; target critics copied, alpha re-initialised
+    actor, critic, hidden_sizes = load_pretrained_ensemble(args, obs_dim, act_dim, device)
     target_critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, k).to(device)
-    target_critic.load_state_dict(critic.state_dict())  # target critics copied from the loaded critics
-    log_alpha = torch.tensor(float(np.log(args.init_alpha)), device=device, requires_grad=True)  # alpha re-initialised
+    target_critic.load_state_dict(critic.state_dict())
+    log_alpha = torch.tensor(float(np.log(args.init_alpha)), device=device, requires_grad=True)
     target_entropy = -float(act_dim)
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)  # all members jointly, one Adam
-    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.q_lr)
-    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
     ratio_net = DensityRatioNet(obs_dim, act_dim, args.hidden_dim).to(device)
-    ratio_optimizer = torch.optim.Adam(ratio_net.parameters(), lr=args.ratio_lr)
-
-    # one buffer, offline rows [0, M), online rows [M, M + online_steps): nothing is ever overwritten.
-    # Host numpy arrays hold the online data (checkpointed as tensors); device tensors mirror everything for sampling.
-    capacity = M + args.online_steps
-    online = {
-        "observations": np.zeros((args.online_steps, obs_dim), np.float32),
-        "actions": np.zeros((args.online_steps, act_dim), np.float32),
-        "rewards": np.zeros(args.online_steps, np.float32),
-        "next_observations": np.zeros((args.online_steps, obs_dim), np.float32),
-        "terminals": np.zeros(args.online_steps, np.float32),
+    nets = {"actor": actor, "critic": critic, "target_critic": target_critic, "ratio_net": ratio_net}
+    optimizers = {
+        "actor_optimizer": torch.optim.Adam(actor.parameters(), lr=args.policy_lr),  # all members jointly, one Adam
+        "critic_optimizer": torch.optim.Adam(critic.parameters(), lr=args.q_lr),
+        "alpha_optimizer": torch.optim.Adam([log_alpha], lr=args.alpha_lr),
+        "ratio_optimizer": torch.optim.Adam(ratio_net.parameters(), lr=args.ratio_lr),
     }
-    storage = {key: torch.zeros((capacity, *value.shape[1:]), device=device) for key, value in online.items()}
-    for key in storage:
-        storage[key][:M] = torch.as_tensor(dataset[key], device=device)
+    actor_optimizer, critic_optimizer, alpha_optimizer, ratio_optimizer = optimizers.values()
     balanced = args.sampling == "balanced"
-    tree = SumTree(capacity) if balanced else None
-    if balanced:
-        tree.set_all(np.ones(M))  # offline priority 1
-    p_max = initial_p_max(M, args.init_online_fraction)
-    global_step, epoch, n_updates = 0, 0, 0
-
-    if resume_state is not None:  # everything needed to continue exactly where the checkpoint left off
-        if saved["n_ensemble"] != k or saved["obs_dim"] != obs_dim or saved["act_dim"] != act_dim:
-            fail(f"--resume: {args.save_checkpoint} holds {saved['n_ensemble']} members for dims "
-                 f"{saved['obs_dim']}/{saved['act_dim']}; this run asks for {k} and has {obs_dim}/{act_dim}")
-        if resume_state["dataset_size"] != M or resume_state["online_steps"] != args.online_steps \
-                or resume_state["sampling"] != args.sampling:
-            fail(f"--resume: {args.save_checkpoint} was made with dataset size {resume_state['dataset_size']}, "
-                 f"--online-steps {resume_state['online_steps']}, --sampling {resume_state['sampling']}; "
-                 f"this run has {M}, {args.online_steps}, {args.sampling}")
-        load_state(actor, saved["actor"], "actor", args.save_checkpoint)  # e.g. another --hidden-dim: a clear error
-        load_state(critic, saved["critic"], "critic", args.save_checkpoint)
-        load_state(target_critic, resume_state["target_critic"], "target critic", args.save_checkpoint)
-        load_state(ratio_net, resume_state["ratio_net"], "density-ratio net", args.save_checkpoint)
-        for optimizer, key in ((actor_optimizer, "actor_optimizer"), (critic_optimizer, "critic_optimizer"),
-                               (alpha_optimizer, "alpha_optimizer"), (ratio_optimizer, "ratio_optimizer")):
-            optimizer.load_state_dict(resume_state[key])
-        with torch.no_grad():
-            log_alpha.copy_(resume_state["log_alpha"])
-        global_step, epoch, n_updates = resume_state["global_step"], resume_state["epoch"], resume_state["n_updates"]
-        for key in online:  # stored as tensors of the buffer's dtype (weights_only loading takes no numpy arrays)
-            online[key][:global_step] = resume_state["online"][key].numpy()
-            storage[key][M:M + global_step] = resume_state["online"][key].to(device)
-        if balanced:
-            tree.set_all(resume_state["tree_leaves"].numpy())
-        p_max = resume_state["p_max"]
-        random.setstate(resume_state["python_rng"])
-        rng.bit_generator.state = resume_state["numpy_rng"]
-        torch.set_rng_state(resume_state["torch_rng"])
-        if device.type == "cuda" and resume_state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state_all(resume_state["cuda_rng"])
+    buffer = BalancedReplayBuffer(dataset, args.online_steps, balanced, args.init_online_fraction, device)
+    M = buffer.dataset_size
+    counters = {"global_step": 0, "epoch": 0, "n_updates": 0}
+    if saved is not None:  # everything needed to continue exactly where the checkpoint left off
+        counters = load_run_state(saved, args, nets, optimizers, log_alpha, buffer, rng, device)
+    global_step, epoch, n_updates = counters.values()
 
     def save(step):
-        payload = {
+        resume = run_state_dict(args, nets, optimizers, log_alpha, buffer,
+                                {"global_step": step, "epoch": epoch, "n_updates": n_updates}, rng, device)
+        save_checkpoint(args.save_checkpoint, {
             "format": CHECKPOINT_FORMAT, "algo": "balanced", "env_id": args.env_id, "obs_dim": obs_dim,
             "act_dim": act_dim, "n_ensemble": k, "hidden_sizes": hidden_sizes, "actor": actor.state_dict(),
-            "critic": critic.state_dict(), "step": step, "args": dataclasses.asdict(args),
-            "resume": {
-                "target_critic": target_critic.state_dict(), "ratio_net": ratio_net.state_dict(),
-                "actor_optimizer": actor_optimizer.state_dict(), "critic_optimizer": critic_optimizer.state_dict(),
-                "alpha_optimizer": alpha_optimizer.state_dict(), "ratio_optimizer": ratio_optimizer.state_dict(),
-                "log_alpha": log_alpha.detach().cpu(), "global_step": step, "epoch": epoch, "n_updates": n_updates,
-                "online": {key: torch.from_numpy(value[:step].copy()) for key, value in online.items()},
-                "tree_leaves": torch.from_numpy(tree.get(np.arange(M + step))) if balanced else None, "p_max": p_max,
-                "dataset_size": M, "online_steps": args.online_steps, "sampling": args.sampling,
-                "python_rng": random.getstate(), "numpy_rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(), "run_dir": args.run_dir,
-                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-            },
-        }
-        save_checkpoint(args.save_checkpoint, payload)
+            "critic": critic.state_dict(), "step": step, "args": dataclasses.asdict(args), "resume": resume})
 
-    writer = SummaryWriter(args.run_dir, purge_step=global_step if resume_state is not None else None)
+    writer = SummaryWriter(args.run_dir, purge_step=global_step if saved is not None else None)
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
         f"|{key}|{value}|" for key, value in vars(args).items()))
 
-    def gather(indices: np.ndarray):
-        idx = torch.from_numpy(indices).to(device, non_blocking=True)
-        return tuple(storage[key][idx] for key in ("observations", "actions", "rewards", "next_observations", "terminals"))
-
-    def greedy_policy(obs):  # the deterministic ensemble policy tanh(mu) of eq. (5)
-        return torch.tanh(ensemble_policy(actor, obs, k)[0])
-
-    def log_eval(step):
-        seeds = [args.seed + 10_000 + step] + [None] * (args.eval_episodes - 1)  # later episodes: the env's own RNG
-        mean_return = float(np.mean(evaluate(eval_env, greedy_policy, seeds, device)))
+    def log_eval(step):  # the deterministic ensemble policy tanh(mu) of eq. (5); later episodes: the env's own RNG
+        seeds = [args.seed + 10_000 + step] + [None] * (args.eval_episodes - 1)
+        returns = evaluate(eval_env, lambda obs: torch.tanh(ensemble_policy(actor, obs, k)[0]), seeds, device)
+        mean_return = float(np.mean(returns))
         score = normalized_score(args.env_id, mean_return)
         writer.add_scalar("eval/return", mean_return, step)
         writer.add_scalar("eval/normalized_score", score, step)
@@ -592,70 +681,48 @@ def main():
                 obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
                 action = tanh_gaussian_sample(*ensemble_policy(actor, obs_t, k))[0][0].cpu().numpy()
             next_obs, reward, terminated, truncated, _ = env.step(action)
-            row = global_step
-            online["observations"][row], online["actions"][row], online["rewards"][row] = obs, action, reward
-            online["next_observations"][row], online["terminals"][row] = next_obs, float(terminated)  # timeouts not terminal
+            buffer.add(global_step, obs, action, reward, next_obs, terminated)
             obs = env.reset()[0] if terminated or truncated else next_obs
             global_step += 1
             progress.update(1)
-        for key in storage:
-            rows = online[key][epoch_start:global_step]
-            storage[key][M + epoch_start:M + global_step] = torch.as_tensor(rows, device=device)
-        new_rows = np.arange(M + epoch_start, M + global_step)
-        if balanced:
-            tree.update(new_rows, np.full(len(new_rows), p_max))  # online transitions enter with p_max
-        n_online = global_step
+        buffer.publish(epoch_start, global_step)
 
-        # gradient updates: one per env step, first epoch x first_epoch_multiplier
+        # gradient updates: one per env step, first epoch x first_epoch_multiplier; statistics stay on the device
         epoch_updates = epoch_steps * (args.first_epoch_multiplier if epoch == 0 else 1)
-        sums = torch.zeros(len(LOSS_TAGS), device=device)
-        offline_drawn = 0
+        sums, offline_drawn, B, R = {}, 0, args.batch_size, args.ratio_batch_size
         for _ in range(epoch_updates):
-            if balanced:
-                indices = tree.sample(args.batch_size, rng)
-            elif args.sampling == "uniform":
-                indices = rng.integers(0, M + n_online, args.batch_size)
-            else:  # online-only
-                indices = M + rng.integers(0, n_online, args.batch_size)
+            indices, ratio_indices = sample_indices(args, buffer, rng, global_step)
             offline_drawn += int(np.count_nonzero(indices < M))
-            ratio_indices = np.concatenate([M + rng.integers(0, n_online, args.ratio_batch_size),
-                                            rng.integers(0, M, args.ratio_batch_size)])
-            obs_b, act_b, rew_b, next_obs_b, done_b = gather(np.concatenate([indices, ratio_indices]))
-            B, R = args.batch_size, args.ratio_batch_size
+            obs_b, act_b, rew_b, next_obs_b, done_b = buffer.gather(np.concatenate([indices, ratio_indices]))
             priorities, ratio_stats = update_density_ratio(
                 ratio_net, ratio_optimizer, (obs_b[B:B + R], act_b[B:B + R]), (obs_b[B + R:], act_b[B + R:]),
                 (obs_b[:B], act_b[:B]), args.temperature)
-            if balanced:  # only the drawn leaves change; p_max never decreases
+            if balanced:
                 new_priorities = priorities.cpu().numpy()
                 if not np.isfinite(new_priorities).all():  # host copy already made: this check costs no sync
                     progress.close()
                     fail(f"losses/density_ratio_loss: the density-ratio net gives non-finite w at online step "
                          f"{global_step} (update {n_updates}); the last good checkpoint is {args.save_checkpoint}")
-                tree.update(indices, new_priorities)
-                p_max = max(p_max, float(new_priorities.max()))
+                buffer.set_priorities(indices, new_priorities)
             sac_stats = update_actor_critic(
                 (obs_b[:B], act_b[:B], rew_b[:B], next_obs_b[:B], done_b[:B]), actor, critic, target_critic,
                 log_alpha, actor_optimizer, critic_optimizer, alpha_optimizer, target_entropy, args.gamma, args.tau, k)
-            sums += torch.cat([sac_stats, ratio_stats])
+            for tag, value in {**sac_stats, **ratio_stats}.items():
+                sums[tag] = sums[tag] + value if tag in sums else value
             n_updates += 1
         epoch += 1
 
         # once per epoch: one host sync for all averaged statistics, NaN/inf check, logging
-        means = (sums / max(epoch_updates, 1)).tolist()
-        for tag, value in zip(LOSS_TAGS, means):
+        means = (torch.stack(list(sums.values())) / max(epoch_updates, 1)).tolist()
+        for tag, value in zip(sums, means):
             if not np.isfinite(value):
                 progress.close()
                 fail(f"{tag} is {value} at online step {global_step} (update {n_updates}); "
                      f"the last good checkpoint is {args.save_checkpoint}")
             writer.add_scalar(tag, value, global_step)
-        writer.add_scalar("balanced/offline_fraction", offline_drawn / max(epoch_updates * args.batch_size, 1), global_step)
+        writer.add_scalar("balanced/offline_fraction", offline_drawn / max(epoch_updates * B, 1), global_step)
         recent = slice(max(epoch_start, global_step - 1000), global_step)
-        with torch.no_grad():  # Q as a classifier of real online actions vs uniform random actions (paper Fig. 4b)
-            states = torch.as_tensor(online["observations"][recent], device=device)
-            real = mean_min_q(critic, states, torch.as_tensor(online["actions"][recent], device=device), k)
-            fake_actions = torch.as_tensor(rng.uniform(-1.0, 1.0, (len(states), act_dim)).astype(np.float32), device=device)
-            fake = mean_min_q(critic, states, fake_actions, k)
-        writer.add_scalar("balanced/auroc", auroc(real.cpu().numpy(), fake.cpu().numpy()), global_step)
+        writer.add_scalar("balanced/auroc", q_auroc(critic, buffer, recent, rng, device, k), global_step)
         writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
         if args.checkpoint_every > 0 and global_step - last_checkpoint >= args.checkpoint_every \
                 and global_step < args.online_steps:

@@ -247,6 +247,37 @@ def sac_update(batch, actor, critic, critic_target, log_alpha, actor_optimizer, 
     return {"qf": qf_loss.detach(), "actor": actor_loss.detach(), "alpha": alpha_loss.detach(), "q_data": q.detach().mean()}
 
 
+def sac_run_state_dict(nets: dict, optimizers: dict, log_alpha, buffer: ReplayBuffer, rng, env, run_dir: str) -> dict:
+    """Everything a run needs to continue exactly (the checkpoint's "resume" entry; actor and critic are stored
+    beside it)."""
+    return {
+        "critic_target": nets["critic_target"].state_dict(), "log_alpha": log_alpha.detach().clone(),
+        **{key: optimizer.state_dict() for key, optimizer in optimizers.items()}, "buffer": buffer.state(),
+        "torch_rng": torch.get_rng_state(), "numpy_rng": rng.bit_generator.state, "python_rng": random.getstate(),
+        "action_space_rng": env.action_space.np_random.bit_generator.state, "run_dir": run_dir,
+    }
+
+
+def load_sac_run_state(ckpt: dict, nets: dict, optimizers: dict, log_alpha, buffer: ReplayBuffer, rng, env) -> str:
+    """The inverse of sac_run_state_dict (plus the stored actor and critic); returns the run's TensorBoard folder."""
+    state = ckpt["resume"]
+    nets["actor"].load_state_dict(ckpt["actor"])
+    nets["critic"].load_state_dict(ckpt["critic"])
+    nets["critic_target"].load_state_dict(state["critic_target"])
+    with torch.no_grad():
+        log_alpha.copy_(state["log_alpha"])
+    for key, optimizer in optimizers.items():
+        optimizer.load_state_dict(state[key])
+    buffer.load_state(state["buffer"])
+    if buffer.size and not (buffer.terminals[buffer.size - 1] or buffer.timeouts[buffer.size - 1]):
+        buffer.timeouts[buffer.size - 1] = True  # the interrupted episode ends here; the env restarts below
+    torch.set_rng_state(state["torch_rng"])
+    rng.bit_generator.state = state["numpy_rng"]
+    random.setstate(state["python_rng"])
+    env.action_space.np_random.bit_generator.state = state["action_space_rng"]
+    return state["run_dir"]
+
+
 def main():
     args = tyro.cli(Args)
     env = make_env(args.env_id, args.seed)
@@ -282,6 +313,8 @@ def main():
     learn = rollout_state is None  # --rollout-actor: act with the saved policy from the first step, never update
 
     start_step, run_dir = 0, args.run_dir or f"runs/{args.env_id}__sac__{args.seed}__{int(time.time())}"
+    nets = {"actor": actor, "critic": critic, "critic_target": critic_target}
+    optimizers = {"actor_optimizer": actor_optimizer, "q_optimizer": q_optimizer, "alpha_optimizer": alpha_optimizer}
     if args.resume and os.path.exists(checkpoint_path):
         ckpt = load_checkpoint(checkpoint_path, "checkpoint")
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "resume" not in ckpt:
@@ -291,26 +324,11 @@ def main():
         for key, value in expected.items():
             if ckpt.get(key) != value:
                 fail(f"checkpoint {checkpoint_path} has {key}={ckpt.get(key)!r} but this run has {key}={value!r}")
-        state = ckpt["resume"]
-        if state["buffer"]["size"] > args.total_timesteps:
-            fail(f"checkpoint {checkpoint_path} holds {state['buffer']['size']} steps, more than --total-timesteps "
-                 f"{args.total_timesteps}")
-        actor.load_state_dict(ckpt["actor"])
-        critic.load_state_dict(ckpt["critic"])
-        critic_target.load_state_dict(state["critic_target"])
-        with torch.no_grad():
-            log_alpha.copy_(state["log_alpha"])
-        optimizers = ((actor_optimizer, "actor_optimizer"), (q_optimizer, "q_optimizer"), (alpha_optimizer, "alpha_optimizer"))
-        for optimizer, key in optimizers:
-            optimizer.load_state_dict(state[key])
-        buffer.load_state(state["buffer"])
-        if buffer.size and not (buffer.terminals[buffer.size - 1] or buffer.timeouts[buffer.size - 1]):
-            buffer.timeouts[buffer.size - 1] = True  # the interrupted episode ends here; the env restarts below
-        torch.set_rng_state(state["torch_rng"])
-        rng.bit_generator.state = state["numpy_rng"]
-        random.setstate(state["python_rng"])
-        env.action_space.np_random.bit_generator.state = state["action_space_rng"]
-        start_step, run_dir = ckpt["step"], state["run_dir"]
+        if ckpt["resume"]["buffer"]["size"] > args.total_timesteps:
+            fail(f"checkpoint {checkpoint_path} holds {ckpt['resume']['buffer']['size']} steps, more than "
+                 f"--total-timesteps {args.total_timesteps}")
+        run_dir = load_sac_run_state(ckpt, nets, optimizers, log_alpha, buffer, rng, env)
+        start_step = ckpt["step"]
         tqdm.write(f"resumed from {checkpoint_path} at step {start_step}")
 
     def write_checkpoint(step: int):
@@ -318,13 +336,7 @@ def main():
             "format": CHECKPOINT_FORMAT, "algo": "sac", "env_id": args.env_id, "obs_dim": obs_dim, "act_dim": act_dim,
             "n_ensemble": 1, "hidden_sizes": hidden_sizes, "actor": actor.state_dict(), "critic": critic.state_dict(),
             "step": step, "args": dataclasses.asdict(args),
-            "resume": {
-                "critic_target": critic_target.state_dict(), "log_alpha": log_alpha.detach().clone(),
-                "actor_optimizer": actor_optimizer.state_dict(), "q_optimizer": q_optimizer.state_dict(),
-                "alpha_optimizer": alpha_optimizer.state_dict(), "buffer": buffer.state(),
-                "torch_rng": torch.get_rng_state(), "numpy_rng": rng.bit_generator.state, "python_rng": random.getstate(),
-                "action_space_rng": env.action_space.np_random.bit_generator.state, "run_dir": run_dir,
-            },
+            "resume": sac_run_state_dict(nets, optimizers, log_alpha, buffer, rng, env, run_dir),
         })
 
     writer = SummaryWriter(run_dir)
