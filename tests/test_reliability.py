@@ -395,6 +395,7 @@ def test_shared_error_path_is_identical_in_every_script():
 # ---------------------------------------------------------------------------------
 # the real process: one representative bad input per script, all six in parallel
 # ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_real_process_prints_one_line_and_no_traceback(files, ckpts, tmp_path):
     env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
     cases = {script: (argv_of(script, tmp_path / script, ckpts, data=files["nan_rewards"]),
