@@ -123,8 +123,54 @@ class Args:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Balanced replay: sum-tree, density-ratio network, priorities (eq. 4)
+# Balanced replay: the density-ratio network and priorities (eq. 4), the sum-tree, the replay buffer
 # ---------------------------------------------------------------------------------------------------------------------
+class DensityRatioNet(nn.Module):
+    """w(s, a) >= 0: MLP hidden-hidden ReLU, ReLU output; last layer U(-3e-3, 3e-3), bias 1.0 so w ~ 1 at start."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(obs_dim + act_dim, hidden_dim), nn.ReLU(),
+            nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
+            nn.Linear(hidden_dim, 1), nn.ReLU(),
+        )
+        nn.init.uniform_(self.net[4].weight, -3e-3, 3e-3)
+        nn.init.constant_(self.net[4].bias, 1.0)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, act], dim=-1)).squeeze(-1)
+
+
+def density_ratio_loss(w_online: torch.Tensor, w_offline: torch.Tensor) -> torch.Tensor:
+    """Eq. (4) with the Jensen-Shannon f: mean_off[-log(2/(w+1))] - mean_on[log(2w/(w+1))] (minimiser w = p_on/p_off)."""
+    offline_term = -torch.log(2.0 / (w_offline + 1.0) + 1e-10).mean()
+    online_term = torch.log(2.0 * w_online / (w_online + 1.0) + 1e-10).mean()
+    return offline_term - online_term
+
+
+def priorities_from_ratio(w_batch: torch.Tensor, w_offline: torch.Tensor, temperature: float) -> torch.Tensor:
+    """p = w^(1/T) / (mean_off w^(1/T) + 1e-10), clamped to [1e-3, 1e3] (self-normalized, temperature T)."""
+    scaled = w_batch.pow(1.0 / temperature)
+    normalizer = w_offline.pow(1.0 / temperature).mean() + 1e-10
+    return (scaled / normalizer).clamp(1e-3, 1e3)
+
+
+def update_density_ratio(ratio_net, ratio_optimizer, online, offline, rl_batch, temperature):
+    """One density-ratio step (eq. 4). Each argument batch is (obs, act). Returns the RL batch's new priorities,
+    computed with w BEFORE this step's update, and the detached loss, mean w_online and mean w_offline by tag."""
+    n_on, n_off = len(online[0]), len(offline[0])
+    w = ratio_net(torch.cat([online[0], offline[0], rl_batch[0]]), torch.cat([online[1], offline[1], rl_batch[1]]))
+    w_online, w_offline, w_batch = w[:n_on], w[n_on:n_on + n_off], w[n_on + n_off:]
+    loss = density_ratio_loss(w_online, w_offline)
+    priorities = priorities_from_ratio(w_batch.detach(), w_offline.detach(), temperature)
+    ratio_optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    ratio_optimizer.step()
+    return priorities, {"losses/density_ratio_loss": loss.detach(), "balanced/w_online": w_online.detach().mean(),
+                        "balanced/w_offline": w_offline.detach().mean()}
+
+
 class SumTree:
     """Array-backed binary sum-tree over `capacity` leaves, vectorized over batches (no per-sample loops).
 
@@ -259,52 +305,6 @@ class BalancedReplayBuffer:
         if self.tree is not None:
             self.tree.set_all(state["tree_leaves"].numpy())
         self.p_max = state["p_max"]
-
-
-class DensityRatioNet(nn.Module):
-    """w(s, a) >= 0: MLP hidden-hidden ReLU, ReLU output; last layer U(-3e-3, 3e-3), bias 1.0 so w ~ 1 at start."""
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int = 256):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(obs_dim + act_dim, hidden_dim), nn.ReLU(),
-            nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
-            nn.Linear(hidden_dim, 1), nn.ReLU(),
-        )
-        nn.init.uniform_(self.net[4].weight, -3e-3, 3e-3)
-        nn.init.constant_(self.net[4].bias, 1.0)
-
-    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([obs, act], dim=-1)).squeeze(-1)
-
-
-def density_ratio_loss(w_online: torch.Tensor, w_offline: torch.Tensor) -> torch.Tensor:
-    """Eq. (4) with the Jensen-Shannon f: mean_off[-log(2/(w+1))] - mean_on[log(2w/(w+1))] (minimiser w = p_on/p_off)."""
-    offline_term = -torch.log(2.0 / (w_offline + 1.0) + 1e-10).mean()
-    online_term = torch.log(2.0 * w_online / (w_online + 1.0) + 1e-10).mean()
-    return offline_term - online_term
-
-
-def priorities_from_ratio(w_batch: torch.Tensor, w_offline: torch.Tensor, temperature: float) -> torch.Tensor:
-    """p = w^(1/T) / (mean_off w^(1/T) + 1e-10), clamped to [1e-3, 1e3] (self-normalized, temperature T)."""
-    scaled = w_batch.pow(1.0 / temperature)
-    normalizer = w_offline.pow(1.0 / temperature).mean() + 1e-10
-    return (scaled / normalizer).clamp(1e-3, 1e3)
-
-
-def update_density_ratio(ratio_net, ratio_optimizer, online, offline, rl_batch, temperature):
-    """One density-ratio step (eq. 4). Each argument batch is (obs, act). Returns the RL batch's new priorities,
-    computed with w BEFORE this step's update, and the detached loss, mean w_online and mean w_offline by tag."""
-    n_on, n_off = len(online[0]), len(offline[0])
-    w = ratio_net(torch.cat([online[0], offline[0], rl_batch[0]]), torch.cat([online[1], offline[1], rl_batch[1]]))
-    w_online, w_offline, w_batch = w[:n_on], w[n_on:n_on + n_off], w[n_on + n_off:]
-    loss = density_ratio_loss(w_online, w_offline)
-    priorities = priorities_from_ratio(w_batch.detach(), w_offline.detach(), temperature)
-    ratio_optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    ratio_optimizer.step()
-    return priorities, {"losses/density_ratio_loss": loss.detach(), "balanced/w_online": w_online.detach().mean(),
-                        "balanced/w_offline": w_offline.detach().mean()}
 
 
 def auroc(positive_scores: np.ndarray, negative_scores: np.ndarray) -> float:
