@@ -339,6 +339,36 @@ def evaluate_members(actor: EnsembleActor, envs: list, n_members: int, seed: int
     return returns.reshape(-1, n_policies).T
 
 
+def cql_run_state_dict(nets: dict, optimizers: dict, log_alpha, np_rng, device, step: int, run_dir: str) -> dict:
+    """Everything a run needs to continue exactly (the checkpoint's "resume" entry; actor and critic are stored
+    beside it)."""
+    return {
+        "critic_target": nets["critic_target"].state_dict(),
+        **{key: optimizer.state_dict() for key, optimizer in optimizers.items()},
+        "log_alpha": log_alpha.detach().clone(), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+        "numpy_rng": np_rng.bit_generator.state, "python_rng": random.getstate(), "step": step, "run_dir": run_dir,
+    }
+
+
+def load_cql_run_state(ckpt: dict, nets: dict, optimizers: dict, log_alpha, np_rng, device) -> tuple:
+    """The inverse of cql_run_state_dict (plus the stored actor and critic); returns (step, run dir)."""
+    state = ckpt["resume"]
+    nets["actor"].load_state_dict(ckpt["actor"])
+    nets["critic"].load_state_dict(ckpt["critic"])
+    nets["critic_target"].load_state_dict(state["critic_target"])
+    for key, optimizer in optimizers.items():
+        optimizer.load_state_dict(state[key])
+    with torch.no_grad():
+        log_alpha.copy_(state["log_alpha"])
+    torch.set_rng_state(state["torch_rng"].cpu())
+    if device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+    np_rng.bit_generator.state = state["numpy_rng"]
+    random.setstate(state["python_rng"])
+    return state["step"], state["run_dir"]
+
+
 def main():
     args = tyro.cli(Args)
     checkpoint_path = args.checkpoint or f"checkpoints/cql_{args.env_id}_seed{args.seed}.pt"
@@ -375,6 +405,9 @@ def main():
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
     target_entropy = -float(act_dim)
 
+    nets = {"actor": actor, "critic": critic, "critic_target": critic_target}
+    optimizers = {"actor_optimizer": actor_optimizer, "critic_optimizer": critic_optimizer,
+                  "alpha_optimizer": alpha_optimizer}
     start_step = 0
     run_dir = args.run_dir or f"runs/{args.env_id}__cql__{args.seed}__{int(time.time())}"
     if args.resume:
@@ -382,21 +415,7 @@ def main():
         check_checkpoint(ckpt, checkpoint_path, "cql", args.env_id, obs_dim, act_dim, n, hidden_sizes)
         if "resume" not in ckpt:
             fail(f"checkpoint {checkpoint_path} holds no resume state")
-        state = ckpt["resume"]
-        actor.load_state_dict(ckpt["actor"])
-        critic.load_state_dict(ckpt["critic"])
-        critic_target.load_state_dict(state["critic_target"])
-        actor_optimizer.load_state_dict(state["actor_optimizer"])
-        critic_optimizer.load_state_dict(state["critic_optimizer"])
-        alpha_optimizer.load_state_dict(state["alpha_optimizer"])
-        with torch.no_grad():
-            log_alpha.copy_(state["log_alpha"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-        np_rng.bit_generator.state = state["numpy_rng"]
-        random.setstate(state["python_rng"])
-        start_step, run_dir = state["step"], state["run_dir"]
+        start_step, run_dir = load_cql_run_state(ckpt, nets, optimizers, log_alpha, np_rng, device)
         print(f"resuming {checkpoint_path} at step {start_step}, logging to {run_dir}")
 
     def save(step: int):
@@ -407,14 +426,7 @@ def main():
             "format": CHECKPOINT_FORMAT, "algo": "cql", "env_id": args.env_id, "obs_dim": obs_dim,
             "act_dim": act_dim, "n_ensemble": n, "hidden_sizes": hidden_sizes, "actor": actor.state_dict(),
             "critic": critic.state_dict(), "step": step, "args": dataclasses.asdict(args),
-            "resume": {
-                "critic_target": critic_target.state_dict(), "actor_optimizer": actor_optimizer.state_dict(),
-                "critic_optimizer": critic_optimizer.state_dict(), "alpha_optimizer": alpha_optimizer.state_dict(),
-                "log_alpha": log_alpha.detach().clone(), "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-                "numpy_rng": np_rng.bit_generator.state, "python_rng": random.getstate(), "step": step,
-                "run_dir": run_dir,
-            },
+            "resume": cql_run_state_dict(nets, optimizers, log_alpha, np_rng, device, step, run_dir),
         })
 
     # on resume, TensorBoard drops whatever the interrupted run logged after its checkpoint's step

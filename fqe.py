@@ -274,6 +274,29 @@ def episode_start_states(dataset: dict, limit: int = 10_000) -> np.ndarray:
     return obs[rows]
 
 
+def fqe_run_state_dict(critic_target, optimizer, np_rng, device, step: int, run_dir: str) -> dict:
+    """Everything a run needs to continue exactly (the checkpoint's "resume" entry; the critics are stored beside it)."""
+    return {
+        "critic_target": critic_target.state_dict(), "optimizer": optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+        "numpy_rng": np_rng.bit_generator.state, "python_rng": random.getstate(), "step": step, "run_dir": run_dir,
+    }
+
+
+def load_fqe_run_state(ckpt: dict, critic, critic_target, optimizer, np_rng, device) -> tuple:
+    """The inverse of fqe_run_state_dict (plus the stored critics); returns (step, run dir)."""
+    state = ckpt["resume"]
+    critic.load_state_dict(ckpt["critic"])
+    critic_target.load_state_dict(state["critic_target"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"].cpu())
+    if device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+    np_rng.bit_generator.state = state["numpy_rng"]
+    random.setstate(state["python_rng"])
+    return state["step"], state["run_dir"]
+
+
 def main():
     args = tyro.cli(Args)
     policy_path = args.policy_checkpoint or f"checkpoints/cql_{args.env_id}_seed{args.seed}.pt"
@@ -346,16 +369,7 @@ def main():
                 fail(f"checkpoint {checkpoint_path} has {key}={ckpt[key]!r} but this run has {key}={value!r}")
         if "resume" not in ckpt:
             fail(f"checkpoint {checkpoint_path} holds no resume state")
-        state = ckpt["resume"]
-        critic.load_state_dict(ckpt["critic"])
-        critic_target.load_state_dict(state["critic_target"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-        np_rng.bit_generator.state = state["numpy_rng"]
-        random.setstate(state["python_rng"])
-        start_step, run_dir = state["step"], state["run_dir"]
+        start_step, run_dir = load_fqe_run_state(ckpt, critic, critic_target, optimizer, np_rng, device)
         print(f"resuming {checkpoint_path} at step {start_step}, logging to {run_dir}")
 
     def save(step: int):
@@ -366,13 +380,7 @@ def main():
             "act_dim": act_dim, "n_ensemble": n, "hidden_sizes": hidden_sizes, "actor": actor.state_dict(),
             "critic": critic.state_dict(), "step": step, "args": dataclasses.asdict(args),
             "policy_checkpoint": os.path.abspath(policy_path), "policy_hidden_sizes": policy_hidden,
-            "resume": {
-                "critic_target": critic_target.state_dict(), "optimizer": optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-                "numpy_rng": np_rng.bit_generator.state, "python_rng": random.getstate(), "step": step,
-                "run_dir": run_dir,
-            },
+            "resume": fqe_run_state_dict(critic_target, optimizer, np_rng, device, step, run_dir),
         })
 
     # on resume, TensorBoard drops whatever the interrupted run logged after its checkpoint's step
