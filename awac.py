@@ -3,7 +3,7 @@
 Implements Advantage-Weighted Actor-Critic (Nair, Gupta, Dalal, Levine, "AWAC: Accelerating Online
 Reinforcement Learning with Offline Datasets", 2020) as the offline-to-online baseline of Lee, Seo, Lee,
 Abbeel, Shin, "Offline-to-Online Reinforcement Learning via Balanced Replay and Pessimistic Q-Ensemble"
-(CoRL 2021), as the paper's baseline. One run = an offline phase of `--offline-steps` gradient
+(CoRL 2021). One run = an offline phase of `--offline-steps` gradient
 steps on the D4RL dataset, then an online phase of `--online-steps` environment steps with one gradient step
 after each, with the SAME update rule; one replay buffer holds the dataset and, online, the new transitions
 (capacity = dataset size + online steps, nothing is overwritten; minibatches are uniform over its contents).
@@ -15,43 +15,7 @@ Update (the AWAC paper's Algorithm 1: weighted-likelihood actor update and TD ba
           A(s,a) = min(Q1,Q2)(s,a) − min(Q1,Q2)(s, a_π),  a_π ~ π(·|s),  weights computed without gradient.
   Order per step as CORL's awac.py: critic step, then actor step with the freshly updated critic, then Polyak.
 
-Choices made where the paper is silent:
-- V(s) ≈ min-Q(s, a_π) with a_π ONE SAMPLE of the current policy (not its mean), as CORL's awac.py
-  (`pi_action, _ = self._actor(states)` draws an rsample). The next-state action a' is also a sample.
-- Policy: the shared block's tanh-Gaussian EnsembleActor (state-dependent log-std clamped to [−20, 2]) so the
-  checkpoint format matches the other scripts. log π(a|s) of a dataset action is the tanh-Gaussian density:
-  u = atanh(clip(a, −1+1e-6, 1−1e-6)),  log π = Σ_j [log N(u_j; μ_j, σ_j) − log(1 − tanh(u_j)²)]
-  (the clip keeps atanh finite for actions stored at exactly ±1; the Jacobian term does not depend on the
-  parameters, so it changes the value of the loss but not its gradient).
-- λ (`--awac-lambda`) defaults to 1.0; CORL uses 0.3333 for walker2d-medium-expert (pass --awac-lambda 0.3333).
-- Learning rate 3e-4 for actor and critic, batch 256, γ 0.99, hidden 256-256 (the paper's baselines). The actor uses no
-  weight decay (CORL's AWAC uses none either).
-- Offline length: `--offline-steps` defaults to 1,000,000 (the paper's CQL pre-training budget, so the
-  baselines get the same offline compute as the method); online: 250,000 steps as balanced_finetune.py.
-- Ensemble (`--n-ensemble N`: the paper applied the ensemble to every baseline): N independent
-  AWAC agents as one vectorized ensemble (EnsembleActor / EnsembleCritic, weights [N, in, out]); each member
-  gets its own minibatch (indices [N, B]), its own targets and its own advantage weights (each member's
-  log π is of its own Gaussian on the data action); losses are per-member means summed over members, so
-  every member's gradient is that of a solo run. Acting and evaluation use the mixture-moment policy of the
-  paper's eq. 5 in pre-tanh space: μ = mean_i μ_i, σ² = mean_i(σ_i² + μ_i²) − μ²; evaluation takes tanh(μ)
-  (deterministic), exploration samples tanh(μ + σ·ε). With N = 1 this is plain AWAC.
-- x-axis of every TensorBoard curve = online environment steps. Offline gradient step t (1-based) is logged
-  at x = t − offline_steps, so the offline phase occupies x ∈ [−offline_steps, 0] and the evaluation at
-  x = 0 is the policy at the end of the offline phase — the same point as balanced_finetune.py's epoch 0
-  (its pretrained policy, logged at x = 0). Online step t (1-based, after its gradient step) is at x = t.
-  Evaluations happen whenever x is a multiple of `--eval-every` (x = 0 included) and at the end.
-- Evaluation: `--eval-episodes` episodes in a separate env, episode k reset with seed `seed + 10_000 + k`
-  (the same start states at every evaluation, independent of training history).
-- Checkpoints (CONTRIBUTING.md: Contracts; format "o2o-ensemble-v1", algo "awac") every `--checkpoint-every` steps (offline
-  and online steps count alike) and at the end, written atomically. `resume` holds the target critic, both
-  optimizers, the RNG states, the global step and the online transitions (the dataset part of the buffer is
-  re-read from the dataset file and its size checked). `--resume` continues from `--save-checkpoint`:
-  TensorBoard events after the checkpoint's step are purged (SummaryWriter purge_step) so curves continue
-  without duplicates. A run resumed in the online phase starts a new training episode (the simulator state
-  of the interrupted episode is not stored); no transition is lost or stored twice.
-- A NaN/inf loss is detected on the values already synced for logging (every `--log-every` steps and before
-  each checkpoint write); the run stops with a message naming the loss and the step, and the last good
-  checkpoint is kept.
+Implementation choices where the paper is silent: the Notes at the end of this file.
 
     python awac.py --env-id hopper-medium-v2 --n-ensemble 5
     python awac.py --env-id walker2d-medium-expert-v2 --n-ensemble 5 --awac-lambda 0.3333
@@ -85,12 +49,15 @@ from tqdm import tqdm
 
 @dataclass
 class Args:
+    # task, data and seed
     env_id: str = "walker2d-medium-expert-v2"
     """D4RL task name, Minari dataset id (mujoco/hopper/medium-v0) or, with --dataset-path, any gymnasium id to act in"""
     dataset_path: str | None = None
     """HDF5 file with D4RL's schema; default: the D4RL file of --env-id (cached or downloaded)"""
     seed: int = 1
     """seed of random, numpy, torch and the environments"""
+
+    # algorithm
     n_ensemble: int = 1
     """number of AWAC agents trained as one vectorized ensemble (acting uses the eq. 5 mixture policy)"""
     offline_steps: int = 1_000_000
@@ -111,6 +78,8 @@ class Args:
     """temperature λ of the advantage weights exp(A/λ) (CORL: 0.3333 for walker2d-medium-expert)"""
     exp_adv_max: float = 100.0
     """cap on the advantage weights"""
+
+    # evaluation, logging and checkpoints
     eval_every: int = 5_000
     """evaluate whenever the x-axis step (online env steps; offline steps count negative) is a multiple of this"""
     eval_episodes: int = 10
@@ -125,15 +94,345 @@ class Args:
     """continue the run stored in --save-checkpoint"""
     run_dir: str | None = None
     """TensorBoard folder; default runs/{env_id}__awac__{seed}__{time}; a resumed run reuses the stored one"""
+
+    # runtime
     cuda: bool = True
     """use CUDA when available"""
     torch_deterministic: bool = True
     """torch.backends.cudnn.deterministic"""
 
 
-# ---------------------------------------------------------------------------------
-# Shared block (copied verbatim into every script that needs it; CONTRIBUTING.md: scripts never import each other)
-# ---------------------------------------------------------------------------------
+# ---- vectorized ensemble networks (paper §3.2): weights [N, in, out], one batched matmul per layer ----
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+class VectorizedLinear(nn.Module):
+    """N independent linear layers applied as one batched matmul: x [N, B, in] -> [N, B, out]."""
+
+    def __init__(self, in_features: int, out_features: int, n_members: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_members, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(n_members, 1, out_features))
+        bound = 1.0 / in_features**0.5  # nn.Linear's default init, drawn independently for each member
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+def vectorized_mlp(in_dim: int, hidden_sizes, out_dim: int, n_members: int) -> nn.Sequential:
+    layers, width = [], in_dim
+    for hidden in hidden_sizes:
+        layers += [VectorizedLinear(width, hidden, n_members), nn.ReLU()]
+        width = hidden
+    return nn.Sequential(*layers, VectorizedLinear(width, out_dim, n_members))
+
+
+class EnsembleActor(nn.Module):
+    """N tanh-Gaussian actors with state-dependent log-std: obs [N, B, S] -> mean, log_std [N, B, A] (pre-tanh)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
+        super().__init__()
+        self.net = vectorized_mlp(obs_dim, hidden_sizes, 2 * act_dim, n_members)
+
+    def forward(self, obs: torch.Tensor):
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+
+class EnsembleCritic(nn.Module):
+    """Twin Q-functions of N members as 2N vectorized MLPs, member-major (row 2i: Q1 of member i, 2i+1: Q2).
+
+    obs [N, B, S], act [N, B, A] -> Q [N, 2, B]. Taking the first k members is slicing rows [:2k].
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
+        super().__init__()
+        self.n_members = n_members
+        self.net = vectorized_mlp(obs_dim + act_dim, hidden_sizes, 1, 2 * n_members)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, act], dim=-1).repeat_interleave(2, dim=0)
+        return self.net(x).view(self.n_members, 2, -1)
+
+
+def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor):
+    """Reparameterized a = tanh(u), u ~ N(mean, std), and log pi(a) with the tanh change of variables."""
+    std = log_std.exp()
+    u = mean + std * torch.randn_like(mean)
+    log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(u)
+    log_prob = log_prob - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
+    return torch.tanh(u), log_prob.sum(-1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# AWAC: policy, losses, update step
+# ---------------------------------------------------------------------------------------------------------------------
+def tanh_gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """log pi(a|s) of a given action in [-1, 1] (clipped to ±(1 - 1e-6) before atanh), summed over action dims, with
+    the same change of variables as tanh_gaussian_sample. A NaN in mean or log_std reaches the loss check."""
+    u = torch.atanh(action.clamp(-1.0 + 1e-6, 1.0 - 1e-6))
+    log_prob = torch.distributions.Normal(mean, log_std.exp(), validate_args=False).log_prob(u)
+    log_prob = log_prob - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
+    return log_prob.sum(-1)
+
+
+def ensemble_moments(mu: torch.Tensor, std: torch.Tensor):
+    """Eq. (5): moments of the uniform mixture of N Gaussians (member dim first) -> (mean, std) of one Gaussian.
+
+    sigma^2 = mean_i(sigma_i^2 + mu_i^2) - mu^2, computed as mean_i sigma_i^2 + mean_i (mu_i - mu)^2 (same value,
+    no cancellation); sigma is clamped to [exp(LOG_STD_MIN), exp(LOG_STD_MAX)] like a member's, as the authors do.
+    """
+    mean = mu.mean(0)
+    var = std.pow(2).mean(0) + (mu - mean).pow(2).mean(0)
+    return mean, var.clamp(np.exp(2.0 * LOG_STD_MIN), np.exp(2.0 * LOG_STD_MAX)).sqrt()
+
+
+@torch.no_grad()
+def ensemble_action(actor: nn.Module, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
+    """Action of the eq. 5 mixture policy for a batch of states obs [B, S] -> [B, A] (tanh(μ) or a sample)."""
+    n_members = actor.net[0].weight.shape[0]
+    mean, log_std = actor(obs.unsqueeze(0).expand(n_members, -1, -1))
+    mu, std = ensemble_moments(mean, log_std.exp())
+    return torch.tanh(mu if deterministic else mu + std * torch.randn_like(mu))
+
+
+def critic_loss_fn(actor, critic, critic_target, batch, gamma: float):
+    """Twin-Q TD loss: y = r + γ(1−d)·min(Q1', Q2')(s', a'~π(s')), no entropy; Σ_members (MSE(Q1,y) + MSE(Q2,y))."""
+    obs, actions, rewards, next_obs, dones = batch
+    with torch.no_grad():
+        next_actions, _ = tanh_gaussian_sample(*actor(next_obs))
+        next_q = critic_target(next_obs, next_actions).min(dim=1).values  # [N, B]
+        target = rewards + gamma * (1.0 - dones) * next_q
+    q = critic(obs, actions)  # [N, 2, B]
+    return (q - target.unsqueeze(1)).pow(2).mean(-1).sum(), q.detach()
+
+
+def awac_actor_loss(actor, critic, obs, actions, awac_lambda: float, exp_adv_max: float):
+    """AWAC actor loss: −mean[log π(a|s) · min(exp(A/λ), cap)], A = minQ(s,a) − minQ(s, a_π), a_π ~ π(·|s) (one sample).
+
+    Per-member mean over the batch, summed over members. Returns (loss, weights [N, B]).
+    """
+    mean, log_std = actor(obs)
+    with torch.no_grad():
+        pi_actions, _ = tanh_gaussian_sample(mean, log_std)
+        v = critic(obs, pi_actions).min(dim=1).values
+        q = critic(obs, actions).min(dim=1).values
+        weights = torch.exp((q - v) / awac_lambda).clamp_max(exp_adv_max)
+    log_prob = tanh_gaussian_log_prob(mean, log_std, actions)  # [N, B]
+    return -(log_prob * weights).mean(-1).sum(), weights
+
+
+@torch.no_grad()
+def soft_update(target: nn.Module, source: nn.Module, tau: float):
+    """Polyak averaging of the target network: target <- (1 - tau) target + tau source."""
+    for target_param, param in zip(target.parameters(), source.parameters()):
+        target_param.lerp_(param, tau)
+
+
+def awac_update(actor, critic, critic_target, actor_optimizer, critic_optimizer, batch, args) -> dict:
+    """One AWAC gradient step (critic, then actor with the updated critic, then Polyak). No host sync inside."""
+    critic_loss, q = critic_loss_fn(actor, critic, critic_target, batch, args.gamma)
+    critic_optimizer.zero_grad(set_to_none=True)
+    critic_loss.backward()
+    critic_optimizer.step()
+
+    actor_loss, weights = awac_actor_loss(actor, critic, batch[0], batch[1], args.awac_lambda, args.exp_adv_max)
+    actor_optimizer.zero_grad(set_to_none=True)
+    actor_loss.backward()
+    actor_optimizer.step()
+
+    soft_update(critic_target, critic, args.tau)
+    return {
+        "losses/critic_loss": critic_loss.detach(),
+        "losses/actor_loss": actor_loss.detach(),
+        "losses/qf_mean": q.mean(),
+        "losses/adv_weight_mean": weights.mean(),
+        "losses/adv_weight_capped_fraction": (weights >= args.exp_adv_max).float().mean(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Replay buffer: the dataset followed by the online transitions (nothing is overwritten)
+# ---------------------------------------------------------------------------------------------------------------------
+class OfflineOnlineBuffer:
+    FIELDS = ("observations", "actions", "rewards", "next_observations", "terminals")
+
+    def __init__(self, dataset: dict, capacity: int, device: torch.device):
+        self.dataset_size = len(dataset["observations"])
+        self.size = self.dataset_size
+        self.data = {}
+        for key in self.FIELDS:
+            values = torch.as_tensor(dataset[key])
+            self.data[key] = torch.zeros((capacity, *values.shape[1:]), dtype=torch.float32, device=device)
+            self.data[key][: self.size] = values.to(device)
+
+    def add(self, obs, action, reward, next_obs, terminal):
+        for key, value in zip(self.FIELDS, (obs, action, reward, next_obs, terminal)):
+            self.data[key][self.size] = torch.as_tensor(np.asarray(value, dtype=np.float32))
+        self.size += 1
+
+    def sample(self, rng: np.random.Generator, n_members: int, batch_size: int):
+        """Own uniform minibatch for each member: indices [N, B] -> (s, a, r, s', d) with leading dims [N, B]."""
+        idx = torch.as_tensor(rng.integers(0, self.size, size=(n_members, batch_size)))
+        idx = idx.to(self.data["observations"].device)
+        return tuple(self.data[key][idx] for key in self.FIELDS)
+
+    def online_part(self) -> dict:
+        """The online rows as CPU tensors of their own (a slice would save the whole buffer's storage)."""
+        return {key: self.data[key][self.dataset_size : self.size].to("cpu", copy=True) for key in self.FIELDS}
+
+    def load_online_part(self, online: dict):
+        n = len(online["observations"])
+        for key in self.FIELDS:
+            self.data[key][self.dataset_size : self.dataset_size + n] = online[key]
+        self.size = self.dataset_size + n
+
+
+def main():
+    args = tyro.cli(Args)
+    for name in ("n_ensemble", "batch_size", "hidden_dim", "eval_episodes", "log_every", "eval_every"):
+        if getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be at least 1")
+    if args.offline_steps < 0 or args.online_steps < 0 or args.checkpoint_every < 0:
+        fail("--offline-steps, --online-steps and --checkpoint-every must be non-negative")
+    for name, value in (("learning_rate", args.learning_rate), ("tau", args.tau), ("awac_lambda", args.awac_lambda),
+                        ("exp_adv_max", args.exp_adv_max)):
+        if not (np.isfinite(value) and value > 0):
+            fail(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    if not 0.0 <= args.gamma <= 1.0:
+        fail(f"--gamma must lie in [0, 1], got {args.gamma}")
+    checkpoint_path = args.save_checkpoint or f"checkpoints/awac_{args.env_id}_seed{args.seed}.pt"
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+
+    random.seed(args.seed)
+    np_rng = np.random.default_rng(args.seed)
+    torch.manual_seed(args.seed)
+
+    # data, envs, buffer (README: D4RL or Minari)
+    eval_env = make_env(args.env_id, args.seed + 10_000)
+    obs_dim, act_dim = eval_env.observation_space.shape[0], eval_env.action_space.shape[0]
+    dataset = load_d4rl_dataset(args.env_id, args.dataset_path)
+    check_dataset_matches_env(dataset, eval_env, args.dataset_path or args.env_id)
+    buffer = OfflineOnlineBuffer(dataset, len(dataset["observations"]) + args.online_steps, device)
+    total_steps = args.offline_steps + args.online_steps
+
+    # networks (shared-block classes, so the checkpoint loads like every other script's)
+    hidden_sizes = [args.hidden_dim, args.hidden_dim]
+    actor = EnsembleActor(obs_dim, act_dim, hidden_sizes, args.n_ensemble).to(device)
+    critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, args.n_ensemble).to(device)
+    critic_target = EnsembleCritic(obs_dim, act_dim, hidden_sizes, args.n_ensemble).to(device)
+    critic_target.load_state_dict(critic.state_dict())
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate)
+    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.learning_rate)
+
+    global_step, episodes = 0, 0
+    if args.resume:
+        expected = {"algo": "awac", "env_id": args.env_id, "obs_dim": obs_dim, "act_dim": act_dim,
+                    "n_ensemble": args.n_ensemble, "hidden_sizes": [args.hidden_dim] * 2}
+        ckpt = load_resume_checkpoint(checkpoint_path, expected)
+        state = ckpt["resume"]
+        if state["dataset_size"] != buffer.dataset_size:
+            fail(f"checkpoint {checkpoint_path} was trained on {state['dataset_size']} dataset transitions, "
+                 f"this dataset has {buffer.dataset_size}")
+        if len(state["online_transitions"]["observations"]) > args.online_steps:  # more than the buffer has room for
+            fail(f"checkpoint {checkpoint_path} holds {len(state['online_transitions']['observations'])} online "
+                 f"transitions but --online-steps is {args.online_steps}")
+        actor.load_state_dict(ckpt["actor"])
+        critic.load_state_dict(ckpt["critic"])
+        critic_target.load_state_dict(state["critic_target"])
+        actor_optimizer.load_state_dict(state["actor_optimizer"])
+        critic_optimizer.load_state_dict(state["critic_optimizer"])
+        buffer.load_online_part(state["online_transitions"])
+        global_step, episodes = state["global_step"], state["episodes"]
+        set_rng_states(state["rng"], np_rng)
+        run_dir = args.run_dir or state["run_dir"]
+    else:
+        run_dir = args.run_dir or f"runs/{args.env_id}__awac__{args.seed}__{int(time.time())}"
+    check_writable(checkpoint_path, "checkpoint")
+    check_writable(run_dir, "run directory")
+
+    x_of = lambda step: step - args.offline_steps  # noqa: E731  (x-axis: online env steps, offline before 0)
+    writer = SummaryWriter(run_dir, purge_step=x_of(global_step) + 1 if args.resume else None)
+    if not args.resume:
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n"
+                        + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+
+    def save(step: int, metrics: dict | None):
+        if metrics is not None:
+            check_finite(metrics, x_of(step))  # never overwrite the last good checkpoint with a diverged one
+        writer.flush()
+        save_checkpoint(checkpoint_path, {
+            "format": CHECKPOINT_FORMAT, "algo": "awac", "env_id": args.env_id, "obs_dim": obs_dim,
+            "act_dim": act_dim, "n_ensemble": args.n_ensemble, "hidden_sizes": hidden_sizes,
+            "actor": actor.state_dict(), "critic": critic.state_dict(), "step": step,
+            "args": dataclasses.asdict(args),
+            "resume": {
+                "critic_target": critic_target.state_dict(), "actor_optimizer": actor_optimizer.state_dict(),
+                "critic_optimizer": critic_optimizer.state_dict(), "rng": rng_states(np_rng),
+                "global_step": step, "episodes": episodes, "run_dir": run_dir,
+                "dataset_size": buffer.dataset_size, "online_transitions": buffer.online_part(),
+            },
+        })
+
+    env, obs = None, None
+    metrics, last_log_time, last_log_step = None, time.time(), global_step
+    policy = lambda o: ensemble_action(actor, o, deterministic=True)  # noqa: E731
+    progress = tqdm(range(global_step, total_steps), initial=global_step, total=total_steps, desc="awac")
+    for global_step in progress:
+        if global_step >= args.offline_steps:  # online phase: act with the eq. 5 mixture policy, store, update
+            if env is None:  # first online step, or a resumed run: a fresh episode (seeded by the step)
+                env = make_env(args.env_id, args.seed + global_step)
+                obs, _ = env.reset(seed=args.seed + global_step)
+            obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0)
+            action = ensemble_action(actor, obs_tensor, deterministic=False)[0].cpu().numpy()
+            next_obs, reward, terminated, truncated, info = env.step(action)
+            buffer.add(obs, action, reward, next_obs, float(terminated))  # time-limit ends stay non-terminal
+            obs = next_obs
+            if terminated or truncated:
+                episodes += 1
+                writer.add_scalar("charts/episodic_return", info["episode"]["r"], x_of(global_step + 1))
+                writer.add_scalar("charts/episodic_length", info["episode"]["l"], x_of(global_step + 1))
+                obs, _ = env.reset()
+
+        batch = buffer.sample(np_rng, args.n_ensemble, args.batch_size)
+        metrics = awac_update(actor, critic, critic_target, actor_optimizer, critic_optimizer, batch, args)
+
+        step, x = global_step + 1, x_of(global_step + 1)
+        if x % args.log_every == 0 or step == total_steps:
+            values = check_finite(metrics, x)
+            for name, value in values.items():
+                writer.add_scalar(name, value, x)
+            writer.add_scalar("charts/SPS", (step - last_log_step) / max(time.time() - last_log_time, 1e-9), x)
+            writer.add_scalar("charts/buffer_size", buffer.size, x)
+            last_log_time, last_log_step = time.time(), step
+        if x % args.eval_every == 0 or step == total_steps:
+            returns = evaluate(eval_env, policy, [args.seed + 10_000 + k for k in range(args.eval_episodes)], device)
+            score = normalized_score(args.env_id, returns.mean())
+            writer.add_scalar("eval/return", returns.mean(), x)
+            writer.add_scalar("eval/normalized_score", score, x)
+            tqdm.write(f"x={x} ({'offline' if x <= 0 else 'online'}) return={returns.mean():.1f} "
+                       f"normalized={score:.1f} critic_loss={metrics['losses/critic_loss'].item():.3f}")
+        if (args.checkpoint_every and step % args.checkpoint_every == 0) or step == total_steps:
+            save(step, metrics)
+
+    if metrics is None:  # nothing to train (0 steps, or resumed at the end): still leave a checkpoint
+        save(global_step, None)
+    writer.close()
+    if env is not None:
+        env.close()
+    eval_env.close()
+    print(f"checkpoint: {checkpoint_path}\nrun dir: {run_dir}")
+
+
+# =====================================================================================================================
+# Plumbing: data, environments, scores, checkpoint files, evaluation. A helper that several scripts hold is copied
+# verbatim into each (CONTRIBUTING.md) and tests/test_reliability.py checks that every copy is identical. Python looks
+# these names up when main() runs, so they can come after it.
+# =====================================================================================================================
+
 def fail(message: str):
     """Stop with one clear message and exit status 1, no traceback (used for every bad input)."""
     raise SystemExit(f"error: {message}")
@@ -452,69 +751,7 @@ def check_dataset_matches_env(dataset: dict, env: gym.Env, source: str):
              f"{dataset['actions'].shape[1]} but {env.spec.id} has {obs_dim}/{act_dim}")
 
 
-# ---- vectorized ensemble networks (paper §3.2): weights [N, in, out], one batched matmul per layer ----
-LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 CHECKPOINT_FORMAT = "o2o-ensemble-v1"
-
-
-class VectorizedLinear(nn.Module):
-    """N independent linear layers applied as one batched matmul: x [N, B, in] -> [N, B, out]."""
-
-    def __init__(self, in_features: int, out_features: int, n_members: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(n_members, in_features, out_features))
-        self.bias = nn.Parameter(torch.empty(n_members, 1, out_features))
-        bound = 1.0 / in_features**0.5  # nn.Linear's default init, drawn independently for each member
-        nn.init.uniform_(self.weight, -bound, bound)
-        nn.init.uniform_(self.bias, -bound, bound)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
-
-
-def vectorized_mlp(in_dim: int, hidden_sizes, out_dim: int, n_members: int) -> nn.Sequential:
-    layers, width = [], in_dim
-    for hidden in hidden_sizes:
-        layers += [VectorizedLinear(width, hidden, n_members), nn.ReLU()]
-        width = hidden
-    return nn.Sequential(*layers, VectorizedLinear(width, out_dim, n_members))
-
-
-class EnsembleActor(nn.Module):
-    """N tanh-Gaussian actors with state-dependent log-std: obs [N, B, S] -> mean, log_std [N, B, A] (pre-tanh)."""
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
-        super().__init__()
-        self.net = vectorized_mlp(obs_dim, hidden_sizes, 2 * act_dim, n_members)
-
-    def forward(self, obs: torch.Tensor):
-        mean, log_std = self.net(obs).chunk(2, dim=-1)
-        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
-
-
-class EnsembleCritic(nn.Module):
-    """Twin Q-functions of N members as 2N vectorized MLPs, member-major (row 2i: Q1 of member i, 2i+1: Q2).
-
-    obs [N, B, S], act [N, B, A] -> Q [N, 2, B]. Taking the first k members is slicing rows [:2k].
-    """
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
-        super().__init__()
-        self.n_members = n_members
-        self.net = vectorized_mlp(obs_dim + act_dim, hidden_sizes, 1, 2 * n_members)
-
-    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([obs, act], dim=-1).repeat_interleave(2, dim=0)
-        return self.net(x).view(self.n_members, 2, -1)
-
-
-def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor):
-    """Reparameterized a = tanh(u), u ~ N(mean, std), and log pi(a) with the tanh change of variables."""
-    std = log_std.exp()
-    u = mean + std * torch.randn_like(mean)
-    log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(u)
-    log_prob = log_prob - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
-    return torch.tanh(u), log_prob.sum(-1)
 
 
 def save_checkpoint(path: str, payload: dict):
@@ -562,139 +799,14 @@ def load_checkpoint(path: str, what: str):
          f"{' (' + ', '.join(names) + ')' if names else ''}; it was not loaded")
 
 
-# ---------------------------------------------------------------------------------
-# AWAC: policy, losses, update step
-# ---------------------------------------------------------------------------------
-ACTION_CLIP = 1.0 - 1e-6  # dataset actions are clipped to ±(1 − 1e-6) before atanh
-
-
-def tanh_gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-    """log π(a|s) of a given action under the tanh-Gaussian (summed over action dims): the AWAC likelihood term."""
-    u = torch.atanh(action.clamp(-ACTION_CLIP, ACTION_CLIP))
-    gaussian = torch.distributions.Normal(mean, log_std.exp(), validate_args=False)  # NaN reaches the loss check
-    log_prob = gaussian.log_prob(u) - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
-    return log_prob.sum(-1)
-
-
-def ensemble_moments(mu: torch.Tensor, std: torch.Tensor):
-    """Eq. (5): moments of the uniform mixture of N Gaussians (member dim first) -> (mean, std) of one Gaussian.
-
-    sigma^2 = mean_i(sigma_i^2 + mu_i^2) - mu^2, computed as mean_i sigma_i^2 + mean_i (mu_i - mu)^2 (same value,
-    no cancellation); sigma is clamped to [exp(LOG_STD_MIN), exp(LOG_STD_MAX)] like a member's, as the authors do.
-    """
-    mean = mu.mean(0)
-    var = std.pow(2).mean(0) + (mu - mean).pow(2).mean(0)
-    return mean, var.clamp(np.exp(2.0 * LOG_STD_MIN), np.exp(2.0 * LOG_STD_MAX)).sqrt()
-
-
 @torch.no_grad()
-def ensemble_action(actor: nn.Module, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
-    """Action of the eq. 5 mixture policy for a batch of states obs [B, S] -> [B, A] (tanh(μ) or a sample)."""
-    n_members = actor.net[0].weight.shape[0]
-    mean, log_std = actor(obs.unsqueeze(0).expand(n_members, -1, -1))
-    mu, std = ensemble_moments(mean, log_std.exp())
-    return torch.tanh(mu if deterministic else mu + std * torch.randn_like(mu))
+def evaluate(env: gym.Env, policy, seeds: list, device) -> np.ndarray:
+    """Undiscounted returns of one episode per entry of `seeds` (the reset seed; None goes on with the env's own RNG).
 
-
-def critic_loss_fn(actor, critic, critic_target, batch, gamma: float):
-    """Twin-Q TD loss: y = r + γ(1−d)·min(Q1', Q2')(s', a'~π(s')), no entropy; Σ_members (MSE(Q1,y) + MSE(Q2,y))."""
-    obs, actions, rewards, next_obs, dones = batch
-    with torch.no_grad():
-        next_actions, _ = tanh_gaussian_sample(*actor(next_obs))
-        next_q = critic_target(next_obs, next_actions).min(dim=1).values  # [N, B]
-        target = rewards + gamma * (1.0 - dones) * next_q
-    q = critic(obs, actions)  # [N, 2, B]
-    return (q - target.unsqueeze(1)).pow(2).mean(-1).sum(), q.detach()
-
-
-def awac_actor_loss(actor, critic, obs, actions, awac_lambda: float, exp_adv_max: float):
-    """AWAC actor loss: −mean[log π(a|s) · min(exp(A/λ), cap)], A = minQ(s,a) − minQ(s, a_π), a_π ~ π(·|s) (one sample).
-
-    Per-member mean over the batch, summed over members. Returns (loss, weights [N, B]).
-    """
-    mean, log_std = actor(obs)
-    with torch.no_grad():
-        pi_actions, _ = tanh_gaussian_sample(mean, log_std)
-        v = critic(obs, pi_actions).min(dim=1).values
-        q = critic(obs, actions).min(dim=1).values
-        weights = torch.exp((q - v) / awac_lambda).clamp_max(exp_adv_max)
-    log_prob = tanh_gaussian_log_prob(mean, log_std, actions)  # [N, B]
-    return -(log_prob * weights).mean(-1).sum(), weights
-
-
-@torch.no_grad()
-def soft_update(target: nn.Module, source: nn.Module, tau: float):
-    for target_param, param in zip(target.parameters(), source.parameters()):
-        target_param.lerp_(param, tau)
-
-
-def awac_update(actor, critic, critic_target, actor_optimizer, critic_optimizer, batch, args) -> dict:
-    """One AWAC gradient step (critic, then actor with the updated critic, then Polyak). No host sync inside."""
-    critic_loss, q = critic_loss_fn(actor, critic, critic_target, batch, args.gamma)
-    critic_optimizer.zero_grad(set_to_none=True)
-    critic_loss.backward()
-    critic_optimizer.step()
-
-    actor_loss, weights = awac_actor_loss(actor, critic, batch[0], batch[1], args.awac_lambda, args.exp_adv_max)
-    actor_optimizer.zero_grad(set_to_none=True)
-    actor_loss.backward()
-    actor_optimizer.step()
-
-    soft_update(critic_target, critic, args.tau)
-    return {
-        "losses/critic_loss": critic_loss.detach(),
-        "losses/actor_loss": actor_loss.detach(),
-        "losses/qf_mean": q.mean(),
-        "losses/adv_weight_mean": weights.mean(),
-        "losses/adv_weight_capped_fraction": (weights >= args.exp_adv_max).float().mean(),
-    }
-
-
-# ---------------------------------------------------------------------------------
-# Replay buffer: the dataset followed by the online transitions (nothing is overwritten)
-# ---------------------------------------------------------------------------------
-class ReplayBuffer:
-    FIELDS = ("observations", "actions", "rewards", "next_observations", "terminals")
-
-    def __init__(self, dataset: dict, capacity: int, device: torch.device):
-        self.dataset_size = len(dataset["observations"])
-        self.size = self.dataset_size
-        self.data = {}
-        for key in self.FIELDS:
-            values = torch.as_tensor(dataset[key])
-            self.data[key] = torch.zeros((capacity, *values.shape[1:]), dtype=torch.float32, device=device)
-            self.data[key][: self.size] = values.to(device)
-
-    def add(self, obs, action, reward, next_obs, terminal):
-        for key, value in zip(self.FIELDS, (obs, action, reward, next_obs, terminal)):
-            self.data[key][self.size] = torch.as_tensor(np.asarray(value, dtype=np.float32))
-        self.size += 1
-
-    def sample(self, rng: np.random.Generator, n_members: int, batch_size: int):
-        """Own uniform minibatch for each member: indices [N, B] -> (s, a, r, s', d) with leading dims [N, B]."""
-        idx = torch.as_tensor(rng.integers(0, self.size, size=(n_members, batch_size)))
-        idx = idx.to(self.data["observations"].device)
-        return tuple(self.data[key][idx] for key in self.FIELDS)
-
-    def online_part(self) -> dict:
-        """The online rows as CPU tensors of their own (a slice would save the whole buffer's storage)."""
-        return {key: self.data[key][self.dataset_size : self.size].to("cpu", copy=True) for key in self.FIELDS}
-
-    def load_online_part(self, online: dict):
-        n = len(online["observations"])
-        for key in self.FIELDS:
-            self.data[key][self.dataset_size : self.dataset_size + n] = online[key]
-        self.size = self.dataset_size + n
-
-
-# ---------------------------------------------------------------------------------
-# Evaluation, checks, checkpoints
-# ---------------------------------------------------------------------------------
-def evaluate(env: gym.Env, policy, n_episodes: int, seed: int, device: torch.device) -> np.ndarray:
-    """Undiscounted returns of `n_episodes` deterministic episodes, episode k started with seed `seed + k`."""
+    policy: a [1, obs_dim] float32 tensor on `device` -> a [1, act_dim] action tensor in [-1, 1]."""
     returns = []
-    for episode in range(n_episodes):
-        obs, _ = env.reset(seed=seed + episode)
+    for seed in seeds:
+        obs, _ = env.reset(seed=seed)
         done, episode_return = False, 0.0
         while not done:
             action = policy(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))[0].cpu().numpy()
@@ -715,17 +827,18 @@ def check_finite(metrics: dict, step: int):
     return dict(zip(metrics, values.tolist()))
 
 
-def check_writable(path: str, what: str):
-    """Fail at startup (not after hours of training) when `path`'s folder cannot be created or written."""
-    folder = os.path.dirname(os.path.abspath(path)) if what == "checkpoint" else os.path.abspath(path)
+def check_writable(path: str, what: str = "checkpoint"):
+    """Fail at startup, not after hours of training, when `path` cannot be written: its folder (the folder itself
+    when `what` ends in "directory") is created and a probe file is written there and removed."""
+    folder = os.path.abspath(path) if what.endswith("directory") else os.path.dirname(os.path.abspath(path))
     probe = os.path.join(folder, f".write_probe_{os.getpid()}.tmp")
     try:
         os.makedirs(folder, exist_ok=True)
-        with open(probe, "w"):
+        with open(probe, "wb"):
             pass
         os.remove(probe)
     except OSError as err:
-        fail(f"cannot write the {what} path {path}: {err}")
+        fail(f"cannot write {what} {path}: {err}")
 
 
 def rng_states(np_rng: np.random.Generator) -> dict:
@@ -743,14 +856,12 @@ def set_rng_states(states: dict, np_rng: np.random.Generator):
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def load_resume_checkpoint(path: str, args: Args, obs_dim: int, act_dim: int) -> dict:
+def load_resume_checkpoint(path: str, expected: dict) -> dict:
     if not os.path.isfile(path):
         fail(f"--resume: no checkpoint at {path} (pass the run's --save-checkpoint)")
     ckpt = load_checkpoint(path, "checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         fail(f"checkpoint {path} is not in format {CHECKPOINT_FORMAT}")
-    expected = {"algo": "awac", "env_id": args.env_id, "obs_dim": obs_dim, "act_dim": act_dim,
-                "n_ensemble": args.n_ensemble, "hidden_sizes": [args.hidden_dim] * 2}
     for key, value in expected.items():
         if ckpt.get(key) != value:
             fail(f"checkpoint {path} has {key}={ckpt.get(key)!r} but this run has {value!r}")
@@ -759,143 +870,50 @@ def load_resume_checkpoint(path: str, args: Args, obs_dim: int, act_dim: int) ->
     return ckpt
 
 
-# ---------------------------------------------------------------------------------
-# main
-# ---------------------------------------------------------------------------------
-def main():
-    args = tyro.cli(Args)
-    for name in ("n_ensemble", "batch_size", "hidden_dim", "eval_episodes", "log_every", "eval_every"):
-        if getattr(args, name) < 1:
-            fail(f"--{name.replace('_', '-')} must be at least 1")
-    if args.offline_steps < 0 or args.online_steps < 0 or args.checkpoint_every < 0:
-        fail("--offline-steps, --online-steps and --checkpoint-every must be non-negative")
-    for name, value in (("learning_rate", args.learning_rate), ("tau", args.tau), ("awac_lambda", args.awac_lambda),
-                        ("exp_adv_max", args.exp_adv_max)):
-        if not (np.isfinite(value) and value > 0):
-            fail(f"--{name.replace('_', '-')} must be a positive number, got {value}")
-    if not 0.0 <= args.gamma <= 1.0:
-        fail(f"--gamma must lie in [0, 1], got {args.gamma}")
-    checkpoint_path = args.save_checkpoint or f"checkpoints/awac_{args.env_id}_seed{args.seed}.pt"
-    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-
-    random.seed(args.seed)
-    np_rng = np.random.default_rng(args.seed)
-    torch.manual_seed(args.seed)
-
-    # data, envs, buffer (README: D4RL or Minari)
-    eval_env = make_env(args.env_id, args.seed + 10_000)
-    obs_dim, act_dim = eval_env.observation_space.shape[0], eval_env.action_space.shape[0]
-    dataset = load_d4rl_dataset(args.env_id, args.dataset_path)
-    check_dataset_matches_env(dataset, eval_env, args.dataset_path or args.env_id)
-    buffer = ReplayBuffer(dataset, len(dataset["observations"]) + args.online_steps, device)
-    total_steps = args.offline_steps + args.online_steps
-
-    # networks (shared-block classes, so the checkpoint loads like every other script's)
-    hidden_sizes = [args.hidden_dim, args.hidden_dim]
-    actor = EnsembleActor(obs_dim, act_dim, hidden_sizes, args.n_ensemble).to(device)
-    critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, args.n_ensemble).to(device)
-    critic_target = EnsembleCritic(obs_dim, act_dim, hidden_sizes, args.n_ensemble).to(device)
-    critic_target.load_state_dict(critic.state_dict())
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate)
-    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.learning_rate)
-
-    global_step, episodes = 0, 0
-    if args.resume:
-        ckpt = load_resume_checkpoint(checkpoint_path, args, obs_dim, act_dim)
-        state = ckpt["resume"]
-        if state["dataset_size"] != buffer.dataset_size:
-            fail(f"checkpoint {checkpoint_path} was trained on {state['dataset_size']} dataset transitions, "
-                 f"this dataset has {buffer.dataset_size}")
-        if len(state["online_transitions"]["observations"]) > args.online_steps:  # more than the buffer has room for
-            fail(f"checkpoint {checkpoint_path} holds {len(state['online_transitions']['observations'])} online "
-                 f"transitions but --online-steps is {args.online_steps}")
-        actor.load_state_dict(ckpt["actor"])
-        critic.load_state_dict(ckpt["critic"])
-        critic_target.load_state_dict(state["critic_target"])
-        actor_optimizer.load_state_dict(state["actor_optimizer"])
-        critic_optimizer.load_state_dict(state["critic_optimizer"])
-        buffer.load_online_part(state["online_transitions"])
-        global_step, episodes = state["global_step"], state["episodes"]
-        set_rng_states(state["rng"], np_rng)
-        run_dir = args.run_dir or state["run_dir"]
-    else:
-        run_dir = args.run_dir or f"runs/{args.env_id}__awac__{args.seed}__{int(time.time())}"
-    check_writable(checkpoint_path, "checkpoint")
-    check_writable(run_dir, "run directory")
-
-    x_of = lambda step: step - args.offline_steps  # noqa: E731  (x-axis: online env steps, offline before 0)
-    writer = SummaryWriter(run_dir, purge_step=x_of(global_step) + 1 if args.resume else None)
-    if not args.resume:
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n"
-                        + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-
-    def save(step: int, metrics: dict | None):
-        if metrics is not None:
-            check_finite(metrics, x_of(step))  # never overwrite the last good checkpoint with a diverged one
-        writer.flush()
-        save_checkpoint(checkpoint_path, {
-            "format": CHECKPOINT_FORMAT, "algo": "awac", "env_id": args.env_id, "obs_dim": obs_dim,
-            "act_dim": act_dim, "n_ensemble": args.n_ensemble, "hidden_sizes": hidden_sizes,
-            "actor": actor.state_dict(), "critic": critic.state_dict(), "step": step,
-            "args": dataclasses.asdict(args),
-            "resume": {
-                "critic_target": critic_target.state_dict(), "actor_optimizer": actor_optimizer.state_dict(),
-                "critic_optimizer": critic_optimizer.state_dict(), "rng": rng_states(np_rng),
-                "global_step": step, "episodes": episodes, "run_dir": run_dir,
-                "dataset_size": buffer.dataset_size, "online_transitions": buffer.online_part(),
-            },
-        })
-
-    env, obs = None, None
-    metrics, last_log_time, last_log_step = None, time.time(), global_step
-    policy = lambda o: ensemble_action(actor, o, deterministic=True)  # noqa: E731
-    progress = tqdm(range(global_step, total_steps), initial=global_step, total=total_steps, desc="awac")
-    for global_step in progress:
-        if global_step >= args.offline_steps:  # online phase: act with the eq. 5 mixture policy, store, update
-            if env is None:  # first online step, or a resumed run: a fresh episode (seeded by the step)
-                env = make_env(args.env_id, args.seed + global_step)
-                obs, _ = env.reset(seed=args.seed + global_step)
-            obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0)
-            action = ensemble_action(actor, obs_tensor, deterministic=False)[0].cpu().numpy()
-            next_obs, reward, terminated, truncated, info = env.step(action)
-            buffer.add(obs, action, reward, next_obs, float(terminated))  # time-limit ends stay non-terminal
-            obs = next_obs
-            if terminated or truncated:
-                episodes += 1
-                writer.add_scalar("charts/episodic_return", info["episode"]["r"], x_of(global_step + 1))
-                writer.add_scalar("charts/episodic_length", info["episode"]["l"], x_of(global_step + 1))
-                obs, _ = env.reset()
-
-        batch = buffer.sample(np_rng, args.n_ensemble, args.batch_size)
-        metrics = awac_update(actor, critic, critic_target, actor_optimizer, critic_optimizer, batch, args)
-
-        step, x = global_step + 1, x_of(global_step + 1)
-        if x % args.log_every == 0 or step == total_steps:
-            values = check_finite(metrics, x)
-            for name, value in values.items():
-                writer.add_scalar(name, value, x)
-            writer.add_scalar("charts/SPS", (step - last_log_step) / max(time.time() - last_log_time, 1e-9), x)
-            writer.add_scalar("charts/buffer_size", buffer.size, x)
-            last_log_time, last_log_step = time.time(), step
-        if x % args.eval_every == 0 or step == total_steps:
-            returns = evaluate(eval_env, policy, args.eval_episodes, args.seed + 10_000, device)
-            score = normalized_score(args.env_id, returns.mean())
-            writer.add_scalar("eval/return", returns.mean(), x)
-            writer.add_scalar("eval/normalized_score", score, x)
-            tqdm.write(f"x={x} ({'offline' if x <= 0 else 'online'}) return={returns.mean():.1f} "
-                       f"normalized={score:.1f} critic_loss={metrics['losses/critic_loss'].item():.3f}")
-        if (args.checkpoint_every and step % args.checkpoint_every == 0) or step == total_steps:
-            save(step, metrics)
-
-    if metrics is None:  # nothing to train (0 steps, or resumed at the end): still leave a checkpoint
-        save(global_step, None)
-    writer.close()
-    if env is not None:
-        env.close()
-    eval_env.close()
-    print(f"checkpoint: {checkpoint_path}\nrun dir: {run_dir}")
-
+# =====================================================================================================================
+# End of the shared plumbing
+# =====================================================================================================================
 
 if __name__ == "__main__":
     main()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Notes. Choices made where the paper is silent:
+# ---------------------------------------------------------------------------------------------------------------------
+# - V(s) ≈ min-Q(s, a_π) with a_π ONE SAMPLE of the current policy (not its mean), as CORL's awac.py
+#   (`pi_action, _ = self._actor(states)` draws an rsample). The next-state action a' is also a sample.
+# - Policy: the shared block's tanh-Gaussian EnsembleActor (state-dependent log-std clamped to [−20, 2]) so the
+#   checkpoint format matches the other scripts. log π(a|s) of a dataset action is the tanh-Gaussian density:
+#   u = atanh(clip(a, −1+1e-6, 1−1e-6)),  log π = Σ_j [log N(u_j; μ_j, σ_j) − log(1 − tanh(u_j)²)]
+#   (the clip keeps atanh finite for actions stored at exactly ±1; the Jacobian term does not depend on the
+#   parameters, so it changes the value of the loss but not its gradient).
+# - λ (`--awac-lambda`) defaults to 1.0; CORL uses 0.3333 for walker2d-medium-expert (pass --awac-lambda 0.3333).
+# - Learning rate 3e-4 for actor and critic, batch 256, γ 0.99, hidden 256-256 (the paper's baselines). The actor uses no
+#   weight decay (CORL's AWAC uses none either).
+# - Offline length: `--offline-steps` defaults to 1,000,000 (the paper's CQL pre-training budget, so the
+#   baselines get the same offline compute as the method); online: 250,000 steps as balanced_finetune.py.
+# - Ensemble (`--n-ensemble N`: the paper applied the ensemble to every baseline): N independent
+#   AWAC agents as one vectorized ensemble (EnsembleActor / EnsembleCritic, weights [N, in, out]); each member
+#   gets its own minibatch (indices [N, B]), its own targets and its own advantage weights (each member's
+#   log π is of its own Gaussian on the data action); losses are per-member means summed over members, so
+#   every member's gradient is that of a solo run. Acting and evaluation use the mixture-moment policy of the
+#   paper's eq. 5 in pre-tanh space: μ = mean_i μ_i, σ² = mean_i(σ_i² + μ_i²) − μ²; evaluation takes tanh(μ)
+#   (deterministic), exploration samples tanh(μ + σ·ε). With N = 1 this is plain AWAC.
+# - x-axis of every TensorBoard curve = online environment steps. Offline gradient step t (1-based) is logged
+#   at x = t − offline_steps, so the offline phase occupies x ∈ [−offline_steps, 0] and the evaluation at
+#   x = 0 is the policy at the end of the offline phase — the same point as balanced_finetune.py's epoch 0
+#   (its pretrained policy, logged at x = 0). Online step t (1-based, after its gradient step) is at x = t.
+#   Evaluations happen whenever x is a multiple of `--eval-every` (x = 0 included) and at the end.
+# - Evaluation: `--eval-episodes` episodes in a separate env, episode k reset with seed `seed + 10_000 + k`
+#   (the same start states at every evaluation, independent of training history).
+# - Checkpoints (CONTRIBUTING.md: Contracts; format "o2o-ensemble-v1", algo "awac") every `--checkpoint-every` steps (offline
+#   and online steps count alike) and at the end, written atomically. `resume` holds the target critic, both
+#   optimizers, the RNG states, the global step and the online transitions (the dataset part of the buffer is
+#   re-read from the dataset file and its size checked). `--resume` continues from `--save-checkpoint`:
+#   TensorBoard events after the checkpoint's step are purged (SummaryWriter purge_step) so curves continue
+#   without duplicates. A run resumed in the online phase starts a new training episode (the simulator state
+#   of the interrupted episode is not stored); no transition is lost or stored twice.
+# - A NaN/inf loss is detected on the values already synced for logging (every `--log-every` steps and before
+#   each checkpoint write); the run stops with a message naming the loss and the step, and the last good
+#   checkpoint is kept.

@@ -20,31 +20,7 @@ Loads N offline CQL agents (cql_pretrain.py) and fine-tunes them online:
 * Schedule [official]: epochs of 1000 env steps followed by 1000 updates (5000 in the first epoch);
   evaluation (deterministic tanh(mu) of the ensemble, >= 5 episodes) at the start of every epoch.
 
-Choices where the paper is silent (a careful reading of the official code where possible):
-* All members share the one RL minibatch of 256 (the policy is one distribution, the priorities are set
-  for "the 256 transitions just drawn"); the offline pretraining's per-member minibatches do not apply.
-* The mixture variance is computed as mean_i sigma_i^2 + mean_i (mu_i - mu)^2, algebraically equal to
-  eq. (5) but free of cancellation; the mixture std is clamped to [e^-20, e^2] as in the authors' code.
-* Every epoch of 1000 env steps starts a fresh episode, as the authors' collector does; the episode cut at
-  the epoch's end keeps its last transition non-terminal, like a time-limit end.
-* Update order per gradient step (CleanRL's SAC): density-ratio step (its priorities come from w before
-  the step), critic step, actor step, alpha step, Polyak update of the target critics.
-* The density-ratio network is trained in every --sampling mode so balanced/w_* are comparable across
-  modes; it sets priorities only with --sampling balanced. Its hidden width is --hidden-dim (256
-  [official]); the actor/critic sizes are read from the checkpoint. Hidden layers use nn.Linear's
-  default init; the last layer U(-3e-3, 3e-3) with bias 1.0 [official].
-* balanced/auroc: after each epoch's updates, Qbar scores the (up to 1000) online transitions of that
-  epoch: real (s, a) are positives, (s, a ~ U[-1,1]^|A|) negatives; AUROC by the rank-sum formula.
-* Losses, alpha, offline fraction and w are averaged on the device over an epoch's updates and synced
-  once per epoch; that is also where a NaN/inf loss stops the run (before the checkpoint is written, so
-  the last good checkpoint survives). With --sampling balanced the sum-tree lives on the host, so one
-  copy of the 256 new priorities per update is inherent (free on the CPU).
-* Checkpoints (CONTRIBUTING.md format, algo "balanced") are written at the end of an epoch once at least
-  --checkpoint-every env steps passed since the last one, and at the end. They hold the full resume state
-  (online transitions, sum-tree leaves, p_max, density-ratio net, optimizers, alpha, RNG states, step,
-  run dir). --resume continues at the next epoch, which starts a fresh episode anyway, so an interrupted run
-  resumes exactly.
-* Online time-limit ends are stored as non-terminal (done = terminated), as the dataset's are.
+Implementation choices where the paper is silent: the Notes at the end of this file.
 """
 import dataclasses
 import http.client
@@ -73,6 +49,7 @@ from tqdm import tqdm
 
 @dataclass
 class Args:
+    # task, data and the pretrained ensemble
     env_id: str = "walker2d-medium-expert-v2"
     """D4RL task name (v4 env), Minari dataset id (mujoco/hopper/medium-v0: the env it names) or gym id + --dataset-path"""
     dataset_path: str | None = None
@@ -85,6 +62,8 @@ class Args:
     """where the critics come from: the CQL checkpoint or an fqe.py checkpoint (policy always from CQL)"""
     fqe_checkpoint: str | None = None
     """fqe.py checkpoint for --q-init fqe (default checkpoints/fqe_{env_id}_seed{seed}.pt)"""
+
+    # method variant and schedule
     sampling: Literal["balanced", "uniform", "online-only"] = "balanced"
     """RL minibatch source: balanced replay, uniform over offline+online, or online data only"""
     online_steps: int = 250_000
@@ -93,6 +72,8 @@ class Args:
     """environment steps per epoch, each followed by as many gradient updates [official]"""
     first_epoch_multiplier: int = 5
     """the first epoch does this many times --epoch-length updates [official]"""
+
+    # hyperparameters
     batch_size: int = 256
     """RL minibatch size [official]"""
     ratio_batch_size: int = 256
@@ -117,6 +98,8 @@ class Args:
     """T in the priority w^(1/T) [official]"""
     init_online_fraction: float = 0.5
     """f: share of priority mass online after the first 1000 online steps; sets the initial p_max [official]"""
+
+    # evaluation and checkpoints
     eval_episodes: int = 5
     """deterministic evaluation episodes at the start of each epoch (the authors' code: at least 5)"""
     eval_every_epochs: int = 1
@@ -127,6 +110,8 @@ class Args:
     """write a resumable checkpoint at the first epoch end after this many env steps (0: only at the end)"""
     resume: bool = False
     """continue the run stored in --save-checkpoint"""
+
+    # runtime
     seed: int = 1
     """seed of python, numpy and torch RNGs and of the environments"""
     run_dir: str | None = None
@@ -137,9 +122,630 @@ class Args:
     """use CUDA when available"""
 
 
-# ---------------------------------------------------------------------------------
-# SHARED BLOCK (copied verbatim from the team's common block; do not edit here only)
-# ---------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
+# Balanced replay: the density-ratio network and priorities (eq. 4), the sum-tree, the replay buffer
+# ---------------------------------------------------------------------------------------------------------------------
+class DensityRatioNet(nn.Module):
+    """w(s, a) >= 0: MLP hidden-hidden ReLU, ReLU output; last layer U(-3e-3, 3e-3), bias 1.0 so w ~ 1 at start."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(obs_dim + act_dim, hidden_dim), nn.ReLU(),
+            nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
+            nn.Linear(hidden_dim, 1), nn.ReLU(),
+        )
+        nn.init.uniform_(self.net[4].weight, -3e-3, 3e-3)
+        nn.init.constant_(self.net[4].bias, 1.0)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, act], dim=-1)).squeeze(-1)
+
+
+def density_ratio_loss(w_online: torch.Tensor, w_offline: torch.Tensor) -> torch.Tensor:
+    """Eq. (4) with the Jensen-Shannon f: mean_off[-log(2/(w+1))] - mean_on[log(2w/(w+1))] (minimiser w = p_on/p_off)."""
+    offline_term = -torch.log(2.0 / (w_offline + 1.0) + 1e-10).mean()
+    online_term = torch.log(2.0 * w_online / (w_online + 1.0) + 1e-10).mean()
+    return offline_term - online_term
+
+
+def priorities_from_ratio(w_batch: torch.Tensor, w_offline: torch.Tensor, temperature: float) -> torch.Tensor:
+    """p = w^(1/T) / (mean_off w^(1/T) + 1e-10), clamped to [1e-3, 1e3] (self-normalized, temperature T)."""
+    scaled = w_batch.pow(1.0 / temperature)
+    normalizer = w_offline.pow(1.0 / temperature).mean() + 1e-10
+    return (scaled / normalizer).clamp(1e-3, 1e3)
+
+
+def update_density_ratio(ratio_net, ratio_optimizer, online, offline, rl_batch, temperature):
+    """One density-ratio step (eq. 4). Each argument batch is (obs, act). Returns the RL batch's new priorities,
+    computed with w BEFORE this step's update, and the detached loss, mean w_online and mean w_offline by tag."""
+    n_on, n_off = len(online[0]), len(offline[0])
+    w = ratio_net(torch.cat([online[0], offline[0], rl_batch[0]]), torch.cat([online[1], offline[1], rl_batch[1]]))
+    w_online, w_offline, w_batch = w[:n_on], w[n_on:n_on + n_off], w[n_on + n_off:]
+    loss = density_ratio_loss(w_online, w_offline)
+    priorities = priorities_from_ratio(w_batch.detach(), w_offline.detach(), temperature)
+    ratio_optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    ratio_optimizer.step()
+    return priorities, {"losses/density_ratio_loss": loss.detach(), "balanced/w_online": w_online.detach().mean(),
+                        "balanced/w_offline": w_offline.detach().mean()}
+
+
+class SumTree:
+    """Array-backed binary sum-tree over `capacity` leaves, vectorized over batches (no per-sample loops).
+
+    nodes[1] is the root, node i has children 2i and 2i+1, leaf j sits at nodes[n_leaves + j]
+    (n_leaves = next power of two >= capacity; the padding leaves stay 0 and are never drawn).
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = int(capacity)
+        self.depth = max(1, int(np.ceil(np.log2(max(self.capacity, 2)))))
+        self.n_leaves = 1 << self.depth
+        self.nodes = np.zeros(2 * self.n_leaves, dtype=np.float64)
+
+    @property
+    def total(self) -> float:
+        return float(self.nodes[1])
+
+    def get(self, indices) -> np.ndarray:
+        return self.nodes[self.n_leaves + np.asarray(indices, dtype=np.int64)]
+
+    def set_all(self, priorities) -> None:
+        """Replace every leaf (length <= capacity, the rest 0) and rebuild the tree level by level."""
+        priorities = np.asarray(priorities, dtype=np.float64)
+        self.nodes[:] = 0.0
+        self.nodes[self.n_leaves:self.n_leaves + len(priorities)] = priorities
+        lo = self.n_leaves
+        while lo > 1:
+            lo //= 2
+            self.nodes[lo:2 * lo] = self.nodes[2 * lo:4 * lo:2] + self.nodes[2 * lo + 1:4 * lo:2]
+
+    def update(self, indices, priorities) -> None:
+        """Set leaves[indices] = priorities (a repeated index keeps its LAST value), then refresh ancestors."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        priorities = np.broadcast_to(np.asarray(priorities, dtype=np.float64), indices.shape)
+        if indices.size == 0:
+            return
+        if indices.min() < 0 or indices.max() >= self.capacity:
+            raise IndexError(f"SumTree index out of range [0, {self.capacity})")
+        if not np.all(np.isfinite(priorities)) or np.any(priorities < 0):
+            raise ValueError("SumTree priorities must be finite and >= 0")
+        # last occurrence of each index: first occurrence in the reversed array
+        unique, first_in_reversed = np.unique(indices[::-1], return_index=True)
+        nodes = unique + self.n_leaves
+        self.nodes[nodes] = priorities[::-1][first_in_reversed]
+        for _ in range(self.depth):  # each parent recomputed from its two children (duplicates write equal values)
+            nodes >>= 1
+            self.nodes[nodes] = self.nodes[2 * nodes] + self.nodes[2 * nodes + 1]
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+        """Stratified proportional sampling: total split into batch_size equal segments, one uniform draw in each."""
+        total = self.nodes[1]
+        if not total > 0:
+            raise ValueError("SumTree.sample: all priorities are zero")
+        mass = (np.arange(batch_size) + rng.random(batch_size)) * (total / batch_size)
+        nodes = np.ones(batch_size, dtype=np.int64)
+        for _ in range(self.depth):
+            left = 2 * nodes
+            left_mass = self.nodes[left]
+            # go right when the draw lies past the left subtree; never into a zero-mass subtree (rounding at the edge)
+            go_right = (mass >= left_mass) & (self.nodes[left + 1] > 0)
+            mass = np.where(go_right, mass - left_mass, mass)
+            nodes = left + go_right
+        return nodes - self.n_leaves
+
+
+def initial_p_max(dataset_size: int, init_online_fraction: float) -> float:
+    """p_max = M f / ((1 - f) 1000): after 1000 online steps at p_max, f of the priority mass is online [official]."""
+    f = init_online_fraction
+    return dataset_size * f / ((1.0 - f) * 1000.0)
+
+
+class BalancedReplayBuffer:
+    """The one buffer of balanced replay: offline rows [0, M), then online rows [M, M + online_steps); nothing is ever
+    overwritten. Host numpy arrays hold the online data (checkpointed as tensors), device tensors mirror every row for
+    sampling, and with --sampling balanced a sum-tree holds every row's priority (offline 1, online p_max)."""
+
+    KEYS = ("observations", "actions", "rewards", "next_observations", "terminals")
+
+    def __init__(self, dataset: dict, online_steps: int, balanced: bool, init_online_fraction: float, device):
+        self.dataset_size = M = len(dataset["observations"])
+        obs_dim, act_dim = dataset["observations"].shape[1], dataset["actions"].shape[1]
+        self.online = {
+            "observations": np.zeros((online_steps, obs_dim), np.float32),
+            "actions": np.zeros((online_steps, act_dim), np.float32),
+            "rewards": np.zeros(online_steps, np.float32),
+            "next_observations": np.zeros((online_steps, obs_dim), np.float32),
+            "terminals": np.zeros(online_steps, np.float32),
+        }
+        capacity = M + online_steps
+        self.storage = {key: torch.zeros((capacity, *value.shape[1:]), device=device) for key, value in self.online.items()}
+        for key in self.storage:
+            self.storage[key][:M] = torch.as_tensor(dataset[key], device=device)
+        self.tree = SumTree(capacity) if balanced else None
+        if balanced:
+            self.tree.set_all(np.ones(M))  # offline priority 1
+        self.p_max = initial_p_max(M, init_online_fraction)
+        self.device = device
+
+    def add(self, row: int, obs, action, reward, next_obs, terminated: bool):
+        online = self.online
+        online["observations"][row], online["actions"][row], online["rewards"][row] = obs, action, reward
+        online["next_observations"][row], online["terminals"][row] = next_obs, float(terminated)  # timeouts not terminal
+
+    def publish(self, start: int, end: int):
+        """Online rows [start, end) to the device, entering the sum-tree with p_max."""
+        M = self.dataset_size
+        for key in self.storage:
+            rows = self.online[key][start:end]
+            self.storage[key][M + start:M + end] = torch.as_tensor(rows, device=self.device)
+        if self.tree is not None:
+            new_rows = np.arange(M + start, M + end)
+            self.tree.update(new_rows, np.full(len(new_rows), self.p_max))  # online transitions enter with p_max
+
+    def set_priorities(self, indices: np.ndarray, priorities: np.ndarray):
+        self.tree.update(indices, priorities)  # only the drawn leaves change; p_max never decreases
+        self.p_max = max(self.p_max, float(priorities.max()))
+
+    def gather(self, indices: np.ndarray):
+        idx = torch.from_numpy(indices).to(self.device, non_blocking=True)
+        return tuple(self.storage[key][idx] for key in self.KEYS)
+
+    def state_dict(self, n_online: int) -> dict:
+        return {"online": {key: torch.from_numpy(value[:n_online].copy()) for key, value in self.online.items()},
+                "tree_leaves": torch.from_numpy(self.tree.get(np.arange(self.dataset_size + n_online)))
+                if self.tree is not None else None, "p_max": self.p_max}
+
+    def load_state_dict(self, state: dict, n_online: int):
+        M = self.dataset_size
+        for key in self.online:  # stored as tensors of the buffer's dtype (weights_only loading takes no numpy arrays)
+            self.online[key][:n_online] = state["online"][key].numpy()
+            self.storage[key][M:M + n_online] = state["online"][key].to(self.device)
+        if self.tree is not None:
+            self.tree.set_all(state["tree_leaves"].numpy())
+        self.p_max = state["p_max"]
+
+
+def auroc(positive_scores: np.ndarray, negative_scores: np.ndarray) -> float:
+    """Area under the ROC curve by the rank-sum (Mann-Whitney U) formula, ties given their average rank."""
+    scores = np.concatenate([positive_scores, negative_scores]).astype(np.float64)
+    order = np.argsort(scores, kind="stable")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    _, inverse, counts = np.unique(sorted_scores, return_inverse=True, return_counts=True)
+    if np.any(counts > 1):  # average rank within each group of ties
+        rank_sums = np.bincount(inverse, weights=np.arange(1, len(scores) + 1))
+        ranks[order] = (rank_sums / counts)[inverse]
+    n_pos, n_neg = len(positive_scores), len(negative_scores)
+    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pessimistic Q-ensemble (eq. 5)
+# ---------------------------------------------------------------------------------------------------------------------
+# ---- vectorized ensemble networks (paper §3.2): weights [N, in, out], one batched matmul per layer ----
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+class VectorizedLinear(nn.Module):
+    """N independent linear layers applied as one batched matmul: x [N, B, in] -> [N, B, out]."""
+
+    def __init__(self, in_features: int, out_features: int, n_members: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_members, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(n_members, 1, out_features))
+        bound = 1.0 / in_features**0.5  # nn.Linear's default init, drawn independently for each member
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+def vectorized_mlp(in_dim: int, hidden_sizes, out_dim: int, n_members: int) -> nn.Sequential:
+    layers, width = [], in_dim
+    for hidden in hidden_sizes:
+        layers += [VectorizedLinear(width, hidden, n_members), nn.ReLU()]
+        width = hidden
+    return nn.Sequential(*layers, VectorizedLinear(width, out_dim, n_members))
+
+
+class EnsembleActor(nn.Module):
+    """N tanh-Gaussian actors with state-dependent log-std: obs [N, B, S] -> mean, log_std [N, B, A] (pre-tanh)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
+        super().__init__()
+        self.net = vectorized_mlp(obs_dim, hidden_sizes, 2 * act_dim, n_members)
+
+    def forward(self, obs: torch.Tensor):
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+
+class EnsembleCritic(nn.Module):
+    """Twin Q-functions of N members as 2N vectorized MLPs, member-major (row 2i: Q1 of member i, 2i+1: Q2).
+
+    obs [N, B, S], act [N, B, A] -> Q [N, 2, B]. Taking the first k members is slicing rows [:2k].
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
+        super().__init__()
+        self.n_members = n_members
+        self.net = vectorized_mlp(obs_dim + act_dim, hidden_sizes, 1, 2 * n_members)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, act], dim=-1).repeat_interleave(2, dim=0)
+        return self.net(x).view(self.n_members, 2, -1)
+
+
+def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor):
+    """Reparameterized a = tanh(u), u ~ N(mean, std), and log pi(a) with the tanh change of variables."""
+    std = log_std.exp()
+    u = mean + std * torch.randn_like(mean)
+    log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(u)
+    log_prob = log_prob - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
+    return torch.tanh(u), log_prob.sum(-1)
+
+
+def ensemble_moments(mu: torch.Tensor, std: torch.Tensor):
+    """Eq. (5): moments of the uniform mixture of N Gaussians (member dim first) -> (mean, std) of one Gaussian.
+
+    sigma^2 = mean_i(sigma_i^2 + mu_i^2) - mu^2, computed as mean_i sigma_i^2 + mean_i (mu_i - mu)^2 (same value,
+    no cancellation); sigma is clamped to [exp(LOG_STD_MIN), exp(LOG_STD_MAX)] like a member's, as the authors do.
+    """
+    mean = mu.mean(0)
+    var = std.pow(2).mean(0) + (mu - mean).pow(2).mean(0)
+    return mean, var.clamp(np.exp(2.0 * LOG_STD_MIN), np.exp(2.0 * LOG_STD_MAX)).sqrt()
+
+
+def ensemble_policy(actor: EnsembleActor, obs: torch.Tensor, n_members: int):
+    """obs [B, S] -> the ensemble policy's pre-tanh (mean, log_std) [B, A], every member seeing the same states."""
+    mean, log_std = actor(obs.unsqueeze(0).expand(n_members, *obs.shape))
+    mean, std = ensemble_moments(mean, log_std.exp())
+    return mean, std.log()
+
+
+def mean_min_q(critic: EnsembleCritic, obs: torch.Tensor, act: torch.Tensor, n_members: int) -> torch.Tensor:
+    """Qbar(s, a) = mean over members of min(Q1_i, Q2_i)(s, a): obs [B, S], act [B, A] -> [B]."""
+    q = critic(obs.unsqueeze(0).expand(n_members, *obs.shape), act.unsqueeze(0).expand(n_members, *act.shape))
+    return q.min(dim=1).values.mean(0)
+
+
+@torch.no_grad()
+def soft_update(target: nn.Module, source: nn.Module, tau: float):
+    """Polyak averaging of the target network: target <- (1 - tau) target + tau source."""
+    for target_param, param in zip(target.parameters(), source.parameters()):
+        target_param.lerp_(param, tau)
+
+
+def update_actor_critic(batch, actor, critic, target_critic, log_alpha, actor_optimizer, critic_optimizer,
+                        alpha_optimizer, target_entropy, gamma, tau, n_members):
+    """One SAC step of the pessimistic ensemble: critic, actor, alpha, Polyak. No host sync.
+
+    batch = (obs [B,S], act [B,A], rew [B], next_obs [B,S], done [B]). Returns the detached losses, alpha and
+    Qbar by TensorBoard tag.
+    """
+    obs, act, rew, next_obs, done = batch
+    alpha = log_alpha.exp().detach()
+    expand = lambda x: x.unsqueeze(0).expand(n_members, *x.shape)  # same batch for every member
+
+    # critic: per-member target r + gamma (1-d) (min(Q1'_i, Q2'_i)(s', a') - alpha log pi(a'|s')), a' from eq. (5)
+    with torch.no_grad():
+        next_action, next_log_pi = tanh_gaussian_sample(*ensemble_policy(actor, next_obs, n_members))
+        target_q = target_critic(expand(next_obs), expand(next_action)).min(dim=1).values  # [N, B]
+        target = rew + gamma * (1.0 - done) * (target_q - alpha * next_log_pi)  # [N, B]
+    q = critic(expand(obs), expand(act))  # [N, 2, B]
+    qf_loss = (q - target.unsqueeze(1)).pow(2).mean(dim=2).sum()  # per member MSE(Q1) + MSE(Q2), summed over members
+    critic_optimizer.zero_grad(set_to_none=True)
+    qf_loss.backward()
+    critic_optimizer.step()
+
+    # actor: mean(alpha log pi(a|s) - Qbar(s, a)), one action a ~ pi_ensemble(s) shared by all members
+    action, log_pi = tanh_gaussian_sample(*ensemble_policy(actor, obs, n_members))
+    critic.requires_grad_(False)  # the actor step needs dQ/da only, not gradients of the critic weights
+    qbar = critic(expand(obs), expand(action)).min(dim=1).values.mean(0)
+    actor_loss = (alpha * log_pi - qbar).mean()
+    actor_optimizer.zero_grad(set_to_none=True)
+    actor_loss.backward()
+    actor_optimizer.step()
+    critic.requires_grad_(True)
+
+    # temperature: target entropy -|A| (CleanRL's form)
+    alpha_loss = (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
+    alpha_optimizer.zero_grad(set_to_none=True)
+    alpha_loss.backward()
+    alpha_optimizer.step()
+
+    soft_update(target_critic, critic, tau)
+    return {"losses/qf_loss": qf_loss.detach(), "losses/actor_loss": actor_loss.detach(),
+            "losses/alpha_loss": alpha_loss.detach(), "charts/alpha": alpha, "losses/qf_values": qbar.detach().mean()}
+
+
+
+
+def resolve_args(args: Args):
+    """Default checkpoint paths (as cql_pretrain.py and fqe.py write them) and a clear error for a bad value."""
+    if args.checkpoint is None:
+        args.checkpoint = f"checkpoints/cql_{args.env_id}_seed{args.seed}.pt"
+    if args.q_init == "fqe" and args.fqe_checkpoint is None:
+        args.fqe_checkpoint = f"checkpoints/fqe_{args.env_id}_seed{args.seed}.pt"
+    if args.save_checkpoint is None:
+        args.save_checkpoint = f"checkpoints/balanced_{args.env_id}_seed{args.seed}.pt"
+    for name in ("online_steps", "epoch_length", "first_epoch_multiplier", "batch_size", "ratio_batch_size",
+                 "eval_episodes", "eval_every_epochs", "hidden_dim"):
+        if getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be >= 1")
+    if not 0.0 < args.init_online_fraction < 1.0:
+        fail("--init-online-fraction must lie in (0, 1)")
+    if args.temperature <= 0:
+        fail("--temperature must be > 0")
+
+
+def read_resume_checkpoint(args: Args) -> dict:
+    """The checkpoint --resume continues from, checked to be a resumable run of this script and --env-id."""
+    if not os.path.isfile(args.save_checkpoint):
+        fail(f"--resume: no checkpoint at {args.save_checkpoint} (give the run's --save-checkpoint)")
+    saved = load_checkpoint(args.save_checkpoint, "checkpoint")
+    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT or saved.get("algo") != "balanced" \
+            or "resume" not in saved:
+        fail(f"--resume: {args.save_checkpoint} is not a resumable balanced_finetune.py checkpoint")
+    if saved.get("env_id") != args.env_id:  # envs can share dims (Walker2d and HalfCheetah: 17/6)
+        fail(f"--resume: {args.save_checkpoint} was made for --env-id {saved.get('env_id')!r}, "
+             f"this run has {args.env_id!r}")
+    return saved
+
+
+def load_pretrained_ensemble(args: Args, obs_dim: int, act_dim: int, device):
+    """The first k members of the CQL checkpoint: the policy, and the critics from it or from --fqe-checkpoint."""
+    k = args.n_ensemble
+    data_flag = f" --dataset-path {args.dataset_path}" if args.dataset_path else ""
+    cql_command = (f"python cql_pretrain.py --env-id {args.env_id} --n-ensemble {k} --seed {args.seed} "
+                   f"--checkpoint {args.checkpoint}" + data_flag)
+    ckpt = load_ensemble_checkpoint(args.checkpoint, cql_command, args.env_id, obs_dim, act_dim, k)
+    if ckpt["algo"] == "fqe":
+        fail(f"--checkpoint {args.checkpoint} is an fqe.py checkpoint (critics only); the policy comes from a CQL "
+             f"checkpoint: give it as --checkpoint and this one as --q-init fqe --fqe-checkpoint")
+    hidden_sizes = list(ckpt["hidden_sizes"])
+    critic_source, critic_path = ckpt, args.checkpoint
+    if args.q_init == "fqe":
+        fqe_command = (f"python fqe.py --env-id {args.env_id} --n-ensemble {k} --seed {args.seed} --policy-checkpoint "
+                       f"{args.checkpoint} --checkpoint {args.fqe_checkpoint}" + data_flag)
+        critic_source = load_ensemble_checkpoint(args.fqe_checkpoint, fqe_command, args.env_id, obs_dim, act_dim, k)
+        critic_path = args.fqe_checkpoint
+        if critic_source["algo"] != "fqe":
+            fail(f"--fqe-checkpoint {critic_path} has algo {critic_source['algo']!r}, expected 'fqe' (written by fqe.py)")
+        if list(critic_source["hidden_sizes"]) != hidden_sizes:
+            fail(f"FQE critics {critic_source['hidden_sizes']} and CQL networks {hidden_sizes} differ in hidden sizes")
+    actor = EnsembleActor(obs_dim, act_dim, hidden_sizes, k).to(device)
+    critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, k).to(device)
+    load_state(actor, ckpt["actor"], "actor", args.checkpoint)
+    load_state(critic, critic_source["critic"], "critic", critic_path)
+    return actor, critic, hidden_sizes
+
+
+def run_state_dict(args: Args, nets: dict, optimizers: dict, log_alpha, buffer, counters: dict, rng, device) -> dict:
+    """Everything a run needs to continue exactly where it stopped: the checkpoint's "resume" entry."""
+    return {
+        "target_critic": nets["target_critic"].state_dict(), "ratio_net": nets["ratio_net"].state_dict(),
+        **{key: optimizer.state_dict() for key, optimizer in optimizers.items()},
+        "log_alpha": log_alpha.detach().cpu(), **counters, **buffer.state_dict(counters["global_step"]),
+        "dataset_size": buffer.dataset_size, "online_steps": args.online_steps, "sampling": args.sampling,
+        "python_rng": random.getstate(), "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+        "run_dir": args.run_dir, "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+    }
+
+
+def load_run_state(saved: dict, args: Args, nets: dict, optimizers: dict, log_alpha, buffer, rng, device) -> dict:
+    """The inverse of run_state_dict, once the checkpoint is checked to fit this run; returns the step counters."""
+    state, path, k = saved["resume"], args.save_checkpoint, args.n_ensemble
+    obs_dim, act_dim = buffer.online["observations"].shape[1], buffer.online["actions"].shape[1]
+    if saved["n_ensemble"] != k or saved["obs_dim"] != obs_dim or saved["act_dim"] != act_dim:
+        fail(f"--resume: {path} holds {saved['n_ensemble']} members for dims "
+             f"{saved['obs_dim']}/{saved['act_dim']}; this run asks for {k} and has {obs_dim}/{act_dim}")
+    if state["dataset_size"] != buffer.dataset_size or state["online_steps"] != args.online_steps \
+            or state["sampling"] != args.sampling:
+        fail(f"--resume: {path} was made with dataset size {state['dataset_size']}, "
+             f"--online-steps {state['online_steps']}, --sampling {state['sampling']}; "
+             f"this run has {buffer.dataset_size}, {args.online_steps}, {args.sampling}")
+    load_state(nets["actor"], saved["actor"], "actor", path)  # e.g. another --hidden-dim: a clear error
+    load_state(nets["critic"], saved["critic"], "critic", path)
+    load_state(nets["target_critic"], state["target_critic"], "target critic", path)
+    load_state(nets["ratio_net"], state["ratio_net"], "density-ratio net", path)
+    for key, optimizer in optimizers.items():
+        optimizer.load_state_dict(state[key])
+    with torch.no_grad():
+        log_alpha.copy_(state["log_alpha"])
+    counters = {key: state[key] for key in ("global_step", "epoch", "n_updates")}
+    buffer.load_state_dict(state, counters["global_step"])
+    random.setstate(state["python_rng"])
+    rng.bit_generator.state = state["numpy_rng"]
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return counters
+
+
+def sample_indices(args: Args, buffer: BalancedReplayBuffer, rng: np.random.Generator, n_online: int):
+    """Row indices of one update: the RL minibatch (by --sampling), then the density-ratio net's online and
+    offline minibatches (uniform over each part)."""
+    M = buffer.dataset_size
+    if args.sampling == "balanced":
+        indices = buffer.tree.sample(args.batch_size, rng)
+    elif args.sampling == "uniform":
+        indices = rng.integers(0, M + n_online, args.batch_size)
+    else:  # online-only
+        indices = M + rng.integers(0, n_online, args.batch_size)
+    ratio_indices = np.concatenate([M + rng.integers(0, n_online, args.ratio_batch_size),
+                                    rng.integers(0, M, args.ratio_batch_size)])
+    return indices, ratio_indices
+
+
+@torch.no_grad()
+def q_auroc(critic, buffer: BalancedReplayBuffer, rows: slice, rng: np.random.Generator, device, k: int) -> float:
+    """Qbar as a classifier of real online actions against uniform random actions at the same states (Fig. 4b)."""
+    states = torch.as_tensor(buffer.online["observations"][rows], device=device)
+    real = mean_min_q(critic, states, torch.as_tensor(buffer.online["actions"][rows], device=device), k)
+    act_dim = buffer.online["actions"].shape[1]
+    fake_actions = torch.as_tensor(rng.uniform(-1.0, 1.0, (len(states), act_dim)).astype(np.float32), device=device)
+    fake = mean_min_q(critic, states, fake_actions, k)
+    return auroc(real.cpu().numpy(), fake.cpu().numpy())
+
+
+def main():
+    args = tyro.cli(Args)
+    resolve_args(args)
+    k, saved = args.n_ensemble, None
+    if args.resume:
+        saved = read_resume_checkpoint(args)
+        args.run_dir = saved["resume"]["run_dir"]
+    if args.run_dir is None:
+        args.run_dir = f"runs/{args.env_id}__balanced__{args.seed}__{int(time.time())}"
+    check_writable(args.save_checkpoint)
+
+    # seeding
+    random.seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # env and data
+    env = make_env(args.env_id, args.seed)
+    eval_env = make_env(args.env_id, args.seed + 10_000)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    dataset = load_d4rl_dataset(args.env_id, args.dataset_path)
+    check_dataset_matches_env(dataset, env, args.dataset_path or args.env_id)
+
+    # ensemble (eq. 5): policy from CQL, critics from CQL or FQE; target critics copied, alpha re-initialised
+    actor, critic, hidden_sizes = load_pretrained_ensemble(args, obs_dim, act_dim, device)
+    target_critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, k).to(device)
+    target_critic.load_state_dict(critic.state_dict())
+    log_alpha = torch.tensor(float(np.log(args.init_alpha)), device=device, requires_grad=True)
+    target_entropy = -float(act_dim)
+    ratio_net = DensityRatioNet(obs_dim, act_dim, args.hidden_dim).to(device)
+    nets = {"actor": actor, "critic": critic, "target_critic": target_critic, "ratio_net": ratio_net}
+    optimizers = {
+        "actor_optimizer": torch.optim.Adam(actor.parameters(), lr=args.policy_lr),  # all members jointly, one Adam
+        "critic_optimizer": torch.optim.Adam(critic.parameters(), lr=args.q_lr),
+        "alpha_optimizer": torch.optim.Adam([log_alpha], lr=args.alpha_lr),
+        "ratio_optimizer": torch.optim.Adam(ratio_net.parameters(), lr=args.ratio_lr),
+    }
+    actor_optimizer, critic_optimizer, alpha_optimizer, ratio_optimizer = optimizers.values()
+    balanced = args.sampling == "balanced"
+    buffer = BalancedReplayBuffer(dataset, args.online_steps, balanced, args.init_online_fraction, device)
+    M = buffer.dataset_size
+    counters = {"global_step": 0, "epoch": 0, "n_updates": 0}
+    if saved is not None:  # everything needed to continue exactly where the checkpoint left off
+        counters = load_run_state(saved, args, nets, optimizers, log_alpha, buffer, rng, device)
+    global_step, epoch, n_updates = counters.values()
+
+    def save(step):
+        resume = run_state_dict(args, nets, optimizers, log_alpha, buffer,
+                                {"global_step": step, "epoch": epoch, "n_updates": n_updates}, rng, device)
+        save_checkpoint(args.save_checkpoint, {
+            "format": CHECKPOINT_FORMAT, "algo": "balanced", "env_id": args.env_id, "obs_dim": obs_dim,
+            "act_dim": act_dim, "n_ensemble": k, "hidden_sizes": hidden_sizes, "actor": actor.state_dict(),
+            "critic": critic.state_dict(), "step": step, "args": dataclasses.asdict(args), "resume": resume})
+
+    writer = SummaryWriter(args.run_dir, purge_step=global_step if saved is not None else None)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
+        f"|{key}|{value}|" for key, value in vars(args).items()))
+
+    def log_eval(step):  # the deterministic ensemble policy tanh(mu) of eq. (5); later episodes: the env's own RNG
+        seeds = [args.seed + 10_000 + step] + [None] * (args.eval_episodes - 1)
+        returns = evaluate(eval_env, lambda obs: torch.tanh(ensemble_policy(actor, obs, k)[0]), seeds, device)
+        mean_return = float(np.mean(returns))
+        score = normalized_score(args.env_id, mean_return)
+        writer.add_scalar("eval/return", mean_return, step)
+        writer.add_scalar("eval/normalized_score", score, step)
+        tqdm.write(f"step {step}: eval return {mean_return:.1f}, normalized score {score:.1f}")
+        return score
+
+    start_time, start_step, last_checkpoint = time.time(), global_step, global_step
+    first_score = None
+    progress = tqdm(total=args.online_steps, initial=global_step, desc="balanced fine-tuning")
+    while global_step < args.online_steps:
+        if epoch % args.eval_every_epochs == 0:  # evaluation at the start of the epoch (epoch 0: pretrained policy)
+            score = log_eval(global_step)
+            first_score = score if first_score is None else first_score
+
+        # collect one epoch of environment steps with the stochastic ensemble policy (eq. 5); every epoch starts a
+        # fresh episode, as the authors' collector does (the cut episode's last transition stays non-terminal)
+        obs, _ = env.reset(seed=args.seed + global_step)
+        epoch_start = global_step
+        epoch_steps = min(args.epoch_length, args.online_steps - global_step)
+        for _ in range(epoch_steps):
+            with torch.no_grad():
+                obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
+                action = tanh_gaussian_sample(*ensemble_policy(actor, obs_t, k))[0][0].cpu().numpy()
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            buffer.add(global_step, obs, action, reward, next_obs, terminated)
+            obs = env.reset()[0] if terminated or truncated else next_obs
+            global_step += 1
+            progress.update(1)
+        buffer.publish(epoch_start, global_step)
+
+        # gradient updates: one per env step, first epoch x first_epoch_multiplier; statistics stay on the device
+        epoch_updates = epoch_steps * (args.first_epoch_multiplier if epoch == 0 else 1)
+        sums, offline_drawn, B, R = {}, 0, args.batch_size, args.ratio_batch_size
+        for _ in range(epoch_updates):
+            indices, ratio_indices = sample_indices(args, buffer, rng, global_step)
+            offline_drawn += int(np.count_nonzero(indices < M))
+            obs_b, act_b, rew_b, next_obs_b, done_b = buffer.gather(np.concatenate([indices, ratio_indices]))
+            priorities, ratio_stats = update_density_ratio(
+                ratio_net, ratio_optimizer, (obs_b[B:B + R], act_b[B:B + R]), (obs_b[B + R:], act_b[B + R:]),
+                (obs_b[:B], act_b[:B]), args.temperature)
+            if balanced:
+                new_priorities = priorities.cpu().numpy()
+                if not np.isfinite(new_priorities).all():  # host copy already made: this check costs no sync
+                    progress.close()
+                    fail(f"losses/density_ratio_loss: the density-ratio net gives non-finite w at online step "
+                         f"{global_step} (update {n_updates}); the last good checkpoint is {args.save_checkpoint}")
+                buffer.set_priorities(indices, new_priorities)
+            sac_stats = update_actor_critic(
+                (obs_b[:B], act_b[:B], rew_b[:B], next_obs_b[:B], done_b[:B]), actor, critic, target_critic,
+                log_alpha, actor_optimizer, critic_optimizer, alpha_optimizer, target_entropy, args.gamma, args.tau, k)
+            for tag, value in {**sac_stats, **ratio_stats}.items():
+                sums[tag] = sums[tag] + value if tag in sums else value
+            n_updates += 1
+        epoch += 1
+
+        # once per epoch: one host sync for all averaged statistics, NaN/inf check, logging
+        means = (torch.stack(list(sums.values())) / max(epoch_updates, 1)).tolist()
+        for tag, value in zip(sums, means):
+            if not np.isfinite(value):
+                progress.close()
+                fail(f"{tag} is {value} at online step {global_step} (update {n_updates}); "
+                     f"the last good checkpoint is {args.save_checkpoint}")
+            writer.add_scalar(tag, value, global_step)
+        writer.add_scalar("balanced/offline_fraction", offline_drawn / max(epoch_updates * B, 1), global_step)
+        recent = slice(max(epoch_start, global_step - 1000), global_step)
+        writer.add_scalar("balanced/auroc", q_auroc(critic, buffer, recent, rng, device, k), global_step)
+        writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
+        if args.checkpoint_every > 0 and global_step - last_checkpoint >= args.checkpoint_every \
+                and global_step < args.online_steps:
+            save(global_step)
+            last_checkpoint = global_step
+    progress.close()
+
+    final_score = log_eval(global_step)
+    save(global_step)
+    writer.close()
+    env.close()
+    eval_env.close()
+    before = "n/a (resumed)" if args.resume and start_step > 0 else f"{first_score:.1f}"
+    print(f"normalized score: {before} before fine-tuning -> {final_score:.1f} after {global_step} online steps; "
+          f"curves: tensorboard --logdir {args.run_dir}; checkpoint: {args.save_checkpoint}")
+
+
+# =====================================================================================================================
+# Plumbing: data, environments, scores, checkpoint files, evaluation. A helper that several scripts hold is copied
+# verbatim into each (CONTRIBUTING.md) and tests/test_reliability.py checks that every copy is identical. Python looks
+# these names up when main() runs, so they can come after it.
+# =====================================================================================================================
+
 def fail(message: str):
     """Stop with one clear message and exit status 1, no traceback (used for every bad input)."""
     raise SystemExit(f"error: {message}")
@@ -458,69 +1064,7 @@ def check_dataset_matches_env(dataset: dict, env: gym.Env, source: str):
              f"{dataset['actions'].shape[1]} but {env.spec.id} has {obs_dim}/{act_dim}")
 
 
-# ---- vectorized ensemble networks (paper §3.2): weights [N, in, out], one batched matmul per layer ----
-LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 CHECKPOINT_FORMAT = "o2o-ensemble-v1"
-
-
-class VectorizedLinear(nn.Module):
-    """N independent linear layers applied as one batched matmul: x [N, B, in] -> [N, B, out]."""
-
-    def __init__(self, in_features: int, out_features: int, n_members: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(n_members, in_features, out_features))
-        self.bias = nn.Parameter(torch.empty(n_members, 1, out_features))
-        bound = 1.0 / in_features**0.5  # nn.Linear's default init, drawn independently for each member
-        nn.init.uniform_(self.weight, -bound, bound)
-        nn.init.uniform_(self.bias, -bound, bound)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
-
-
-def vectorized_mlp(in_dim: int, hidden_sizes, out_dim: int, n_members: int) -> nn.Sequential:
-    layers, width = [], in_dim
-    for hidden in hidden_sizes:
-        layers += [VectorizedLinear(width, hidden, n_members), nn.ReLU()]
-        width = hidden
-    return nn.Sequential(*layers, VectorizedLinear(width, out_dim, n_members))
-
-
-class EnsembleActor(nn.Module):
-    """N tanh-Gaussian actors with state-dependent log-std: obs [N, B, S] -> mean, log_std [N, B, A] (pre-tanh)."""
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
-        super().__init__()
-        self.net = vectorized_mlp(obs_dim, hidden_sizes, 2 * act_dim, n_members)
-
-    def forward(self, obs: torch.Tensor):
-        mean, log_std = self.net(obs).chunk(2, dim=-1)
-        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
-
-
-class EnsembleCritic(nn.Module):
-    """Twin Q-functions of N members as 2N vectorized MLPs, member-major (row 2i: Q1 of member i, 2i+1: Q2).
-
-    obs [N, B, S], act [N, B, A] -> Q [N, 2, B]. Taking the first k members is slicing rows [:2k].
-    """
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
-        super().__init__()
-        self.n_members = n_members
-        self.net = vectorized_mlp(obs_dim + act_dim, hidden_sizes, 1, 2 * n_members)
-
-    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([obs, act], dim=-1).repeat_interleave(2, dim=0)
-        return self.net(x).view(self.n_members, 2, -1)
-
-
-def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor):
-    """Reparameterized a = tanh(u), u ~ N(mean, std), and log pi(a) with the tanh change of variables."""
-    std = log_std.exp()
-    u = mean + std * torch.randn_like(mean)
-    log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(u)
-    log_prob = log_prob - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
-    return torch.tanh(u), log_prob.sum(-1)
 
 
 def save_checkpoint(path: str, payload: dict):
@@ -568,213 +1112,6 @@ def load_checkpoint(path: str, what: str):
          f"{' (' + ', '.join(names) + ')' if names else ''}; it was not loaded")
 
 
-# ---------------------------------------------------------------------------------
-# Balanced replay: sum-tree, density-ratio network, priorities (eq. 4)
-# ---------------------------------------------------------------------------------
-class SumTree:
-    """Array-backed binary sum-tree over `capacity` leaves, vectorized over batches (no per-sample loops).
-
-    nodes[1] is the root, node i has children 2i and 2i+1, leaf j sits at nodes[n_leaves + j]
-    (n_leaves = next power of two >= capacity; the padding leaves stay 0 and are never drawn).
-    """
-
-    def __init__(self, capacity: int):
-        self.capacity = int(capacity)
-        self.depth = max(1, int(np.ceil(np.log2(max(self.capacity, 2)))))
-        self.n_leaves = 1 << self.depth
-        self.nodes = np.zeros(2 * self.n_leaves, dtype=np.float64)
-
-    @property
-    def total(self) -> float:
-        return float(self.nodes[1])
-
-    def get(self, indices) -> np.ndarray:
-        return self.nodes[self.n_leaves + np.asarray(indices, dtype=np.int64)]
-
-    def set_all(self, priorities) -> None:
-        """Replace every leaf (length <= capacity, the rest 0) and rebuild the tree level by level."""
-        priorities = np.asarray(priorities, dtype=np.float64)
-        self.nodes[:] = 0.0
-        self.nodes[self.n_leaves:self.n_leaves + len(priorities)] = priorities
-        lo = self.n_leaves
-        while lo > 1:
-            lo //= 2
-            self.nodes[lo:2 * lo] = self.nodes[2 * lo:4 * lo:2] + self.nodes[2 * lo + 1:4 * lo:2]
-
-    def update(self, indices, priorities) -> None:
-        """Set leaves[indices] = priorities (a repeated index keeps its LAST value), then refresh ancestors."""
-        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        priorities = np.broadcast_to(np.asarray(priorities, dtype=np.float64), indices.shape)
-        if indices.size == 0:
-            return
-        if indices.min() < 0 or indices.max() >= self.capacity:
-            raise IndexError(f"SumTree index out of range [0, {self.capacity})")
-        if not np.all(np.isfinite(priorities)) or np.any(priorities < 0):
-            raise ValueError("SumTree priorities must be finite and >= 0")
-        # last occurrence of each index: first occurrence in the reversed array
-        unique, first_in_reversed = np.unique(indices[::-1], return_index=True)
-        nodes = unique + self.n_leaves
-        self.nodes[nodes] = priorities[::-1][first_in_reversed]
-        for _ in range(self.depth):  # each parent recomputed from its two children (duplicates write equal values)
-            nodes >>= 1
-            self.nodes[nodes] = self.nodes[2 * nodes] + self.nodes[2 * nodes + 1]
-
-    def sample(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
-        """Stratified proportional sampling: total split into batch_size equal segments, one uniform draw in each."""
-        total = self.nodes[1]
-        if not total > 0:
-            raise ValueError("SumTree.sample: all priorities are zero")
-        mass = (np.arange(batch_size) + rng.random(batch_size)) * (total / batch_size)
-        nodes = np.ones(batch_size, dtype=np.int64)
-        for _ in range(self.depth):
-            left = 2 * nodes
-            left_mass = self.nodes[left]
-            # go right when the draw lies past the left subtree; never into a zero-mass subtree (rounding at the edge)
-            go_right = (mass >= left_mass) & (self.nodes[left + 1] > 0)
-            mass = np.where(go_right, mass - left_mass, mass)
-            nodes = left + go_right
-        return nodes - self.n_leaves
-
-
-def initial_p_max(dataset_size: int, init_online_fraction: float) -> float:
-    """p_max = M f / ((1 - f) 1000): after 1000 online steps at p_max, f of the priority mass is online [official]."""
-    f = init_online_fraction
-    return dataset_size * f / ((1.0 - f) * 1000.0)
-
-
-class DensityRatioNet(nn.Module):
-    """w(s, a) >= 0: MLP hidden-hidden ReLU, ReLU output; last layer U(-3e-3, 3e-3), bias 1.0 so w ~ 1 at start."""
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int = 256):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(obs_dim + act_dim, hidden_dim), nn.ReLU(),
-            nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
-            nn.Linear(hidden_dim, 1), nn.ReLU(),
-        )
-        nn.init.uniform_(self.net[4].weight, -3e-3, 3e-3)
-        nn.init.constant_(self.net[4].bias, 1.0)
-
-    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([obs, act], dim=-1)).squeeze(-1)
-
-
-def density_ratio_loss(w_online: torch.Tensor, w_offline: torch.Tensor) -> torch.Tensor:
-    """Eq. (4) with the Jensen-Shannon f: mean_off[-log(2/(w+1))] - mean_on[log(2w/(w+1))] (minimiser w = p_on/p_off)."""
-    offline_term = -torch.log(2.0 / (w_offline + 1.0) + 1e-10).mean()
-    online_term = torch.log(2.0 * w_online / (w_online + 1.0) + 1e-10).mean()
-    return offline_term - online_term
-
-
-def priorities_from_ratio(w_batch: torch.Tensor, w_offline: torch.Tensor, temperature: float) -> torch.Tensor:
-    """p = w^(1/T) / (mean_off w^(1/T) + 1e-10), clamped to [1e-3, 1e3] (self-normalized, temperature T)."""
-    scaled = w_batch.pow(1.0 / temperature)
-    normalizer = w_offline.pow(1.0 / temperature).mean() + 1e-10
-    return (scaled / normalizer).clamp(1e-3, 1e3)
-
-
-def auroc(positive_scores: np.ndarray, negative_scores: np.ndarray) -> float:
-    """Area under the ROC curve by the rank-sum (Mann-Whitney U) formula, ties given their average rank."""
-    scores = np.concatenate([positive_scores, negative_scores]).astype(np.float64)
-    order = np.argsort(scores, kind="stable")
-    sorted_scores = scores[order]
-    ranks = np.empty(len(scores))
-    ranks[order] = np.arange(1, len(scores) + 1)
-    _, inverse, counts = np.unique(sorted_scores, return_inverse=True, return_counts=True)
-    if np.any(counts > 1):  # average rank within each group of ties
-        rank_sums = np.bincount(inverse, weights=np.arange(1, len(scores) + 1))
-        ranks[order] = (rank_sums / counts)[inverse]
-    n_pos, n_neg = len(positive_scores), len(negative_scores)
-    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-# ---------------------------------------------------------------------------------
-# Pessimistic Q-ensemble (eq. 5)
-# ---------------------------------------------------------------------------------
-def ensemble_moments(mu: torch.Tensor, std: torch.Tensor):
-    """Eq. (5): moments of the uniform mixture of N Gaussians (member dim first) -> (mean, std) of one Gaussian.
-
-    sigma^2 = mean_i(sigma_i^2 + mu_i^2) - mu^2, computed as mean_i sigma_i^2 + mean_i (mu_i - mu)^2 (same value,
-    no cancellation); sigma is clamped to [exp(LOG_STD_MIN), exp(LOG_STD_MAX)] like a member's, as the authors do.
-    """
-    mean = mu.mean(0)
-    var = std.pow(2).mean(0) + (mu - mean).pow(2).mean(0)
-    return mean, var.clamp(np.exp(2.0 * LOG_STD_MIN), np.exp(2.0 * LOG_STD_MAX)).sqrt()
-
-
-def ensemble_policy(actor: EnsembleActor, obs: torch.Tensor, n_members: int):
-    """obs [B, S] -> the ensemble policy's pre-tanh (mean, log_std) [B, A], every member seeing the same states."""
-    mean, log_std = actor(obs.unsqueeze(0).expand(n_members, *obs.shape))
-    mean, std = ensemble_moments(mean, log_std.exp())
-    return mean, std.log()
-
-
-def mean_min_q(critic: EnsembleCritic, obs: torch.Tensor, act: torch.Tensor, n_members: int) -> torch.Tensor:
-    """Qbar(s, a) = mean over members of min(Q1_i, Q2_i)(s, a): obs [B, S], act [B, A] -> [B]."""
-    q = critic(obs.unsqueeze(0).expand(n_members, *obs.shape), act.unsqueeze(0).expand(n_members, *act.shape))
-    return q.min(dim=1).values.mean(0)
-
-
-def update_density_ratio(ratio_net, ratio_optimizer, online, offline, rl_batch, temperature):
-    """One density-ratio step (eq. 4). Each argument batch is (obs, act). Returns the RL batch's new priorities,
-    computed with w BEFORE this step's update, and detached (loss, mean w_online, mean w_offline)."""
-    n_on, n_off = len(online[0]), len(offline[0])
-    w = ratio_net(torch.cat([online[0], offline[0], rl_batch[0]]), torch.cat([online[1], offline[1], rl_batch[1]]))
-    w_online, w_offline, w_batch = w[:n_on], w[n_on:n_on + n_off], w[n_on + n_off:]
-    loss = density_ratio_loss(w_online, w_offline)
-    priorities = priorities_from_ratio(w_batch.detach(), w_offline.detach(), temperature)
-    ratio_optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    ratio_optimizer.step()
-    return priorities, torch.stack([loss.detach(), w_online.detach().mean(), w_offline.detach().mean()])
-
-
-def update_actor_critic(batch, actor, critic, target_critic, log_alpha, actor_optimizer, critic_optimizer,
-                        alpha_optimizer, target_entropy, gamma, tau, n_members):
-    """One SAC step of the pessimistic ensemble: critic, actor, alpha, Polyak. No host sync.
-
-    batch = (obs [B,S], act [B,A], rew [B], next_obs [B,S], done [B]). Returns detached
-    [qf_loss, actor_loss, alpha_loss, alpha, qbar] for logging.
-    """
-    obs, act, rew, next_obs, done = batch
-    alpha = log_alpha.exp().detach()
-    expand = lambda x: x.unsqueeze(0).expand(n_members, *x.shape)  # same batch for every member
-
-    # critic: per-member target r + gamma (1-d) (min(Q1'_i, Q2'_i)(s', a') - alpha log pi(a'|s')), a' from eq. (5)
-    with torch.no_grad():
-        next_action, next_log_pi = tanh_gaussian_sample(*ensemble_policy(actor, next_obs, n_members))
-        target_q = target_critic(expand(next_obs), expand(next_action)).min(dim=1).values  # [N, B]
-        target = rew + gamma * (1.0 - done) * (target_q - alpha * next_log_pi)  # [N, B]
-    q = critic(expand(obs), expand(act))  # [N, 2, B]
-    qf_loss = (q - target.unsqueeze(1)).pow(2).mean(dim=2).sum()  # per member MSE(Q1) + MSE(Q2), summed over members
-    critic_optimizer.zero_grad(set_to_none=True)
-    qf_loss.backward()
-    critic_optimizer.step()
-
-    # actor: mean(alpha log pi(a|s) - Qbar(s, a)), one action a ~ pi_ensemble(s) shared by all members
-    action, log_pi = tanh_gaussian_sample(*ensemble_policy(actor, obs, n_members))
-    critic.requires_grad_(False)  # the actor step needs dQ/da only, not gradients of the critic weights
-    qbar = critic(expand(obs), expand(action)).min(dim=1).values.mean(0)
-    actor_loss = (alpha * log_pi - qbar).mean()
-    actor_optimizer.zero_grad(set_to_none=True)
-    actor_loss.backward()
-    actor_optimizer.step()
-    critic.requires_grad_(True)
-
-    # temperature: target entropy -|A| (CleanRL's form)
-    alpha_loss = (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
-    alpha_optimizer.zero_grad(set_to_none=True)
-    alpha_loss.backward()
-    alpha_optimizer.step()
-
-    with torch.no_grad():  # Polyak averaging of the target critics
-        torch._foreach_lerp_(list(target_critic.parameters()), list(critic.parameters()), tau)
-    return torch.stack([qf_loss.detach(), actor_loss.detach(), alpha_loss.detach(), alpha, qbar.detach().mean()])
-
-
-# ---------------------------------------------------------------------------------
-# Checkpoints (CONTRIBUTING.md: Contracts between scripts)
-# ---------------------------------------------------------------------------------
 def load_ensemble_checkpoint(path: str, make_command: str, env_id: str, obs_dim: int, act_dim: int,
                              n_members: int) -> dict:
     """Load a checkpoint (on the CPU, running no code) and slice it to its first n_members (actor [:k],
@@ -811,304 +1148,70 @@ def load_state(module: nn.Module, state_dict: dict, what: str, path: str):
         fail(f"checkpoint {path}: its {what} does not fit the network ({str(err).splitlines()[0]} ...)")
 
 
-def check_writable(path: str):
-    """Fail now, not after hours of training, when the checkpoint path cannot be written."""
-    probe = f"{path}.tmp"
+def check_writable(path: str, what: str = "checkpoint"):
+    """Fail at startup, not after hours of training, when `path` cannot be written: its folder (the folder itself
+    when `what` ends in "directory") is created and a probe file is written there and removed."""
+    folder = os.path.abspath(path) if what.endswith("directory") else os.path.dirname(os.path.abspath(path))
+    probe = os.path.join(folder, f".write_probe_{os.getpid()}.tmp")
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        os.makedirs(folder, exist_ok=True)
         with open(probe, "wb"):
             pass
         os.remove(probe)
     except OSError as err:
-        fail(f"cannot write checkpoint {path}: {err}")
+        fail(f"cannot write {what} {path}: {err}")
 
 
-def evaluate(actor, env, n_episodes: int, n_members: int, seed: int, device) -> float:
-    """Mean return of the deterministic ensemble policy tanh(mu) (eq. 5) over n_episodes."""
+@torch.no_grad()
+def evaluate(env: gym.Env, policy, seeds: list, device) -> np.ndarray:
+    """Undiscounted returns of one episode per entry of `seeds` (the reset seed; None goes on with the env's own RNG).
+
+    policy: a [1, obs_dim] float32 tensor on `device` -> a [1, act_dim] action tensor in [-1, 1]."""
     returns = []
-    obs, _ = env.reset(seed=seed)
-    while len(returns) < n_episodes:
-        with torch.no_grad():
-            mean, _ = ensemble_policy(actor, torch.as_tensor(obs, dtype=torch.float32, device=device)[None], n_members)
-        obs, _, terminated, truncated, info = env.step(torch.tanh(mean)[0].cpu().numpy())
-        if terminated or truncated:
-            returns.append(float(info["episode"]["r"]))
-            obs, _ = env.reset()
-    return float(np.mean(returns))
+    for seed in seeds:
+        obs, _ = env.reset(seed=seed)
+        done, episode_return = False, 0.0
+        while not done:
+            action = policy(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))[0].cpu().numpy()
+            obs, reward, terminated, truncated, _ = env.step(action)
+            episode_return += float(reward)
+            done = terminated or truncated
+        returns.append(episode_return)
+    return np.array(returns)
 
 
-LOSS_TAGS = ("losses/qf_loss", "losses/actor_loss", "losses/alpha_loss", "charts/alpha", "losses/qf_values",
-             "losses/density_ratio_loss", "balanced/w_online", "balanced/w_offline")
-
-
-def main():
-    args = tyro.cli(Args)
-    k = args.n_ensemble
-    if args.checkpoint is None:
-        args.checkpoint = f"checkpoints/cql_{args.env_id}_seed{args.seed}.pt"
-    if args.q_init == "fqe" and args.fqe_checkpoint is None:
-        args.fqe_checkpoint = f"checkpoints/fqe_{args.env_id}_seed{args.seed}.pt"
-    if args.save_checkpoint is None:
-        args.save_checkpoint = f"checkpoints/balanced_{args.env_id}_seed{args.seed}.pt"
-    for name in ("online_steps", "epoch_length", "first_epoch_multiplier", "batch_size", "ratio_batch_size",
-                 "eval_episodes", "eval_every_epochs", "hidden_dim"):
-        if getattr(args, name) < 1:
-            fail(f"--{name.replace('_', '-')} must be >= 1")
-    if not 0.0 < args.init_online_fraction < 1.0:
-        fail("--init-online-fraction must lie in (0, 1)")
-    if args.temperature <= 0:
-        fail("--temperature must be > 0")
-
-    resume_state = None
-    if args.resume:
-        if not os.path.isfile(args.save_checkpoint):
-            fail(f"--resume: no checkpoint at {args.save_checkpoint} (give the run's --save-checkpoint)")
-        saved = load_checkpoint(args.save_checkpoint, "checkpoint")
-        if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT or saved.get("algo") != "balanced" \
-                or "resume" not in saved:
-            fail(f"--resume: {args.save_checkpoint} is not a resumable balanced_finetune.py checkpoint")
-        if saved.get("env_id") != args.env_id:  # envs can share dims (Walker2d and HalfCheetah: 17/6)
-            fail(f"--resume: {args.save_checkpoint} was made for --env-id {saved.get('env_id')!r}, "
-                 f"this run has {args.env_id!r}")
-        resume_state = saved["resume"]
-        args.run_dir = resume_state["run_dir"]
-    if args.run_dir is None:
-        args.run_dir = f"runs/{args.env_id}__balanced__{args.seed}__{int(time.time())}"
-    check_writable(args.save_checkpoint)
-
-    # seeding
-    random.seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-
-    # env and data
-    env = make_env(args.env_id, args.seed)
-    eval_env = make_env(args.env_id, args.seed + 10_000)
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    dataset = load_d4rl_dataset(args.env_id, args.dataset_path)
-    check_dataset_matches_env(dataset, env, args.dataset_path or args.env_id)
-    M = len(dataset["observations"])
-
-    # ensemble (eq. 5): policy from CQL, critics from CQL or FQE
-    cql_command = (f"python cql_pretrain.py --env-id {args.env_id} --n-ensemble {k} --seed {args.seed} "
-                   f"--checkpoint {args.checkpoint}" + (f" --dataset-path {args.dataset_path}" if args.dataset_path else ""))
-    ckpt = load_ensemble_checkpoint(args.checkpoint, cql_command, args.env_id, obs_dim, act_dim, k)
-    if ckpt["algo"] == "fqe":
-        fail(f"--checkpoint {args.checkpoint} is an fqe.py checkpoint (critics only); the policy comes from a CQL "
-             f"checkpoint: give it as --checkpoint and this one as --q-init fqe --fqe-checkpoint")
-    hidden_sizes = list(ckpt["hidden_sizes"])
-    critic_source, critic_path = ckpt, args.checkpoint
-    if args.q_init == "fqe":
-        fqe_command = (f"python fqe.py --env-id {args.env_id} --n-ensemble {k} --seed {args.seed} --policy-checkpoint "
-                       f"{args.checkpoint} --checkpoint {args.fqe_checkpoint}"
-                       + (f" --dataset-path {args.dataset_path}" if args.dataset_path else ""))
-        critic_source = load_ensemble_checkpoint(args.fqe_checkpoint, fqe_command, args.env_id, obs_dim, act_dim, k)
-        critic_path = args.fqe_checkpoint
-        if critic_source["algo"] != "fqe":
-            fail(f"--fqe-checkpoint {critic_path} has algo {critic_source['algo']!r}, expected 'fqe' (written by fqe.py)")
-        if list(critic_source["hidden_sizes"]) != hidden_sizes:
-            fail(f"FQE critics {critic_source['hidden_sizes']} and CQL networks {hidden_sizes} differ in hidden sizes")
-    actor = EnsembleActor(obs_dim, act_dim, hidden_sizes, k).to(device)
-    critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, k).to(device)
-    load_state(actor, ckpt["actor"], "actor", args.checkpoint)
-    load_state(critic, critic_source["critic"], "critic", critic_path)
-    target_critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, k).to(device)
-    target_critic.load_state_dict(critic.state_dict())  # target critics copied from the loaded critics
-    log_alpha = torch.tensor(float(np.log(args.init_alpha)), device=device, requires_grad=True)  # alpha re-initialised
-    target_entropy = -float(act_dim)
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)  # all members jointly, one Adam
-    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.q_lr)
-    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
-    ratio_net = DensityRatioNet(obs_dim, act_dim, args.hidden_dim).to(device)
-    ratio_optimizer = torch.optim.Adam(ratio_net.parameters(), lr=args.ratio_lr)
-
-    # one buffer, offline rows [0, M), online rows [M, M + online_steps): nothing is ever overwritten.
-    # Host numpy arrays hold the online data (checkpointed as tensors); device tensors mirror everything for sampling.
-    capacity = M + args.online_steps
-    online = {
-        "observations": np.zeros((args.online_steps, obs_dim), np.float32),
-        "actions": np.zeros((args.online_steps, act_dim), np.float32),
-        "rewards": np.zeros(args.online_steps, np.float32),
-        "next_observations": np.zeros((args.online_steps, obs_dim), np.float32),
-        "terminals": np.zeros(args.online_steps, np.float32),
-    }
-    storage = {key: torch.zeros((capacity, *value.shape[1:]), device=device) for key, value in online.items()}
-    for key in storage:
-        storage[key][:M] = torch.as_tensor(dataset[key], device=device)
-    balanced = args.sampling == "balanced"
-    tree = SumTree(capacity) if balanced else None
-    if balanced:
-        tree.set_all(np.ones(M))  # offline priority 1
-    p_max = initial_p_max(M, args.init_online_fraction)
-    global_step, epoch, n_updates = 0, 0, 0
-
-    if resume_state is not None:  # everything needed to continue exactly where the checkpoint left off
-        if saved["n_ensemble"] != k or saved["obs_dim"] != obs_dim or saved["act_dim"] != act_dim:
-            fail(f"--resume: {args.save_checkpoint} holds {saved['n_ensemble']} members for dims "
-                 f"{saved['obs_dim']}/{saved['act_dim']}; this run asks for {k} and has {obs_dim}/{act_dim}")
-        if resume_state["dataset_size"] != M or resume_state["online_steps"] != args.online_steps \
-                or resume_state["sampling"] != args.sampling:
-            fail(f"--resume: {args.save_checkpoint} was made with dataset size {resume_state['dataset_size']}, "
-                 f"--online-steps {resume_state['online_steps']}, --sampling {resume_state['sampling']}; "
-                 f"this run has {M}, {args.online_steps}, {args.sampling}")
-        load_state(actor, saved["actor"], "actor", args.save_checkpoint)  # e.g. another --hidden-dim: a clear error
-        load_state(critic, saved["critic"], "critic", args.save_checkpoint)
-        load_state(target_critic, resume_state["target_critic"], "target critic", args.save_checkpoint)
-        load_state(ratio_net, resume_state["ratio_net"], "density-ratio net", args.save_checkpoint)
-        for optimizer, key in ((actor_optimizer, "actor_optimizer"), (critic_optimizer, "critic_optimizer"),
-                               (alpha_optimizer, "alpha_optimizer"), (ratio_optimizer, "ratio_optimizer")):
-            optimizer.load_state_dict(resume_state[key])
-        with torch.no_grad():
-            log_alpha.copy_(resume_state["log_alpha"])
-        global_step, epoch, n_updates = resume_state["global_step"], resume_state["epoch"], resume_state["n_updates"]
-        for key in online:  # stored as tensors of the buffer's dtype (weights_only loading takes no numpy arrays)
-            online[key][:global_step] = resume_state["online"][key].numpy()
-            storage[key][M:M + global_step] = resume_state["online"][key].to(device)
-        if balanced:
-            tree.set_all(resume_state["tree_leaves"].numpy())
-        p_max = resume_state["p_max"]
-        random.setstate(resume_state["python_rng"])
-        rng.bit_generator.state = resume_state["numpy_rng"]
-        torch.set_rng_state(resume_state["torch_rng"])
-        if device.type == "cuda" and resume_state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state_all(resume_state["cuda_rng"])
-
-    def save(step):
-        payload = {
-            "format": CHECKPOINT_FORMAT, "algo": "balanced", "env_id": args.env_id, "obs_dim": obs_dim,
-            "act_dim": act_dim, "n_ensemble": k, "hidden_sizes": hidden_sizes, "actor": actor.state_dict(),
-            "critic": critic.state_dict(), "step": step, "args": dataclasses.asdict(args),
-            "resume": {
-                "target_critic": target_critic.state_dict(), "ratio_net": ratio_net.state_dict(),
-                "actor_optimizer": actor_optimizer.state_dict(), "critic_optimizer": critic_optimizer.state_dict(),
-                "alpha_optimizer": alpha_optimizer.state_dict(), "ratio_optimizer": ratio_optimizer.state_dict(),
-                "log_alpha": log_alpha.detach().cpu(), "global_step": step, "epoch": epoch, "n_updates": n_updates,
-                "online": {key: torch.from_numpy(value[:step].copy()) for key, value in online.items()},
-                "tree_leaves": torch.from_numpy(tree.get(np.arange(M + step))) if balanced else None, "p_max": p_max,
-                "dataset_size": M, "online_steps": args.online_steps, "sampling": args.sampling,
-                "python_rng": random.getstate(), "numpy_rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(), "run_dir": args.run_dir,
-                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-            },
-        }
-        save_checkpoint(args.save_checkpoint, payload)
-
-    writer = SummaryWriter(args.run_dir, purge_step=global_step if resume_state is not None else None)
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
-        f"|{key}|{value}|" for key, value in vars(args).items()))
-
-    def gather(indices: np.ndarray):
-        idx = torch.from_numpy(indices).to(device, non_blocking=True)
-        return tuple(storage[key][idx] for key in ("observations", "actions", "rewards", "next_observations", "terminals"))
-
-    def log_eval(step):
-        mean_return = evaluate(actor, eval_env, args.eval_episodes, k, args.seed + 10_000 + step, device)
-        score = normalized_score(args.env_id, mean_return)
-        writer.add_scalar("eval/return", mean_return, step)
-        writer.add_scalar("eval/normalized_score", score, step)
-        tqdm.write(f"step {step}: eval return {mean_return:.1f}, normalized score {score:.1f}")
-        return score
-
-    start_time, start_step, last_checkpoint = time.time(), global_step, global_step
-    first_score = None
-    progress = tqdm(total=args.online_steps, initial=global_step, desc="balanced fine-tuning")
-    while global_step < args.online_steps:
-        if epoch % args.eval_every_epochs == 0:  # evaluation at the start of the epoch (epoch 0: pretrained policy)
-            score = log_eval(global_step)
-            first_score = score if first_score is None else first_score
-
-        # collect one epoch of environment steps with the stochastic ensemble policy (eq. 5); every epoch starts a
-        # fresh episode, as the authors' collector does (the cut episode's last transition stays non-terminal)
-        obs, _ = env.reset(seed=args.seed + global_step)
-        epoch_start = global_step
-        epoch_steps = min(args.epoch_length, args.online_steps - global_step)
-        for _ in range(epoch_steps):
-            with torch.no_grad():
-                obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
-                action = tanh_gaussian_sample(*ensemble_policy(actor, obs_t, k))[0][0].cpu().numpy()
-            next_obs, reward, terminated, truncated, _ = env.step(action)
-            row = global_step
-            online["observations"][row], online["actions"][row], online["rewards"][row] = obs, action, reward
-            online["next_observations"][row], online["terminals"][row] = next_obs, float(terminated)  # timeouts not terminal
-            obs = env.reset()[0] if terminated or truncated else next_obs
-            global_step += 1
-            progress.update(1)
-        for key in storage:
-            rows = online[key][epoch_start:global_step]
-            storage[key][M + epoch_start:M + global_step] = torch.as_tensor(rows, device=device)
-        new_rows = np.arange(M + epoch_start, M + global_step)
-        if balanced:
-            tree.update(new_rows, np.full(len(new_rows), p_max))  # online transitions enter with p_max
-        n_online = global_step
-
-        # gradient updates: one per env step, first epoch x first_epoch_multiplier
-        epoch_updates = epoch_steps * (args.first_epoch_multiplier if epoch == 0 else 1)
-        sums = torch.zeros(len(LOSS_TAGS), device=device)
-        offline_drawn = 0
-        for _ in range(epoch_updates):
-            if balanced:
-                indices = tree.sample(args.batch_size, rng)
-            elif args.sampling == "uniform":
-                indices = rng.integers(0, M + n_online, args.batch_size)
-            else:  # online-only
-                indices = M + rng.integers(0, n_online, args.batch_size)
-            offline_drawn += int(np.count_nonzero(indices < M))
-            ratio_indices = np.concatenate([M + rng.integers(0, n_online, args.ratio_batch_size),
-                                            rng.integers(0, M, args.ratio_batch_size)])
-            obs_b, act_b, rew_b, next_obs_b, done_b = gather(np.concatenate([indices, ratio_indices]))
-            B, R = args.batch_size, args.ratio_batch_size
-            priorities, ratio_stats = update_density_ratio(
-                ratio_net, ratio_optimizer, (obs_b[B:B + R], act_b[B:B + R]), (obs_b[B + R:], act_b[B + R:]),
-                (obs_b[:B], act_b[:B]), args.temperature)
-            if balanced:  # only the drawn leaves change; p_max never decreases
-                new_priorities = priorities.cpu().numpy()
-                if not np.isfinite(new_priorities).all():  # host copy already made: this check costs no sync
-                    progress.close()
-                    fail(f"losses/density_ratio_loss: the density-ratio net gives non-finite w at online step "
-                         f"{global_step} (update {n_updates}); the last good checkpoint is {args.save_checkpoint}")
-                tree.update(indices, new_priorities)
-                p_max = max(p_max, float(new_priorities.max()))
-            sac_stats = update_actor_critic(
-                (obs_b[:B], act_b[:B], rew_b[:B], next_obs_b[:B], done_b[:B]), actor, critic, target_critic,
-                log_alpha, actor_optimizer, critic_optimizer, alpha_optimizer, target_entropy, args.gamma, args.tau, k)
-            sums += torch.cat([sac_stats, ratio_stats])
-            n_updates += 1
-        epoch += 1
-
-        # once per epoch: one host sync for all averaged statistics, NaN/inf check, logging
-        means = (sums / max(epoch_updates, 1)).tolist()
-        for tag, value in zip(LOSS_TAGS, means):
-            if not np.isfinite(value):
-                progress.close()
-                fail(f"{tag} is {value} at online step {global_step} (update {n_updates}); "
-                     f"the last good checkpoint is {args.save_checkpoint}")
-            writer.add_scalar(tag, value, global_step)
-        writer.add_scalar("balanced/offline_fraction", offline_drawn / max(epoch_updates * args.batch_size, 1), global_step)
-        recent = slice(max(epoch_start, global_step - 1000), global_step)
-        with torch.no_grad():  # Q as a classifier of real online actions vs uniform random actions (paper Fig. 4b)
-            states = torch.as_tensor(online["observations"][recent], device=device)
-            real = mean_min_q(critic, states, torch.as_tensor(online["actions"][recent], device=device), k)
-            fake_actions = torch.as_tensor(rng.uniform(-1.0, 1.0, (len(states), act_dim)).astype(np.float32), device=device)
-            fake = mean_min_q(critic, states, fake_actions, k)
-        writer.add_scalar("balanced/auroc", auroc(real.cpu().numpy(), fake.cpu().numpy()), global_step)
-        writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
-        if args.checkpoint_every > 0 and global_step - last_checkpoint >= args.checkpoint_every \
-                and global_step < args.online_steps:
-            save(global_step)
-            last_checkpoint = global_step
-    progress.close()
-
-    final_score = log_eval(global_step)
-    save(global_step)
-    writer.close()
-    env.close()
-    eval_env.close()
-    before = "n/a (resumed)" if args.resume and start_step > 0 else f"{first_score:.1f}"
-    print(f"normalized score: {before} before fine-tuning -> {final_score:.1f} after {global_step} online steps; "
-          f"curves: tensorboard --logdir {args.run_dir}; checkpoint: {args.save_checkpoint}")
-
+# =====================================================================================================================
+# End of the shared plumbing
+# =====================================================================================================================
 
 if __name__ == "__main__":
     main()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Notes. Choices where the paper is silent (a careful reading of the official code where possible):
+# ---------------------------------------------------------------------------------------------------------------------
+# * All members share the one RL minibatch of 256 (the policy is one distribution, the priorities are set
+#   for "the 256 transitions just drawn"); the offline pretraining's per-member minibatches do not apply.
+# * The mixture variance is computed as mean_i sigma_i^2 + mean_i (mu_i - mu)^2, algebraically equal to
+#   eq. (5) but free of cancellation; the mixture std is clamped to [e^-20, e^2] as in the authors' code.
+# * Every epoch of 1000 env steps starts a fresh episode, as the authors' collector does; the episode cut at
+#   the epoch's end keeps its last transition non-terminal, like a time-limit end.
+# * Update order per gradient step (CleanRL's SAC): density-ratio step (its priorities come from w before
+#   the step), critic step, actor step, alpha step, Polyak update of the target critics.
+# * The density-ratio network is trained in every --sampling mode so balanced/w_* are comparable across
+#   modes; it sets priorities only with --sampling balanced. Its hidden width is --hidden-dim (256
+#   [official]); the actor/critic sizes are read from the checkpoint. Hidden layers use nn.Linear's
+#   default init; the last layer U(-3e-3, 3e-3) with bias 1.0 [official].
+# * balanced/auroc: after each epoch's updates, Qbar scores the (up to 1000) online transitions of that
+#   epoch: real (s, a) are positives, (s, a ~ U[-1,1]^|A|) negatives; AUROC by the rank-sum formula.
+# * Losses, alpha, offline fraction and w are averaged on the device over an epoch's updates and synced
+#   once per epoch; that is also where a NaN/inf loss stops the run (before the checkpoint is written, so
+#   the last good checkpoint survives). With --sampling balanced the sum-tree lives on the host, so one
+#   copy of the 256 new priorities per update is inherent (free on the CPU).
+# * Checkpoints (CONTRIBUTING.md format, algo "balanced") are written at the end of an epoch once at least
+#   --checkpoint-every env steps passed since the last one, and at the end. They hold the full resume state
+#   (online transitions, sum-tree leaves, p_max, density-ratio net, optimizers, alpha, RNG states, step,
+#   run dir). --resume continues at the next epoch, which starts a fresh episode anyway, so an interrupted run
+#   resumes exactly.
+# * Online time-limit ends are stored as non-terminal (done = terminated), as the dataset's are.

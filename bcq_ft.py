@@ -2,11 +2,11 @@
 
 Implements Batch-Constrained deep Q-learning (Fujimoto, Meger, Precup, "Off-Policy Deep Reinforcement
 Learning without Exploration", ICML 2019, Algorithm 1) as the "BCQ-ft" baseline of Lee, Seo, Lee, Abbeel,
-Shin, "Offline-to-Online Reinforcement Learning via Balanced Replay and Pessimistic Q-Ensemble" (CoRL 2021),
-as the paper's baseline. One run = an offline phase of `--offline-steps` gradient steps on the
-D4RL dataset, then an online phase of `--online-steps` environment steps with one gradient step after each,
-with the SAME update rule ("-ft"); one replay buffer holds the dataset and the new transitions (capacity =
-dataset size + online steps, nothing is overwritten; minibatches are uniform over its contents).
+Shin, "Offline-to-Online Reinforcement Learning via Balanced Replay and Pessimistic Q-Ensemble" (CoRL 2021).
+One run = an offline phase of `--offline-steps` gradient steps on the D4RL dataset, then an online phase of
+`--online-steps` environment steps with one gradient step after each, with the SAME update rule ("-ft"); one replay
+buffer holds the dataset and the new transitions (capacity = dataset size + online steps, nothing is overwritten;
+minibatches are uniform over its contents).
 
 Per member (Algorithm 1 of the BCQ paper, in the order of its reference code):
   VAE G_ω(a|s): encoder (s,a) -> 750-750 -> (μ, log σ) of a latent of size 2|A| (log σ clamped to [−4, 15] as
@@ -19,46 +19,11 @@ Per member (Algorithm 1 of the BCQ paper, in the order of its reference code):
   Actor: maximise Q1(s, ξ_φ(s, G_ω(s))), i.e. loss = −mean Q1. Polyak τ = 5e-3 for ξ' and Q'.
   Acting: 100 candidates ξ_φ(s, G_ω(s)) (BCQ's select_action), take the argmax of Q1.
 
-Choices made where the paper is silent:
-- Latent clipping: z ~ N(0, I) clipped to [−0.5, 0.5] whenever the decoder samples from the prior (targets,
-  actor loss, acting), as BCQ's code; the reconstruction during VAE training uses the encoder's z unclipped.
-- Learning rate 1e-3 for VAE, actor and critic (the paper's baselines; BCQ's code uses Adam defaults / 1e-3).
-  Batch 256 as every script in this repository (BCQ's code used 100). γ 0.99.
-- Ensemble (`--n-ensemble N`: the paper applied the ensemble to every baseline): every network is N members
-  vectorized with VectorizedLinear (weights [N, in, out]); each member gets its own minibatch (indices [N, B]) and
-  is trained exactly as a solo BCQ (losses are per-member means summed over members). Target candidates are per
-  member (its own VAE, ξ' and Q'). Action selection pools candidates: each member proposes 100 (its own VAE +
-  perturbation), the N·100 candidates are scored by the MEAN OVER MEMBERS OF Q1 (Q1 as BCQ's select_action), and
-  the best is taken. With N = 1 this is exactly BCQ's select_action.
-- Online exploration uses that (already stochastic, through the VAE's samples) BCQ policy; `--expl-noise σ`
-  optionally adds N(0, σ²) noise clipped to [−1, 1] (default 0: plain BCQ policy). Evaluation uses the BCQ policy
-  with no added noise (it stays stochastic through the VAE, as in BCQ's own evaluation).
-- Network sizes: `--vae-hidden-sizes`, `--actor-hidden-sizes`, `--critic-hidden-sizes` (defaults 750-750,
-  400-300, 400-300); `--hidden-dim H`, when given, sets all three to [H, H] (small test / CPU runs).
-- Offline length: `--offline-steps` defaults to 1,000,000 (the paper's CQL pre-training budget);
-  online: 250,000 steps as balanced_finetune.py.
-- x-axis of every TensorBoard curve = online environment steps. Offline gradient step t (1-based) is logged
-  at x = t − offline_steps, so the offline phase occupies x ∈ [−offline_steps, 0] and the evaluation at
-  x = 0 is the policy at the end of the offline phase — the same point as balanced_finetune.py's epoch 0
-  (its pretrained policy, logged at x = 0). Online step t (1-based, after its gradient step) is at x = t.
-  Evaluations happen whenever x is a multiple of `--eval-every` (x = 0 included) and at the end.
-- Evaluation: `--eval-episodes` episodes in a separate env, episode k reset with seed `seed + 10_000 + k`.
-- Checkpoints (CONTRIBUTING.md: Contracts; format "o2o-ensemble-v1", algo "bcq"): `actor` = the perturbation network ξ,
-  `critic` = the EnsembleCritic (twin Q), `hidden_sizes` = the critic's; extra keys `vae`,
-  `vae_hidden_sizes`, `actor_hidden_sizes`, `latent_dim`, `phi`. `resume` holds the target actor and critic,
-  the three optimizers, RNG states, the global step and the online transitions. Written atomically every
-  `--checkpoint-every` steps (offline and online alike) and at the end; `--resume` continues from
-  `--save-checkpoint` (TensorBoard events after its step are purged). A run resumed in the online phase
-  starts a new training episode; no transition is lost or stored twice.
-- A NaN/inf loss is detected on the values already synced for logging (every `--log-every` steps and before
-  each checkpoint write); the run stops with a message naming the loss and the step, keeping the last good
-  checkpoint.
+Implementation choices where the paper is silent: the Notes at the end of this file.
 
     python bcq_ft.py --env-id hopper-medium-v2 --n-ensemble 5
     python bcq_ft.py --env-id walker2d-medium-expert-v2 --n-ensemble 5
     python bcq_ft.py --env-id Hopper-v4 --dataset-path data/hopper_replay.hdf5 --offline-steps 20000 \
-        --online-steps 20000 --hidden-dim 64
-    python bcq_ft.py --env-id hopper-medium-v2 --n-ensemble 5 --resume    # continue an interrupted run
 """
 import ctypes
 import dataclasses
@@ -86,12 +51,15 @@ from tqdm import tqdm
 
 @dataclass
 class Args:
+    # task, data and seed
     env_id: str = "walker2d-medium-expert-v2"
     """D4RL task name, Minari dataset id (mujoco/hopper/medium-v0) or, with --dataset-path, any gymnasium id to act in"""
     dataset_path: str | None = None
     """HDF5 file with D4RL's schema; default: the D4RL file of --env-id (cached or downloaded)"""
     seed: int = 1
     """seed of random, numpy, torch and the environments"""
+
+    # algorithm
     n_ensemble: int = 1
     """number of BCQ agents trained as one vectorized ensemble (candidates scored by the members' mean Q1)"""
     offline_steps: int = 1_000_000
@@ -126,6 +94,8 @@ class Args:
     """weight of the KL term of the VAE loss"""
     expl_noise: float = 0.0
     """std of Gaussian noise added to online exploration actions (0: the plain BCQ policy)"""
+
+    # evaluation, logging and checkpoints
     eval_every: int = 5_000
     """evaluate whenever the x-axis step (online env steps; offline steps count negative) is a multiple of this"""
     eval_episodes: int = 10
@@ -140,15 +110,375 @@ class Args:
     """continue the run stored in --save-checkpoint"""
     run_dir: str | None = None
     """TensorBoard folder; default runs/{env_id}__bcq__{seed}__{time}; a resumed run reuses the stored one"""
+
+    # runtime
     cuda: bool = True
     """use CUDA when available"""
     torch_deterministic: bool = True
     """torch.backends.cudnn.deterministic"""
 
 
-# ---------------------------------------------------------------------------------
-# Shared block (copied verbatim into every script that needs it; CONTRIBUTING.md: scripts never import each other)
-# ---------------------------------------------------------------------------------
+# ---- vectorized ensemble networks (paper §3.2): weights [N, in, out], one batched matmul per layer ----
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+class VectorizedLinear(nn.Module):
+    """N independent linear layers applied as one batched matmul: x [N, B, in] -> [N, B, out]."""
+
+    def __init__(self, in_features: int, out_features: int, n_members: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_members, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(n_members, 1, out_features))
+        bound = 1.0 / in_features**0.5  # nn.Linear's default init, drawn independently for each member
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+def vectorized_mlp(in_dim: int, hidden_sizes, out_dim: int, n_members: int) -> nn.Sequential:
+    layers, width = [], in_dim
+    for hidden in hidden_sizes:
+        layers += [VectorizedLinear(width, hidden, n_members), nn.ReLU()]
+        width = hidden
+    return nn.Sequential(*layers, VectorizedLinear(width, out_dim, n_members))
+
+
+class EnsembleCritic(nn.Module):
+    """Twin Q-functions of N members as 2N vectorized MLPs, member-major (row 2i: Q1 of member i, 2i+1: Q2).
+
+    obs [N, B, S], act [N, B, A] -> Q [N, 2, B]. Taking the first k members is slicing rows [:2k].
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
+        super().__init__()
+        self.n_members = n_members
+        self.net = vectorized_mlp(obs_dim + act_dim, hidden_sizes, 1, 2 * n_members)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, act], dim=-1).repeat_interleave(2, dim=0)
+        return self.net(x).view(self.n_members, 2, -1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# BCQ networks (all vectorized over N members: inputs [N, B, dim])
+# ---------------------------------------------------------------------------------------------------------------------
+class EnsembleVAE(nn.Module):
+    """Conditional VAE G_ω(a|s) of each member: encoder (s,a) -> (μ, log σ), decoder (s,z) -> tanh action."""
+
+    def __init__(self, obs_dim: int, act_dim: int, latent_dim: int, hidden_sizes, n_members: int):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.encoder = vectorized_mlp(obs_dim + act_dim, hidden_sizes, 2 * latent_dim, n_members)
+        self.decoder = vectorized_mlp(obs_dim + latent_dim, hidden_sizes, act_dim, n_members)
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor):
+        mean, log_std = self.encoder(torch.cat([obs, actions], -1)).chunk(2, dim=-1)
+        std = log_std.clamp(-4.0, 15.0).exp()  # BCQ's code
+        z = mean + std * torch.randn_like(std)
+        return self.decode(obs, z), mean, std
+
+    def decode(self, obs: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        if z is None:  # sample from the prior, latent clipped to [-0.5, 0.5] (BCQ)
+            z = torch.randn((*obs.shape[:-1], self.latent_dim), device=obs.device).clamp(-0.5, 0.5)
+        return torch.tanh(self.decoder(torch.cat([obs, z], -1)))
+
+
+class EnsemblePerturbation(nn.Module):
+    """Perturbation model ξ_φ(s, a, Φ): clip(a + Φ·tanh(f(s, a)), −1, 1)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int, phi: float):
+        super().__init__()
+        self.phi = phi
+        self.net = vectorized_mlp(obs_dim + act_dim, hidden_sizes, act_dim, n_members)
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return (actions + self.phi * torch.tanh(self.net(torch.cat([obs, actions], -1)))).clamp(-1.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# BCQ losses and update step
+# ---------------------------------------------------------------------------------------------------------------------
+def vae_loss_fn(vae: EnsembleVAE, obs, actions, kl_weight: float):
+    """MSE(a_rec, a) + kl_weight·KL, KL = −0.5·mean(1 + log σ² − μ² − σ²); per member, summed over members."""
+    reconstruction, mean, std = vae(obs, actions)
+    recon_loss = (reconstruction - actions).pow(2).mean(dim=(1, 2))  # [N]
+    kl_loss = -0.5 * (1 + torch.log(std.pow(2)) - mean.pow(2) - std.pow(2)).mean(dim=(1, 2))  # [N]
+    return (recon_loss + kl_weight * kl_loss).sum(), recon_loss.mean(), kl_loss.mean()
+
+
+def soft_clipped_double_q_target(next_q, rewards, dones, gamma: float, lmbda: float, n_samples: int):
+    """BCQ eq. 13: next_q [N, 2, B·K] (K candidates per s', candidate-minor) -> y [N, B].
+
+    y = r + γ(1−d)·max_j [λ·min(Q1', Q2') + (1−λ)·max(Q1', Q2')](s', a'_j).
+    """
+    soft_q = lmbda * next_q.min(dim=1).values + (1.0 - lmbda) * next_q.max(dim=1).values  # [N, B·K]
+    best = soft_q.view(soft_q.shape[0], -1, n_samples).max(dim=-1).values  # [N, B]
+    return rewards + gamma * (1.0 - dones) * best
+
+
+def bcq_critic_loss(vae, actor_target, critic, critic_target, batch, args):
+    obs, actions, rewards, next_obs, dones = batch
+    with torch.no_grad():
+        next_obs_rep = next_obs.repeat_interleave(args.n_action_samples, dim=1)  # [N, B·K, S]
+        next_actions = actor_target(next_obs_rep, vae.decode(next_obs_rep))
+        target = soft_clipped_double_q_target(critic_target(next_obs_rep, next_actions), rewards, dones,
+                                              args.gamma, args.lmbda, args.n_action_samples)
+    q = critic(obs, actions)  # [N, 2, B]
+    return (q - target.unsqueeze(1)).pow(2).mean(-1).sum(), q.detach()
+
+
+@torch.no_grad()
+def soft_update(target: nn.Module, source: nn.Module, tau: float):
+    """Polyak averaging of the target network: target <- (1 - tau) target + tau source."""
+    for target_param, param in zip(target.parameters(), source.parameters()):
+        target_param.lerp_(param, tau)
+
+
+def bcq_update(vae, actor, actor_target, critic, critic_target, optimizers, batch, args) -> dict:
+    """One BCQ gradient step (VAE, critic, actor, then Polyak), in the order of BCQ's train(). No host sync."""
+    vae_optimizer, actor_optimizer, critic_optimizer = optimizers
+    obs, actions = batch[0], batch[1]
+    vae_loss, recon_loss, kl_loss = vae_loss_fn(vae, obs, actions, args.kl_weight)
+    vae_optimizer.zero_grad(set_to_none=True)
+    vae_loss.backward()
+    vae_optimizer.step()
+
+    critic_loss, q = bcq_critic_loss(vae, actor_target, critic, critic_target, batch, args)
+    critic_optimizer.zero_grad(set_to_none=True)
+    critic_loss.backward()
+    critic_optimizer.step()
+
+    with torch.no_grad():
+        sampled_actions = vae.decode(obs)
+    actor_loss = -critic(obs, actor(obs, sampled_actions))[:, 0].mean(-1).sum()  # −Q1, per member mean, summed
+    actor_optimizer.zero_grad(set_to_none=True)
+    actor_loss.backward()
+    actor_optimizer.step()
+
+    soft_update(critic_target, critic, args.tau)
+    soft_update(actor_target, actor, args.tau)
+    return {
+        "losses/critic_loss": critic_loss.detach(),
+        "losses/actor_loss": actor_loss.detach(),
+        "losses/vae_loss": vae_loss.detach(),
+        "losses/recon_loss": recon_loss.detach(),
+        "losses/kl_loss": kl_loss.detach(),
+        "losses/qf_mean": q.mean(),
+    }
+
+
+@torch.no_grad()
+def bcq_select_action(vae, actor, critic, obs: torch.Tensor, n_samples: int) -> torch.Tensor:
+    """obs [B, S] -> [B, A]: each member proposes n_samples candidates ξ(s, G(s)); the pooled N·n_samples
+    candidates of a state are scored by the mean over members of Q1 and the best is taken."""
+    n_members = critic.n_members
+    batch, obs_dim = obs.shape
+    obs_rep = obs.repeat_interleave(n_samples, dim=0).unsqueeze(0).expand(n_members, -1, -1)  # [N, B·K, S]
+    candidates = actor(obs_rep, vae.decode(obs_rep))  # [N, B·K, A]
+    act_dim = candidates.shape[-1]
+    pooled = candidates.view(n_members, batch, n_samples, act_dim).transpose(0, 1).reshape(batch, -1, act_dim)
+    n_candidates = pooled.shape[1]  # N·K per state
+    score_obs = obs.repeat_interleave(n_candidates, dim=0).unsqueeze(0).expand(n_members, -1, -1)
+    score_act = pooled.reshape(1, -1, act_dim).expand(n_members, -1, -1)
+    scores = critic(score_obs, score_act)[:, 0].mean(0).view(batch, n_candidates)  # mean over members of Q1
+    return pooled[torch.arange(batch, device=obs.device), scores.argmax(-1)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Replay buffer: the dataset followed by the online transitions (nothing is overwritten)
+# ---------------------------------------------------------------------------------------------------------------------
+class OfflineOnlineBuffer:
+    FIELDS = ("observations", "actions", "rewards", "next_observations", "terminals")
+
+    def __init__(self, dataset: dict, capacity: int, device: torch.device):
+        self.dataset_size = len(dataset["observations"])
+        self.size = self.dataset_size
+        self.data = {}
+        for key in self.FIELDS:
+            values = torch.as_tensor(dataset[key])
+            self.data[key] = torch.zeros((capacity, *values.shape[1:]), dtype=torch.float32, device=device)
+            self.data[key][: self.size] = values.to(device)
+
+    def add(self, obs, action, reward, next_obs, terminal):
+        for key, value in zip(self.FIELDS, (obs, action, reward, next_obs, terminal)):
+            self.data[key][self.size] = torch.as_tensor(np.asarray(value, dtype=np.float32))
+        self.size += 1
+
+    def sample(self, rng: np.random.Generator, n_members: int, batch_size: int):
+        """Own uniform minibatch for each member: indices [N, B] -> (s, a, r, s', d) with leading dims [N, B]."""
+        idx = torch.as_tensor(rng.integers(0, self.size, size=(n_members, batch_size)))
+        idx = idx.to(self.data["observations"].device)
+        return tuple(self.data[key][idx] for key in self.FIELDS)
+
+    def online_part(self) -> dict:
+        """The online rows as CPU tensors of their own (a slice would save the whole buffer's storage)."""
+        return {key: self.data[key][self.dataset_size : self.size].to("cpu", copy=True) for key in self.FIELDS}
+
+    def load_online_part(self, online: dict):
+        n = len(online["observations"])
+        for key in self.FIELDS:
+            self.data[key][self.dataset_size : self.dataset_size + n] = online[key]
+        self.size = self.dataset_size + n
+
+
+def main():
+    args = tyro.cli(Args)
+    for name in ("n_ensemble", "batch_size", "eval_episodes", "log_every", "eval_every", "n_action_samples",
+                 "n_act_candidates"):
+        if getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be at least 1")
+    if args.offline_steps < 0 or args.online_steps < 0 or args.checkpoint_every < 0:
+        fail("--offline-steps, --online-steps and --checkpoint-every must be non-negative")
+    for name, value in (("learning_rate", args.learning_rate), ("tau", args.tau), ("phi", args.phi)):
+        if not (np.isfinite(value) and value > 0):
+            fail(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    for name, value in (("gamma", args.gamma), ("lmbda", args.lmbda)):
+        if not 0.0 <= value <= 1.0:
+            fail(f"--{name} must lie in [0, 1], got {value}")
+    for name, value in (("kl_weight", args.kl_weight), ("expl_noise", args.expl_noise)):
+        if not (np.isfinite(value) and value >= 0):
+            fail(f"--{name.replace('_', '-')} must be a non-negative number, got {value}")
+    if args.hidden_dim is not None:
+        args.vae_hidden_sizes = args.actor_hidden_sizes = args.critic_hidden_sizes = (args.hidden_dim,) * 2
+    checkpoint_path = args.save_checkpoint or f"checkpoints/bcq_{args.env_id}_seed{args.seed}.pt"
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        keep_freed_memory_on_cpu()
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+
+    random.seed(args.seed)
+    np_rng = np.random.default_rng(args.seed)
+    torch.manual_seed(args.seed)
+
+    # data, envs, buffer (README: D4RL or Minari)
+    eval_env = make_env(args.env_id, args.seed + 10_000)
+    obs_dim, act_dim = eval_env.observation_space.shape[0], eval_env.action_space.shape[0]
+    dataset = load_d4rl_dataset(args.env_id, args.dataset_path)
+    check_dataset_matches_env(dataset, eval_env, args.dataset_path or args.env_id)
+    buffer = OfflineOnlineBuffer(dataset, len(dataset["observations"]) + args.online_steps, device)
+    total_steps = args.offline_steps + args.online_steps
+
+    # networks
+    n, latent_dim = args.n_ensemble, 2 * act_dim
+    vae = EnsembleVAE(obs_dim, act_dim, latent_dim, args.vae_hidden_sizes, n).to(device)
+    actor = EnsemblePerturbation(obs_dim, act_dim, args.actor_hidden_sizes, n, args.phi).to(device)
+    actor_target = EnsemblePerturbation(obs_dim, act_dim, args.actor_hidden_sizes, n, args.phi).to(device)
+    critic = EnsembleCritic(obs_dim, act_dim, args.critic_hidden_sizes, n).to(device)
+    critic_target = EnsembleCritic(obs_dim, act_dim, args.critic_hidden_sizes, n).to(device)
+    actor_target.load_state_dict(actor.state_dict())
+    critic_target.load_state_dict(critic.state_dict())
+    optimizers = tuple(torch.optim.Adam(net.parameters(), lr=args.learning_rate) for net in (vae, actor, critic))
+
+    header = {"format": CHECKPOINT_FORMAT, "algo": "bcq", "env_id": args.env_id, "obs_dim": obs_dim,
+              "act_dim": act_dim, "n_ensemble": n, "hidden_sizes": list(args.critic_hidden_sizes),
+              "actor_hidden_sizes": list(args.actor_hidden_sizes), "vae_hidden_sizes": list(args.vae_hidden_sizes),
+              "latent_dim": latent_dim, "phi": args.phi}
+    global_step, episodes = 0, 0
+    if args.resume:
+        ckpt = load_resume_checkpoint(checkpoint_path, header)
+        state = ckpt["resume"]
+        if state["dataset_size"] != buffer.dataset_size:
+            fail(f"checkpoint {checkpoint_path} was trained on {state['dataset_size']} dataset transitions, "
+                 f"this dataset has {buffer.dataset_size}")
+        if len(state["online_transitions"]["observations"]) > args.online_steps:  # more than the buffer has room for
+            fail(f"checkpoint {checkpoint_path} holds {len(state['online_transitions']['observations'])} online "
+                 f"transitions but --online-steps is {args.online_steps}")
+        vae.load_state_dict(ckpt["vae"])
+        actor.load_state_dict(ckpt["actor"])
+        critic.load_state_dict(ckpt["critic"])
+        actor_target.load_state_dict(state["actor_target"])
+        critic_target.load_state_dict(state["critic_target"])
+        for optimizer, optimizer_state in zip(optimizers, state["optimizers"]):
+            optimizer.load_state_dict(optimizer_state)
+        buffer.load_online_part(state["online_transitions"])
+        global_step, episodes = state["global_step"], state["episodes"]
+        set_rng_states(state["rng"], np_rng)
+        run_dir = args.run_dir or state["run_dir"]
+    else:
+        run_dir = args.run_dir or f"runs/{args.env_id}__bcq__{args.seed}__{int(time.time())}"
+    check_writable(checkpoint_path, "checkpoint")
+    check_writable(run_dir, "run directory")
+
+    x_of = lambda step: step - args.offline_steps  # noqa: E731  (x-axis: online env steps, offline before 0)
+    writer = SummaryWriter(run_dir, purge_step=x_of(global_step) + 1 if args.resume else None)
+    if not args.resume:
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n"
+                        + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+
+    def save(step: int, metrics: dict | None):
+        if metrics is not None:
+            check_finite(metrics, x_of(step))  # never overwrite the last good checkpoint with a diverged one
+        writer.flush()
+        save_checkpoint(checkpoint_path, {
+            **header, "actor": actor.state_dict(), "critic": critic.state_dict(), "vae": vae.state_dict(),
+            "step": step, "args": dataclasses.asdict(args),
+            "resume": {
+                "actor_target": actor_target.state_dict(), "critic_target": critic_target.state_dict(),
+                "optimizers": [optimizer.state_dict() for optimizer in optimizers], "rng": rng_states(np_rng),
+                "global_step": step, "episodes": episodes, "run_dir": run_dir,
+                "dataset_size": buffer.dataset_size, "online_transitions": buffer.online_part(),
+            },
+        })
+
+    env, obs = None, None
+    metrics, last_log_time, last_log_step = None, time.time(), global_step
+    policy = lambda o: bcq_select_action(vae, actor, critic, o, args.n_act_candidates)  # noqa: E731
+    progress = tqdm(range(global_step, total_steps), initial=global_step, total=total_steps, desc="bcq")
+    for global_step in progress:
+        if global_step >= args.offline_steps:  # online phase: act with the BCQ policy, store, update
+            if env is None:  # first online step, or a resumed run: a fresh episode (seeded by the step)
+                env = make_env(args.env_id, args.seed + global_step)
+                obs, _ = env.reset(seed=args.seed + global_step)
+            action = policy(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))[0].cpu().numpy()
+            if args.expl_noise > 0:
+                action = (action + np_rng.normal(0.0, args.expl_noise, size=act_dim)).clip(-1.0, 1.0)
+            next_obs, reward, terminated, truncated, info = env.step(action)
+            buffer.add(obs, action, reward, next_obs, float(terminated))  # time-limit ends stay non-terminal
+            obs = next_obs
+            if terminated or truncated:
+                episodes += 1
+                writer.add_scalar("charts/episodic_return", info["episode"]["r"], x_of(global_step + 1))
+                writer.add_scalar("charts/episodic_length", info["episode"]["l"], x_of(global_step + 1))
+                obs, _ = env.reset()
+
+        batch = buffer.sample(np_rng, n, args.batch_size)
+        metrics = bcq_update(vae, actor, actor_target, critic, critic_target, optimizers, batch, args)
+
+        step, x = global_step + 1, x_of(global_step + 1)
+        if x % args.log_every == 0 or step == total_steps:
+            values = check_finite(metrics, x)
+            for name, value in values.items():
+                writer.add_scalar(name, value, x)
+            writer.add_scalar("charts/SPS", (step - last_log_step) / max(time.time() - last_log_time, 1e-9), x)
+            writer.add_scalar("charts/buffer_size", buffer.size, x)
+            last_log_time, last_log_step = time.time(), step
+        if x % args.eval_every == 0 or step == total_steps:
+            returns = evaluate(eval_env, policy, [args.seed + 10_000 + k for k in range(args.eval_episodes)], device)
+            score = normalized_score(args.env_id, returns.mean())
+            writer.add_scalar("eval/return", returns.mean(), x)
+            writer.add_scalar("eval/normalized_score", score, x)
+            tqdm.write(f"x={x} ({'offline' if x <= 0 else 'online'}) return={returns.mean():.1f} "
+                       f"normalized={score:.1f} critic_loss={metrics['losses/critic_loss'].item():.3f}")
+        if (args.checkpoint_every and step % args.checkpoint_every == 0) or step == total_steps:
+            save(step, metrics)
+
+    if metrics is None:  # nothing to train (0 steps, or resumed at the end): still leave a checkpoint
+        save(global_step, None)
+    writer.close()
+    if env is not None:
+        env.close()
+    eval_env.close()
+    print(f"checkpoint: {checkpoint_path}\nrun dir: {run_dir}")
+
+
+# =====================================================================================================================
+# Plumbing: data, environments, scores, checkpoint files, evaluation. A helper that several scripts hold is copied
+# verbatim into each (CONTRIBUTING.md) and tests/test_reliability.py checks that every copy is identical. Python looks
+# these names up when main() runs, so they can come after it.
+# =====================================================================================================================
+
 def fail(message: str):
     """Stop with one clear message and exit status 1, no traceback (used for every bad input)."""
     raise SystemExit(f"error: {message}")
@@ -467,48 +797,7 @@ def check_dataset_matches_env(dataset: dict, env: gym.Env, source: str):
              f"{dataset['actions'].shape[1]} but {env.spec.id} has {obs_dim}/{act_dim}")
 
 
-# ---- vectorized ensemble networks (paper §3.2): weights [N, in, out], one batched matmul per layer ----
-LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 CHECKPOINT_FORMAT = "o2o-ensemble-v1"
-
-
-class VectorizedLinear(nn.Module):
-    """N independent linear layers applied as one batched matmul: x [N, B, in] -> [N, B, out]."""
-
-    def __init__(self, in_features: int, out_features: int, n_members: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(n_members, in_features, out_features))
-        self.bias = nn.Parameter(torch.empty(n_members, 1, out_features))
-        bound = 1.0 / in_features**0.5  # nn.Linear's default init, drawn independently for each member
-        nn.init.uniform_(self.weight, -bound, bound)
-        nn.init.uniform_(self.bias, -bound, bound)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
-
-
-def vectorized_mlp(in_dim: int, hidden_sizes, out_dim: int, n_members: int) -> nn.Sequential:
-    layers, width = [], in_dim
-    for hidden in hidden_sizes:
-        layers += [VectorizedLinear(width, hidden, n_members), nn.ReLU()]
-        width = hidden
-    return nn.Sequential(*layers, VectorizedLinear(width, out_dim, n_members))
-
-
-class EnsembleCritic(nn.Module):
-    """Twin Q-functions of N members as 2N vectorized MLPs, member-major (row 2i: Q1 of member i, 2i+1: Q2).
-
-    obs [N, B, S], act [N, B, A] -> Q [N, 2, B]. Taking the first k members is slicing rows [:2k].
-    """
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
-        super().__init__()
-        self.n_members = n_members
-        self.net = vectorized_mlp(obs_dim + act_dim, hidden_sizes, 1, 2 * n_members)
-
-    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([obs, act], dim=-1).repeat_interleave(2, dim=0)
-        return self.net(x).view(self.n_members, 2, -1)
 
 
 def save_checkpoint(path: str, payload: dict):
@@ -556,173 +845,14 @@ def load_checkpoint(path: str, what: str):
          f"{' (' + ', '.join(names) + ')' if names else ''}; it was not loaded")
 
 
-# ---------------------------------------------------------------------------------
-# BCQ networks (all vectorized over N members: inputs [N, B, dim])
-# ---------------------------------------------------------------------------------
-class EnsembleVAE(nn.Module):
-    """Conditional VAE G_ω(a|s) of each member: encoder (s,a) -> (μ, log σ), decoder (s,z) -> tanh action."""
-
-    def __init__(self, obs_dim: int, act_dim: int, latent_dim: int, hidden_sizes, n_members: int):
-        super().__init__()
-        self.latent_dim = latent_dim
-        self.encoder = vectorized_mlp(obs_dim + act_dim, hidden_sizes, 2 * latent_dim, n_members)
-        self.decoder = vectorized_mlp(obs_dim + latent_dim, hidden_sizes, act_dim, n_members)
-
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor):
-        mean, log_std = self.encoder(torch.cat([obs, actions], -1)).chunk(2, dim=-1)
-        std = log_std.clamp(-4.0, 15.0).exp()  # BCQ's code
-        z = mean + std * torch.randn_like(std)
-        return self.decode(obs, z), mean, std
-
-    def decode(self, obs: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        if z is None:  # sample from the prior, latent clipped to [-0.5, 0.5] (BCQ)
-            z = torch.randn((*obs.shape[:-1], self.latent_dim), device=obs.device).clamp(-0.5, 0.5)
-        return torch.tanh(self.decoder(torch.cat([obs, z], -1)))
-
-
-class EnsemblePerturbation(nn.Module):
-    """Perturbation model ξ_φ(s, a, Φ): clip(a + Φ·tanh(f(s, a)), −1, 1)."""
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int, phi: float):
-        super().__init__()
-        self.phi = phi
-        self.net = vectorized_mlp(obs_dim + act_dim, hidden_sizes, act_dim, n_members)
-
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        return (actions + self.phi * torch.tanh(self.net(torch.cat([obs, actions], -1)))).clamp(-1.0, 1.0)
-
-
-# ---------------------------------------------------------------------------------
-# BCQ losses and update step
-# ---------------------------------------------------------------------------------
-def vae_loss_fn(vae: EnsembleVAE, obs, actions, kl_weight: float):
-    """MSE(a_rec, a) + kl_weight·KL, KL = −0.5·mean(1 + log σ² − μ² − σ²); per member, summed over members."""
-    reconstruction, mean, std = vae(obs, actions)
-    recon_loss = (reconstruction - actions).pow(2).mean(dim=(1, 2))  # [N]
-    kl_loss = -0.5 * (1 + torch.log(std.pow(2)) - mean.pow(2) - std.pow(2)).mean(dim=(1, 2))  # [N]
-    return (recon_loss + kl_weight * kl_loss).sum(), recon_loss.mean(), kl_loss.mean()
-
-
-def soft_clipped_double_q_target(next_q, rewards, dones, gamma: float, lmbda: float, n_samples: int):
-    """BCQ eq. 13: next_q [N, 2, B·K] (K candidates per s', candidate-minor) -> y [N, B].
-
-    y = r + γ(1−d)·max_j [λ·min(Q1', Q2') + (1−λ)·max(Q1', Q2')](s', a'_j).
-    """
-    soft_q = lmbda * next_q.min(dim=1).values + (1.0 - lmbda) * next_q.max(dim=1).values  # [N, B·K]
-    best = soft_q.view(soft_q.shape[0], -1, n_samples).max(dim=-1).values  # [N, B]
-    return rewards + gamma * (1.0 - dones) * best
-
-
-def bcq_critic_loss(vae, actor_target, critic, critic_target, batch, args):
-    obs, actions, rewards, next_obs, dones = batch
-    with torch.no_grad():
-        next_obs_rep = next_obs.repeat_interleave(args.n_action_samples, dim=1)  # [N, B·K, S]
-        next_actions = actor_target(next_obs_rep, vae.decode(next_obs_rep))
-        target = soft_clipped_double_q_target(critic_target(next_obs_rep, next_actions), rewards, dones,
-                                              args.gamma, args.lmbda, args.n_action_samples)
-    q = critic(obs, actions)  # [N, 2, B]
-    return (q - target.unsqueeze(1)).pow(2).mean(-1).sum(), q.detach()
-
-
 @torch.no_grad()
-def soft_update(target: nn.Module, source: nn.Module, tau: float):
-    for target_param, param in zip(target.parameters(), source.parameters()):
-        target_param.lerp_(param, tau)
+def evaluate(env: gym.Env, policy, seeds: list, device) -> np.ndarray:
+    """Undiscounted returns of one episode per entry of `seeds` (the reset seed; None goes on with the env's own RNG).
 
-
-def bcq_update(vae, actor, actor_target, critic, critic_target, optimizers, batch, args) -> dict:
-    """One BCQ gradient step (VAE, critic, actor, then Polyak), in the order of BCQ's train(). No host sync."""
-    vae_optimizer, actor_optimizer, critic_optimizer = optimizers
-    obs, actions = batch[0], batch[1]
-    vae_loss, recon_loss, kl_loss = vae_loss_fn(vae, obs, actions, args.kl_weight)
-    vae_optimizer.zero_grad(set_to_none=True)
-    vae_loss.backward()
-    vae_optimizer.step()
-
-    critic_loss, q = bcq_critic_loss(vae, actor_target, critic, critic_target, batch, args)
-    critic_optimizer.zero_grad(set_to_none=True)
-    critic_loss.backward()
-    critic_optimizer.step()
-
-    with torch.no_grad():
-        sampled_actions = vae.decode(obs)
-    actor_loss = -critic(obs, actor(obs, sampled_actions))[:, 0].mean(-1).sum()  # −Q1, per member mean, summed
-    actor_optimizer.zero_grad(set_to_none=True)
-    actor_loss.backward()
-    actor_optimizer.step()
-
-    soft_update(critic_target, critic, args.tau)
-    soft_update(actor_target, actor, args.tau)
-    return {
-        "losses/critic_loss": critic_loss.detach(),
-        "losses/actor_loss": actor_loss.detach(),
-        "losses/vae_loss": vae_loss.detach(),
-        "losses/recon_loss": recon_loss.detach(),
-        "losses/kl_loss": kl_loss.detach(),
-        "losses/qf_mean": q.mean(),
-    }
-
-
-@torch.no_grad()
-def bcq_select_action(vae, actor, critic, obs: torch.Tensor, n_samples: int) -> torch.Tensor:
-    """obs [B, S] -> [B, A]: each member proposes n_samples candidates ξ(s, G(s)); the pooled N·n_samples
-    candidates of a state are scored by the mean over members of Q1 and the best is taken."""
-    n_members = critic.n_members
-    batch, obs_dim = obs.shape
-    obs_rep = obs.repeat_interleave(n_samples, dim=0).unsqueeze(0).expand(n_members, -1, -1)  # [N, B·K, S]
-    candidates = actor(obs_rep, vae.decode(obs_rep))  # [N, B·K, A]
-    act_dim = candidates.shape[-1]
-    pooled = candidates.view(n_members, batch, n_samples, act_dim).transpose(0, 1).reshape(batch, -1, act_dim)
-    n_candidates = pooled.shape[1]  # N·K per state
-    score_obs = obs.repeat_interleave(n_candidates, dim=0).unsqueeze(0).expand(n_members, -1, -1)
-    score_act = pooled.reshape(1, -1, act_dim).expand(n_members, -1, -1)
-    scores = critic(score_obs, score_act)[:, 0].mean(0).view(batch, n_candidates)  # mean over members of Q1
-    return pooled[torch.arange(batch, device=obs.device), scores.argmax(-1)]
-# ---------------------------------------------------------------------------------
-# Replay buffer: the dataset followed by the online transitions (nothing is overwritten)
-# ---------------------------------------------------------------------------------
-class ReplayBuffer:
-    FIELDS = ("observations", "actions", "rewards", "next_observations", "terminals")
-
-    def __init__(self, dataset: dict, capacity: int, device: torch.device):
-        self.dataset_size = len(dataset["observations"])
-        self.size = self.dataset_size
-        self.data = {}
-        for key in self.FIELDS:
-            values = torch.as_tensor(dataset[key])
-            self.data[key] = torch.zeros((capacity, *values.shape[1:]), dtype=torch.float32, device=device)
-            self.data[key][: self.size] = values.to(device)
-
-    def add(self, obs, action, reward, next_obs, terminal):
-        for key, value in zip(self.FIELDS, (obs, action, reward, next_obs, terminal)):
-            self.data[key][self.size] = torch.as_tensor(np.asarray(value, dtype=np.float32))
-        self.size += 1
-
-    def sample(self, rng: np.random.Generator, n_members: int, batch_size: int):
-        """Own uniform minibatch for each member: indices [N, B] -> (s, a, r, s', d) with leading dims [N, B]."""
-        idx = torch.as_tensor(rng.integers(0, self.size, size=(n_members, batch_size)))
-        idx = idx.to(self.data["observations"].device)
-        return tuple(self.data[key][idx] for key in self.FIELDS)
-
-    def online_part(self) -> dict:
-        """The online rows as CPU tensors of their own (a slice would save the whole buffer's storage)."""
-        return {key: self.data[key][self.dataset_size : self.size].to("cpu", copy=True) for key in self.FIELDS}
-
-    def load_online_part(self, online: dict):
-        n = len(online["observations"])
-        for key in self.FIELDS:
-            self.data[key][self.dataset_size : self.dataset_size + n] = online[key]
-        self.size = self.dataset_size + n
-
-
-# ---------------------------------------------------------------------------------
-# Evaluation, checks, checkpoints
-# ---------------------------------------------------------------------------------
-def evaluate(env: gym.Env, policy, n_episodes: int, seed: int, device: torch.device) -> np.ndarray:
-    """Undiscounted returns of `n_episodes` deterministic episodes, episode k started with seed `seed + k`."""
+    policy: a [1, obs_dim] float32 tensor on `device` -> a [1, act_dim] action tensor in [-1, 1]."""
     returns = []
-    for episode in range(n_episodes):
-        obs, _ = env.reset(seed=seed + episode)
+    for seed in seeds:
+        obs, _ = env.reset(seed=seed)
         done, episode_return = False, 0.0
         while not done:
             action = policy(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))[0].cpu().numpy()
@@ -743,17 +873,18 @@ def check_finite(metrics: dict, step: int):
     return dict(zip(metrics, values.tolist()))
 
 
-def check_writable(path: str, what: str):
-    """Fail at startup (not after hours of training) when `path`'s folder cannot be created or written."""
-    folder = os.path.dirname(os.path.abspath(path)) if what == "checkpoint" else os.path.abspath(path)
+def check_writable(path: str, what: str = "checkpoint"):
+    """Fail at startup, not after hours of training, when `path` cannot be written: its folder (the folder itself
+    when `what` ends in "directory") is created and a probe file is written there and removed."""
+    folder = os.path.abspath(path) if what.endswith("directory") else os.path.dirname(os.path.abspath(path))
     probe = os.path.join(folder, f".write_probe_{os.getpid()}.tmp")
     try:
         os.makedirs(folder, exist_ok=True)
-        with open(probe, "w"):
+        with open(probe, "wb"):
             pass
         os.remove(probe)
     except OSError as err:
-        fail(f"cannot write the {what} path {path}: {err}")
+        fail(f"cannot write {what} {path}: {err}")
 
 
 def rng_states(np_rng: np.random.Generator) -> dict:
@@ -785,174 +916,67 @@ def load_resume_checkpoint(path: str, expected: dict) -> dict:
     return ckpt
 
 
-# ---------------------------------------------------------------------------------
-# main
-# ---------------------------------------------------------------------------------
 def keep_freed_memory_on_cpu():
     """CPU speed: let glibc's malloc reuse freed memory instead of mmap-ing (and page-faulting) each large tensor.
 
-    At N = 5 the VAE's 750-wide activations over B x n_action_samples rows are tens of MB, above glibc's mmap
-    threshold, so each one would be a fresh mmap whose pages fault in on first touch; with this the vectorized
-    N = 5 update went from 0.85x to 0.98x the speed of a per-member loop (benchmark/throughput.py). A no-op
-    where the C library is not glibc.
+    The activations of one vectorized update are tens of MB at N = 5 (cql_pretrain.py's critic: [2N, B (1 + 3
+    n_actions), 256] floats, 81 MB; bcq_ft.py's 750-wide VAE). Above glibc's mmap threshold (at most 32 MB) every
+    such tensor is a fresh mmap whose pages fault in on first touch, which made the vectorized N = 5 update up to
+    1.5x slower than a loop over 5 one-member networks on the CPU (benchmark/throughput.py). A no-op where the C
+    library is not glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
     libc.mallopt(-4, 0)  # M_MMAP_MAX = 0: serve every allocation from the heap
-    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of freed heap for reuse
+    libc.mallopt(-1, 1 << 30)
 
 
-def main():
-    args = tyro.cli(Args)
-    for name in ("n_ensemble", "batch_size", "eval_episodes", "log_every", "eval_every", "n_action_samples",
-                 "n_act_candidates"):
-        if getattr(args, name) < 1:
-            fail(f"--{name.replace('_', '-')} must be at least 1")
-    if args.offline_steps < 0 or args.online_steps < 0 or args.checkpoint_every < 0:
-        fail("--offline-steps, --online-steps and --checkpoint-every must be non-negative")
-    for name, value in (("learning_rate", args.learning_rate), ("tau", args.tau), ("phi", args.phi)):
-        if not (np.isfinite(value) and value > 0):
-            fail(f"--{name.replace('_', '-')} must be a positive number, got {value}")
-    for name, value in (("gamma", args.gamma), ("lmbda", args.lmbda)):
-        if not 0.0 <= value <= 1.0:
-            fail(f"--{name} must lie in [0, 1], got {value}")
-    for name, value in (("kl_weight", args.kl_weight), ("expl_noise", args.expl_noise)):
-        if not (np.isfinite(value) and value >= 0):
-            fail(f"--{name.replace('_', '-')} must be a non-negative number, got {value}")
-    if args.hidden_dim is not None:
-        args.vae_hidden_sizes = args.actor_hidden_sizes = args.critic_hidden_sizes = (args.hidden_dim,) * 2
-    checkpoint_path = args.save_checkpoint or f"checkpoints/bcq_{args.env_id}_seed{args.seed}.pt"
-    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-    if device.type == "cpu":
-        keep_freed_memory_on_cpu()
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-
-    random.seed(args.seed)
-    np_rng = np.random.default_rng(args.seed)
-    torch.manual_seed(args.seed)
-
-    # data, envs, buffer (README: D4RL or Minari)
-    eval_env = make_env(args.env_id, args.seed + 10_000)
-    obs_dim, act_dim = eval_env.observation_space.shape[0], eval_env.action_space.shape[0]
-    dataset = load_d4rl_dataset(args.env_id, args.dataset_path)
-    check_dataset_matches_env(dataset, eval_env, args.dataset_path or args.env_id)
-    buffer = ReplayBuffer(dataset, len(dataset["observations"]) + args.online_steps, device)
-    total_steps = args.offline_steps + args.online_steps
-
-    # networks
-    n, latent_dim = args.n_ensemble, 2 * act_dim
-    vae = EnsembleVAE(obs_dim, act_dim, latent_dim, args.vae_hidden_sizes, n).to(device)
-    actor = EnsemblePerturbation(obs_dim, act_dim, args.actor_hidden_sizes, n, args.phi).to(device)
-    actor_target = EnsemblePerturbation(obs_dim, act_dim, args.actor_hidden_sizes, n, args.phi).to(device)
-    critic = EnsembleCritic(obs_dim, act_dim, args.critic_hidden_sizes, n).to(device)
-    critic_target = EnsembleCritic(obs_dim, act_dim, args.critic_hidden_sizes, n).to(device)
-    actor_target.load_state_dict(actor.state_dict())
-    critic_target.load_state_dict(critic.state_dict())
-    optimizers = tuple(torch.optim.Adam(net.parameters(), lr=args.learning_rate) for net in (vae, actor, critic))
-
-    header = {"format": CHECKPOINT_FORMAT, "algo": "bcq", "env_id": args.env_id, "obs_dim": obs_dim,
-              "act_dim": act_dim, "n_ensemble": n, "hidden_sizes": list(args.critic_hidden_sizes),
-              "actor_hidden_sizes": list(args.actor_hidden_sizes), "vae_hidden_sizes": list(args.vae_hidden_sizes),
-              "latent_dim": latent_dim, "phi": args.phi}
-    global_step, episodes = 0, 0
-    if args.resume:
-        ckpt = load_resume_checkpoint(checkpoint_path, header)
-        state = ckpt["resume"]
-        if state["dataset_size"] != buffer.dataset_size:
-            fail(f"checkpoint {checkpoint_path} was trained on {state['dataset_size']} dataset transitions, "
-                 f"this dataset has {buffer.dataset_size}")
-        if len(state["online_transitions"]["observations"]) > args.online_steps:  # more than the buffer has room for
-            fail(f"checkpoint {checkpoint_path} holds {len(state['online_transitions']['observations'])} online "
-                 f"transitions but --online-steps is {args.online_steps}")
-        vae.load_state_dict(ckpt["vae"])
-        actor.load_state_dict(ckpt["actor"])
-        critic.load_state_dict(ckpt["critic"])
-        actor_target.load_state_dict(state["actor_target"])
-        critic_target.load_state_dict(state["critic_target"])
-        for optimizer, optimizer_state in zip(optimizers, state["optimizers"]):
-            optimizer.load_state_dict(optimizer_state)
-        buffer.load_online_part(state["online_transitions"])
-        global_step, episodes = state["global_step"], state["episodes"]
-        set_rng_states(state["rng"], np_rng)
-        run_dir = args.run_dir or state["run_dir"]
-    else:
-        run_dir = args.run_dir or f"runs/{args.env_id}__bcq__{args.seed}__{int(time.time())}"
-    check_writable(checkpoint_path, "checkpoint")
-    check_writable(run_dir, "run directory")
-
-    x_of = lambda step: step - args.offline_steps  # noqa: E731  (x-axis: online env steps, offline before 0)
-    writer = SummaryWriter(run_dir, purge_step=x_of(global_step) + 1 if args.resume else None)
-    if not args.resume:
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n"
-                        + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-
-    def save(step: int, metrics: dict | None):
-        if metrics is not None:
-            check_finite(metrics, x_of(step))  # never overwrite the last good checkpoint with a diverged one
-        writer.flush()
-        save_checkpoint(checkpoint_path, {
-            **header, "actor": actor.state_dict(), "critic": critic.state_dict(), "vae": vae.state_dict(),
-            "step": step, "args": dataclasses.asdict(args),
-            "resume": {
-                "actor_target": actor_target.state_dict(), "critic_target": critic_target.state_dict(),
-                "optimizers": [optimizer.state_dict() for optimizer in optimizers], "rng": rng_states(np_rng),
-                "global_step": step, "episodes": episodes, "run_dir": run_dir,
-                "dataset_size": buffer.dataset_size, "online_transitions": buffer.online_part(),
-            },
-        })
-
-    env, obs = None, None
-    metrics, last_log_time, last_log_step = None, time.time(), global_step
-    policy = lambda o: bcq_select_action(vae, actor, critic, o, args.n_act_candidates)  # noqa: E731
-    progress = tqdm(range(global_step, total_steps), initial=global_step, total=total_steps, desc="bcq")
-    for global_step in progress:
-        if global_step >= args.offline_steps:  # online phase: act with the BCQ policy, store, update
-            if env is None:  # first online step, or a resumed run: a fresh episode (seeded by the step)
-                env = make_env(args.env_id, args.seed + global_step)
-                obs, _ = env.reset(seed=args.seed + global_step)
-            action = policy(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))[0].cpu().numpy()
-            if args.expl_noise > 0:
-                action = (action + np_rng.normal(0.0, args.expl_noise, size=act_dim)).clip(-1.0, 1.0)
-            next_obs, reward, terminated, truncated, info = env.step(action)
-            buffer.add(obs, action, reward, next_obs, float(terminated))  # time-limit ends stay non-terminal
-            obs = next_obs
-            if terminated or truncated:
-                episodes += 1
-                writer.add_scalar("charts/episodic_return", info["episode"]["r"], x_of(global_step + 1))
-                writer.add_scalar("charts/episodic_length", info["episode"]["l"], x_of(global_step + 1))
-                obs, _ = env.reset()
-
-        batch = buffer.sample(np_rng, n, args.batch_size)
-        metrics = bcq_update(vae, actor, actor_target, critic, critic_target, optimizers, batch, args)
-
-        step, x = global_step + 1, x_of(global_step + 1)
-        if x % args.log_every == 0 or step == total_steps:
-            values = check_finite(metrics, x)
-            for name, value in values.items():
-                writer.add_scalar(name, value, x)
-            writer.add_scalar("charts/SPS", (step - last_log_step) / max(time.time() - last_log_time, 1e-9), x)
-            writer.add_scalar("charts/buffer_size", buffer.size, x)
-            last_log_time, last_log_step = time.time(), step
-        if x % args.eval_every == 0 or step == total_steps:
-            returns = evaluate(eval_env, policy, args.eval_episodes, args.seed + 10_000, device)
-            score = normalized_score(args.env_id, returns.mean())
-            writer.add_scalar("eval/return", returns.mean(), x)
-            writer.add_scalar("eval/normalized_score", score, x)
-            tqdm.write(f"x={x} ({'offline' if x <= 0 else 'online'}) return={returns.mean():.1f} "
-                       f"normalized={score:.1f} critic_loss={metrics['losses/critic_loss'].item():.3f}")
-        if (args.checkpoint_every and step % args.checkpoint_every == 0) or step == total_steps:
-            save(step, metrics)
-
-    if metrics is None:  # nothing to train (0 steps, or resumed at the end): still leave a checkpoint
-        save(global_step, None)
-    writer.close()
-    if env is not None:
-        env.close()
-    eval_env.close()
-    print(f"checkpoint: {checkpoint_path}\nrun dir: {run_dir}")
-
+# =====================================================================================================================
+# End of the shared plumbing
+# =====================================================================================================================
 
 if __name__ == "__main__":
     main()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Notes. Choices made where the paper is silent:
+# ---------------------------------------------------------------------------------------------------------------------
+# - Latent clipping: z ~ N(0, I) clipped to [−0.5, 0.5] whenever the decoder samples from the prior (targets,
+#   actor loss, acting), as BCQ's code; the reconstruction during VAE training uses the encoder's z unclipped.
+# - Learning rate 1e-3 for VAE, actor and critic (the paper's baselines; BCQ's code uses Adam defaults / 1e-3).
+#   Batch 256 as every script in this repository (BCQ's code used 100). γ 0.99.
+# - Ensemble (`--n-ensemble N`: the paper applied the ensemble to every baseline): every network is N members
+#   vectorized with VectorizedLinear (weights [N, in, out]); each member gets its own minibatch (indices [N, B]) and
+#   is trained exactly as a solo BCQ (losses are per-member means summed over members). Target candidates are per
+#   member (its own VAE, ξ' and Q'). Action selection pools candidates: each member proposes 100 (its own VAE +
+#   perturbation), the N·100 candidates are scored by the MEAN OVER MEMBERS OF Q1 (Q1 as BCQ's select_action), and
+#   the best is taken. With N = 1 this is exactly BCQ's select_action.
+# - Online exploration uses that (already stochastic, through the VAE's samples) BCQ policy; `--expl-noise σ`
+#   optionally adds N(0, σ²) noise clipped to [−1, 1] (default 0: plain BCQ policy). Evaluation uses the BCQ policy
+#   with no added noise (it stays stochastic through the VAE, as in BCQ's own evaluation).
+# - Network sizes: `--vae-hidden-sizes`, `--actor-hidden-sizes`, `--critic-hidden-sizes` (defaults 750-750,
+#   400-300, 400-300); `--hidden-dim H`, when given, sets all three to [H, H] (small test / CPU runs).
+# - Offline length: `--offline-steps` defaults to 1,000,000 (the paper's CQL pre-training budget);
+#   online: 250,000 steps as balanced_finetune.py.
+# - x-axis of every TensorBoard curve = online environment steps. Offline gradient step t (1-based) is logged
+#   at x = t − offline_steps, so the offline phase occupies x ∈ [−offline_steps, 0] and the evaluation at
+#   x = 0 is the policy at the end of the offline phase — the same point as balanced_finetune.py's epoch 0
+#   (its pretrained policy, logged at x = 0). Online step t (1-based, after its gradient step) is at x = t.
+#   Evaluations happen whenever x is a multiple of `--eval-every` (x = 0 included) and at the end.
+# - Evaluation: `--eval-episodes` episodes in a separate env, episode k reset with seed `seed + 10_000 + k`.
+# - Checkpoints (CONTRIBUTING.md: Contracts; format "o2o-ensemble-v1", algo "bcq"): `actor` = the perturbation network ξ,
+#   `critic` = the EnsembleCritic (twin Q), `hidden_sizes` = the critic's; extra keys `vae`,
+#   `vae_hidden_sizes`, `actor_hidden_sizes`, `latent_dim`, `phi`. `resume` holds the target actor and critic,
+#   the three optimizers, RNG states, the global step and the online transitions. Written atomically every
+#   `--checkpoint-every` steps (offline and online alike) and at the end; `--resume` continues from
+#   `--save-checkpoint` (TensorBoard events after its step are purged). A run resumed in the online phase
+#   starts a new training episode; no transition is lost or stored twice.
+# - A NaN/inf loss is detected on the values already synced for logging (every `--log-every` steps and before
+#   each checkpoint write); the run stops with a message naming the loss and the step, keeping the last good
+#   checkpoint.
+#
+#         --online-steps 20000 --hidden-dim 64
+#     python bcq_ft.py --env-id hopper-medium-v2 --n-ensemble 5 --resume    # continue an interrupted run

@@ -18,26 +18,7 @@ Equations (numbers as in the paper):
            moments in pre-tanh space, mu = mean_i mu_i, sigma^2 = mean_i(sigma_i^2 + mu_i^2) - mu^2; the
            deterministic evaluation action is tanh(mu).
 
-Choices where the paper is silent (following the official CQL code unless said otherwise):
-  * The actor is updated with the critics of the current step, before the critic update (CQL/rlkit order); the
-    actor, critic and alpha losses share one forward pass and one backward pass. The actor loss evaluates the
-    critics with detached weights, so it sends no gradient into the critics.
-  * alpha's learning rate equals the policy's (1e-4), as in the CQL code; log alpha starts at 0 (alpha = 1).
-    The alpha used in the actor loss is the value before this step's alpha update.
-  * The CQL sampled actions (10 per state from pi(s) and from pi(s'), 10 uniform) are drawn without gradient and
-    their log-probabilities are detached, as in the CQL code; the a' of the Bellman target is a separate sample.
-  * BC warm-up (--bc-steps): the actor minimises alpha * log pi(a|s) - log pi(a_data|s) instead of eq. (2) for the
-    first bc_steps updates (the critics train normally). CQL's code used 40,000 steps; the default here is 0.
-  * Logged losses are means over members (and over twins for the critic): losses/qf is the Bellman MSE,
-    losses/cql the conservative term alpha_cql * (logsumexp - Q(s, a_data)); charts/alpha the mean alpha.
-  * Evaluation: every --eval-every updates and at the end, the ensemble policy and each member run the same
-    --eval-episodes start states (env seeds seed + 10000 + k), deterministic tanh(mu), all in lockstep with one
-    batched actor forward per env step.
-  * Resume (--resume) takes the networks, target critics, optimizers, log alpha, RNG states, step and run dir from
-    the checkpoint; hyperparameters come from the command line (env, N and network size must match).
-  * Observations and rewards are used raw (as in the authors' fine-tuning code).
-  * On the CPU, glibc's malloc is told to keep freed memory for reuse (keep_freed_memory_on_cpu): without it every
-    large activation of the vectorized update is a fresh, page-faulting mmap and N = 5 runs slower than a loop.
+Implementation choices where the paper is silent: the Notes at the end of this file.
 
 Usage:
   python cql_pretrain.py --env-id hopper-medium-replay-v2 --n-ensemble 5
@@ -71,16 +52,21 @@ from tqdm import tqdm
 
 @dataclass
 class Args:
+    # task and data
     env_id: str = "walker2d-medium-expert-v2"
     """D4RL task name or Minari dataset id (mujoco/hopper/medium-v0; cached or downloaded) or gymnasium id + --dataset-path"""
     dataset_path: str | None = None
     """HDF5 file with D4RL's schema to train on instead of the D4RL file of --env-id"""
+
+    # runtime
     seed: int = 1
     """seed of the experiment"""
     torch_deterministic: bool = True
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
     """if toggled, CUDA is used when available"""
+
+    # algorithm
     n_ensemble: int = 5
     """number N of CQL agents trained together as one vectorized ensemble"""
     offline_steps: int = 1_000_000
@@ -105,6 +91,8 @@ class Args:
     """weight of the conservative term (eq. 3)"""
     bc_steps: int = 0
     """behaviour-cloning warm-up updates of the actor (CQL's code used 40000)"""
+
+    # logging, evaluation and checkpoints
     log_every: int = 1000
     """log losses every this many updates (also where NaN/inf losses are detected)"""
     eval_every: int = 10_000
@@ -121,9 +109,378 @@ class Args:
     """TensorBoard folder (default runs/{env_id}__cql__{seed}__{time})"""
 
 
-# ---------------------------------------------------------------------------------
-# SHARED BLOCK (verbatim copy of the team's common block; keep identical across scripts)
-# ---------------------------------------------------------------------------------
+# ---- vectorized ensemble networks (paper §3.2): weights [N, in, out], one batched matmul per layer ----
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+class VectorizedLinear(nn.Module):
+    """N independent linear layers applied as one batched matmul: x [N, B, in] -> [N, B, out]."""
+
+    def __init__(self, in_features: int, out_features: int, n_members: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_members, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(n_members, 1, out_features))
+        bound = 1.0 / in_features**0.5  # nn.Linear's default init, drawn independently for each member
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+def vectorized_mlp(in_dim: int, hidden_sizes, out_dim: int, n_members: int) -> nn.Sequential:
+    layers, width = [], in_dim
+    for hidden in hidden_sizes:
+        layers += [VectorizedLinear(width, hidden, n_members), nn.ReLU()]
+        width = hidden
+    return nn.Sequential(*layers, VectorizedLinear(width, out_dim, n_members))
+
+
+class EnsembleActor(nn.Module):
+    """N tanh-Gaussian actors with state-dependent log-std: obs [N, B, S] -> mean, log_std [N, B, A] (pre-tanh)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
+        super().__init__()
+        self.net = vectorized_mlp(obs_dim, hidden_sizes, 2 * act_dim, n_members)
+
+    def forward(self, obs: torch.Tensor):
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+
+class EnsembleCritic(nn.Module):
+    """Twin Q-functions of N members as 2N vectorized MLPs, member-major (row 2i: Q1 of member i, 2i+1: Q2).
+
+    obs [N, B, S], act [N, B, A] -> Q [N, 2, B]. Taking the first k members is slicing rows [:2k].
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
+        super().__init__()
+        self.n_members = n_members
+        self.net = vectorized_mlp(obs_dim + act_dim, hidden_sizes, 1, 2 * n_members)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, act], dim=-1).repeat_interleave(2, dim=0)
+        return self.net(x).view(self.n_members, 2, -1)
+
+
+def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor):
+    """Reparameterized a = tanh(u), u ~ N(mean, std), and log pi(a) with the tanh change of variables."""
+    std = log_std.exp()
+    u = mean + std * torch.randn_like(mean)
+    log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(u)
+    log_prob = log_prob - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
+    return torch.tanh(u), log_prob.sum(-1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# cql_pretrain.py: sampling, losses and the vectorized update
+# ---------------------------------------------------------------------------------------------------------------------
+def ensemble_moments(mu: torch.Tensor, std: torch.Tensor):
+    """Eq. (5): moments of the uniform mixture of N Gaussians (member dim first) -> (mean, std) of one Gaussian.
+
+    sigma^2 = mean_i(sigma_i^2 + mu_i^2) - mu^2, computed as mean_i sigma_i^2 + mean_i (mu_i - mu)^2 (same value,
+    no cancellation); sigma is clamped to [exp(LOG_STD_MIN), exp(LOG_STD_MAX)] like a member's, as the authors do.
+    """
+    mean = mu.mean(0)
+    var = std.pow(2).mean(0) + (mu - mean).pow(2).mean(0)
+    return mean, var.clamp(np.exp(2.0 * LOG_STD_MIN), np.exp(2.0 * LOG_STD_MAX)).sqrt()
+
+
+def sample_batch(data: dict, rng: np.random.Generator, n_members: int, batch_size: int) -> dict:
+    """Each member gets its own minibatch: indices [N, B] -> tensors [N, B, ...]."""
+    size = data["observations"].shape[0]
+    idx = torch.from_numpy(rng.integers(0, size, size=(n_members, batch_size))).to(data["observations"].device)
+    return {key: value[idx] for key, value in data.items()}
+
+
+def tanh_gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """log pi(a|s) of a given action in [-1, 1] (clipped to ±(1 - 1e-6) before atanh), summed over action dims, with
+    the same change of variables as tanh_gaussian_sample. A NaN in mean or log_std reaches the loss check."""
+    u = torch.atanh(action.clamp(-1.0 + 1e-6, 1.0 - 1e-6))
+    log_prob = torch.distributions.Normal(mean, log_std.exp(), validate_args=False).log_prob(u)
+    log_prob = log_prob - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
+    return log_prob.sum(-1)
+
+
+@torch.no_grad()
+def sample_cql_actions(mean: torch.Tensor, log_std: torch.Tensor, n_actions: int) -> dict:
+    """The actions of eq. (3), drawn without gradient. mean/log_std: [N, 2B, A], rows [:B] at s, rows [B:] at s'.
+
+    Returns [N, B * n_actions, A] actions (row b * n_actions + k: k-th sample for state b) with their log-probs
+    [N, B * n_actions], and target_actions [N, B, A] ~ pi(s') for the Bellman backup.
+    """
+    batch = mean.shape[1] // 2
+    pi_actions, pi_log_probs = tanh_gaussian_sample(
+        mean.repeat_interleave(n_actions, 1), log_std.repeat_interleave(n_actions, 1)
+    )
+    target_actions, _ = tanh_gaussian_sample(mean[:, batch:], log_std[:, batch:])
+    return {
+        "random_actions": torch.empty_like(pi_actions[:, : batch * n_actions]).uniform_(-1.0, 1.0),
+        "pi_actions": pi_actions[:, : batch * n_actions],  # a ~ pi(s)
+        "pi_log_probs": pi_log_probs[:, : batch * n_actions],
+        "next_pi_actions": pi_actions[:, batch * n_actions :],  # a' ~ pi(s'), scored at s
+        "next_pi_log_probs": pi_log_probs[:, batch * n_actions :],
+        "target_actions": target_actions,
+    }
+
+
+def cql_critic_loss(critic: nn.Module, critic_target: nn.Module, batch: dict, samples: dict, gamma: float, alpha_cql: float):
+    """eq. (3), CQL(H) with importance sampling, for every member and twin at once.
+
+    Returns the loss to minimise (sum over members and twins, so each member gets its own gradient) and
+    per-member-and-twin terms [N, 2] (bellman, cql) plus Q(s, a_data) [N, 2, B], all attached to the graph.
+    """
+    obs, actions = batch["observations"], batch["actions"]
+    n_members, batch_size, act_dim = actions.shape
+    n_actions = samples["random_actions"].shape[1] // batch_size
+
+    # Bellman target: r + gamma (1 - d) min(Q1', Q2')(s', a'), a' ~ pi(s'), no entropy term (deterministic backup)
+    with torch.no_grad():
+        next_q = critic_target(batch["next_observations"], samples["target_actions"]).min(1).values  # [N, B]
+        target = batch["rewards"] + gamma * (1.0 - batch["terminals"]) * next_q
+
+    # one critic pass over the data actions and the 3 * n_actions sampled actions of every state
+    obs_rep = obs.repeat_interleave(n_actions, 1)
+    q_all = critic(
+        torch.cat([obs, obs_rep, obs_rep, obs_rep], 1),
+        torch.cat([actions, samples["random_actions"], samples["pi_actions"], samples["next_pi_actions"]], 1),
+    )  # [N, 2, B * (1 + 3 n_actions)]
+    q_data = q_all[:, :, :batch_size]
+    q_rand, q_pi, q_next_pi = q_all[:, :, batch_size:].view(n_members, 2, 3, batch_size, n_actions).unbind(2)
+
+    # eq. (3): importance-sampled logsumexp over the 3 * n_actions values per state
+    random_density = np.log(0.5**act_dim)  # log of the uniform density on [-1, 1]^|A|
+    cat_q = torch.cat([
+        q_rand - random_density,
+        q_pi - samples["pi_log_probs"].view(n_members, 1, batch_size, n_actions),
+        q_next_pi - samples["next_pi_log_probs"].view(n_members, 1, batch_size, n_actions),
+    ], -1)  # [N, 2, B, 3 n_actions]
+    cql_term = alpha_cql * (torch.logsumexp(cat_q, -1).mean(-1) - q_data.mean(-1))  # [N, 2]
+    bellman = (q_data - target.unsqueeze(1)).pow(2).mean(-1)  # [N, 2]
+    return (bellman + cql_term).sum(), {"bellman": bellman, "cql": cql_term, "q_data": q_data}
+
+
+@torch.no_grad()
+def soft_update(target: nn.Module, source: nn.Module, tau: float):
+    """Polyak averaging of the target network: target <- (1 - tau) target + tau source."""
+    for target_param, param in zip(target.parameters(), source.parameters()):
+        target_param.lerp_(param, tau)
+
+
+def cql_update(actor, critic, critic_target, log_alpha, actor_optimizer, critic_optimizer, alpha_optimizer,
+               batch: dict, gamma: float, tau: float, alpha_cql: float, n_actions: int, target_entropy: float,
+               bc: bool = False) -> dict:
+    """One gradient step of every member: actor eq. (2) (or BC warm-up), alpha, critic eq. (3), target update.
+
+    No .item() here: the returned losses are detached tensors, converted only when logged.
+    """
+    obs, batch_size = batch["observations"], batch["observations"].shape[1]
+    mean, log_std = actor(torch.cat([obs, batch["next_observations"]], 1))  # [N, 2B, A]: rows [:B] at s, [B:] at s'
+    samples = sample_cql_actions(mean, log_std, n_actions)
+    alpha = log_alpha.exp().detach()
+
+    # eq. (2): alpha log pi(a|s) - min(Q1, Q2)(s, a), a ~ pi(s) reparameterized; critic weights detached so the
+    # actor loss moves only the actor
+    pi_action, log_pi = tanh_gaussian_sample(mean[:, :batch_size], log_std[:, :batch_size])
+    if bc:  # BC warm-up: alpha log pi(a|s) - log pi(a_data|s)
+        bc_log_prob = tanh_gaussian_log_prob(mean[:, :batch_size], log_std[:, :batch_size], batch["actions"])
+        actor_loss = (alpha[:, None] * log_pi - bc_log_prob).mean(1)  # [N]
+    else:
+        frozen = {name: p.detach() for name, p in critic.named_parameters()}
+        q_pi = torch.func.functional_call(critic, frozen, (obs, pi_action)).min(1).values  # [N, B]
+        actor_loss = (alpha[:, None] * log_pi - q_pi).mean(1)  # [N]
+    # automatic entropy tuning towards -|A|
+    alpha_loss = -(log_alpha[:, None] * (log_pi.detach() + target_entropy)).mean(1)  # [N]
+
+    critic_loss, info = cql_critic_loss(critic, critic_target, batch, samples, gamma, alpha_cql)
+
+    actor_optimizer.zero_grad()
+    critic_optimizer.zero_grad()
+    alpha_optimizer.zero_grad()
+    (critic_loss + actor_loss.sum() + alpha_loss.sum()).backward()
+    actor_optimizer.step()
+    critic_optimizer.step()
+    alpha_optimizer.step()
+
+    soft_update(critic_target, critic, tau)
+
+    return {
+        "losses/qf": info["bellman"].detach().mean(),
+        "losses/cql": info["cql"].detach().mean(),
+        "losses/actor": actor_loss.detach().mean(),
+        "losses/alpha": alpha_loss.detach().mean(),
+        "charts/alpha": alpha.mean(),
+        "charts/q_data": info["q_data"].detach().mean(),
+    }
+
+
+@torch.no_grad()
+def evaluate_members(actor: EnsembleActor, envs: list, n_members: int, seed: int, device) -> np.ndarray:
+    """Deterministic returns of the ensemble policy (eq. 5) and of each member, all envs in lockstep.
+
+    envs holds (N + 1) * episodes envs; env e runs policy e % (N + 1) (index N: the ensemble) from start state
+    seed + 10000 + e // (N + 1), so every policy is scored on the same start states. Returns [N + 1, episodes].
+    """
+    n_policies = n_members + 1
+    policy_of_env = torch.arange(len(envs), device=device) % n_policies
+    obs = np.stack([env.reset(seed=seed + 10_000 + e // n_policies)[0] for e, env in enumerate(envs)])
+    returns, active = np.zeros(len(envs)), np.ones(len(envs), dtype=bool)
+    while active.any():
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        mean, log_std = actor(obs_t.expand(n_members, -1, -1))  # every member on every env's state
+        ens_mean, _ = ensemble_moments(mean, log_std.exp())  # eq. (5)
+        means = torch.cat([mean, ens_mean.unsqueeze(0)])  # [N + 1, envs, A]
+        actions = torch.tanh(means[policy_of_env, torch.arange(len(envs), device=device)]).cpu().numpy()
+        for e in np.flatnonzero(active):
+            obs[e], reward, terminated, truncated, _ = envs[e].step(actions[e])
+            returns[e] += reward
+            active[e] = not (terminated or truncated)
+    return returns.reshape(-1, n_policies).T
+
+
+def cql_run_state_dict(nets: dict, optimizers: dict, log_alpha, np_rng, device, step: int, run_dir: str) -> dict:
+    """Everything a run needs to continue exactly (the checkpoint's "resume" entry; actor and critic are stored
+    beside it)."""
+    return {
+        "critic_target": nets["critic_target"].state_dict(),
+        **{key: optimizer.state_dict() for key, optimizer in optimizers.items()},
+        "log_alpha": log_alpha.detach().clone(), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+        "numpy_rng": np_rng.bit_generator.state, "python_rng": random.getstate(), "step": step, "run_dir": run_dir,
+    }
+
+
+def load_cql_run_state(ckpt: dict, nets: dict, optimizers: dict, log_alpha, np_rng, device) -> tuple:
+    """The inverse of cql_run_state_dict (plus the stored actor and critic); returns (step, run dir)."""
+    state = ckpt["resume"]
+    nets["actor"].load_state_dict(ckpt["actor"])
+    nets["critic"].load_state_dict(ckpt["critic"])
+    nets["critic_target"].load_state_dict(state["critic_target"])
+    for key, optimizer in optimizers.items():
+        optimizer.load_state_dict(state[key])
+    with torch.no_grad():
+        log_alpha.copy_(state["log_alpha"])
+    torch.set_rng_state(state["torch_rng"].cpu())
+    if device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+    np_rng.bit_generator.state = state["numpy_rng"]
+    random.setstate(state["python_rng"])
+    return state["step"], state["run_dir"]
+
+
+def main():
+    args = tyro.cli(Args)
+    checkpoint_path = args.checkpoint or f"checkpoints/cql_{args.env_id}_seed{args.seed}.pt"
+    for name in ("n_ensemble", "offline_steps", "batch_size", "hidden_dim", "n_actions", "log_every", "eval_every",
+                 "eval_episodes", "checkpoint_every"):
+        if getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be at least 1")
+    check_writable(checkpoint_path)
+
+    random.seed(args.seed)
+    np_rng = np.random.default_rng(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if device.type == "cpu":
+        keep_freed_memory_on_cpu()
+
+    # data (README: D4RL or Minari): D4RL file or --dataset-path, checked against the env it is evaluated in
+    n = args.n_ensemble
+    envs = [make_env(args.env_id, args.seed) for _ in range((n + 1) * args.eval_episodes)]
+    dataset = load_d4rl_dataset(args.env_id, args.dataset_path)
+    check_dataset_matches_env(dataset, envs[0], args.dataset_path or args.env_id)
+    obs_dim, act_dim = dataset["observations"].shape[1], dataset["actions"].shape[1]
+    data = {key: torch.as_tensor(value, device=device) for key, value in dataset.items()}
+
+    hidden_sizes = [args.hidden_dim, args.hidden_dim]
+    actor = EnsembleActor(obs_dim, act_dim, hidden_sizes, n).to(device)
+    critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, n).to(device)
+    critic_target = EnsembleCritic(obs_dim, act_dim, hidden_sizes, n).to(device)
+    critic_target.load_state_dict(critic.state_dict())
+    log_alpha = torch.zeros(n, device=device, requires_grad=True)  # one temperature per member, alpha = 1
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
+    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.q_lr)
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
+    target_entropy = -float(act_dim)
+
+    nets = {"actor": actor, "critic": critic, "critic_target": critic_target}
+    optimizers = {"actor_optimizer": actor_optimizer, "critic_optimizer": critic_optimizer,
+                  "alpha_optimizer": alpha_optimizer}
+    start_step = 0
+    run_dir = args.run_dir or f"runs/{args.env_id}__cql__{args.seed}__{int(time.time())}"
+    if args.resume:
+        ckpt = load_checkpoint(checkpoint_path, "checkpoint")
+        check_checkpoint(ckpt, checkpoint_path, "cql", args.env_id, obs_dim, act_dim, n, hidden_sizes)
+        if "resume" not in ckpt:
+            fail(f"checkpoint {checkpoint_path} holds no resume state")
+        start_step, run_dir = load_cql_run_state(ckpt, nets, optimizers, log_alpha, np_rng, device)
+        print(f"resuming {checkpoint_path} at step {start_step}, logging to {run_dir}")
+
+    def save(step: int):
+        for name, net in (("actor", actor), ("critic", critic)):  # keep the last good checkpoint
+            if not all(torch.isfinite(p).all() for p in net.parameters()):
+                fail(f"non-finite {name} weights at step {step}; kept the last good checkpoint {checkpoint_path}")
+        save_checkpoint(checkpoint_path, {
+            "format": CHECKPOINT_FORMAT, "algo": "cql", "env_id": args.env_id, "obs_dim": obs_dim,
+            "act_dim": act_dim, "n_ensemble": n, "hidden_sizes": hidden_sizes, "actor": actor.state_dict(),
+            "critic": critic.state_dict(), "step": step, "args": dataclasses.asdict(args),
+            "resume": cql_run_state_dict(nets, optimizers, log_alpha, np_rng, device, step, run_dir),
+        })
+
+    # on resume, TensorBoard drops whatever the interrupted run logged after its checkpoint's step
+    writer = SummaryWriter(run_dir, purge_step=start_step + 1 if args.resume else None)
+    if not args.resume:
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+
+    start_time, sps_step = time.time(), start_step
+    for step in tqdm(range(start_step, args.offline_steps), initial=start_step, total=args.offline_steps):
+        batch = sample_batch(data, np_rng, n, args.batch_size)
+        info = cql_update(actor, critic, critic_target, log_alpha, actor_optimizer, critic_optimizer, alpha_optimizer,
+                          batch, args.gamma, args.tau, args.alpha_cql, args.n_actions, target_entropy,
+                          bc=step < args.bc_steps)
+        global_step = step + 1  # updates done
+        is_eval = global_step % args.eval_every == 0 or global_step == args.offline_steps
+        if global_step % args.log_every == 0 or is_eval or global_step % args.checkpoint_every == 0:
+            values = dict(zip(info, torch.stack(list(info.values())).cpu().tolist()))  # one sync per log interval
+            bad = [name for name, value in values.items() if not np.isfinite(value)]
+            if bad:
+                fail(f"{', '.join(f'{name} = {values[name]}' for name in bad)} at step {global_step}; "
+                     f"kept the last good checkpoint {checkpoint_path}")
+            if global_step % args.log_every == 0:
+                for name, value in values.items():
+                    writer.add_scalar(name, value, global_step)
+                writer.add_scalar("charts/SPS", (global_step - sps_step) / (time.time() - start_time), global_step)
+                start_time, sps_step = time.time(), global_step
+        if is_eval:
+            returns = evaluate_members(actor, envs, n, args.seed, device).mean(1)  # [N + 1]: members, then the ensemble
+            writer.add_scalar("eval/return", returns[n], global_step)
+            writer.add_scalar("eval/normalized_score", normalized_score(args.env_id, returns[n]), global_step)
+            for i in range(n):
+                writer.add_scalar(f"eval/member_{i}_return", returns[i], global_step)
+                writer.add_scalar(f"eval/member_{i}_normalized_score", normalized_score(args.env_id, returns[i]), global_step)
+            members = " ".join(f"{normalized_score(args.env_id, r):.1f}" for r in returns[:n])
+            tqdm.write(f"step={global_step} ensemble return={returns[n]:.1f} "
+                       f"score={normalized_score(args.env_id, returns[n]):.1f} members=[{members}]")
+        if is_eval or global_step % args.checkpoint_every == 0:
+            writer.flush()  # curves up to the checkpoint survive a crash; --resume purges anything logged after it
+            save(global_step)
+            start_time = time.time()  # do not count evaluation and saving in SPS
+    if start_step >= args.offline_steps:
+        save(start_step)
+    writer.close()
+    for env in envs:
+        env.close()
+    print(f"saved {checkpoint_path}")
+
+
+# =====================================================================================================================
+# Plumbing: data, environments, scores, checkpoint files, evaluation. A helper that several scripts hold is copied
+# verbatim into each (CONTRIBUTING.md) and tests/test_reliability.py checks that every copy is identical. Python looks
+# these names up when main() runs, so they can come after it.
+# =====================================================================================================================
+
 def fail(message: str):
     """Stop with one clear message and exit status 1, no traceback (used for every bad input)."""
     raise SystemExit(f"error: {message}")
@@ -442,69 +799,7 @@ def check_dataset_matches_env(dataset: dict, env: gym.Env, source: str):
              f"{dataset['actions'].shape[1]} but {env.spec.id} has {obs_dim}/{act_dim}")
 
 
-# ---- vectorized ensemble networks (paper §3.2): weights [N, in, out], one batched matmul per layer ----
-LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 CHECKPOINT_FORMAT = "o2o-ensemble-v1"
-
-
-class VectorizedLinear(nn.Module):
-    """N independent linear layers applied as one batched matmul: x [N, B, in] -> [N, B, out]."""
-
-    def __init__(self, in_features: int, out_features: int, n_members: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(n_members, in_features, out_features))
-        self.bias = nn.Parameter(torch.empty(n_members, 1, out_features))
-        bound = 1.0 / in_features**0.5  # nn.Linear's default init, drawn independently for each member
-        nn.init.uniform_(self.weight, -bound, bound)
-        nn.init.uniform_(self.bias, -bound, bound)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
-
-
-def vectorized_mlp(in_dim: int, hidden_sizes, out_dim: int, n_members: int) -> nn.Sequential:
-    layers, width = [], in_dim
-    for hidden in hidden_sizes:
-        layers += [VectorizedLinear(width, hidden, n_members), nn.ReLU()]
-        width = hidden
-    return nn.Sequential(*layers, VectorizedLinear(width, out_dim, n_members))
-
-
-class EnsembleActor(nn.Module):
-    """N tanh-Gaussian actors with state-dependent log-std: obs [N, B, S] -> mean, log_std [N, B, A] (pre-tanh)."""
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
-        super().__init__()
-        self.net = vectorized_mlp(obs_dim, hidden_sizes, 2 * act_dim, n_members)
-
-    def forward(self, obs: torch.Tensor):
-        mean, log_std = self.net(obs).chunk(2, dim=-1)
-        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
-
-
-class EnsembleCritic(nn.Module):
-    """Twin Q-functions of N members as 2N vectorized MLPs, member-major (row 2i: Q1 of member i, 2i+1: Q2).
-
-    obs [N, B, S], act [N, B, A] -> Q [N, 2, B]. Taking the first k members is slicing rows [:2k].
-    """
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
-        super().__init__()
-        self.n_members = n_members
-        self.net = vectorized_mlp(obs_dim + act_dim, hidden_sizes, 1, 2 * n_members)
-
-    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([obs, act], dim=-1).repeat_interleave(2, dim=0)
-        return self.net(x).view(self.n_members, 2, -1)
-
-
-def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor):
-    """Reparameterized a = tanh(u), u ~ N(mean, std), and log pi(a) with the tanh change of variables."""
-    std = log_std.exp()
-    u = mean + std * torch.randn_like(mean)
-    log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(u)
-    log_prob = log_prob - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
-    return torch.tanh(u), log_prob.sum(-1)
 
 
 def save_checkpoint(path: str, payload: dict):
@@ -552,183 +847,21 @@ def load_checkpoint(path: str, what: str):
          f"{' (' + ', '.join(names) + ')' if names else ''}; it was not loaded")
 
 
-# ---------------------------------------------------------------------------------
-# cql_pretrain.py: sampling, losses and the vectorized update
-# ---------------------------------------------------------------------------------
-def ensemble_moments(mu: torch.Tensor, std: torch.Tensor):
-    """Eq. (5): moments of the uniform mixture of N Gaussians (member dim first) -> (mean, std) of one Gaussian.
-
-    sigma^2 = mean_i(sigma_i^2 + mu_i^2) - mu^2, computed as mean_i sigma_i^2 + mean_i (mu_i - mu)^2 (same value,
-    no cancellation); sigma is clamped to [exp(LOG_STD_MIN), exp(LOG_STD_MAX)] like a member's, as the authors do.
-    """
-    mean = mu.mean(0)
-    var = std.pow(2).mean(0) + (mu - mean).pow(2).mean(0)
-    return mean, var.clamp(np.exp(2.0 * LOG_STD_MIN), np.exp(2.0 * LOG_STD_MAX)).sqrt()
-
-
-def sample_batch(data: dict, rng: np.random.Generator, n_members: int, batch_size: int) -> dict:
-    """Each member gets its own minibatch: indices [N, B] -> tensors [N, B, ...]."""
-    size = data["observations"].shape[0]
-    idx = torch.from_numpy(rng.integers(0, size, size=(n_members, batch_size))).to(data["observations"].device)
-    return {key: value[idx] for key, value in data.items()}
-
-
-def tanh_gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-    """log pi(a|s) of a given action in [-1, 1] (BC warm-up), with the same change of variables as tanh_gaussian_sample."""
-    u = torch.atanh(action.clamp(-1.0 + 1e-6, 1.0 - 1e-6))
-    log_prob = torch.distributions.Normal(mean, log_std.exp(), validate_args=False).log_prob(u)
-    log_prob = log_prob - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
-    return log_prob.sum(-1)
-
-
-@torch.no_grad()
-def sample_cql_actions(mean: torch.Tensor, log_std: torch.Tensor, n_actions: int) -> dict:
-    """The actions of eq. (3), drawn without gradient. mean/log_std: [N, 2B, A], rows [:B] at s, rows [B:] at s'.
-
-    Returns [N, B * n_actions, A] actions (row b * n_actions + k: k-th sample for state b) with their log-probs
-    [N, B * n_actions], and target_actions [N, B, A] ~ pi(s') for the Bellman backup.
-    """
-    batch = mean.shape[1] // 2
-    pi_actions, pi_log_probs = tanh_gaussian_sample(
-        mean.repeat_interleave(n_actions, 1), log_std.repeat_interleave(n_actions, 1)
-    )
-    target_actions, _ = tanh_gaussian_sample(mean[:, batch:], log_std[:, batch:])
-    return {
-        "random_actions": torch.empty_like(pi_actions[:, : batch * n_actions]).uniform_(-1.0, 1.0),
-        "pi_actions": pi_actions[:, : batch * n_actions],  # a ~ pi(s)
-        "pi_log_probs": pi_log_probs[:, : batch * n_actions],
-        "next_pi_actions": pi_actions[:, batch * n_actions :],  # a' ~ pi(s'), scored at s
-        "next_pi_log_probs": pi_log_probs[:, batch * n_actions :],
-        "target_actions": target_actions,
-    }
-
-
-def cql_critic_loss(critic: nn.Module, critic_target: nn.Module, batch: dict, samples: dict, gamma: float, alpha_cql: float):
-    """eq. (3), CQL(H) with importance sampling, for every member and twin at once.
-
-    Returns the loss to minimise (sum over members and twins, so each member gets its own gradient) and
-    per-member-and-twin terms [N, 2] (bellman, cql) plus Q(s, a_data) [N, 2, B], all attached to the graph.
-    """
-    obs, actions = batch["observations"], batch["actions"]
-    n_members, batch_size, act_dim = actions.shape
-    n_actions = samples["random_actions"].shape[1] // batch_size
-
-    # Bellman target: r + gamma (1 - d) min(Q1', Q2')(s', a'), a' ~ pi(s'), no entropy term (deterministic backup)
-    with torch.no_grad():
-        next_q = critic_target(batch["next_observations"], samples["target_actions"]).min(1).values  # [N, B]
-        target = batch["rewards"] + gamma * (1.0 - batch["terminals"]) * next_q
-
-    # one critic pass over the data actions and the 3 * n_actions sampled actions of every state
-    obs_rep = obs.repeat_interleave(n_actions, 1)
-    q_all = critic(
-        torch.cat([obs, obs_rep, obs_rep, obs_rep], 1),
-        torch.cat([actions, samples["random_actions"], samples["pi_actions"], samples["next_pi_actions"]], 1),
-    )  # [N, 2, B * (1 + 3 n_actions)]
-    q_data = q_all[:, :, :batch_size]
-    q_rand, q_pi, q_next_pi = q_all[:, :, batch_size:].view(n_members, 2, 3, batch_size, n_actions).unbind(2)
-
-    # eq. (3): importance-sampled logsumexp over the 3 * n_actions values per state
-    random_density = np.log(0.5**act_dim)  # log of the uniform density on [-1, 1]^|A|
-    cat_q = torch.cat([
-        q_rand - random_density,
-        q_pi - samples["pi_log_probs"].view(n_members, 1, batch_size, n_actions),
-        q_next_pi - samples["next_pi_log_probs"].view(n_members, 1, batch_size, n_actions),
-    ], -1)  # [N, 2, B, 3 n_actions]
-    cql_term = alpha_cql * (torch.logsumexp(cat_q, -1).mean(-1) - q_data.mean(-1))  # [N, 2]
-    bellman = (q_data - target.unsqueeze(1)).pow(2).mean(-1)  # [N, 2]
-    return (bellman + cql_term).sum(), {"bellman": bellman, "cql": cql_term, "q_data": q_data}
-
-
-def cql_update(actor, critic, critic_target, log_alpha, actor_optimizer, critic_optimizer, alpha_optimizer,
-               batch: dict, gamma: float, tau: float, alpha_cql: float, n_actions: int, target_entropy: float,
-               bc: bool = False) -> dict:
-    """One gradient step of every member: actor eq. (2) (or BC warm-up), alpha, critic eq. (3), target update.
-
-    No .item() here: the returned losses are detached tensors, converted only when logged.
-    """
-    obs, batch_size = batch["observations"], batch["observations"].shape[1]
-    mean, log_std = actor(torch.cat([obs, batch["next_observations"]], 1))  # [N, 2B, A]: rows [:B] at s, [B:] at s'
-    samples = sample_cql_actions(mean, log_std, n_actions)
-    alpha = log_alpha.exp().detach()
-
-    # eq. (2): alpha log pi(a|s) - min(Q1, Q2)(s, a), a ~ pi(s) reparameterized; critic weights detached so the
-    # actor loss moves only the actor
-    pi_action, log_pi = tanh_gaussian_sample(mean[:, :batch_size], log_std[:, :batch_size])
-    if bc:  # BC warm-up: alpha log pi(a|s) - log pi(a_data|s)
-        bc_log_prob = tanh_gaussian_log_prob(mean[:, :batch_size], log_std[:, :batch_size], batch["actions"])
-        actor_loss = (alpha[:, None] * log_pi - bc_log_prob).mean(1)  # [N]
-    else:
-        frozen = {name: p.detach() for name, p in critic.named_parameters()}
-        q_pi = torch.func.functional_call(critic, frozen, (obs, pi_action)).min(1).values  # [N, B]
-        actor_loss = (alpha[:, None] * log_pi - q_pi).mean(1)  # [N]
-    # automatic entropy tuning towards -|A|
-    alpha_loss = -(log_alpha[:, None] * (log_pi.detach() + target_entropy)).mean(1)  # [N]
-
-    critic_loss, info = cql_critic_loss(critic, critic_target, batch, samples, gamma, alpha_cql)
-
-    actor_optimizer.zero_grad()
-    critic_optimizer.zero_grad()
-    alpha_optimizer.zero_grad()
-    (critic_loss + actor_loss.sum() + alpha_loss.sum()).backward()
-    actor_optimizer.step()
-    critic_optimizer.step()
-    alpha_optimizer.step()
-
-    with torch.no_grad():  # Polyak averaging of the target critics
-        for param, target_param in zip(critic.parameters(), critic_target.parameters()):
-            target_param.lerp_(param, tau)
-
-    return {
-        "losses/qf": info["bellman"].detach().mean(),
-        "losses/cql": info["cql"].detach().mean(),
-        "losses/actor": actor_loss.detach().mean(),
-        "losses/alpha": alpha_loss.detach().mean(),
-        "charts/alpha": alpha.mean(),
-        "charts/q_data": info["q_data"].detach().mean(),
-    }
-
-
 def keep_freed_memory_on_cpu():
     """CPU speed: let glibc's malloc reuse freed memory instead of mmap-ing (and page-faulting) each large tensor.
 
-    The critic activations of one update are [2N, B (1 + 3 n_actions), 256] floats, 81 MB at N = 5. Above glibc's
-    mmap threshold (at most 32 MB) every such tensor is a fresh mmap whose pages fault in on first touch, which made
-    the vectorized N = 5 update about 1.5x slower than a loop over 5 one-member networks on the CPU
-    (benchmark/throughput.py). A no-op where the C library is not glibc.
+    The activations of one vectorized update are tens of MB at N = 5 (cql_pretrain.py's critic: [2N, B (1 + 3
+    n_actions), 256] floats, 81 MB; bcq_ft.py's 750-wide VAE). Above glibc's mmap threshold (at most 32 MB) every
+    such tensor is a fresh mmap whose pages fault in on first touch, which made the vectorized N = 5 update up to
+    1.5x slower than a loop over 5 one-member networks on the CPU (benchmark/throughput.py). A no-op where the C
+    library is not glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
     libc.mallopt(-4, 0)  # M_MMAP_MAX = 0: serve every allocation from the heap
-    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of freed heap for reuse
-
-
-# ---------------------------------------------------------------------------------
-# evaluation, checkpoints
-# ---------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate(actor: EnsembleActor, envs: list, n_members: int, seed: int, device) -> np.ndarray:
-    """Deterministic returns of the ensemble policy (eq. 5) and of each member, all envs in lockstep.
-
-    envs holds (N + 1) * episodes envs; env e runs policy e % (N + 1) (index N: the ensemble) from start state
-    seed + 10000 + e // (N + 1), so every policy is scored on the same start states. Returns [N + 1, episodes].
-    """
-    n_policies = n_members + 1
-    policy_of_env = torch.arange(len(envs), device=device) % n_policies
-    obs = np.stack([env.reset(seed=seed + 10_000 + e // n_policies)[0] for e, env in enumerate(envs)])
-    returns, active = np.zeros(len(envs)), np.ones(len(envs), dtype=bool)
-    while active.any():
-        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
-        mean, log_std = actor(obs_t.expand(n_members, -1, -1))  # every member on every env's state
-        ens_mean, _ = ensemble_moments(mean, log_std.exp())  # eq. (5)
-        means = torch.cat([mean, ens_mean.unsqueeze(0)])  # [N + 1, envs, A]
-        actions = torch.tanh(means[policy_of_env, torch.arange(len(envs), device=device)]).cpu().numpy()
-        for e in np.flatnonzero(active):
-            obs[e], reward, terminated, truncated, _ = envs[e].step(actions[e])
-            returns[e] += reward
-            active[e] = not (terminated or truncated)
-    return returns.reshape(-1, n_policies).T
+    libc.mallopt(-1, 1 << 30)
 
 
 def check_checkpoint(ckpt, path: str, algo: str, env_id: str, obs_dim: int, act_dim: int, n_ensemble: int, hidden_sizes):
@@ -742,141 +875,47 @@ def check_checkpoint(ckpt, path: str, algo: str, env_id: str, obs_dim: int, act_
             fail(f"checkpoint {path} has {key}={ckpt.get(key)!r} but this run has {key}={value!r}")
 
 
-def check_writable(path: str):
-    """Fail at startup, not after hours of training, when the checkpoint cannot be written."""
-    probe = f"{path}.probe.tmp"
+def check_writable(path: str, what: str = "checkpoint"):
+    """Fail at startup, not after hours of training, when `path` cannot be written: its folder (the folder itself
+    when `what` ends in "directory") is created and a probe file is written there and removed."""
+    folder = os.path.abspath(path) if what.endswith("directory") else os.path.dirname(os.path.abspath(path))
+    probe = os.path.join(folder, f".write_probe_{os.getpid()}.tmp")
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        os.makedirs(folder, exist_ok=True)
         with open(probe, "wb"):
             pass
         os.remove(probe)
     except OSError as err:
-        fail(f"cannot write checkpoint {path}: {err}")
+        fail(f"cannot write {what} {path}: {err}")
 
 
-def main():
-    args = tyro.cli(Args)
-    checkpoint_path = args.checkpoint or f"checkpoints/cql_{args.env_id}_seed{args.seed}.pt"
-    for name in ("n_ensemble", "offline_steps", "batch_size", "hidden_dim", "n_actions", "log_every", "eval_every",
-                 "eval_episodes", "checkpoint_every"):
-        if getattr(args, name) < 1:
-            fail(f"--{name.replace('_', '-')} must be at least 1")
-    check_writable(checkpoint_path)
-
-    random.seed(args.seed)
-    np_rng = np.random.default_rng(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    if device.type == "cpu":
-        keep_freed_memory_on_cpu()
-
-    # data (README: D4RL or Minari): D4RL file or --dataset-path, checked against the env it is evaluated in
-    n = args.n_ensemble
-    envs = [make_env(args.env_id, args.seed) for _ in range((n + 1) * args.eval_episodes)]
-    dataset = load_d4rl_dataset(args.env_id, args.dataset_path)
-    check_dataset_matches_env(dataset, envs[0], args.dataset_path or args.env_id)
-    obs_dim, act_dim = dataset["observations"].shape[1], dataset["actions"].shape[1]
-    data = {key: torch.as_tensor(value, device=device) for key, value in dataset.items()}
-
-    hidden_sizes = [args.hidden_dim, args.hidden_dim]
-    actor = EnsembleActor(obs_dim, act_dim, hidden_sizes, n).to(device)
-    critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, n).to(device)
-    critic_target = EnsembleCritic(obs_dim, act_dim, hidden_sizes, n).to(device)
-    critic_target.load_state_dict(critic.state_dict())
-    log_alpha = torch.zeros(n, device=device, requires_grad=True)  # one temperature per member, alpha = 1
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
-    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.q_lr)
-    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
-    target_entropy = -float(act_dim)
-
-    start_step = 0
-    run_dir = args.run_dir or f"runs/{args.env_id}__cql__{args.seed}__{int(time.time())}"
-    if args.resume:
-        ckpt = load_checkpoint(checkpoint_path, "checkpoint")
-        check_checkpoint(ckpt, checkpoint_path, "cql", args.env_id, obs_dim, act_dim, n, hidden_sizes)
-        if "resume" not in ckpt:
-            fail(f"checkpoint {checkpoint_path} holds no resume state")
-        state = ckpt["resume"]
-        actor.load_state_dict(ckpt["actor"])
-        critic.load_state_dict(ckpt["critic"])
-        critic_target.load_state_dict(state["critic_target"])
-        actor_optimizer.load_state_dict(state["actor_optimizer"])
-        critic_optimizer.load_state_dict(state["critic_optimizer"])
-        alpha_optimizer.load_state_dict(state["alpha_optimizer"])
-        with torch.no_grad():
-            log_alpha.copy_(state["log_alpha"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-        np_rng.bit_generator.state = state["numpy_rng"]
-        random.setstate(state["python_rng"])
-        start_step, run_dir = state["step"], state["run_dir"]
-        print(f"resuming {checkpoint_path} at step {start_step}, logging to {run_dir}")
-
-    def save(step: int):
-        for name, net in (("actor", actor), ("critic", critic)):  # keep the last good checkpoint
-            if not all(torch.isfinite(p).all() for p in net.parameters()):
-                fail(f"non-finite {name} weights at step {step}; kept the last good checkpoint {checkpoint_path}")
-        save_checkpoint(checkpoint_path, {
-            "format": CHECKPOINT_FORMAT, "algo": "cql", "env_id": args.env_id, "obs_dim": obs_dim,
-            "act_dim": act_dim, "n_ensemble": n, "hidden_sizes": hidden_sizes, "actor": actor.state_dict(),
-            "critic": critic.state_dict(), "step": step, "args": dataclasses.asdict(args),
-            "resume": {
-                "critic_target": critic_target.state_dict(), "actor_optimizer": actor_optimizer.state_dict(),
-                "critic_optimizer": critic_optimizer.state_dict(), "alpha_optimizer": alpha_optimizer.state_dict(),
-                "log_alpha": log_alpha.detach().clone(), "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-                "numpy_rng": np_rng.bit_generator.state, "python_rng": random.getstate(), "step": step,
-                "run_dir": run_dir,
-            },
-        })
-
-    # on resume, TensorBoard drops whatever the interrupted run logged after its checkpoint's step
-    writer = SummaryWriter(run_dir, purge_step=start_step + 1 if args.resume else None)
-    if not args.resume:
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-
-    start_time, sps_step = time.time(), start_step
-    for step in tqdm(range(start_step, args.offline_steps), initial=start_step, total=args.offline_steps):
-        batch = sample_batch(data, np_rng, n, args.batch_size)
-        info = cql_update(actor, critic, critic_target, log_alpha, actor_optimizer, critic_optimizer, alpha_optimizer,
-                          batch, args.gamma, args.tau, args.alpha_cql, args.n_actions, target_entropy,
-                          bc=step < args.bc_steps)
-        global_step = step + 1  # updates done
-        is_eval = global_step % args.eval_every == 0 or global_step == args.offline_steps
-        if global_step % args.log_every == 0 or is_eval or global_step % args.checkpoint_every == 0:
-            values = dict(zip(info, torch.stack(list(info.values())).cpu().tolist()))  # one sync per log interval
-            bad = [name for name, value in values.items() if not np.isfinite(value)]
-            if bad:
-                fail(f"{', '.join(f'{name} = {values[name]}' for name in bad)} at step {global_step}; "
-                     f"kept the last good checkpoint {checkpoint_path}")
-            if global_step % args.log_every == 0:
-                for name, value in values.items():
-                    writer.add_scalar(name, value, global_step)
-                writer.add_scalar("charts/SPS", (global_step - sps_step) / (time.time() - start_time), global_step)
-                start_time, sps_step = time.time(), global_step
-        if is_eval:
-            returns = evaluate(actor, envs, n, args.seed, device).mean(1)  # [N + 1]: members, then the ensemble
-            writer.add_scalar("eval/return", returns[n], global_step)
-            writer.add_scalar("eval/normalized_score", normalized_score(args.env_id, returns[n]), global_step)
-            for i in range(n):
-                writer.add_scalar(f"eval/member_{i}_return", returns[i], global_step)
-                writer.add_scalar(f"eval/member_{i}_normalized_score", normalized_score(args.env_id, returns[i]), global_step)
-            members = " ".join(f"{normalized_score(args.env_id, r):.1f}" for r in returns[:n])
-            tqdm.write(f"step={global_step} ensemble return={returns[n]:.1f} "
-                       f"score={normalized_score(args.env_id, returns[n]):.1f} members=[{members}]")
-        if is_eval or global_step % args.checkpoint_every == 0:
-            writer.flush()  # curves up to the checkpoint survive a crash; --resume purges anything logged after it
-            save(global_step)
-            start_time = time.time()  # do not count evaluation and saving in SPS
-    if start_step >= args.offline_steps:
-        save(start_step)
-    writer.close()
-    for env in envs:
-        env.close()
-    print(f"saved {checkpoint_path}")
-
+# =====================================================================================================================
+# End of the shared plumbing
+# =====================================================================================================================
 
 if __name__ == "__main__":
     main()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Notes. Choices where the paper is silent (following the official CQL code unless said otherwise):
+# ---------------------------------------------------------------------------------------------------------------------
+#   * The actor is updated with the critics of the current step, before the critic update (CQL/rlkit order); the
+#     actor, critic and alpha losses share one forward pass and one backward pass. The actor loss evaluates the
+#     critics with detached weights, so it sends no gradient into the critics.
+#   * alpha's learning rate equals the policy's (1e-4), as in the CQL code; log alpha starts at 0 (alpha = 1).
+#     The alpha used in the actor loss is the value before this step's alpha update.
+#   * The CQL sampled actions (10 per state from pi(s) and from pi(s'), 10 uniform) are drawn without gradient and
+#     their log-probabilities are detached, as in the CQL code; the a' of the Bellman target is a separate sample.
+#   * BC warm-up (--bc-steps): the actor minimises alpha * log pi(a|s) - log pi(a_data|s) instead of eq. (2) for the
+#     first bc_steps updates (the critics train normally). CQL's code used 40,000 steps; the default here is 0.
+#   * Logged losses are means over members (and over twins for the critic): losses/qf is the Bellman MSE,
+#     losses/cql the conservative term alpha_cql * (logsumexp - Q(s, a_data)); charts/alpha the mean alpha.
+#   * Evaluation: every --eval-every updates and at the end, the ensemble policy and each member run the same
+#     --eval-episodes start states (env seeds seed + 10000 + k), deterministic tanh(mu), all in lockstep with one
+#     batched actor forward per env step.
+#   * Resume (--resume) takes the networks, target critics, optimizers, log alpha, RNG states, step and run dir from
+#     the checkpoint; hyperparameters come from the command line (env, N and network size must match).
+#   * Observations and rewards are used raw (as in the authors' fine-tuning code).
+#   * On the CPU, glibc's malloc is told to keep freed memory for reuse (keep_freed_memory_on_cpu): without it every
+#     large activation of the vectorized update is a fresh, page-faulting mmap and N = 5 runs slower than a loop.

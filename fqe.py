@@ -14,26 +14,7 @@ sigma^2 = mean_i(sigma_i^2 + mu_i^2) - mu^2, then tanh), *stochastic*, since tha
 the fine-tuned critics represent. Every member's critics evaluate this same ensemble policy, each member with its
 own initialisation and its own minibatches (indices [N, B]), so the N critics are N independent FQE estimates.
 
-Choices where the paper is silent:
-  * Twin critics without a min in the target (a min would be a pessimistic, i.e. conservative, estimate).
-  * The critics start from a fresh random initialisation (standard FQE), not from the CQL critics.
-  * The policy is fixed, so its eq. (5) moments at every next_observation of the dataset are computed once at the
-    start; an update then only samples a' = tanh(mu + sigma eps).
-  * Default 250,000 steps (the paper gives none). Hidden width defaults to the policy checkpoint's (balanced_finetune.py
-    requires FQE and CQL networks of one size); --n-ensemble defaults to all members of the policy checkpoint.
-  * Accepted policy checkpoints: those with an EnsembleActor (algo cql, balanced, awac or sac; CONTRIBUTING.md).
-  * Evaluation every --eval-every steps: eval/mc_return is the mean discounted return of the stochastic ensemble
-    policy over --eval-episodes episodes in the env (start states from env seeds seed + 10000 + k);
-    eval/q_estimate is the FQE value V(s) = E_{a~pi} Q(s, a) (mean over members, twins and 10 sampled actions)
-    at the dataset's episode start states (row 0 and every row whose previous next_observation differs from it);
-    eval/q_estimate_env_starts is the same at the start states of the Monte-Carlo episodes, the like-for-like one.
-  * Logged losses/qf is the TD MSE averaged over members and twins; charts/q_data the mean Q(s, a_data).
-  * What to expect: on a narrow dataset FQE overestimates at gamma 0.99, because the policy's actions at s' lie
-    where the data do not pin Q down and the errors compound through bootstrapping (a CQL policy on a 20k-row
-    random-policy Hopper dataset, hidden 64, 30k steps: eval/q_estimate 127 against eval/mc_return 48 and still
-    rising), while at gamma 0.9 it matches (10.5 against 9.2-10.6). That optimism is what paper Fig. 1c is about.
-  * Output: a checkpoint (CONTRIBUTING.md) with algo "fqe", the same N, actor = the N policy members evaluated, critic = the
-    FQE critics, plus a resume state (target critics, optimizer, RNG states, step, run dir) for --resume.
+Implementation choices where the paper is silent: the Notes at the end of this file.
 
 Usage:
   python cql_pretrain.py --env-id hopper-medium-replay-v2 --n-ensemble 5
@@ -68,6 +49,7 @@ from tqdm import tqdm
 
 @dataclass
 class Args:
+    # task, data, the policy to evaluate and the output
     env_id: str = "walker2d-medium-expert-v2"
     """D4RL task name or Minari dataset id (mujoco/hopper/medium-v0; cached or downloaded) or gymnasium id + --dataset-path"""
     dataset_path: str | None = None
@@ -76,12 +58,16 @@ class Args:
     """checkpoint of the policy to evaluate (default checkpoints/cql_{env_id}_seed{seed}.pt, as cql_pretrain.py writes)"""
     checkpoint: str | None = None
     """where the FQE checkpoint is written (default checkpoints/fqe_{env_id}_seed{seed}.pt)"""
+
+    # runtime
     seed: int = 1
     """seed of the experiment"""
     torch_deterministic: bool = True
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
     """if toggled, CUDA is used when available"""
+
+    # algorithm
     n_ensemble: int | None = None
     """number N of members: the policy is the eq. (5) ensemble of the first N (default: all in the policy checkpoint)"""
     steps: int = 250_000
@@ -96,6 +82,8 @@ class Args:
     """target critic smoothing coefficient"""
     lr: float = 3e-4
     """learning rate of the critics"""
+
+    # logging, evaluation and checkpoints
     log_every: int = 1000
     """log losses every this many updates (also where NaN/inf losses are detected)"""
     eval_every: int = 10_000
@@ -110,9 +98,342 @@ class Args:
     """TensorBoard folder (default runs/{env_id}__fqe__{seed}__{time})"""
 
 
-# ---------------------------------------------------------------------------------
-# SHARED BLOCK (verbatim copy of the team's common block; keep identical across scripts)
-# ---------------------------------------------------------------------------------
+# ---- vectorized ensemble networks (paper §3.2): weights [N, in, out], one batched matmul per layer ----
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+class VectorizedLinear(nn.Module):
+    """N independent linear layers applied as one batched matmul: x [N, B, in] -> [N, B, out]."""
+
+    def __init__(self, in_features: int, out_features: int, n_members: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_members, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(n_members, 1, out_features))
+        bound = 1.0 / in_features**0.5  # nn.Linear's default init, drawn independently for each member
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+def vectorized_mlp(in_dim: int, hidden_sizes, out_dim: int, n_members: int) -> nn.Sequential:
+    layers, width = [], in_dim
+    for hidden in hidden_sizes:
+        layers += [VectorizedLinear(width, hidden, n_members), nn.ReLU()]
+        width = hidden
+    return nn.Sequential(*layers, VectorizedLinear(width, out_dim, n_members))
+
+
+class EnsembleActor(nn.Module):
+    """N tanh-Gaussian actors with state-dependent log-std: obs [N, B, S] -> mean, log_std [N, B, A] (pre-tanh)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
+        super().__init__()
+        self.net = vectorized_mlp(obs_dim, hidden_sizes, 2 * act_dim, n_members)
+
+    def forward(self, obs: torch.Tensor):
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+
+class EnsembleCritic(nn.Module):
+    """Twin Q-functions of N members as 2N vectorized MLPs, member-major (row 2i: Q1 of member i, 2i+1: Q2).
+
+    obs [N, B, S], act [N, B, A] -> Q [N, 2, B]. Taking the first k members is slicing rows [:2k].
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
+        super().__init__()
+        self.n_members = n_members
+        self.net = vectorized_mlp(obs_dim + act_dim, hidden_sizes, 1, 2 * n_members)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, act], dim=-1).repeat_interleave(2, dim=0)
+        return self.net(x).view(self.n_members, 2, -1)
+
+
+def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor):
+    """Reparameterized a = tanh(u), u ~ N(mean, std), and log pi(a) with the tanh change of variables."""
+    std = log_std.exp()
+    u = mean + std * torch.randn_like(mean)
+    log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(u)
+    log_prob = log_prob - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
+    return torch.tanh(u), log_prob.sum(-1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# fqe.py: the fixed ensemble policy, the FQE loss and update
+# ---------------------------------------------------------------------------------------------------------------------
+POLICY_ALGOS = ("cql", "balanced", "awac", "sac")  # checkpoints whose actor is an EnsembleActor
+
+
+def ensemble_moments(mu: torch.Tensor, std: torch.Tensor):
+    """Eq. (5): moments of the uniform mixture of N Gaussians (member dim first) -> (mean, std) of one Gaussian.
+
+    sigma^2 = mean_i(sigma_i^2 + mu_i^2) - mu^2, computed as mean_i sigma_i^2 + mean_i (mu_i - mu)^2 (same value,
+    no cancellation); sigma is clamped to [exp(LOG_STD_MIN), exp(LOG_STD_MAX)] like a member's, as the authors do.
+    """
+    mean = mu.mean(0)
+    var = std.pow(2).mean(0) + (mu - mean).pow(2).mean(0)
+    return mean, var.clamp(np.exp(2.0 * LOG_STD_MIN), np.exp(2.0 * LOG_STD_MAX)).sqrt()
+
+
+@torch.no_grad()
+def ensemble_policy_moments(actor: EnsembleActor, obs: torch.Tensor, chunk: int = 65536):
+    """Pre-tanh mean and std [M, A] of the ensemble policy (eq. 5) at states obs [M, S], in chunks."""
+    n_members = actor.net[0].weight.shape[0]
+    means, stds = [], []
+    for part in obs.split(chunk):
+        mu, log_std = actor(part.expand(n_members, -1, -1))
+        mean, std = ensemble_moments(mu, log_std.exp())
+        means.append(mean)
+        stds.append(std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def sample_batch(data: dict, rng: np.random.Generator, n_members: int, batch_size: int) -> dict:
+    """Each member gets its own minibatch: indices [N, B] -> tensors [N, B, ...]."""
+    size = data["observations"].shape[0]
+    idx = torch.from_numpy(rng.integers(0, size, size=(n_members, batch_size))).to(data["observations"].device)
+    return {key: value[idx] for key, value in data.items()}
+
+
+def fqe_loss(critic: nn.Module, critic_target: nn.Module, batch: dict, next_actions: torch.Tensor, gamma: float):
+    """TD regression of every member's twins on y_j = r + gamma (1 - d) Q'_j(s', a'): no conservatism, no entropy.
+
+    Returns the loss (sum over members and twins: each member gets its own gradient) and the MSE [N, 2] and
+    Q(s, a_data) [N, 2, B].
+    """
+    with torch.no_grad():
+        next_q = critic_target(batch["next_observations"], next_actions)  # [N, 2, B], each twin its own target
+        target = batch["rewards"].unsqueeze(1) + gamma * (1.0 - batch["terminals"].unsqueeze(1)) * next_q
+    q_data = critic(batch["observations"], batch["actions"])
+    mse = (q_data - target).pow(2).mean(-1)  # [N, 2]
+    return mse.sum(), {"mse": mse, "q_data": q_data}
+
+
+@torch.no_grad()
+def soft_update(target: nn.Module, source: nn.Module, tau: float):
+    """Polyak averaging of the target network: target <- (1 - tau) target + tau source."""
+    for target_param, param in zip(target.parameters(), source.parameters()):
+        target_param.lerp_(param, tau)
+
+
+def fqe_update(critic, critic_target, optimizer, batch: dict, gamma: float, tau: float) -> dict:
+    """One FQE step of every member. batch holds next_policy_mean/std, the eq. (5) moments at s'. No .item()."""
+    mean, std = batch["next_policy_mean"], batch["next_policy_std"]
+    next_actions = torch.tanh(mean + std * torch.randn_like(mean))
+    loss, info = fqe_loss(critic, critic_target, batch, next_actions, gamma)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    soft_update(critic_target, critic, tau)
+    return {"losses/qf": info["mse"].detach().mean(), "charts/q_data": info["q_data"].detach().mean()}
+
+
+@torch.no_grad()
+def state_value(actor: EnsembleActor, critic: EnsembleCritic, obs: torch.Tensor, n_samples: int = 10) -> float:
+    """FQE's V(s) = E_{a ~ pi(s)} Q(s, a) at states obs [K, S], averaged over states, members, twins and samples."""
+    mean, std = ensemble_policy_moments(actor, obs)
+    mean, std, obs = (x.repeat_interleave(n_samples, 0) for x in (mean, std, obs))
+    actions = torch.tanh(mean + std * torch.randn_like(mean))
+    n_members = critic.n_members
+    return float(critic(obs.expand(n_members, -1, -1), actions.expand(n_members, -1, -1)).mean())
+
+
+@torch.no_grad()
+def monte_carlo(actor: EnsembleActor, envs: list, seed: int, gamma: float, device):
+    """Episodes of the stochastic ensemble policy (eq. 5), one per env in lockstep, env e from seed + 10000 + e.
+
+    Returns discounted returns [E], undiscounted returns [E] and the start states [E, S].
+    """
+    obs = np.stack([env.reset(seed=seed + 10_000 + e)[0] for e, env in enumerate(envs)])
+    start_obs = obs.copy()
+    discounted, returns = np.zeros(len(envs)), np.zeros(len(envs))
+    discount, active = np.ones(len(envs)), np.ones(len(envs), dtype=bool)
+    while active.any():
+        mean, std = ensemble_policy_moments(actor, torch.as_tensor(obs, dtype=torch.float32, device=device))
+        actions = torch.tanh(mean + std * torch.randn_like(mean)).cpu().numpy()
+        for e in np.flatnonzero(active):
+            obs[e], reward, terminated, truncated, _ = envs[e].step(actions[e])
+            discounted[e] += discount[e] * reward
+            returns[e] += reward
+            discount[e] *= gamma
+            active[e] = not (terminated or truncated)
+    return discounted, returns, start_obs
+
+
+def episode_start_states(dataset: dict, limit: int = 10_000) -> np.ndarray:
+    """Row 0 and every row whose predecessor ended an episode (terminal, or its next_observation is not this row)."""
+    obs, next_obs = dataset["observations"], dataset["next_observations"]
+    starts = np.concatenate([[True], (dataset["terminals"][:-1] > 0) | np.any(next_obs[:-1] != obs[1:], axis=1)])
+    rows = np.flatnonzero(starts)
+    if len(rows) > limit:  # an evenly spaced subset keeps evaluation cheap on datasets of many short episodes
+        rows = rows[np.linspace(0, len(rows) - 1, limit).astype(int)]
+    return obs[rows]
+
+
+def fqe_run_state_dict(critic_target, optimizer, np_rng, device, step: int, run_dir: str) -> dict:
+    """Everything a run needs to continue exactly (the checkpoint's "resume" entry; the critics are stored beside it)."""
+    return {
+        "critic_target": critic_target.state_dict(), "optimizer": optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+        "numpy_rng": np_rng.bit_generator.state, "python_rng": random.getstate(), "step": step, "run_dir": run_dir,
+    }
+
+
+def load_fqe_run_state(ckpt: dict, critic, critic_target, optimizer, np_rng, device) -> tuple:
+    """The inverse of fqe_run_state_dict (plus the stored critics); returns (step, run dir)."""
+    state = ckpt["resume"]
+    critic.load_state_dict(ckpt["critic"])
+    critic_target.load_state_dict(state["critic_target"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"].cpu())
+    if device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+    np_rng.bit_generator.state = state["numpy_rng"]
+    random.setstate(state["python_rng"])
+    return state["step"], state["run_dir"]
+
+
+def main():
+    args = tyro.cli(Args)
+    policy_path = args.policy_checkpoint or f"checkpoints/cql_{args.env_id}_seed{args.seed}.pt"
+    checkpoint_path = args.checkpoint or f"checkpoints/fqe_{args.env_id}_seed{args.seed}.pt"
+    for name in ("steps", "batch_size", "log_every", "eval_every", "eval_episodes", "checkpoint_every"):
+        if getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be at least 1")
+    if os.path.abspath(policy_path) == os.path.abspath(checkpoint_path):
+        fail(f"--checkpoint {checkpoint_path} would overwrite the policy checkpoint (the policy is --policy-checkpoint)")
+    # never overwrite another algorithm's checkpoint; a file that is no torch.save zip (e.g. a half-written one) is
+    # overwritten, one that is refused (older format, foreign objects) stops the run with load_checkpoint's message
+    if os.path.isfile(checkpoint_path) and not args.resume and zipfile.is_zipfile(checkpoint_path):
+        existing = load_checkpoint(checkpoint_path, "checkpoint")
+        if isinstance(existing, dict) and existing.get("algo") not in (None, "fqe"):
+            fail(f"--checkpoint {checkpoint_path} holds a {existing['algo']!r} checkpoint; refusing to overwrite it "
+                 f"(the policy to evaluate is --policy-checkpoint)")
+    check_writable(checkpoint_path)
+
+    random.seed(args.seed)
+    np_rng = np.random.default_rng(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if device.type == "cpu":
+        keep_freed_memory_on_cpu()
+
+    envs = [make_env(args.env_id, args.seed) for _ in range(args.eval_episodes)]
+    obs_dim, act_dim = envs[0].observation_space.shape[0], envs[0].action_space.shape[0]
+
+    # the policy: the eq. (5) ensemble of the first N members of a pretrained checkpoint
+    policy = read_ensemble_checkpoint(policy_path, "policy checkpoint")
+    if policy["algo"] not in POLICY_ALGOS:
+        fail(f"policy checkpoint {policy_path} has algo {policy['algo']!r}; expected one of {', '.join(POLICY_ALGOS)}")
+    # same environment = same gymnasium id, version included (D4RL names: -v4, Minari's mujoco/*: -v5), as in fine-tuning
+    if (policy["env_id"] != args.env_id and gym_env_id(policy["env_id"]) != gym_env_id(args.env_id)) \
+            or (policy["obs_dim"], policy["act_dim"]) != (obs_dim, act_dim):
+        fail(f"policy checkpoint {policy_path} is for {policy['env_id']!r} (dims {policy['obs_dim']}/{policy['act_dim']}), "
+             f"not for --env-id {args.env_id!r} (dims {obs_dim}/{act_dim})")
+    n = args.n_ensemble or policy["n_ensemble"]
+    if not 1 <= n <= policy["n_ensemble"]:
+        fail(f"--n-ensemble {n} but policy checkpoint {policy_path} holds {policy['n_ensemble']} member(s)")
+    policy_hidden = list(policy["hidden_sizes"])
+    actor = EnsembleActor(obs_dim, act_dim, policy_hidden, n).to(device)
+    try:
+        actor.load_state_dict({k: v[:n] for k, v in policy["actor"].items()}, strict=True)
+    except RuntimeError as err:
+        fail(f"policy checkpoint {policy_path}: its actor does not fit an EnsembleActor ({str(err).splitlines()[0]})")
+    actor.requires_grad_(False)
+
+    # data (README: D4RL or Minari), with the fixed policy's eq. (5) moments at every s' computed once
+    dataset = load_d4rl_dataset(args.env_id, args.dataset_path)
+    check_dataset_matches_env(dataset, envs[0], args.dataset_path or args.env_id)
+    data = {key: torch.as_tensor(value, device=device) for key, value in dataset.items()}
+    data["next_policy_mean"], data["next_policy_std"] = ensemble_policy_moments(actor, data["next_observations"])
+    start_states = torch.as_tensor(episode_start_states(dataset), device=device)
+
+    hidden_sizes = [args.hidden_dim] * 2 if args.hidden_dim else policy_hidden
+    critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, n).to(device)
+    critic_target = EnsembleCritic(obs_dim, act_dim, hidden_sizes, n).to(device)
+    critic_target.load_state_dict(critic.state_dict())
+    optimizer = torch.optim.Adam(critic.parameters(), lr=args.lr)
+
+    start_step = 0
+    run_dir = args.run_dir or f"runs/{args.env_id}__fqe__{args.seed}__{int(time.time())}"
+    if args.resume:
+        ckpt = read_ensemble_checkpoint(checkpoint_path, "checkpoint")
+        expected = {"algo": "fqe", "env_id": args.env_id, "n_ensemble": n, "hidden_sizes": hidden_sizes}
+        for key, value in expected.items():
+            if ckpt[key] != value:
+                fail(f"checkpoint {checkpoint_path} has {key}={ckpt[key]!r} but this run has {key}={value!r}")
+        if "resume" not in ckpt:
+            fail(f"checkpoint {checkpoint_path} holds no resume state")
+        start_step, run_dir = load_fqe_run_state(ckpt, critic, critic_target, optimizer, np_rng, device)
+        print(f"resuming {checkpoint_path} at step {start_step}, logging to {run_dir}")
+
+    def save(step: int):
+        if not all(torch.isfinite(p).all() for p in critic.parameters()):  # keep the last good checkpoint
+            fail(f"non-finite critic weights at step {step}; kept the last good checkpoint {checkpoint_path}")
+        save_checkpoint(checkpoint_path, {
+            "format": CHECKPOINT_FORMAT, "algo": "fqe", "env_id": args.env_id, "obs_dim": obs_dim,
+            "act_dim": act_dim, "n_ensemble": n, "hidden_sizes": hidden_sizes, "actor": actor.state_dict(),
+            "critic": critic.state_dict(), "step": step, "args": dataclasses.asdict(args),
+            "policy_checkpoint": os.path.abspath(policy_path), "policy_hidden_sizes": policy_hidden,
+            "resume": fqe_run_state_dict(critic_target, optimizer, np_rng, device, step, run_dir),
+        })
+
+    # on resume, TensorBoard drops whatever the interrupted run logged after its checkpoint's step
+    writer = SummaryWriter(run_dir, purge_step=start_step + 1 if args.resume else None)
+    if not args.resume:
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+
+    start_time, sps_step = time.time(), start_step
+    for step in tqdm(range(start_step, args.steps), initial=start_step, total=args.steps):
+        batch = sample_batch(data, np_rng, n, args.batch_size)
+        info = fqe_update(critic, critic_target, optimizer, batch, args.gamma, args.tau)
+        global_step = step + 1  # updates done
+        is_eval = global_step % args.eval_every == 0 or global_step == args.steps
+        if global_step % args.log_every == 0 or is_eval or global_step % args.checkpoint_every == 0:
+            values = dict(zip(info, torch.stack(list(info.values())).cpu().tolist()))  # one sync per log interval
+            bad = [name for name, value in values.items() if not np.isfinite(value)]
+            if bad:
+                fail(f"{', '.join(f'{name} = {values[name]}' for name in bad)} at step {global_step}; "
+                     f"kept the last good checkpoint {checkpoint_path}")
+            if global_step % args.log_every == 0:
+                for name, value in values.items():
+                    writer.add_scalar(name, value, global_step)
+                writer.add_scalar("charts/SPS", (global_step - sps_step) / (time.time() - start_time), global_step)
+                start_time, sps_step = time.time(), global_step
+        if is_eval:
+            discounted, returns, env_starts = monte_carlo(actor, envs, args.seed, args.gamma, device)
+            q_dataset = state_value(actor, critic, start_states)
+            q_env = state_value(actor, critic, torch.as_tensor(env_starts, dtype=torch.float32, device=device))
+            writer.add_scalar("eval/q_estimate", q_dataset, global_step)
+            writer.add_scalar("eval/q_estimate_env_starts", q_env, global_step)
+            writer.add_scalar("eval/mc_return", discounted.mean(), global_step)
+            writer.add_scalar("eval/return", returns.mean(), global_step)
+            writer.add_scalar("eval/normalized_score", normalized_score(args.env_id, returns.mean()), global_step)
+            tqdm.write(f"step={global_step} q_estimate={q_dataset:.2f} (env starts {q_env:.2f}) "
+                       f"mc_return={discounted.mean():.2f} return={returns.mean():.1f}")
+        if is_eval or global_step % args.checkpoint_every == 0:
+            writer.flush()  # curves up to the checkpoint survive a crash; --resume purges anything logged after it
+            save(global_step)
+            start_time = time.time()  # do not count evaluation and saving in SPS
+    if start_step >= args.steps:
+        save(start_step)
+    writer.close()
+    for env in envs:
+        env.close()
+    print(f"saved {checkpoint_path}")
+
+
+# =====================================================================================================================
+# Plumbing: data, environments, scores, checkpoint files, evaluation. A helper that several scripts hold is copied
+# verbatim into each (CONTRIBUTING.md) and tests/test_reliability.py checks that every copy is identical. Python looks
+# these names up when main() runs, so they can come after it.
+# =====================================================================================================================
+
 def fail(message: str):
     """Stop with one clear message and exit status 1, no traceback (used for every bad input)."""
     raise SystemExit(f"error: {message}")
@@ -431,69 +752,7 @@ def check_dataset_matches_env(dataset: dict, env: gym.Env, source: str):
              f"{dataset['actions'].shape[1]} but {env.spec.id} has {obs_dim}/{act_dim}")
 
 
-# ---- vectorized ensemble networks (paper §3.2): weights [N, in, out], one batched matmul per layer ----
-LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 CHECKPOINT_FORMAT = "o2o-ensemble-v1"
-
-
-class VectorizedLinear(nn.Module):
-    """N independent linear layers applied as one batched matmul: x [N, B, in] -> [N, B, out]."""
-
-    def __init__(self, in_features: int, out_features: int, n_members: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(n_members, in_features, out_features))
-        self.bias = nn.Parameter(torch.empty(n_members, 1, out_features))
-        bound = 1.0 / in_features**0.5  # nn.Linear's default init, drawn independently for each member
-        nn.init.uniform_(self.weight, -bound, bound)
-        nn.init.uniform_(self.bias, -bound, bound)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
-
-
-def vectorized_mlp(in_dim: int, hidden_sizes, out_dim: int, n_members: int) -> nn.Sequential:
-    layers, width = [], in_dim
-    for hidden in hidden_sizes:
-        layers += [VectorizedLinear(width, hidden, n_members), nn.ReLU()]
-        width = hidden
-    return nn.Sequential(*layers, VectorizedLinear(width, out_dim, n_members))
-
-
-class EnsembleActor(nn.Module):
-    """N tanh-Gaussian actors with state-dependent log-std: obs [N, B, S] -> mean, log_std [N, B, A] (pre-tanh)."""
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
-        super().__init__()
-        self.net = vectorized_mlp(obs_dim, hidden_sizes, 2 * act_dim, n_members)
-
-    def forward(self, obs: torch.Tensor):
-        mean, log_std = self.net(obs).chunk(2, dim=-1)
-        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
-
-
-class EnsembleCritic(nn.Module):
-    """Twin Q-functions of N members as 2N vectorized MLPs, member-major (row 2i: Q1 of member i, 2i+1: Q2).
-
-    obs [N, B, S], act [N, B, A] -> Q [N, 2, B]. Taking the first k members is slicing rows [:2k].
-    """
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
-        super().__init__()
-        self.n_members = n_members
-        self.net = vectorized_mlp(obs_dim + act_dim, hidden_sizes, 1, 2 * n_members)
-
-    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([obs, act], dim=-1).repeat_interleave(2, dim=0)
-        return self.net(x).view(self.n_members, 2, -1)
-
-
-def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor):
-    """Reparameterized a = tanh(u), u ~ N(mean, std), and log pi(a) with the tanh change of variables."""
-    std = log_std.exp()
-    u = mean + std * torch.randn_like(mean)
-    log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(u)
-    log_prob = log_prob - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
-    return torch.tanh(u), log_prob.sum(-1)
 
 
 def save_checkpoint(path: str, payload: dict):
@@ -541,131 +800,24 @@ def load_checkpoint(path: str, what: str):
          f"{' (' + ', '.join(names) + ')' if names else ''}; it was not loaded")
 
 
-# ---------------------------------------------------------------------------------
-# fqe.py: the fixed ensemble policy, the FQE loss and update
-# ---------------------------------------------------------------------------------
-POLICY_ALGOS = ("cql", "balanced", "awac", "sac")  # checkpoints whose actor is an EnsembleActor
-
-
-def ensemble_moments(mu: torch.Tensor, std: torch.Tensor):
-    """Eq. (5): moments of the uniform mixture of N Gaussians (member dim first) -> (mean, std) of one Gaussian.
-
-    sigma^2 = mean_i(sigma_i^2 + mu_i^2) - mu^2, computed as mean_i sigma_i^2 + mean_i (mu_i - mu)^2 (same value,
-    no cancellation); sigma is clamped to [exp(LOG_STD_MIN), exp(LOG_STD_MAX)] like a member's, as the authors do.
-    """
-    mean = mu.mean(0)
-    var = std.pow(2).mean(0) + (mu - mean).pow(2).mean(0)
-    return mean, var.clamp(np.exp(2.0 * LOG_STD_MIN), np.exp(2.0 * LOG_STD_MAX)).sqrt()
-
-
-@torch.no_grad()
-def ensemble_policy_moments(actor: EnsembleActor, obs: torch.Tensor, chunk: int = 65536):
-    """Pre-tanh mean and std [M, A] of the ensemble policy (eq. 5) at states obs [M, S], in chunks."""
-    n_members = actor.net[0].weight.shape[0]
-    means, stds = [], []
-    for part in obs.split(chunk):
-        mu, log_std = actor(part.expand(n_members, -1, -1))
-        mean, std = ensemble_moments(mu, log_std.exp())
-        means.append(mean)
-        stds.append(std)
-    return torch.cat(means), torch.cat(stds)
-
-
-def sample_batch(data: dict, rng: np.random.Generator, n_members: int, batch_size: int) -> dict:
-    """Each member gets its own minibatch: indices [N, B] -> tensors [N, B, ...]."""
-    size = data["observations"].shape[0]
-    idx = torch.from_numpy(rng.integers(0, size, size=(n_members, batch_size))).to(data["observations"].device)
-    return {key: value[idx] for key, value in data.items()}
-
-
-def fqe_loss(critic: nn.Module, critic_target: nn.Module, batch: dict, next_actions: torch.Tensor, gamma: float):
-    """TD regression of every member's twins on y_j = r + gamma (1 - d) Q'_j(s', a'): no conservatism, no entropy.
-
-    Returns the loss (sum over members and twins: each member gets its own gradient) and the MSE [N, 2] and
-    Q(s, a_data) [N, 2, B].
-    """
-    with torch.no_grad():
-        next_q = critic_target(batch["next_observations"], next_actions)  # [N, 2, B], each twin its own target
-        target = batch["rewards"].unsqueeze(1) + gamma * (1.0 - batch["terminals"].unsqueeze(1)) * next_q
-    q_data = critic(batch["observations"], batch["actions"])
-    mse = (q_data - target).pow(2).mean(-1)  # [N, 2]
-    return mse.sum(), {"mse": mse, "q_data": q_data}
-
-
-def fqe_update(critic, critic_target, optimizer, batch: dict, gamma: float, tau: float) -> dict:
-    """One FQE step of every member. batch holds next_policy_mean/std, the eq. (5) moments at s'. No .item()."""
-    mean, std = batch["next_policy_mean"], batch["next_policy_std"]
-    next_actions = torch.tanh(mean + std * torch.randn_like(mean))
-    loss, info = fqe_loss(critic, critic_target, batch, next_actions, gamma)
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    with torch.no_grad():  # Polyak averaging of the target critics
-        for param, target_param in zip(critic.parameters(), critic_target.parameters()):
-            target_param.lerp_(param, tau)
-    return {"losses/qf": info["mse"].detach().mean(), "charts/q_data": info["q_data"].detach().mean()}
-
-
-# ---------------------------------------------------------------------------------
-# evaluation, checkpoints
-# ---------------------------------------------------------------------------------
-@torch.no_grad()
-def state_value(actor: EnsembleActor, critic: EnsembleCritic, obs: torch.Tensor, n_samples: int = 10) -> float:
-    """FQE's V(s) = E_{a ~ pi(s)} Q(s, a) at states obs [K, S], averaged over states, members, twins and samples."""
-    mean, std = ensemble_policy_moments(actor, obs)
-    mean, std, obs = (x.repeat_interleave(n_samples, 0) for x in (mean, std, obs))
-    actions = torch.tanh(mean + std * torch.randn_like(mean))
-    n_members = critic.n_members
-    return float(critic(obs.expand(n_members, -1, -1), actions.expand(n_members, -1, -1)).mean())
-
-
-@torch.no_grad()
-def monte_carlo(actor: EnsembleActor, envs: list, seed: int, gamma: float, device):
-    """Episodes of the stochastic ensemble policy (eq. 5), one per env in lockstep, env e from seed + 10000 + e.
-
-    Returns discounted returns [E], undiscounted returns [E] and the start states [E, S].
-    """
-    obs = np.stack([env.reset(seed=seed + 10_000 + e)[0] for e, env in enumerate(envs)])
-    start_obs = obs.copy()
-    discounted, returns = np.zeros(len(envs)), np.zeros(len(envs))
-    discount, active = np.ones(len(envs)), np.ones(len(envs), dtype=bool)
-    while active.any():
-        mean, std = ensemble_policy_moments(actor, torch.as_tensor(obs, dtype=torch.float32, device=device))
-        actions = torch.tanh(mean + std * torch.randn_like(mean)).cpu().numpy()
-        for e in np.flatnonzero(active):
-            obs[e], reward, terminated, truncated, _ = envs[e].step(actions[e])
-            discounted[e] += discount[e] * reward
-            returns[e] += reward
-            discount[e] *= gamma
-            active[e] = not (terminated or truncated)
-    return discounted, returns, start_obs
-
-
-def episode_start_states(dataset: dict, limit: int = 10_000) -> np.ndarray:
-    """Row 0 and every row whose predecessor ended an episode (terminal, or its next_observation is not this row)."""
-    obs, next_obs = dataset["observations"], dataset["next_observations"]
-    starts = np.concatenate([[True], (dataset["terminals"][:-1] > 0) | np.any(next_obs[:-1] != obs[1:], axis=1)])
-    rows = np.flatnonzero(starts)
-    if len(rows) > limit:  # an evenly spaced subset keeps evaluation cheap on datasets of many short episodes
-        rows = rows[np.linspace(0, len(rows) - 1, limit).astype(int)]
-    return obs[rows]
-
-
 def keep_freed_memory_on_cpu():
     """CPU speed: let glibc's malloc reuse freed memory instead of mmap-ing (and page-faulting) each large tensor.
 
-    Above glibc's mmap threshold (at most 32 MB) every large tensor is a fresh mmap whose pages fault in on first
-    touch (see cql_pretrain.py and benchmark/throughput.py). A no-op where the C library is not glibc.
+    The activations of one vectorized update are tens of MB at N = 5 (cql_pretrain.py's critic: [2N, B (1 + 3
+    n_actions), 256] floats, 81 MB; bcq_ft.py's 750-wide VAE). Above glibc's mmap threshold (at most 32 MB) every
+    such tensor is a fresh mmap whose pages fault in on first touch, which made the vectorized N = 5 update up to
+    1.5x slower than a loop over 5 one-member networks on the CPU (benchmark/throughput.py). A no-op where the C
+    library is not glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
     libc.mallopt(-4, 0)  # M_MMAP_MAX = 0: serve every allocation from the heap
-    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of freed heap for reuse
+    libc.mallopt(-1, 1 << 30)
 
 
-def load_ensemble_checkpoint(path: str, what: str):
+def read_ensemble_checkpoint(path: str, what: str):
     """A checkpoint (CONTRIBUTING.md: Contracts) with every field fqe.py reads (loaded by load_checkpoint: no code runs)."""
     ckpt = load_checkpoint(path, what)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
@@ -677,163 +829,47 @@ def load_ensemble_checkpoint(path: str, what: str):
     return ckpt
 
 
-def check_writable(path: str):
-    """Fail at startup, not after hours of training, when the checkpoint cannot be written."""
-    probe = f"{path}.probe.tmp"
+def check_writable(path: str, what: str = "checkpoint"):
+    """Fail at startup, not after hours of training, when `path` cannot be written: its folder (the folder itself
+    when `what` ends in "directory") is created and a probe file is written there and removed."""
+    folder = os.path.abspath(path) if what.endswith("directory") else os.path.dirname(os.path.abspath(path))
+    probe = os.path.join(folder, f".write_probe_{os.getpid()}.tmp")
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        os.makedirs(folder, exist_ok=True)
         with open(probe, "wb"):
             pass
         os.remove(probe)
     except OSError as err:
-        fail(f"cannot write checkpoint {path}: {err}")
+        fail(f"cannot write {what} {path}: {err}")
 
 
-def main():
-    args = tyro.cli(Args)
-    policy_path = args.policy_checkpoint or f"checkpoints/cql_{args.env_id}_seed{args.seed}.pt"
-    checkpoint_path = args.checkpoint or f"checkpoints/fqe_{args.env_id}_seed{args.seed}.pt"
-    for name in ("steps", "batch_size", "log_every", "eval_every", "eval_episodes", "checkpoint_every"):
-        if getattr(args, name) < 1:
-            fail(f"--{name.replace('_', '-')} must be at least 1")
-    if os.path.abspath(policy_path) == os.path.abspath(checkpoint_path):
-        fail(f"--checkpoint {checkpoint_path} would overwrite the policy checkpoint (the policy is --policy-checkpoint)")
-    # never overwrite another algorithm's checkpoint; a file that is no torch.save zip (e.g. a half-written one) is
-    # overwritten, one that is refused (older format, foreign objects) stops the run with load_checkpoint's message
-    if os.path.isfile(checkpoint_path) and not args.resume and zipfile.is_zipfile(checkpoint_path):
-        existing = load_checkpoint(checkpoint_path, "checkpoint")
-        if isinstance(existing, dict) and existing.get("algo") not in (None, "fqe"):
-            fail(f"--checkpoint {checkpoint_path} holds a {existing['algo']!r} checkpoint; refusing to overwrite it "
-                 f"(the policy to evaluate is --policy-checkpoint)")
-    check_writable(checkpoint_path)
-
-    random.seed(args.seed)
-    np_rng = np.random.default_rng(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    if device.type == "cpu":
-        keep_freed_memory_on_cpu()
-
-    envs = [make_env(args.env_id, args.seed) for _ in range(args.eval_episodes)]
-    obs_dim, act_dim = envs[0].observation_space.shape[0], envs[0].action_space.shape[0]
-
-    # the policy: the eq. (5) ensemble of the first N members of a pretrained checkpoint
-    policy = load_ensemble_checkpoint(policy_path, "policy checkpoint")
-    if policy["algo"] not in POLICY_ALGOS:
-        fail(f"policy checkpoint {policy_path} has algo {policy['algo']!r}; expected one of {', '.join(POLICY_ALGOS)}")
-    # same environment = same gymnasium id, version included (D4RL names: -v4, Minari's mujoco/*: -v5), as in fine-tuning
-    if (policy["env_id"] != args.env_id and gym_env_id(policy["env_id"]) != gym_env_id(args.env_id)) \
-            or (policy["obs_dim"], policy["act_dim"]) != (obs_dim, act_dim):
-        fail(f"policy checkpoint {policy_path} is for {policy['env_id']!r} (dims {policy['obs_dim']}/{policy['act_dim']}), "
-             f"not for --env-id {args.env_id!r} (dims {obs_dim}/{act_dim})")
-    n = args.n_ensemble or policy["n_ensemble"]
-    if not 1 <= n <= policy["n_ensemble"]:
-        fail(f"--n-ensemble {n} but policy checkpoint {policy_path} holds {policy['n_ensemble']} member(s)")
-    policy_hidden = list(policy["hidden_sizes"])
-    actor = EnsembleActor(obs_dim, act_dim, policy_hidden, n).to(device)
-    try:
-        actor.load_state_dict({k: v[:n] for k, v in policy["actor"].items()}, strict=True)
-    except RuntimeError as err:
-        fail(f"policy checkpoint {policy_path}: its actor does not fit an EnsembleActor ({str(err).splitlines()[0]})")
-    actor.requires_grad_(False)
-
-    # data (README: D4RL or Minari), with the fixed policy's eq. (5) moments at every s' computed once
-    dataset = load_d4rl_dataset(args.env_id, args.dataset_path)
-    check_dataset_matches_env(dataset, envs[0], args.dataset_path or args.env_id)
-    data = {key: torch.as_tensor(value, device=device) for key, value in dataset.items()}
-    data["next_policy_mean"], data["next_policy_std"] = ensemble_policy_moments(actor, data["next_observations"])
-    start_states = torch.as_tensor(episode_start_states(dataset), device=device)
-
-    hidden_sizes = [args.hidden_dim] * 2 if args.hidden_dim else policy_hidden
-    critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, n).to(device)
-    critic_target = EnsembleCritic(obs_dim, act_dim, hidden_sizes, n).to(device)
-    critic_target.load_state_dict(critic.state_dict())
-    optimizer = torch.optim.Adam(critic.parameters(), lr=args.lr)
-
-    start_step = 0
-    run_dir = args.run_dir or f"runs/{args.env_id}__fqe__{args.seed}__{int(time.time())}"
-    if args.resume:
-        ckpt = load_ensemble_checkpoint(checkpoint_path, "checkpoint")
-        expected = {"algo": "fqe", "env_id": args.env_id, "n_ensemble": n, "hidden_sizes": hidden_sizes}
-        for key, value in expected.items():
-            if ckpt[key] != value:
-                fail(f"checkpoint {checkpoint_path} has {key}={ckpt[key]!r} but this run has {key}={value!r}")
-        if "resume" not in ckpt:
-            fail(f"checkpoint {checkpoint_path} holds no resume state")
-        state = ckpt["resume"]
-        critic.load_state_dict(ckpt["critic"])
-        critic_target.load_state_dict(state["critic_target"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-        np_rng.bit_generator.state = state["numpy_rng"]
-        random.setstate(state["python_rng"])
-        start_step, run_dir = state["step"], state["run_dir"]
-        print(f"resuming {checkpoint_path} at step {start_step}, logging to {run_dir}")
-
-    def save(step: int):
-        if not all(torch.isfinite(p).all() for p in critic.parameters()):  # keep the last good checkpoint
-            fail(f"non-finite critic weights at step {step}; kept the last good checkpoint {checkpoint_path}")
-        save_checkpoint(checkpoint_path, {
-            "format": CHECKPOINT_FORMAT, "algo": "fqe", "env_id": args.env_id, "obs_dim": obs_dim,
-            "act_dim": act_dim, "n_ensemble": n, "hidden_sizes": hidden_sizes, "actor": actor.state_dict(),
-            "critic": critic.state_dict(), "step": step, "args": dataclasses.asdict(args),
-            "policy_checkpoint": os.path.abspath(policy_path), "policy_hidden_sizes": policy_hidden,
-            "resume": {
-                "critic_target": critic_target.state_dict(), "optimizer": optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-                "numpy_rng": np_rng.bit_generator.state, "python_rng": random.getstate(), "step": step,
-                "run_dir": run_dir,
-            },
-        })
-
-    # on resume, TensorBoard drops whatever the interrupted run logged after its checkpoint's step
-    writer = SummaryWriter(run_dir, purge_step=start_step + 1 if args.resume else None)
-    if not args.resume:
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-
-    start_time, sps_step = time.time(), start_step
-    for step in tqdm(range(start_step, args.steps), initial=start_step, total=args.steps):
-        batch = sample_batch(data, np_rng, n, args.batch_size)
-        info = fqe_update(critic, critic_target, optimizer, batch, args.gamma, args.tau)
-        global_step = step + 1  # updates done
-        is_eval = global_step % args.eval_every == 0 or global_step == args.steps
-        if global_step % args.log_every == 0 or is_eval or global_step % args.checkpoint_every == 0:
-            values = dict(zip(info, torch.stack(list(info.values())).cpu().tolist()))  # one sync per log interval
-            bad = [name for name, value in values.items() if not np.isfinite(value)]
-            if bad:
-                fail(f"{', '.join(f'{name} = {values[name]}' for name in bad)} at step {global_step}; "
-                     f"kept the last good checkpoint {checkpoint_path}")
-            if global_step % args.log_every == 0:
-                for name, value in values.items():
-                    writer.add_scalar(name, value, global_step)
-                writer.add_scalar("charts/SPS", (global_step - sps_step) / (time.time() - start_time), global_step)
-                start_time, sps_step = time.time(), global_step
-        if is_eval:
-            discounted, returns, env_starts = monte_carlo(actor, envs, args.seed, args.gamma, device)
-            q_dataset = state_value(actor, critic, start_states)
-            q_env = state_value(actor, critic, torch.as_tensor(env_starts, dtype=torch.float32, device=device))
-            writer.add_scalar("eval/q_estimate", q_dataset, global_step)
-            writer.add_scalar("eval/q_estimate_env_starts", q_env, global_step)
-            writer.add_scalar("eval/mc_return", discounted.mean(), global_step)
-            writer.add_scalar("eval/return", returns.mean(), global_step)
-            writer.add_scalar("eval/normalized_score", normalized_score(args.env_id, returns.mean()), global_step)
-            tqdm.write(f"step={global_step} q_estimate={q_dataset:.2f} (env starts {q_env:.2f}) "
-                       f"mc_return={discounted.mean():.2f} return={returns.mean():.1f}")
-        if is_eval or global_step % args.checkpoint_every == 0:
-            writer.flush()  # curves up to the checkpoint survive a crash; --resume purges anything logged after it
-            save(global_step)
-            start_time = time.time()  # do not count evaluation and saving in SPS
-    if start_step >= args.steps:
-        save(start_step)
-    writer.close()
-    for env in envs:
-        env.close()
-    print(f"saved {checkpoint_path}")
-
+# =====================================================================================================================
+# End of the shared plumbing
+# =====================================================================================================================
 
 if __name__ == "__main__":
     main()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Notes. Choices where the paper is silent:
+# ---------------------------------------------------------------------------------------------------------------------
+#   * Twin critics without a min in the target (a min would be a pessimistic, i.e. conservative, estimate).
+#   * The critics start from a fresh random initialisation (standard FQE), not from the CQL critics.
+#   * The policy is fixed, so its eq. (5) moments at every next_observation of the dataset are computed once at the
+#     start; an update then only samples a' = tanh(mu + sigma eps).
+#   * Default 250,000 steps (the paper gives none). Hidden width defaults to the policy checkpoint's (balanced_finetune.py
+#     requires FQE and CQL networks of one size); --n-ensemble defaults to all members of the policy checkpoint.
+#   * Accepted policy checkpoints: those with an EnsembleActor (algo cql, balanced, awac or sac; CONTRIBUTING.md).
+#   * Evaluation every --eval-every steps: eval/mc_return is the mean discounted return of the stochastic ensemble
+#     policy over --eval-episodes episodes in the env (start states from env seeds seed + 10000 + k);
+#     eval/q_estimate is the FQE value V(s) = E_{a~pi} Q(s, a) (mean over members, twins and 10 sampled actions)
+#     at the dataset's episode start states (row 0 and every row whose previous next_observation differs from it);
+#     eval/q_estimate_env_starts is the same at the start states of the Monte-Carlo episodes, the like-for-like one.
+#   * Logged losses/qf is the TD MSE averaged over members and twins; charts/q_data the mean Q(s, a_data).
+#   * What to expect: on a narrow dataset FQE overestimates at gamma 0.99, because the policy's actions at s' lie
+#     where the data do not pin Q down and the errors compound through bootstrapping (a CQL policy on a 20k-row
+#     random-policy Hopper dataset, hidden 64, 30k steps: eval/q_estimate 127 against eval/mc_return 48 and still
+#     rising), while at gamma 0.9 it matches (10.5 against 9.2-10.6). That optimism is what paper Fig. 1c is about.
+#   * Output: a checkpoint (CONTRIBUTING.md) with algo "fqe", the same N, actor = the N policy members evaluated, critic = the
+#     FQE critics, plus a resume state (target critics, optimizer, RNG states, step, run dir) for --resume.

@@ -45,10 +45,13 @@ from tqdm import tqdm
 
 @dataclass
 class Args:
+    # task and seed
     env_id: str = "Hopper-v4"
     """gymnasium id (Hopper-v4), D4RL task name (hopper-medium-v2 -> Hopper-v4) or Minari id (mujoco/hopper/medium-v0 -> v5)"""
     seed: int = 1
     """seed of the run (env, networks, replay sampling)"""
+
+    # algorithm
     total_timesteps: int = 1_000_000
     """environment steps to take"""
     learning_starts: int = 5000
@@ -67,6 +70,8 @@ class Args:
     """learning rate of the critics"""
     alpha_lr: float = 3e-4
     """learning rate of the entropy temperature"""
+
+    # evaluation, logging, dataset and checkpoints
     eval_every: int = 5000
     """evaluate the deterministic policy every this many env steps"""
     eval_episodes: int = 10
@@ -87,11 +92,330 @@ class Args:
     """also save the actor at every evaluation as DIR/step<N>.pt (behaviour policies for datasets)"""
     rollout_actor: str | None = None
     """collect data with this saved actor (sampled actions, no learning) instead of training"""
+
+    # runtime
     cuda: bool = True
     """use CUDA when available"""
     torch_deterministic: bool = True
     """use deterministic torch algorithms"""
 
+
+# ---- vectorized ensemble networks (paper §3.2): weights [N, in, out], one batched matmul per layer ----
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+class VectorizedLinear(nn.Module):
+    """N independent linear layers applied as one batched matmul: x [N, B, in] -> [N, B, out]."""
+
+    def __init__(self, in_features: int, out_features: int, n_members: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_members, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(n_members, 1, out_features))
+        bound = 1.0 / in_features**0.5  # nn.Linear's default init, drawn independently for each member
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+def vectorized_mlp(in_dim: int, hidden_sizes, out_dim: int, n_members: int) -> nn.Sequential:
+    layers, width = [], in_dim
+    for hidden in hidden_sizes:
+        layers += [VectorizedLinear(width, hidden, n_members), nn.ReLU()]
+        width = hidden
+    return nn.Sequential(*layers, VectorizedLinear(width, out_dim, n_members))
+
+
+class EnsembleActor(nn.Module):
+    """N tanh-Gaussian actors with state-dependent log-std: obs [N, B, S] -> mean, log_std [N, B, A] (pre-tanh)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
+        super().__init__()
+        self.net = vectorized_mlp(obs_dim, hidden_sizes, 2 * act_dim, n_members)
+
+    def forward(self, obs: torch.Tensor):
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+
+class EnsembleCritic(nn.Module):
+    """Twin Q-functions of N members as 2N vectorized MLPs, member-major (row 2i: Q1 of member i, 2i+1: Q2).
+
+    obs [N, B, S], act [N, B, A] -> Q [N, 2, B]. Taking the first k members is slicing rows [:2k].
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
+        super().__init__()
+        self.n_members = n_members
+        self.net = vectorized_mlp(obs_dim + act_dim, hidden_sizes, 1, 2 * n_members)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, act], dim=-1).repeat_interleave(2, dim=0)
+        return self.net(x).view(self.n_members, 2, -1)
+
+
+def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor):
+    """Reparameterized a = tanh(u), u ~ N(mean, std), and log pi(a) with the tanh change of variables."""
+    std = log_std.exp()
+    u = mean + std * torch.randn_like(mean)
+    log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(u)
+    log_prob = log_prob - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
+    return torch.tanh(u), log_prob.sum(-1)
+
+
+# ---- replay buffer ----
+class ReplayBuffer:
+    """Preallocated numpy arrays holding every transition of the run (capacity = total steps, nothing overwritten)."""
+
+    FIELDS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int):
+        self.size = 0
+        self.observations = np.zeros((capacity, obs_dim), dtype=np.float32)
+        self.actions = np.zeros((capacity, act_dim), dtype=np.float32)
+        self.rewards = np.zeros(capacity, dtype=np.float32)
+        self.next_observations = np.zeros((capacity, obs_dim), dtype=np.float32)
+        self.terminals = np.zeros(capacity, dtype=bool)
+        self.timeouts = np.zeros(capacity, dtype=bool)
+
+    def add(self, obs, action, reward, next_obs, terminated: bool, truncated: bool):
+        i = self.size
+        self.observations[i], self.actions[i], self.rewards[i] = obs, action, reward
+        self.next_observations[i], self.terminals[i], self.timeouts[i] = next_obs, terminated, truncated
+        self.size += 1
+
+    def sample(self, batch_size: int, rng: np.random.Generator, device) -> dict:
+        idx = rng.integers(0, self.size, size=batch_size)
+        batch = {k: getattr(self, k)[idx] for k in ("observations", "actions", "rewards", "next_observations", "terminals")}
+        # [1, B, ...]: the one-member case of the ensemble layout
+        return {k: torch.as_tensor(v, dtype=torch.float32, device=device).unsqueeze(0) for k, v in batch.items()}
+
+    def state(self) -> dict:
+        """Tensors of the arrays' dtypes (float32, bool): checkpoints are loaded with weights_only=True."""
+        return {"size": self.size, **{k: torch.from_numpy(getattr(self, k)[: self.size].copy()) for k in self.FIELDS}}
+
+    def load_state(self, state: dict):
+        self.size = state["size"]
+        for k in self.FIELDS:
+            getattr(self, k)[: self.size] = state[k].numpy()
+
+
+# ---- SAC losses and update ----
+@torch.no_grad()
+def soft_update(target: nn.Module, source: nn.Module, tau: float):
+    """Polyak averaging of the target network: target <- (1 - tau) target + tau source."""
+    for target_param, param in zip(target.parameters(), source.parameters()):
+        target_param.lerp_(param, tau)
+
+
+def sac_update(batch, actor, critic, critic_target, log_alpha, actor_optimizer, q_optimizer, alpha_optimizer,
+               gamma: float, tau: float, target_entropy: float) -> dict:
+    """One SAC gradient step on critics, actor and temperature. Returns detached losses (no host sync)."""
+    obs, actions, rewards = batch["observations"], batch["actions"], batch["rewards"]
+    next_obs, terminals = batch["next_observations"], batch["terminals"]
+    alpha = log_alpha.exp().detach()
+
+    # critic: soft Bellman target with clipped double-Q, r + γ(1-d)(min Q'(s',a') - α log π(a'|s'))
+    with torch.no_grad():
+        next_actions, next_log_prob = tanh_gaussian_sample(*actor(next_obs))
+        next_q = critic_target(next_obs, next_actions).min(dim=1).values - alpha * next_log_prob
+        target_q = rewards + gamma * (1.0 - terminals) * next_q
+    q = critic(obs, actions)  # [1, 2, B]
+    qf_loss = F.mse_loss(q, target_q.unsqueeze(1).expand_as(q), reduction="none").mean(-1).sum()
+    q_optimizer.zero_grad(set_to_none=True)
+    qf_loss.backward()
+    q_optimizer.step()
+
+    # actor: α log π(a|s) - min Q(s, a), a ~ π(s)
+    new_actions, log_prob = tanh_gaussian_sample(*actor(obs))
+    critic.requires_grad_(False)  # the actor step needs dQ/da only, not gradients of the critic weights
+    min_q = critic(obs, new_actions).min(dim=1).values
+    actor_loss = (alpha * log_prob - min_q).mean()
+    actor_optimizer.zero_grad(set_to_none=True)
+    actor_loss.backward()
+    actor_optimizer.step()
+    critic.requires_grad_(True)
+
+    # temperature: -log α (log π + target entropy)
+    alpha_loss = -(log_alpha * (log_prob.detach() + target_entropy)).mean()
+    alpha_optimizer.zero_grad(set_to_none=True)
+    alpha_loss.backward()
+    alpha_optimizer.step()
+
+    soft_update(critic_target, critic, tau)
+    return {"qf": qf_loss.detach(), "actor": actor_loss.detach(), "alpha": alpha_loss.detach(), "q_data": q.detach().mean()}
+
+
+def sac_run_state_dict(nets: dict, optimizers: dict, log_alpha, buffer: ReplayBuffer, rng, env, run_dir: str) -> dict:
+    """Everything a run needs to continue exactly (the checkpoint's "resume" entry; actor and critic are stored
+    beside it)."""
+    return {
+        "critic_target": nets["critic_target"].state_dict(), "log_alpha": log_alpha.detach().clone(),
+        **{key: optimizer.state_dict() for key, optimizer in optimizers.items()}, "buffer": buffer.state(),
+        "torch_rng": torch.get_rng_state(), "numpy_rng": rng.bit_generator.state, "python_rng": random.getstate(),
+        "action_space_rng": env.action_space.np_random.bit_generator.state, "run_dir": run_dir,
+    }
+
+
+def load_sac_run_state(ckpt: dict, nets: dict, optimizers: dict, log_alpha, buffer: ReplayBuffer, rng, env) -> str:
+    """The inverse of sac_run_state_dict (plus the stored actor and critic); returns the run's TensorBoard folder."""
+    state = ckpt["resume"]
+    nets["actor"].load_state_dict(ckpt["actor"])
+    nets["critic"].load_state_dict(ckpt["critic"])
+    nets["critic_target"].load_state_dict(state["critic_target"])
+    with torch.no_grad():
+        log_alpha.copy_(state["log_alpha"])
+    for key, optimizer in optimizers.items():
+        optimizer.load_state_dict(state[key])
+    buffer.load_state(state["buffer"])
+    if buffer.size and not (buffer.terminals[buffer.size - 1] or buffer.timeouts[buffer.size - 1]):
+        buffer.timeouts[buffer.size - 1] = True  # the interrupted episode ends here; the env restarts below
+    torch.set_rng_state(state["torch_rng"])
+    rng.bit_generator.state = state["numpy_rng"]
+    random.setstate(state["python_rng"])
+    env.action_space.np_random.bit_generator.state = state["action_space_rng"]
+    return state["run_dir"]
+
+
+def main():
+    args = tyro.cli(Args)
+    env = make_env(args.env_id, args.seed)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    checkpoint_path = args.checkpoint or f"checkpoints/sac_{args.env_id}_seed{args.seed}.pt"
+    if args.dataset_out:
+        check_writable(args.dataset_out, "--dataset-out")
+    check_writable(checkpoint_path, "checkpoint")
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    rng = np.random.default_rng(args.seed)
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+
+    hidden_sizes = [args.hidden_dim, args.hidden_dim]
+    rollout_state = load_rollout_actor(args.rollout_actor, args.env_id, obs_dim, act_dim) if args.rollout_actor else None
+    if rollout_state is not None:
+        hidden_sizes = rollout_state["hidden_sizes"]
+    actor = EnsembleActor(obs_dim, act_dim, hidden_sizes, 1).to(device)
+    critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, 1).to(device)
+    critic_target = EnsembleCritic(obs_dim, act_dim, hidden_sizes, 1).to(device)
+    critic_target.load_state_dict(critic.state_dict())
+    log_alpha = torch.zeros(1, device=device, requires_grad=True)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
+    q_optimizer = torch.optim.Adam(critic.parameters(), lr=args.q_lr)
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
+    target_entropy = -float(act_dim)
+    buffer = ReplayBuffer(args.total_timesteps, obs_dim, act_dim)
+    if rollout_state is not None:
+        actor.load_state_dict(rollout_state["actor"])
+    learn = rollout_state is None  # --rollout-actor: act with the saved policy from the first step, never update
+
+    start_step, run_dir = 0, args.run_dir or f"runs/{args.env_id}__sac__{args.seed}__{int(time.time())}"
+    nets = {"actor": actor, "critic": critic, "critic_target": critic_target}
+    optimizers = {"actor_optimizer": actor_optimizer, "q_optimizer": q_optimizer, "alpha_optimizer": alpha_optimizer}
+    if args.resume and os.path.exists(checkpoint_path):
+        ckpt = load_checkpoint(checkpoint_path, "checkpoint")
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "resume" not in ckpt:
+            fail(f"{checkpoint_path} is not a sac.py checkpoint (no {CHECKPOINT_FORMAT} resume state)")
+        expected = {"algo": "sac", "env_id": args.env_id, "obs_dim": obs_dim, "act_dim": act_dim, "n_ensemble": 1,
+                    "hidden_sizes": hidden_sizes}
+        for key, value in expected.items():
+            if ckpt.get(key) != value:
+                fail(f"checkpoint {checkpoint_path} has {key}={ckpt.get(key)!r} but this run has {key}={value!r}")
+        if ckpt["resume"]["buffer"]["size"] > args.total_timesteps:
+            fail(f"checkpoint {checkpoint_path} holds {ckpt['resume']['buffer']['size']} steps, more than "
+                 f"--total-timesteps {args.total_timesteps}")
+        run_dir = load_sac_run_state(ckpt, nets, optimizers, log_alpha, buffer, rng, env)
+        start_step = ckpt["step"]
+        tqdm.write(f"resumed from {checkpoint_path} at step {start_step}")
+
+    def write_checkpoint(step: int):
+        save_checkpoint(checkpoint_path, {
+            "format": CHECKPOINT_FORMAT, "algo": "sac", "env_id": args.env_id, "obs_dim": obs_dim, "act_dim": act_dim,
+            "n_ensemble": 1, "hidden_sizes": hidden_sizes, "actor": actor.state_dict(), "critic": critic.state_dict(),
+            "step": step, "args": dataclasses.asdict(args),
+            "resume": sac_run_state_dict(nets, optimizers, log_alpha, buffer, rng, env, run_dir),
+        })
+
+    writer = SummaryWriter(run_dir)
+    if start_step == 0:
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+
+    obs, _ = env.reset(seed=args.seed + start_step)
+    sps_start, sps_step = time.time(), start_step
+    progress = tqdm(
+        range(start_step, args.total_timesteps), initial=start_step, total=args.total_timesteps, desc="sac", unit="step"
+    )
+    for global_step in progress:
+        if learn and global_step < args.learning_starts:
+            action = env.action_space.sample()
+        else:
+            with torch.no_grad():
+                obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=device).view(1, 1, -1)
+                action, _ = tanh_gaussian_sample(*actor(obs_tensor))
+            action = action.view(-1).cpu().numpy()
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        # next_obs is the real last observation even when the episode ends; we reset only after storing it
+        buffer.add(obs, action, reward, next_obs, terminated, truncated)
+        obs = next_obs
+        if terminated or truncated:
+            writer.add_scalar("charts/episodic_return", info["episode"]["r"], global_step + 1)
+            writer.add_scalar("charts/episodic_length", info["episode"]["l"], global_step + 1)
+            obs, _ = env.reset()
+
+        if learn and global_step >= args.learning_starts:
+            losses = sac_update(buffer.sample(args.batch_size, rng, device), actor, critic, critic_target, log_alpha,
+                                actor_optimizer, q_optimizer, alpha_optimizer, args.gamma, args.tau, target_entropy)
+            if (global_step + 1) % args.log_every == 0:
+                values = {name: value.item() for name, value in losses.items()}  # one host sync per log interval
+                for name, value in values.items():
+                    if not np.isfinite(value):
+                        fail(f"loss '{name}' became {value} at step {global_step + 1}; "
+                             f"the last good checkpoint is {checkpoint_path}")
+                    writer.add_scalar("charts/q_data" if name == "q_data" else f"losses/{name}", value, global_step + 1)
+                writer.add_scalar("charts/alpha", log_alpha.exp().item(), global_step + 1)
+        if (global_step + 1) % args.log_every == 0:
+            writer.add_scalar("charts/SPS", (global_step + 1 - sps_step) / (time.time() - sps_start), global_step + 1)
+            sps_start, sps_step = time.time(), global_step + 1
+
+        step = global_step + 1
+        if step % args.eval_every == 0 or step == args.total_timesteps:
+            eval_env = make_env(args.env_id, args.seed + 10_000)
+            seeds = [args.seed + 10_000 + k for k in range(args.eval_episodes)]
+            eval_return = float(np.mean(evaluate(eval_env, lambda o: torch.tanh(actor(o.unsqueeze(0))[0][0]), seeds, device)))
+            eval_env.close()
+            score = normalized_score(args.env_id, eval_return)
+            writer.add_scalar("eval/return", eval_return, step)
+            writer.add_scalar("eval/normalized_score", score, step)
+            tqdm.write(f"step {step}: eval return {eval_return:.1f}, normalized score {score:.1f}")
+            if args.snapshot_dir:
+                save_checkpoint(os.path.join(args.snapshot_dir, f"step{step:07d}.pt"), {
+                    "format": CHECKPOINT_FORMAT, "algo": "sac-snapshot", "env_id": args.env_id, "obs_dim": obs_dim,
+                    "act_dim": act_dim, "n_ensemble": 1, "hidden_sizes": hidden_sizes, "actor": actor.state_dict(),
+                    "step": step, "eval_return": eval_return, "normalized_score": score, "seed": args.seed})
+        if step % args.checkpoint_every == 0 or step == args.total_timesteps:
+            write_checkpoint(step)
+
+    if args.dataset_out:
+        write_d4rl_dataset(args.dataset_out, buffer, {
+            "env_id": args.env_id, "gym_env_id": gym_env_id(args.env_id), "seed": args.seed,
+            "total_timesteps": args.total_timesteps, "learning_starts": args.learning_starts,
+            "policy": (f"rollouts of {args.rollout_actor}" if args.rollout_actor else
+                       "uniform random" if args.learning_starts >= args.total_timesteps else "sac replay"),
+        })
+        print(f"wrote {buffer.size} transitions to {args.dataset_out}")
+    writer.close()
+    env.close()
+    print(f"TensorBoard logs in {run_dir}; checkpoint {checkpoint_path}")
+
+
+# =====================================================================================================================
+# Plumbing: data, environments, scores, checkpoint files, evaluation. A helper that several scripts hold is copied
+# verbatim into each (CONTRIBUTING.md) and tests/test_reliability.py checks that every copy is identical. Python looks
+# these names up when main() runs, so they can come after it.
+# =====================================================================================================================
 
 def fail(message: str):
     """Stop with one clear message and exit status 1, no traceback (used for every bad input)."""
@@ -411,69 +735,7 @@ def check_dataset_matches_env(dataset: dict, env: gym.Env, source: str):
              f"{dataset['actions'].shape[1]} but {env.spec.id} has {obs_dim}/{act_dim}")
 
 
-# ---- vectorized ensemble networks (paper §3.2): weights [N, in, out], one batched matmul per layer ----
-LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 CHECKPOINT_FORMAT = "o2o-ensemble-v1"
-
-
-class VectorizedLinear(nn.Module):
-    """N independent linear layers applied as one batched matmul: x [N, B, in] -> [N, B, out]."""
-
-    def __init__(self, in_features: int, out_features: int, n_members: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(n_members, in_features, out_features))
-        self.bias = nn.Parameter(torch.empty(n_members, 1, out_features))
-        bound = 1.0 / in_features**0.5  # nn.Linear's default init, drawn independently for each member
-        nn.init.uniform_(self.weight, -bound, bound)
-        nn.init.uniform_(self.bias, -bound, bound)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
-
-
-def vectorized_mlp(in_dim: int, hidden_sizes, out_dim: int, n_members: int) -> nn.Sequential:
-    layers, width = [], in_dim
-    for hidden in hidden_sizes:
-        layers += [VectorizedLinear(width, hidden, n_members), nn.ReLU()]
-        width = hidden
-    return nn.Sequential(*layers, VectorizedLinear(width, out_dim, n_members))
-
-
-class EnsembleActor(nn.Module):
-    """N tanh-Gaussian actors with state-dependent log-std: obs [N, B, S] -> mean, log_std [N, B, A] (pre-tanh)."""
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
-        super().__init__()
-        self.net = vectorized_mlp(obs_dim, hidden_sizes, 2 * act_dim, n_members)
-
-    def forward(self, obs: torch.Tensor):
-        mean, log_std = self.net(obs).chunk(2, dim=-1)
-        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
-
-
-class EnsembleCritic(nn.Module):
-    """Twin Q-functions of N members as 2N vectorized MLPs, member-major (row 2i: Q1 of member i, 2i+1: Q2).
-
-    obs [N, B, S], act [N, B, A] -> Q [N, 2, B]. Taking the first k members is slicing rows [:2k].
-    """
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
-        super().__init__()
-        self.n_members = n_members
-        self.net = vectorized_mlp(obs_dim + act_dim, hidden_sizes, 1, 2 * n_members)
-
-    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([obs, act], dim=-1).repeat_interleave(2, dim=0)
-        return self.net(x).view(self.n_members, 2, -1)
-
-
-def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor):
-    """Reparameterized a = tanh(u), u ~ N(mean, std), and log pi(a) with the tanh change of variables."""
-    std = log_std.exp()
-    u = mean + std * torch.randn_like(mean)
-    log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(u)
-    log_prob = log_prob - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
-    return torch.tanh(u), log_prob.sum(-1)
 
 
 def save_checkpoint(path: str, payload: dict):
@@ -521,43 +783,6 @@ def load_checkpoint(path: str, what: str):
          f"{' (' + ', '.join(names) + ')' if names else ''}; it was not loaded")
 
 
-# ---- replay buffer ----
-class ReplayBuffer:
-    """Preallocated numpy arrays holding every transition of the run (capacity = total steps, nothing overwritten)."""
-
-    FIELDS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
-
-    def __init__(self, capacity: int, obs_dim: int, act_dim: int):
-        self.size = 0
-        self.observations = np.zeros((capacity, obs_dim), dtype=np.float32)
-        self.actions = np.zeros((capacity, act_dim), dtype=np.float32)
-        self.rewards = np.zeros(capacity, dtype=np.float32)
-        self.next_observations = np.zeros((capacity, obs_dim), dtype=np.float32)
-        self.terminals = np.zeros(capacity, dtype=bool)
-        self.timeouts = np.zeros(capacity, dtype=bool)
-
-    def add(self, obs, action, reward, next_obs, terminated: bool, truncated: bool):
-        i = self.size
-        self.observations[i], self.actions[i], self.rewards[i] = obs, action, reward
-        self.next_observations[i], self.terminals[i], self.timeouts[i] = next_obs, terminated, truncated
-        self.size += 1
-
-    def sample(self, batch_size: int, rng: np.random.Generator, device) -> dict:
-        idx = rng.integers(0, self.size, size=batch_size)
-        batch = {k: getattr(self, k)[idx] for k in ("observations", "actions", "rewards", "next_observations", "terminals")}
-        # [1, B, ...]: the one-member case of the ensemble layout
-        return {k: torch.as_tensor(v, dtype=torch.float32, device=device).unsqueeze(0) for k, v in batch.items()}
-
-    def state(self) -> dict:
-        """Tensors of the arrays' dtypes (float32, bool): checkpoints are loaded with weights_only=True."""
-        return {"size": self.size, **{k: torch.from_numpy(getattr(self, k)[: self.size].copy()) for k in self.FIELDS}}
-
-    def load_state(self, state: dict):
-        self.size = state["size"]
-        for k in self.FIELDS:
-            getattr(self, k)[: self.size] = state[k].numpy()
-
-
 def write_d4rl_dataset(path: str, buffer: ReplayBuffer, metadata: dict):
     """Write the buffer with D4RL v2's HDF5 schema, atomically (temp file, then rename)."""
     tmp_path = f"{path}.tmp"
@@ -569,11 +794,13 @@ def write_d4rl_dataset(path: str, buffer: ReplayBuffer, metadata: dict):
     os.replace(tmp_path, path)
 
 
-def check_writable(path: str, what: str):
-    """Fail now, not after hours of training, if `path` cannot be written."""
-    probe = f"{path}.tmp"
+def check_writable(path: str, what: str = "checkpoint"):
+    """Fail at startup, not after hours of training, when `path` cannot be written: its folder (the folder itself
+    when `what` ends in "directory") is created and a probe file is written there and removed."""
+    folder = os.path.abspath(path) if what.endswith("directory") else os.path.dirname(os.path.abspath(path))
+    probe = os.path.join(folder, f".write_probe_{os.getpid()}.tmp")
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        os.makedirs(folder, exist_ok=True)
         with open(probe, "wb"):
             pass
         os.remove(probe)
@@ -592,213 +819,27 @@ def load_rollout_actor(path: str, env_id: str, obs_dim: int, act_dim: int) -> di
     return state
 
 
-# ---- SAC losses and update ----
-def sac_update(batch, actor, critic, critic_target, log_alpha, actor_optimizer, q_optimizer, alpha_optimizer,
-               gamma: float, tau: float, target_entropy: float) -> dict:
-    """One SAC gradient step on critics, actor and temperature. Returns detached losses (no host sync)."""
-    obs, actions, rewards = batch["observations"], batch["actions"], batch["rewards"]
-    next_obs, terminals = batch["next_observations"], batch["terminals"]
-    alpha = log_alpha.exp().detach()
-
-    # critic: soft Bellman target with clipped double-Q, r + γ(1-d)(min Q'(s',a') - α log π(a'|s'))
-    with torch.no_grad():
-        next_actions, next_log_prob = tanh_gaussian_sample(*actor(next_obs))
-        next_q = critic_target(next_obs, next_actions).min(dim=1).values - alpha * next_log_prob
-        target_q = rewards + gamma * (1.0 - terminals) * next_q
-    q = critic(obs, actions)  # [1, 2, B]
-    qf_loss = F.mse_loss(q, target_q.unsqueeze(1).expand_as(q), reduction="none").mean(-1).sum()
-    q_optimizer.zero_grad(set_to_none=True)
-    qf_loss.backward()
-    q_optimizer.step()
-
-    # actor: α log π(a|s) - min Q(s, a), a ~ π(s)
-    new_actions, log_prob = tanh_gaussian_sample(*actor(obs))
-    critic.requires_grad_(False)  # the actor step needs dQ/da only, not gradients of the critic weights
-    min_q = critic(obs, new_actions).min(dim=1).values
-    actor_loss = (alpha * log_prob - min_q).mean()
-    actor_optimizer.zero_grad(set_to_none=True)
-    actor_loss.backward()
-    actor_optimizer.step()
-    critic.requires_grad_(True)
-
-    # temperature: -log α (log π + target entropy)
-    alpha_loss = -(log_alpha * (log_prob.detach() + target_entropy)).mean()
-    alpha_optimizer.zero_grad(set_to_none=True)
-    alpha_loss.backward()
-    alpha_optimizer.step()
-
-    with torch.no_grad():
-        for param, target_param in zip(critic.parameters(), critic_target.parameters()):
-            target_param.lerp_(param, tau)
-    return {"qf": qf_loss.detach(), "actor": actor_loss.detach(), "alpha": alpha_loss.detach(), "q_data": q.detach().mean()}
-
-
 @torch.no_grad()
-def evaluate(actor, env_id: str, seed: int, episodes: int, device) -> float:
-    """Mean return of the deterministic policy tanh(mean) over `episodes` episodes."""
-    env = make_env(env_id, seed)
+def evaluate(env: gym.Env, policy, seeds: list, device) -> np.ndarray:
+    """Undiscounted returns of one episode per entry of `seeds` (the reset seed; None goes on with the env's own RNG).
+
+    policy: a [1, obs_dim] float32 tensor on `device` -> a [1, act_dim] action tensor in [-1, 1]."""
     returns = []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
+    for seed in seeds:
+        obs, _ = env.reset(seed=seed)
         done, episode_return = False, 0.0
         while not done:
-            mean, _ = actor(torch.as_tensor(obs, dtype=torch.float32, device=device).view(1, 1, -1))
-            obs, reward, terminated, truncated, _ = env.step(torch.tanh(mean).view(-1).cpu().numpy())
-            episode_return += reward
+            action = policy(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))[0].cpu().numpy()
+            obs, reward, terminated, truncated, _ = env.step(action)
+            episode_return += float(reward)
             done = terminated or truncated
         returns.append(episode_return)
-    env.close()
-    return float(np.mean(returns))
+    return np.array(returns)
 
 
-def main():
-    args = tyro.cli(Args)
-    env = make_env(args.env_id, args.seed)
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    checkpoint_path = args.checkpoint or f"checkpoints/sac_{args.env_id}_seed{args.seed}.pt"
-    if args.dataset_out:
-        check_writable(args.dataset_out, "--dataset-out")
-    check_writable(checkpoint_path, "checkpoint")
-
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    rng = np.random.default_rng(args.seed)
-    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-
-    hidden_sizes = [args.hidden_dim, args.hidden_dim]
-    rollout_state = load_rollout_actor(args.rollout_actor, args.env_id, obs_dim, act_dim) if args.rollout_actor else None
-    if rollout_state is not None:
-        hidden_sizes = rollout_state["hidden_sizes"]
-    actor = EnsembleActor(obs_dim, act_dim, hidden_sizes, 1).to(device)
-    critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, 1).to(device)
-    critic_target = EnsembleCritic(obs_dim, act_dim, hidden_sizes, 1).to(device)
-    critic_target.load_state_dict(critic.state_dict())
-    log_alpha = torch.zeros(1, device=device, requires_grad=True)
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
-    q_optimizer = torch.optim.Adam(critic.parameters(), lr=args.q_lr)
-    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
-    target_entropy = -float(act_dim)
-    buffer = ReplayBuffer(args.total_timesteps, obs_dim, act_dim)
-    if rollout_state is not None:
-        actor.load_state_dict(rollout_state["actor"])
-    learn = rollout_state is None  # --rollout-actor: act with the saved policy from the first step, never update
-
-    start_step, run_dir = 0, args.run_dir or f"runs/{args.env_id}__sac__{args.seed}__{int(time.time())}"
-    if args.resume and os.path.exists(checkpoint_path):
-        ckpt = load_checkpoint(checkpoint_path, "checkpoint")
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "resume" not in ckpt:
-            fail(f"{checkpoint_path} is not a sac.py checkpoint (no {CHECKPOINT_FORMAT} resume state)")
-        expected = {"algo": "sac", "env_id": args.env_id, "obs_dim": obs_dim, "act_dim": act_dim, "n_ensemble": 1,
-                    "hidden_sizes": hidden_sizes}
-        for key, value in expected.items():
-            if ckpt.get(key) != value:
-                fail(f"checkpoint {checkpoint_path} has {key}={ckpt.get(key)!r} but this run has {key}={value!r}")
-        state = ckpt["resume"]
-        if state["buffer"]["size"] > args.total_timesteps:
-            fail(f"checkpoint {checkpoint_path} holds {state['buffer']['size']} steps, more than --total-timesteps "
-                 f"{args.total_timesteps}")
-        actor.load_state_dict(ckpt["actor"])
-        critic.load_state_dict(ckpt["critic"])
-        critic_target.load_state_dict(state["critic_target"])
-        with torch.no_grad():
-            log_alpha.copy_(state["log_alpha"])
-        optimizers = ((actor_optimizer, "actor_optimizer"), (q_optimizer, "q_optimizer"), (alpha_optimizer, "alpha_optimizer"))
-        for optimizer, key in optimizers:
-            optimizer.load_state_dict(state[key])
-        buffer.load_state(state["buffer"])
-        if buffer.size and not (buffer.terminals[buffer.size - 1] or buffer.timeouts[buffer.size - 1]):
-            buffer.timeouts[buffer.size - 1] = True  # the interrupted episode ends here; the env restarts below
-        torch.set_rng_state(state["torch_rng"])
-        rng.bit_generator.state = state["numpy_rng"]
-        random.setstate(state["python_rng"])
-        env.action_space.np_random.bit_generator.state = state["action_space_rng"]
-        start_step, run_dir = ckpt["step"], state["run_dir"]
-        tqdm.write(f"resumed from {checkpoint_path} at step {start_step}")
-
-    def write_checkpoint(step: int):
-        save_checkpoint(checkpoint_path, {
-            "format": CHECKPOINT_FORMAT, "algo": "sac", "env_id": args.env_id, "obs_dim": obs_dim, "act_dim": act_dim,
-            "n_ensemble": 1, "hidden_sizes": hidden_sizes, "actor": actor.state_dict(), "critic": critic.state_dict(),
-            "step": step, "args": dataclasses.asdict(args),
-            "resume": {
-                "critic_target": critic_target.state_dict(), "log_alpha": log_alpha.detach().clone(),
-                "actor_optimizer": actor_optimizer.state_dict(), "q_optimizer": q_optimizer.state_dict(),
-                "alpha_optimizer": alpha_optimizer.state_dict(), "buffer": buffer.state(),
-                "torch_rng": torch.get_rng_state(), "numpy_rng": rng.bit_generator.state, "python_rng": random.getstate(),
-                "action_space_rng": env.action_space.np_random.bit_generator.state, "run_dir": run_dir,
-            },
-        })
-
-    writer = SummaryWriter(run_dir)
-    if start_step == 0:
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-
-    obs, _ = env.reset(seed=args.seed + start_step)
-    sps_start, sps_step = time.time(), start_step
-    progress = tqdm(
-        range(start_step, args.total_timesteps), initial=start_step, total=args.total_timesteps, desc="sac", unit="step"
-    )
-    for global_step in progress:
-        if learn and global_step < args.learning_starts:
-            action = env.action_space.sample()
-        else:
-            with torch.no_grad():
-                obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=device).view(1, 1, -1)
-                action, _ = tanh_gaussian_sample(*actor(obs_tensor))
-            action = action.view(-1).cpu().numpy()
-        next_obs, reward, terminated, truncated, info = env.step(action)
-        # next_obs is the real last observation even when the episode ends; we reset only after storing it
-        buffer.add(obs, action, reward, next_obs, terminated, truncated)
-        obs = next_obs
-        if terminated or truncated:
-            writer.add_scalar("charts/episodic_return", info["episode"]["r"], global_step + 1)
-            writer.add_scalar("charts/episodic_length", info["episode"]["l"], global_step + 1)
-            obs, _ = env.reset()
-
-        if learn and global_step >= args.learning_starts:
-            losses = sac_update(buffer.sample(args.batch_size, rng, device), actor, critic, critic_target, log_alpha,
-                                actor_optimizer, q_optimizer, alpha_optimizer, args.gamma, args.tau, target_entropy)
-            if (global_step + 1) % args.log_every == 0:
-                values = {name: value.item() for name, value in losses.items()}  # one host sync per log interval
-                for name, value in values.items():
-                    if not np.isfinite(value):
-                        fail(f"loss '{name}' became {value} at step {global_step + 1}; "
-                             f"the last good checkpoint is {checkpoint_path}")
-                    writer.add_scalar("charts/q_data" if name == "q_data" else f"losses/{name}", value, global_step + 1)
-                writer.add_scalar("charts/alpha", log_alpha.exp().item(), global_step + 1)
-        if (global_step + 1) % args.log_every == 0:
-            writer.add_scalar("charts/SPS", (global_step + 1 - sps_step) / (time.time() - sps_start), global_step + 1)
-            sps_start, sps_step = time.time(), global_step + 1
-
-        step = global_step + 1
-        if step % args.eval_every == 0 or step == args.total_timesteps:
-            eval_return = evaluate(actor, args.env_id, args.seed + 10_000, args.eval_episodes, device)
-            score = normalized_score(args.env_id, eval_return)
-            writer.add_scalar("eval/return", eval_return, step)
-            writer.add_scalar("eval/normalized_score", score, step)
-            tqdm.write(f"step {step}: eval return {eval_return:.1f}, normalized score {score:.1f}")
-            if args.snapshot_dir:
-                save_checkpoint(os.path.join(args.snapshot_dir, f"step{step:07d}.pt"), {
-                    "format": CHECKPOINT_FORMAT, "algo": "sac-snapshot", "env_id": args.env_id, "obs_dim": obs_dim,
-                    "act_dim": act_dim, "n_ensemble": 1, "hidden_sizes": hidden_sizes, "actor": actor.state_dict(),
-                    "step": step, "eval_return": eval_return, "normalized_score": score, "seed": args.seed})
-        if step % args.checkpoint_every == 0 or step == args.total_timesteps:
-            write_checkpoint(step)
-
-    if args.dataset_out:
-        write_d4rl_dataset(args.dataset_out, buffer, {
-            "env_id": args.env_id, "gym_env_id": gym_env_id(args.env_id), "seed": args.seed,
-            "total_timesteps": args.total_timesteps, "learning_starts": args.learning_starts,
-            "policy": (f"rollouts of {args.rollout_actor}" if args.rollout_actor else
-                       "uniform random" if args.learning_starts >= args.total_timesteps else "sac replay"),
-        })
-        print(f"wrote {buffer.size} transitions to {args.dataset_out}")
-    writer.close()
-    env.close()
-    print(f"TensorBoard logs in {run_dir}; checkpoint {checkpoint_path}")
-
+# =====================================================================================================================
+# End of the shared plumbing
+# =====================================================================================================================
 
 if __name__ == "__main__":
     main()

@@ -96,6 +96,7 @@ def test_ensemble_moments_eq5():
     np.testing.assert_allclose(std1.numpy(), std_i[0], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_tiny_offline_then_online_run_is_deterministic(run_script, tiny_hopper_dataset, tmp_path):
     runs = []
     for name in ("a", "b"):
@@ -135,6 +136,7 @@ def _bad_file(kind, tmp_path):
 
 @pytest.mark.parametrize("kind, message", [("missing", "does not exist"), ("dims", "dims 5/3"),
                                            ("nan", "'rewards' contains NaN")])
+@pytest.mark.slow
 def test_data_path_errors(kind, message, run_script, tmp_path):
     path = tmp_path / "nowhere.hdf5" if kind == "missing" else _bad_file(kind, tmp_path)
     result = run_script("awac.py", *TINY, "--dataset-path", path, "--offline-steps", "10", "--online-steps", "0")
@@ -143,6 +145,7 @@ def test_data_path_errors(kind, message, run_script, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume(tiny_hopper_dataset, tmp_path):
     args = [*TINY, "--dataset-path", str(tiny_hopper_dataset), "--offline-steps", "100", "--online-steps", "1500",
             "--checkpoint-every", "100", "--eval-every", "10000", "--save-checkpoint", "ck/run.pt", "--run-dir", "runs/r"]
@@ -183,6 +186,7 @@ def test_sigkill_then_resume(tiny_hopper_dataset, tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 1500  # curves continue, no duplicated points
 
 
+@pytest.mark.slow
 def test_inf_loss_stops_with_named_loss_and_step(run_script, tiny_hopper_dataset, tmp_path):
     import h5py
     with h5py.File(tiny_hopper_dataset) as f:
@@ -196,11 +200,12 @@ def test_inf_loss_stops_with_named_loss_and_step(run_script, tiny_hopper_dataset
     assert not (tmp_path / "ck" / "x.pt").exists()  # a diverged state is never written
 
 
+@pytest.mark.slow
 def test_unwritable_checkpoint_path_fails_at_startup(run_script, tiny_hopper_dataset, tmp_path):
     (tmp_path / "afile").write_text("")
     result = run_script("awac.py", *TINY, "--dataset-path", tiny_hopper_dataset, "--offline-steps", "10",
                         "--online-steps", "0", "--save-checkpoint", tmp_path / "afile" / "ck.pt")
-    assert result.returncode != 0 and "cannot write the checkpoint path" in result.stderr
+    assert result.returncode != 0 and "cannot write checkpoint" in result.stderr
     assert "Traceback" not in result.stderr
 
 

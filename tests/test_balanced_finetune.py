@@ -151,6 +151,7 @@ def test_density_ratio_loss_formula():
     assert bf.density_ratio_loss(torch.ones(5), torch.ones(7)).item() == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_density_ratio_net_recovers_gaussian_ratio(one_torch_thread):
     """Pointwise minimiser of p_off log((w+1)/2) - p_on log(2w/(w+1)): d/dw = p_off/(w+1) - p_on/(w(w+1)) = 0
     gives w* = p_on/p_off. With p_on = N(0.5, 1), p_off = N(-0.5, 1): w*(x) = exp(x)."""
@@ -216,6 +217,7 @@ def cql_checkpoint(tmp_path_factory, tiny_hopper_dataset):
     return path
 
 
+@pytest.mark.slow
 def test_loader_errors(cql_checkpoint, tmp_path):
     ckpt = torch.load(cql_checkpoint, weights_only=True)
     load = lambda path, **kw: bf.load_ensemble_checkpoint(
@@ -239,6 +241,7 @@ def test_loader_errors(cql_checkpoint, tmp_path):
         load(tmp_path / "absent.pt")
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_names_the_command(run_script, tiny_hopper_dataset):
     result = run_script("balanced_finetune.py", *TINY, "--dataset-path", tiny_hopper_dataset, "--online-steps", "100")
     assert result.returncode != 0 and "Traceback" not in result.stderr
@@ -260,6 +263,7 @@ def test_interrupted_checkpoint_write_keeps_previous(tmp_path):
     assert torch.load(path, weights_only=True)["step"] == 1
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_with_loss_name_and_step(run_script, tiny_hopper_dataset, cql_checkpoint, tmp_path):
     result = run_script("balanced_finetune.py", *TINY, "--dataset-path", tiny_hopper_dataset, "--online-steps", "200",
                         "--checkpoint", cql_checkpoint, "--first-epoch-multiplier", "1", "--gamma", "1e38",
@@ -269,6 +273,7 @@ def test_nonfinite_loss_stops_with_loss_name_and_step(run_script, tiny_hopper_da
     assert not (tmp_path / "out" / "ft.pt").exists()
 
 
+@pytest.mark.slow
 def test_missing_fqe_checkpoint_names_fqe(run_script, tiny_hopper_dataset, cql_checkpoint):
     result = run_script("balanced_finetune.py", *TINY, "--dataset-path", tiny_hopper_dataset, "--online-steps", "100",
                         "--checkpoint", cql_checkpoint, "--q-init", "fqe")
@@ -278,6 +283,7 @@ def test_missing_fqe_checkpoint_names_fqe(run_script, tiny_hopper_dataset, cql_c
            in result.stderr
 
 
+@pytest.mark.slow
 def test_q_init_fqe_takes_critics_from_fqe_and_policy_from_cql(tmp_path, tiny_hopper_dataset, cql_checkpoint):
     """fqe.py writes the critics; with zero learning rates nothing moves, so the saved networks show their source."""
     cql = torch.load(cql_checkpoint, weights_only=True)
@@ -333,6 +339,7 @@ def tiny_runs(tmp_path_factory, tiny_hopper_dataset, cql_checkpoint):
     return run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampling", ["balanced", "uniform", "online-only"])
 def test_end_to_end_every_sampling_mode(tiny_runs, sampling):
     folder, result = tiny_runs(sampling, sampling)
@@ -367,6 +374,7 @@ def test_end_to_end_every_sampling_mode(tiny_runs, sampling):
         assert state["p_max"] >= bf.initial_p_max(m, 0.5) and state["p_max"] >= leaves.max()  # never decreases
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_logged_values(tiny_runs):
     first, _ = tiny_runs("balanced", "balanced")
     second, _ = tiny_runs("balanced_again", "balanced")
@@ -377,6 +385,7 @@ def test_same_seed_gives_identical_logged_values(tiny_runs):
             assert a[tag] == b[tag], tag
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, tiny_hopper_dataset, cql_checkpoint):
     args = [sys.executable, str(REPO_ROOT / "balanced_finetune.py"), *TINY, "--dataset-path", str(tiny_hopper_dataset),
             "--checkpoint", str(cql_checkpoint), "--online-steps", "600", "--checkpoint-every", "100",

@@ -123,6 +123,7 @@ def test_select_action_takes_best_pooled_candidate_by_mean_q1():
             assert torch.equal(chosen[b], pool[int(np.argmax(scores))])
 
 
+@pytest.mark.slow
 def test_tiny_offline_then_online_run_is_deterministic(run_script, tiny_hopper_dataset, tmp_path):
     runs = []
     for name in ("a", "b"):
@@ -161,6 +162,7 @@ def _bad_file(kind, tmp_path):
 
 @pytest.mark.parametrize("kind, message", [("missing", "does not exist"), ("dims", "dims 5/3"),
                                            ("nan", "'actions' contains NaN or inf")])
+@pytest.mark.slow
 def test_data_path_errors(kind, message, run_script, tmp_path):
     path = tmp_path / "nowhere.hdf5" if kind == "missing" else _bad_file(kind, tmp_path)
     result = run_script("bcq_ft.py", *TINY, "--dataset-path", path, "--offline-steps", "10", "--online-steps", "0")
@@ -169,6 +171,7 @@ def test_data_path_errors(kind, message, run_script, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume(tiny_hopper_dataset, tmp_path):
     args = [*TINY, "--dataset-path", str(tiny_hopper_dataset), "--offline-steps", "100", "--online-steps", "1200",
             "--checkpoint-every", "100", "--eval-every", "10000", "--save-checkpoint", "ck/run.pt", "--run-dir", "runs/r"]

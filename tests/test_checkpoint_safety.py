@@ -204,6 +204,7 @@ def test_crafted_checkpoint_is_refused(case, kind, mods, tiny_hopper_dataset, po
     assert not (tmp_path / "runs").exists()  # stopped before training
 
 
+@pytest.mark.slow
 def test_real_process_refuses_with_one_line(tiny_hopper_dataset, policy, tmp_path):
     """As a user runs them, on a file whose pickle calls os.system: exit 1, one line, no traceback. The issue's case
     (balanced_finetune.py --checkpoint) and fqe.py's policy; every flag of every script is checked in-process above,
@@ -253,6 +254,7 @@ def as_written_before_issue_14(ckpt, script):
     return old
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_checkpoint_kind_loads_restricted_converts_and_resumes_exactly(script, mods, tiny_hopper_dataset,
                                                                              policy, tmp_path, monkeypatch):
@@ -313,6 +315,7 @@ def test_every_checkpoint_kind_loads_restricted_converts_and_resumes_exactly(scr
         assert scalars(native / "runs" / "r") == {tag: values for tag, values in after.items() if values}
 
 
+@pytest.mark.slow
 def test_converter_leaves_other_files_alone(tmp_path):
     not_ours = tmp_path / "other.pt"
     torch.save({"weights": np.zeros(3, np.float32)}, not_ours)  # numpy inside, but no checkpoint of this project
@@ -356,6 +359,7 @@ def server():
     Server.short = True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_short_download_is_deleted_and_reported(script, mods, server, tmp_path, monkeypatch):
     module = mods[script]
@@ -374,6 +378,7 @@ def test_short_download_is_deleted_and_reported(script, mods, server, tmp_path, 
     assert final.read_bytes() == BODY and os.listdir(tmp_path) == [final.name]
 
 
+@pytest.mark.slow
 def test_short_download_real_process(server, tmp_path):
     """cql_pretrain.py with a D4RL name, its request sent to the loopback server as an HTTP proxy: one line, exit 1."""
     proxy = f"http://127.0.0.1:{server.server_address[1]}"

@@ -229,6 +229,7 @@ def assert_clean_error(proc, *fragments):
         assert fragment in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_d4rl_name_without_cache_or_network(run_script, tmp_path):
     # a proxy that refuses connections makes the download fail fast (and never downloads 100s of MB in CI)
     proxy = {"http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
@@ -237,12 +238,14 @@ def test_d4rl_name_without_cache_or_network(run_script, tmp_path):
     assert_clean_error(proc, str(tmp_path / "d4rl_cache" / "hopper_medium-v2.hdf5"), url, "--dataset-path")
 
 
+@pytest.mark.slow
 def test_dataset_dims_must_match_env(run_script, tmp_path):
     path = write_d4rl_file(tmp_path / "small.hdf5", np.zeros((10, 5)), np.zeros((10, 3)), np.zeros(10), np.zeros(10))
     proc = run_script("cql_pretrain.py", "--env-id", "Hopper-v4", "--dataset-path", path, "--offline-steps", "1")
     assert_clean_error(proc, "observation/action dims 5/3", "11/3")
 
 
+@pytest.mark.slow
 def test_unwritable_checkpoint_fails_at_startup(run_script, tmp_path, tiny_hopper_dataset):
     (tmp_path / "a_file").write_text("x")
     proc = run_script("cql_pretrain.py", "--env-id", "Hopper-v4", "--dataset-path", tiny_hopper_dataset,
@@ -293,6 +296,7 @@ def runs(tmp_path_factory, tiny_hopper_dataset):
     return root, killed_at, resumed
 
 
+@pytest.mark.slow
 def test_checkpoint_has_spec_fields_and_loads_strict(runs):
     root = runs[0]
     ckpt = torch.load(root / "a.pt", weights_only=True)
@@ -313,6 +317,7 @@ def test_checkpoint_has_spec_fields_and_loads_strict(runs):
     one.load_state_dict({k: v[:2] for k, v in ckpt["critic"].items()}, strict=True)
 
 
+@pytest.mark.slow
 def test_logged_tags(runs):
     logged = scalars(runs[0] / "runs" / "a")
     for tag in ("eval/normalized_score", "eval/return", "eval/member_0_normalized_score", "eval/member_1_normalized_score",
@@ -322,12 +327,14 @@ def test_logged_tags(runs):
     assert [s for s, _ in logged["losses/qf"]] == list(range(50, 601, 50))
 
 
+@pytest.mark.slow
 def test_same_seed_same_logged_values(runs):
     root = runs[0]
     a, b = scalars(root / "runs" / "a"), scalars(root / "runs" / "b")
     assert a == b and len(a) >= 10
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(runs):
     root, killed_at, resumed = runs
     assert 150 <= killed_at < 600  # really killed mid-way, after a periodic checkpoint
@@ -336,6 +343,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(runs):
     assert scalars(root / "runs" / "c") == scalars(root / "runs" / "a")  # curves continue, nothing lost or doubled
 
 
+@pytest.mark.slow
 def test_resume_with_other_n_is_an_error(runs, tiny_hopper_dataset):
     root = runs[0]
     cmd, env = script_command(*TINY, "--dataset-path", tiny_hopper_dataset, "--checkpoint", "a.pt", "--resume",
@@ -344,6 +352,7 @@ def test_resume_with_other_n_is_an_error(runs, tiny_hopper_dataset):
     assert_clean_error(proc, "n_ensemble=2", "n_ensemble=3")
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(runs, tmp_path):
     root = runs[0]
     huge = write_d4rl_file(tmp_path / "huge.hdf5", np.zeros((50, 11)), np.zeros((50, 3)), np.full(50, 3e38), np.zeros(50))
@@ -356,6 +365,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(runs, tmp_path):
     assert (tmp_path / "keep.pt").read_bytes() == good
 
 
+@pytest.mark.slow
 def test_bc_warmup_clones_the_data_actions():
     torch.manual_seed(0)
     obs_dim, act_dim, n = 3, 2, 2

@@ -62,6 +62,7 @@ def critic_values(ckpt_path, dataset_path):
     (True, 0.99, 1.0, []),  # reward 1, every transition terminal: Q = 1
     (False, 0.5, 2.0, ["--tau", "0.05"]),  # reward 1 forever, gamma 0.5: Q = 1 / (1 - 0.5) = 2
 ])
+@pytest.mark.slow
 def test_converges_to_closed_form_value(run_script, tmp_path, terminal, gamma, expected, extra):
     dataset = constant_reward_dataset(tmp_path / "data.hdf5", terminal)
     policy = write_policy(tmp_path / "policy.pt")
@@ -118,6 +119,7 @@ def test_episode_start_states():
     ("too_many_members", "--n-ensemble 3 but policy checkpoint {path} holds 2 member(s)"),
     ("fqe_as_policy", "has algo 'fqe'"),
 ])
+@pytest.mark.slow
 def test_bad_policy_checkpoint(run_script, tmp_path, monkeypatch, tiny_hopper_dataset, case, message):
     path = tmp_path / "policy.pt"
     extra = []
@@ -151,6 +153,7 @@ def scalars(run_dir):
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"] if tag != "charts/SPS"}
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_hopper_dataset):
     policy = write_policy(tmp_path / "policy.pt")
     common = [sys.executable, str(REPO_ROOT / "fqe.py"), "--env-id", "Hopper-v4", "--dataset-path", str(tiny_hopper_dataset),
@@ -180,6 +183,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_hopper_dat
     assert {"eval/q_estimate", "eval/mc_return", "losses/qf", "charts/q_data"} <= set(logged)
 
 
+@pytest.mark.slow
 def test_default_paths_chain_cql_fqe_balanced_finetune(run_script, tmp_path, tiny_hopper_dataset):
     """cql_pretrain.py -> fqe.py -> balanced_finetune.py --q-init fqe with default checkpoint paths only."""
     data = ["--env-id", "Hopper-v4", "--dataset-path", tiny_hopper_dataset]

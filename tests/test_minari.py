@@ -228,6 +228,7 @@ def pretrained(minari_root, tmp_path_factory):
     return work, results
 
 
+@pytest.mark.slow
 def test_pretrain_and_finetune_end_to_end(pretrained):
     work, _ = pretrained
     ckpt = torch.load(work / "checkpoints" / f"cql_{DATASET_ID}_seed1.pt", weights_only=False)
@@ -388,6 +389,7 @@ def test_every_dataset_script_takes_minari_ids(script, mods, tmp_path, monkeypat
                       f"get it with: pip install minari && minari download {DATASET_ID}"
 
 
+@pytest.mark.slow
 def test_a_missing_dataset_in_a_real_process(tmp_path):
     """Exit status 1, one 'error:' line and no traceback (minari hidden from the process)."""
     hide_minari = tmp_path / "no_minari"

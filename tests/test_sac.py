@@ -27,6 +27,7 @@ def scalars(run_dir):
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_tags_and_dataset(run_script, tmp_path):
     result = run_script("sac.py", "--env-id", "Hopper-v4", "--total-timesteps", "300", "--learning-starts", "100",
                         "--eval-every", "150", "--log-every", "50", "--dataset-out", "d.hdf5", "--run-dir", "run", *TINY)
@@ -53,6 +54,7 @@ def test_tiny_run_writes_tags_and_dataset(run_script, tmp_path):
         assert terminals.sum() > 0  # a random Hopper falls within 300 steps
 
 
+@pytest.mark.slow
 def test_time_limit_is_a_timeout_not_a_terminal(run_script, tmp_path):
     """HalfCheetah never terminates: step 1000 is truncated, and s' is the real last state, not the reset one."""
     result = run_script("sac.py", "--env-id", "HalfCheetah-v4", "--total-timesteps", "1002", "--learning-starts", "5000",
@@ -92,6 +94,7 @@ def test_d4rl_names_map_to_v4_envs():
     (["--env-id", "Hoper-v4"], "unknown --env-id 'Hoper-v4'"),
     (["--env-id", "Hopper-v4", "--dataset-out", "afile/d.hdf5"], "cannot write --dataset-out afile/d.hdf5"),
 ])
+@pytest.mark.slow
 def test_bad_input_one_clear_message(run_script, tmp_path, bad_args, message):
     (tmp_path / "afile").write_text("a file, not a folder")
     result = run_script("sac.py", *bad_args, "--total-timesteps", "10", *TINY)
@@ -100,6 +103,7 @@ def test_bad_input_one_clear_message(run_script, tmp_path, bad_args, message):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_same_seed_same_run_on_cpu(run_script, tmp_path):
     common = ["--total-timesteps", "250", "--learning-starts", "100", "--eval-every", "125", "--log-every", "25", *TINY]
     for name in ("a", "b"):
@@ -109,6 +113,7 @@ def test_same_seed_same_run_on_cpu(run_script, tmp_path):
         assert a[tag] == b[tag], tag
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_losing_transitions(tmp_path):
     args = [sys.executable, str(REPO_ROOT / "sac.py"), "--total-timesteps", "3000", "--learning-starts", "200",
             "--eval-every", "100000", "--checkpoint-every", "500", "--checkpoint", "ck.pt", "--dataset-out", "d.hdf5",
@@ -153,6 +158,7 @@ def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
     assert torch.load(path, weights_only=True) == {"step": 1}
 
 
+@pytest.mark.slow
 def test_snapshots_then_rollouts_of_a_saved_actor(run_script, tmp_path):
     """--snapshot-dir saves the actor at every evaluation; --rollout-actor collects with it and never learns."""
     result = run_script("sac.py", "--env-id", "Hopper-v4", "--total-timesteps", "300", "--learning-starts", "100",
@@ -185,6 +191,7 @@ def test_snapshots_then_rollouts_of_a_saved_actor(run_script, tmp_path):
         torch.testing.assert_close(after[key], value)
 
 
+@pytest.mark.slow
 def test_rollout_actor_with_other_dims_is_a_clear_error(run_script, tmp_path):
     result = run_script("sac.py", "--env-id", "Hopper-v4", "--total-timesteps", "200", "--learning-starts", "100",
                         "--eval-every", "200", "--snapshot-dir", "snaps", *TINY)

@@ -25,6 +25,7 @@ def read_rows(path):
     return list(csv.DictReader(lines))
 
 
+@pytest.mark.slow
 def test_quick_cpu_run_writes_expected_rows(repo_root, tmp_path):
     out = tmp_path / "tp.csv"
     env = dict(os.environ, OMP_NUM_THREADS="1")
