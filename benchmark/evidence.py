@@ -251,15 +251,27 @@ def report(out: Path):
                          "after_first_epoch_std": round(float(np.std(first_epoch)), 2),
                          "min_1k_10k_mean": round(float(np.mean(early_min)), 2),
                          "at_10k_mean": round(float(np.mean([at(s, v, 10_000) for s, v in curves])), 2),
+                         "best_mean": round(float(np.mean([v.max() for _, v in curves])), 2),
                          "final_step": int(min(s[-1] for s, _ in curves))})
-    if not rows:
-        sys.exit("error: no finished fine-tuning runs to report")
-    with open(ROOT / out / "summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {out / 'summary.csv'}")
+    if rows:
+        with open(ROOT / out / "summary.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"wrote {out / 'summary.csv'}")
+    else:
+        print("no fine-tuning run has finished yet: no summary.csv")
     commands = []
+    # CQL pretraining curves (ensemble policy of eq. 5 and the members' range) against each dataset's mean return
+    cql_runs = [d for d in DATASETS if (ROOT / out / "runs" / f"hopper-{d}__cql-pretrain__seed1").exists()]
+    if cql_runs and (ROOT / out / "datasets.csv").exists():
+        command = [PY, "benchmark/plot_offline.py", "--datasets-csv", str(out / "datasets.csv"),
+                   "--out", str(out / "cql_offline")]
+        for d in cql_runs:
+            command += ["--run", f"hopper-{d}={out / 'runs' / f'hopper-{d}__cql-pretrain__seed1'}",
+                        "--dataset", f"hopper-{d}=hopper-{d}"]
+        commands.append(command)
+        subprocess.run([sys.executable, *command[1:]], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     for dataset in DATASETS:
         for folder, (figures, arms) in FIGURES.items():
             methods = []
