@@ -71,6 +71,7 @@ class Job:
     checkpoint: Path | None = None  # --resume is added when this exists and the job is not finished
     run_dir: Path | None = None  # removed before a fresh start (no checkpoint): no half-written curves
     deps: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)  # files (not committed) whose presence means done, instead of a marker
 
 
 def dataset_file(dataset: str) -> str:
@@ -83,9 +84,12 @@ def jobs(out: Path) -> list[Job]:
     cql = {d: pre / f"cql_hopper-{d}_N5.pt" for d in DATASETS}
     fqe = pre / "fqe_hopper-medium_N5.pt"
     data_args = lambda d: ["--env-id", ENV_ID, "--dataset-path", dataset_file(d), "--no-cuda"]  # noqa: E731
-    out_jobs = [  # the behaviour run inside data_all takes ~1.5 h; SAC from scratch needs no data
-        Job("data_all", [PY, "benchmark/make_datasets.py", "--env", "hopper", "--csv", str(out / "datasets.csv")]),
-        Job("data_medium", [PY, "benchmark/make_datasets.py", "--env", "hopper", "--datasets", "medium"]),
+    # the datasets are not committed: a fresh checkout regenerates them from the committed behaviour policies
+    out_jobs = [
+        Job("data_all", [PY, "benchmark/make_datasets.py", "--env", "hopper", "--csv", str(out / "datasets.csv")],
+            outputs=[Path(dataset_file(d)) for d in ("medium", "medium-replay", "expert", "medium-expert")]),
+        Job("data_medium", [PY, "benchmark/make_datasets.py", "--env", "hopper", "--datasets", "medium"],
+            outputs=[Path(dataset_file("medium"))]),
     ]
     sac_jobs = []
     for seed in SEEDS:
@@ -142,8 +146,15 @@ def run_campaign(out: Path, workers: int, dry_run: bool, only: list[str]):
     logs = out / "logs"
     status.mkdir(parents=True, exist_ok=True)
     logs.mkdir(parents=True, exist_ok=True)
-    todo = [job for job in jobs(out) if not only or any(key in job.name for key in only)]
-    done = lambda name: (ROOT / status / f"{name}.done").exists()  # noqa: E731
+    all_jobs = jobs(out)
+    todo = [job for job in all_jobs if not only or any(key in job.name for key in only)]
+    outputs = {job.name: job.outputs for job in all_jobs}
+
+    def done(name: str) -> bool:
+        if outputs.get(name):
+            return all((ROOT / path).exists() for path in outputs[name])
+        return (ROOT / status / f"{name}.done").exists()
+
     if dry_run:
         for job in todo:
             print(("# done: " if done(job.name) else "") + " ".join(job.command))
@@ -181,7 +192,8 @@ def run_campaign(out: Path, workers: int, dry_run: bool, only: list[str]):
                 log.close()
                 del running[name]
                 if process.returncode == 0:
-                    (ROOT / status / f"{name}.done").touch()
+                    if not outputs.get(name):
+                        (ROOT / status / f"{name}.done").touch()
                     print(f"{time.strftime('%H:%M:%S')} done {name}", flush=True)
                 else:
                     failed.add(name)

@@ -177,3 +177,22 @@ def test_report_summary_from_finished_runs(tmp_path, monkeypatch):
     assert float(rows["balanced-N5"]["after_first_epoch_mean"]) == pytest.approx(36.0)
     assert float(rows["sac-ft"]["min_1k_10k_mean"]) == pytest.approx(10.0)
     assert float(rows["sac-ft"]["final_mean"]) == pytest.approx(40.0)
+
+
+def test_jobs_with_outputs_are_done_when_their_files_exist(tmp_path, monkeypatch):
+    """Datasets are not committed: their jobs count as done by their files, not by a marker, and leave none."""
+    monkeypatch.setattr(evidence, "ROOT", tmp_path)
+    monkeypatch.setattr(evidence, "POLL_SECONDS", 0.05)
+    write = "import sys, pathlib; pathlib.Path(sys.argv[1]).write_text('x')"
+    jobs = [evidence.Job("data", ["python", "-c", write, str(tmp_path / "d.hdf5")], outputs=[tmp_path / "d.hdf5"]),
+            evidence.Job("train", ["python", "-c", write, str(tmp_path / "t.txt")], deps=["data"])]
+    monkeypatch.setattr(evidence, "jobs", lambda out: jobs)
+    out = tmp_path / "out"
+    (out / "status").mkdir(parents=True)
+    (out / "status" / "data.done").touch()  # a stale marker from another checkout: the missing file decides
+    evidence.run_campaign(out, workers=1, dry_run=False, only=[])
+    assert (tmp_path / "d.hdf5").exists() and (tmp_path / "t.txt").exists()
+    (tmp_path / "t.txt").unlink()
+    evidence.run_campaign(out, workers=1, dry_run=False, only=[])  # everything done: nothing runs again
+    assert not (tmp_path / "t.txt").exists()
+    assert {p.name for p in (out / "status").iterdir()} == {"data.done", "train.done"}
