@@ -232,6 +232,15 @@ def run_dir_of(out: Path, dataset: str, arm: str, seeds: list[int]) -> str:
     return str(out / "runs" / f"{task}__{arm}__seed{seed}")
 
 
+def logs_tag(run_dir: Path, tag: str) -> bool:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    if not (ROOT / run_dir).exists():
+        return False
+    events = EventAccumulator(str(ROOT / run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return tag in events.Tags()["scalars"]
+
+
 def eval_curve(run_dir: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(str(ROOT / run_dir), size_guidance={"scalars": 0})
@@ -275,7 +284,7 @@ def report(out: Path):
         print("no fine-tuning run has finished yet: no summary.csv")
     commands = []
     # CQL pretraining curves (ensemble policy of eq. 5 and the members' range) against each dataset's mean return
-    cql_runs = [d for d in DATASETS if (ROOT / out / "runs" / f"hopper-{d}__cql-pretrain__seed1").exists()]
+    cql_runs = [d for d in DATASETS if logs_tag(out / "runs" / f"hopper-{d}__cql-pretrain__seed1", "eval/return")]
     if cql_runs and (ROOT / out / "datasets.csv").exists():
         command = [PY, "benchmark/plot_offline.py", "--datasets-csv", str(out / "datasets.csv"),
                    "--out", str(out / "cql_offline")]
