@@ -14,7 +14,7 @@ Reductions from the paper (paper value in brackets):
     online phase only;
   * 50k online env steps [250k], in epochs of 1000 env steps with 5x updates in the first epoch, as the paper;
   * AWAC and BCQ-ft: 30k offline steps [1M] (the CQL budget) then 50k online; AWAC N=5 as the paper; BCQ-ft N=1
-    [5] (at N=5 its update costs 5x AWAC's); FQE 20k steps [?];
+    [5] (at N=5 its update costs 5x AWAC's); FQE 20k steps [fqe.py default: 250k];
   * 3 seeds [4]; evaluation: 10 deterministic episodes at the start of every epoch (and sac.py every 1000 steps);
   * on medium-replay and medium-expert only ours, SAC-ft and SAC from scratch [every arm on every dataset].
 
