@@ -232,21 +232,24 @@ def run_dir_of(out: Path, dataset: str, arm: str, seeds: list[int]) -> str:
     return str(out / "runs" / f"{task}__{arm}__seed{seed}")
 
 
-def logs_tag(run_dir: Path, tag: str) -> bool:
+def load_events(run_dir: Path):
+    """The run's TensorBoard scalars (None when the folder does not exist)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     if not (ROOT / run_dir).exists():
-        return False
+        return None
     events = EventAccumulator(str(ROOT / run_dir), size_guidance={"scalars": 0})
     events.Reload()
-    return tag in events.Tags()["scalars"]
+    return events
+
+
+def logs_tag(run_dir: Path, tag: str) -> bool:
+    events = load_events(run_dir)
+    return events is not None and tag in events.Tags()["scalars"]
 
 
 def eval_curve(run_dir: Path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    events = EventAccumulator(str(ROOT / run_dir), size_guidance={"scalars": 0})
-    events.Reload()
     points = {}
-    for event in events.Scalars("eval/normalized_score"):
+    for event in load_events(run_dir).Scalars("eval/normalized_score"):
         points[event.step] = event.value  # a step logged twice (resumed run): the last value
     steps = np.array(sorted(s for s in points if s >= 0))
     return steps, np.array([points[s] for s in steps])
