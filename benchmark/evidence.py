@@ -100,24 +100,29 @@ def jobs(out: Path) -> list[Job]:
                              "--checkpoint", ck / f"sac_s{seed}.pt", "--checkpoint-every", 5000, "--run-dir", run_dir,
                              "--no-cuda"],
             ck / f"sac_s{seed}.pt", run_dir))
-    out_jobs.insert(1, sac_jobs[0])
+    cql_jobs = []
     for d in DATASETS:
         run_dir = runs / f"hopper-{d}__cql-pretrain__seed1"
-        out_jobs.append(Job(
+        cql_jobs.append(Job(
             f"cql_{d}", [PY, "cql_pretrain.py", *data_args(d), "--n-ensemble", 5, "--hidden-dim", WIDTH,
                          "--offline-steps", CQL_STEPS, "--bc-steps", BC_STEPS, "--eval-every", 2500,
                          "--eval-episodes", EVAL_EPISODES, "--checkpoint", cql[d], "--checkpoint-every", 2500,
                          "--run-dir", run_dir, "--seed", 1],
             cql[d], run_dir, ["data_medium" if d == "medium" else "data_all"]))
-    out_jobs += sac_jobs[1:]
+    out_jobs.append(cql_jobs[0])
     run_dir = runs / "hopper-medium__fqe__seed1"
     out_jobs.append(Job(
         "fqe_medium", [PY, "fqe.py", *data_args("medium"), "--policy-checkpoint", cql["medium"], "--checkpoint", fqe,
                        "--n-ensemble", 5, "--steps", FQE_STEPS, "--eval-every", 5000, "--eval-episodes", EVAL_EPISODES,
                        "--run-dir", run_dir, "--seed", 1],
         fqe, run_dir, ["cql_medium"]))
-    for seed in SEEDS:
-        for d in DATASETS:
+    # every claim is tested on hopper medium: its arms (3 seeds) come first, the other datasets' CQL after them
+    for d in DATASETS:
+        if d != FULL_ARMS_ON:
+            out_jobs.append(cql_jobs[DATASETS.index(d)])
+        for seed in SEEDS:
+            if d == FULL_ARMS_ON:
+                out_jobs.append(sac_jobs[seed - 1])
             arms = FINETUNE_ARMS if d == FULL_ARMS_ON else ARMS_ELSEWHERE
             for arm in arms:
                 name, run_dir = f"{d}_{arm}_s{seed}", runs / f"hopper-{d}__{arm}__seed{seed}"
