@@ -301,24 +301,54 @@ def report(out: Path):
                         "--dataset", f"hopper-{d}=hopper-{d}"]
         commands.append(command)
         subprocess.run([sys.executable, *command[1:]], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    by_name = {job.name: job for job in jobs(out)}
     for dataset in DATASETS:
         for folder, (figures, arms) in FIGURES.items():
-            methods = []
+            methods, runs = [], []
             for arm in arms:
                 seeds = finished_seeds(out, dataset, arm)
                 if seeds:
                     methods += ["--method", f"{LABELS[arm]}={run_dir_of(out, dataset, arm, seeds)}"]
-            if len(methods) < 4:
+                    runs += [f"sac_s{seed}" if arm == "sac" else f"{dataset}_{arm}_s{seed}" for seed in seeds]
+            if len(methods) < 4:  # a comparison needs two methods
                 continue
+            study = out / f"hopper-{dataset}" / folder
             command = [PY, "benchmark/plot.py", *methods, "--one-panel", "--panel-title",
                        f"{ENV_ID}, hopper-{dataset} (CPU-scale D4RL recipe), {ONLINE_STEPS // 1000}k online steps",
                        "--figures", *figures.split(), "--final-window", "3", "--formats", "png",
-                       "--out-dir", str(out / f"hopper-{dataset}" / folder)]
+                       "--out-dir", str(study)]
             commands.append(command)
             subprocess.run([sys.executable, *command[1:]], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+            write_study_files(study, dataset, [by_name[name] for name in runs], by_name, command, out)
     with open(ROOT / out / "report_commands.txt", "w") as f:
         f.write("# written by: python benchmark/evidence.py --report\n")
         f.writelines(" ".join(c) + "\n" for c in commands)
+
+
+def write_study_files(study: Path, dataset: str, runs: list, by_name: dict, plot_command: list, out: Path):
+    """A study folder stands alone: commands.txt (dataset, pretraining, every run it plots, the plot) and the
+    datasets.csv row of its dataset."""
+    needed, seen = [], set()
+
+    def add(job):
+        for dep in job.deps:
+            add(by_name[dep])
+        if job.name not in seen:
+            seen.add(job.name)
+            needed.append(job)
+
+    for job in runs:
+        add(job)
+    (ROOT / study).mkdir(parents=True, exist_ok=True)
+    with open(ROOT / study / "commands.txt", "w") as f:
+        f.write("# the dataset, its CQL (and FQE) pretraining, each plotted run (seed), then the figure; from the\n"
+                "# repository root. `python benchmark/evidence.py` runs all of them, 2 at a time, and resumes\n")
+        f.writelines(" ".join(job.command) + "\n" for job in needed)
+        f.write(" ".join(plot_command) + "\n")
+    with open(ROOT / out / "datasets.csv") as f:
+        rows = list(csv.reader(f))
+    with open(ROOT / study / "datasets.csv", "w", newline="") as f:
+        csv.writer(f).writerows([rows[0]] + [row for row in rows[1:] if row[0] == f"hopper-{dataset}"])
 
 
 def main():

@@ -1,5 +1,6 @@
 """benchmark/make_datasets.py (D4RL recipes at CPU scale) and benchmark/evidence.py (the restartable campaign)."""
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -196,3 +197,34 @@ def test_jobs_with_outputs_are_done_when_their_files_exist(tmp_path, monkeypatch
     evidence.run_campaign(out, workers=1, dry_run=False, only=[])  # everything done: nothing runs again
     assert not (tmp_path / "t.txt").exists()
     assert {p.name for p in (out / "status").iterdir()} == {"data.done", "train.done"}
+
+
+def test_report_study_folder_stands_alone(tmp_path, monkeypatch):
+    """Each study folder gets commands.txt (dataset, CQL, the finished runs it plots, then the plot command; nothing
+    of unfinished seeds) and the datasets.csv row of its own dataset."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    monkeypatch.setattr(evidence, "ROOT", tmp_path)
+    out = Path("out")
+    (tmp_path / out / "status").mkdir(parents=True)
+    for arm, seed in (("balanced-N5", 1), ("balanced-N5", 2), ("sac-ft", 1), ("sac-ft", 2)):
+        with SummaryWriter(str(tmp_path / out / "runs" / f"hopper-medium__{arm}__seed{seed}")) as writer:
+            for step in range(0, 5001, 1000):
+                writer.add_scalar("eval/normalized_score", float(step), step)
+        if (arm, seed) != ("sac-ft", 2):
+            (tmp_path / out / "status" / f"medium_{arm}_s{seed}.done").touch()
+    (tmp_path / out / "datasets.csv").write_text("dataset,transitions\nhopper-medium,100\nhopper-medium-replay,60\n")
+    calls = []
+    monkeypatch.setattr(evidence.subprocess, "run", lambda command, **kw: calls.append(command))
+    monkeypatch.setattr(evidence, "FIGURES", {"fig3_methods": ("fig3", ["balanced-N5", "sac-ft"])})
+    evidence.report(out)
+    study = tmp_path / out / "hopper-medium" / "fig3_methods"
+    lines = [line for line in (study / "commands.txt").read_text().splitlines() if not line.startswith("#")]
+    assert "make_datasets.py" in lines[0] and "--datasets medium" in lines[0]
+    assert "cql_pretrain.py" in lines[1] and "hopper_medium.hdf5" in lines[1]
+    runs = [line for line in lines if "balanced_finetune.py" in line]
+    assert len(runs) == 3  # balanced-N5 seeds 1, 2 and sac-ft seed 1; sac-ft seed 2 did not finish
+    assert sum("--seed 2" in line and "--n-ensemble 1" in line for line in runs) == 0
+    assert "benchmark/plot.py" in lines[-1] and lines[-1].endswith(str(out / "hopper-medium" / "fig3_methods"))
+    assert all(str(tmp_path) not in line for line in lines)  # repository-relative paths only
+    assert (study / "datasets.csv").read_text().splitlines() == ["dataset,transitions", "hopper-medium,100"]
