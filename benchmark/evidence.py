@@ -260,28 +260,94 @@ def eval_curve(run_dir: Path):
     return steps, np.array([points[s] for s in steps])
 
 
-def report(out: Path):
+# The paper's claims as comparisons of per-seed metrics, written before any fine-tuning run had finished. A comparison
+# "holds" when the mean of the first arm exceeds the second's by more than MARGIN_SE standard errors of the difference
+# (sqrt(s_a^2/n_a + s_b^2/n_b), sample stds), is "reversed" when the second exceeds the first by as much, else "tie".
+# A claim is reproduced when every comparison holds, not reproduced when any is reversed, inconclusive otherwise.
+# drop = score at step 0 - lowest score over 1k-10k steps (the early collapse, Fig. 1); early = mean score 1k-10k.
+MARGIN_SE = 2.0
+CLAIMS = [  # (claim, metric, [(first arm, second arm), ...]): "first > second" on the metric
+    ("(a) ours ends above every baseline", "final",
+     [("balanced-N5", arm) for arm in ("sac-ft", "awac-N5", "bcq-ft-N1", "sac")]),
+    ("(b) no early collapse with balanced replay; a dip with uniform, online-only and SAC-ft", "neg_drop",
+     [("balanced-N5", arm) for arm in ("uniform-N5", "online-only-N5", "sac-ft")]),
+    ("(c) N=5 >= N=2 >= N=1", "final", [("balanced-N5", "balanced-N2"), ("balanced-N2", "balanced-N1")]),
+    ("(d) FQE-init falls early where CQL-init does not", "neg_drop", [("balanced-N5", "fqe-init-N5")]),
+    ("(e) offline-initialised methods lead SAC from scratch early on", "early",
+     [(arm, "sac") for arm in ("balanced-N5", "sac-ft", "awac-N5", "bcq-ft-N1")]),
+]
+
+
+def seed_metrics(steps: np.ndarray, scores: np.ndarray) -> dict:
+    """One seed's curve -> the numbers the summary and the claims use (NaN where the curve has no such point)."""
+    at = lambda x: float(scores[np.searchsorted(steps, x)]) if x in steps else np.nan  # noqa: E731
+    early = scores[(steps >= 1000) & (steps <= 10_000)]
+    return {"final": float(scores[-3:].mean()),  # the mean of the last 3 evaluations (48k-50k)
+            "start": at(0), "after_first_epoch": at(1000), "min_1k_10k": float(early.min()),
+            "early": float(early.mean()), "at_10k": at(10_000), "best": float(scores.max()),
+            "neg_drop": float(early.min()) - at(0)}
+
+
+def compare(a: np.ndarray, b: np.ndarray) -> tuple:
+    """(difference of means, its standard error, holds / reversed / tie / n/a)."""
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if len(a) < 2 or len(b) < 2:
+        return np.nan, np.nan, "n/a (fewer than 2 seeds)"
+    diff, se = a.mean() - b.mean(), float(np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)))
+    return diff, se, "holds" if diff > MARGIN_SE * se else "reversed" if -diff > MARGIN_SE * se else "tie"
+
+
+def claim_rows(per_seed: dict) -> list:
+    """per_seed[(dataset, arm)] = list of seed_metrics -> one row per comparison and one verdict row per claim."""
     rows = []
+    for claim, metric, pairs in CLAIMS:
+        for dataset in DATASETS:
+            results = []
+            for first, second in pairs:
+                if (dataset, first) not in per_seed or (dataset, second) not in per_seed:
+                    continue
+                a = np.array([m[metric] for m in per_seed[(dataset, first)]])
+                b = np.array([m[metric] for m in per_seed[(dataset, second)]])
+                diff, se, result = compare(a, b)
+                results.append(result)
+                rows.append({"claim": claim, "task": f"hopper-{dataset}", "metric": metric, "first": first,
+                             "second": second, "first_mean": round(float(np.nanmean(a)), 2),
+                             "second_mean": round(float(np.nanmean(b)), 2), "n_first": len(a), "n_second": len(b),
+                             "difference": round(float(diff), 2), "se": round(float(se), 2), "result": result})
+            if not results:
+                continue
+            verdict = ("reproduced" if len(results) == len(pairs) and all(r == "holds" for r in results) else
+                       "not reproduced" if "reversed" in results else "inconclusive")
+            rows.append({"claim": claim, "task": f"hopper-{dataset}", "metric": metric, "first": "", "second": "",
+                         "first_mean": "", "second_mean": "", "n_first": "", "n_second": "", "difference": "",
+                         "se": "", "result": f"verdict: {verdict} ({len(results)}/{len(pairs)} comparisons run)"})
+    return rows
+
+
+def report(out: Path):
+    rows, per_seed = [], {}
     for dataset in DATASETS:
         for arm in LABELS:
             seeds = finished_seeds(out, dataset, arm)
             if not seeds:
                 continue
             curves = [eval_curve(Path(run_dir_of(out, dataset, arm, [seed]))) for seed in seeds]
-            at = lambda steps, scores, x: scores[np.searchsorted(steps, x)] if x in steps else np.nan  # noqa: E731
-            final = [scores[-3:].mean() for _, scores in curves]  # mean of the last 3 evaluations (48k-50k)
-            start = [at(s, v, 0) for s, v in curves]
-            first_epoch = [at(s, v, 1000) for s, v in curves]
-            early_min = [v[(s >= 1000) & (s <= 10_000)].min() for s, v in curves]
+            metrics = per_seed[(dataset, arm)] = [seed_metrics(steps, scores) for steps, scores in curves]
+            mean, std = ({key: round(float(reduce([m[key] for m in metrics])), 2) for key in metrics[0]}
+                         for reduce in (np.mean, np.std))
             rows.append({"task": f"hopper-{dataset}", "method": LABELS[arm], "arm": arm,
-                         "final_mean": round(float(np.mean(final)), 2), "final_std": round(float(np.std(final)), 2),
-                         "n_seeds": len(seeds), "start_mean": round(float(np.mean(start)), 2),
-                         "after_first_epoch_mean": round(float(np.mean(first_epoch)), 2),
-                         "after_first_epoch_std": round(float(np.std(first_epoch)), 2),
-                         "min_1k_10k_mean": round(float(np.mean(early_min)), 2),
-                         "at_10k_mean": round(float(np.mean([at(s, v, 10_000) for s, v in curves])), 2),
-                         "best_mean": round(float(np.mean([v.max() for _, v in curves])), 2),
-                         "final_step": int(min(s[-1] for s, _ in curves))})
+                         "final_mean": mean["final"], "final_std": std["final"], "n_seeds": len(seeds),
+                         "start_mean": mean["start"], "after_first_epoch_mean": mean["after_first_epoch"],
+                         "after_first_epoch_std": std["after_first_epoch"], "min_1k_10k_mean": mean["min_1k_10k"],
+                         "early_mean": mean["early"], "at_10k_mean": mean["at_10k"], "best_mean": mean["best"],
+                         "final_step": int(min(steps[-1] for steps, _ in curves))})
+    claims = claim_rows(per_seed)
+    if claims:
+        with open(ROOT / out / "claims.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(claims[0]))
+            writer.writeheader()
+            writer.writerows(claims)
+        print(f"wrote {out / 'claims.csv'}")
     if rows:
         with open(ROOT / out / "summary.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))

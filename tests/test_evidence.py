@@ -228,3 +228,38 @@ def test_report_study_folder_stands_alone(tmp_path, monkeypatch):
     assert "benchmark/plot.py" in lines[-1] and lines[-1].endswith(str(out / "hopper-medium" / "fig3_methods"))
     assert all(str(tmp_path) not in line for line in lines)  # repository-relative paths only
     assert (study / "datasets.csv").read_text().splitlines() == ["dataset,transitions", "hopper-medium,100"]
+
+
+def test_claim_comparisons_and_verdicts():
+    """A comparison holds when the difference of means exceeds 2 standard errors (sample stds), reverses when the other
+    way round, else ties; a claim is reproduced only when all its comparisons hold, not reproduced if any reverses."""
+    diff, se, result = evidence.compare(np.array([10.0, 12.0, 14.0]), np.array([1.0, 2.0, 3.0]))
+    assert diff == pytest.approx(10.0) and se == pytest.approx(np.sqrt(4 / 3 + 1 / 3)) and result == "holds"
+    assert evidence.compare(np.array([1.0, 2.0, 3.0]), np.array([10.0, 12.0, 14.0]))[2] == "reversed"
+    assert evidence.compare(np.array([1.0, 5.0, 9.0]), np.array([2.0, 4.0, 6.0]))[2] == "tie"  # diff 1, se 2.58
+    assert evidence.compare(np.array([1.0]), np.array([2.0, 4.0]))[2].startswith("n/a")
+
+    def seeds(*finals):
+        return [{"final": f} for f in finals]
+
+    def verdict(per_seed):
+        rows = [r for r in evidence.claim_rows(per_seed) if r["claim"].startswith("(c)") and not r["first"]]
+        return rows[0]["result"]
+
+    n5, n2, n1 = seeds(50, 52, 54), seeds(30, 31, 32), seeds(10, 11, 12)
+    assert verdict({("medium", "balanced-N5"): n5, ("medium", "balanced-N2"): n2, ("medium", "balanced-N1"): n1}) \
+        == "verdict: reproduced (2/2 comparisons run)"
+    assert verdict({("medium", "balanced-N5"): n5, ("medium", "balanced-N2"): n2,
+                    ("medium", "balanced-N1"): seeds(29, 31, 33)}).startswith("verdict: inconclusive")
+    assert verdict({("medium", "balanced-N5"): n1, ("medium", "balanced-N2"): n2,
+                    ("medium", "balanced-N1"): n1}).startswith("verdict: not reproduced")
+    assert verdict({("medium", "balanced-N5"): n5, ("medium", "balanced-N2"): n2}) \
+        == "verdict: inconclusive (1/2 comparisons run)"
+
+
+def test_seed_metrics_drop_and_early_mean():
+    steps = np.arange(0, 12_001, 1000)
+    scores = np.array([40, 10, 20, 30, 40, 40, 40, 40, 40, 40, 50, 60, 70], dtype=float)
+    m = evidence.seed_metrics(steps, scores)
+    assert m["neg_drop"] == pytest.approx(10 - 40) and m["min_1k_10k"] == 10 and m["at_10k"] == 50
+    assert m["early"] == pytest.approx(np.mean(scores[1:11])) and m["final"] == pytest.approx(60.0)
