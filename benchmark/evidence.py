@@ -20,7 +20,9 @@ Reductions from the paper (paper value in brackets):
 
     python benchmark/evidence.py                # run (or continue) the campaign, 2 jobs at a time
     python benchmark/evidence.py --dry-run      # the commands, and which are finished
-    python benchmark/evidence.py --report       # figures, curves.csv, summary.csv and tables from the finished runs
+    python benchmark/evidence.py --report       # figures, curves.csv, summary.csv, claims.csv from the finished runs
+
+The paper's claims (a)-(e) are judged in claims.csv by the rule above CLAIMS (fixed before any fine-tuning result).
 
 Restartable: a finished job leaves status/<job>.done in the output folder (committed with the runs) and is
 skipped; an interrupted job continues from its checkpoint with --resume; one that has no checkpoint starts over,
@@ -386,6 +388,21 @@ def report(out: Path):
             commands.append(command)
             subprocess.run([sys.executable, *command[1:]], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
             write_study_files(study, dataset, [by_name[name] for name in runs], by_name, command, out)
+    # diagnostics (benchmark/diagnose.py): the pretrained critics' Q against Monte-Carlo returns of the CQL policy,
+    # and alpha, Qbar and the offline fraction along the runs, on the dataset that has every arm
+    pre = out / "pretrained"
+    cql, fqe = pre / f"cql_hopper-{FULL_ARMS_ON}_N5.pt", pre / f"fqe_hopper-{FULL_ARMS_ON}_N5.pt"
+    command = [PY, "benchmark/diagnose.py", "--env-id", ENV_ID, "--episodes", EVAL_EPISODES, "--seed", 1]
+    if (ROOT / fqe).exists() and (ROOT / out / "status" / f"fqe_{FULL_ARMS_ON}.done").exists():
+        command += ["--policy", f"CQL (N=5)={cql}", "--policy", f"FQE critics of the CQL policy={cql}:{fqe}"]
+    for arm in FINETUNE_ARMS:
+        seeds = finished_seeds(out, FULL_ARMS_ON, arm)
+        if seeds:
+            command += ["--runs", f"{LABELS[arm]}={run_dir_of(out, FULL_ARMS_ON, arm, seeds)}"]
+    if len(command) > 8:
+        command = [str(part) for part in command + ["--out-dir", out / f"hopper-{FULL_ARMS_ON}" / "diagnostics"]]
+        commands.append(command)
+        subprocess.run([sys.executable, *command[1:]], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     with open(ROOT / out / "report_commands.txt", "w") as f:
         f.write("# written by: python benchmark/evidence.py --report\n")
         f.writelines(" ".join(c) + "\n" for c in commands)

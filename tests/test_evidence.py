@@ -168,7 +168,13 @@ def test_report_summary_from_finished_runs(tmp_path, monkeypatch):
         if seed != 3:  # seed 3 did not finish
             (out / "status" / f"medium_{arm}_s{seed}.done").touch()
     monkeypatch.setattr(evidence, "FIGURES", {})  # the figures come from plot.py, tested on its own
+    calls = []
+    monkeypatch.setattr(evidence.subprocess, "run", lambda command, **kw: calls.append(command))
     evidence.report(out)
+    diagnose = [c for c in calls if "benchmark/diagnose.py" in c]  # the finished arms' seeds, no pretrained critics
+    assert len(diagnose) == 1 and "--policy" not in diagnose[0]
+    assert [c.rsplit("=", 1)[0] for c in diagnose[0] if "__seed" in c] == ["Ours (balanced, N=5)", "SAC-ft"]
+    assert any(c.endswith("hopper-medium__balanced-N5__seed[12]") for c in diagnose[0])
     import csv as csv_module
     rows = {row["arm"]: row for row in csv_module.DictReader(open(out / "summary.csv"))}
     finals = [np.mean([50, 55, 60]), np.mean([52, 58, 64])]
