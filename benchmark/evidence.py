@@ -328,6 +328,34 @@ def claim_rows(per_seed: dict) -> list:
     return rows
 
 
+def write_tables(out: Path, rows: list, claims: list):
+    """tables.md: the README's tables, from the same numbers as summary.csv and claims.csv."""
+    lines = []
+    for dataset in DATASETS:
+        task_rows = [row for row in rows if row["task"] == f"hopper-{dataset}"]
+        if not task_rows:
+            continue
+        lines += [f"**hopper-{dataset}** (normalized score; mean ± std over seeds)", "",
+                  "| method | seeds | final (48k-50k) | at 0 | after the first epoch | lowest 1k-10k | mean 1k-10k |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['method']} | {r['n_seeds']} | {r['final_mean']:.1f} ± {r['final_std']:.1f} | "
+                  f"{r['start_mean']:.1f} | {r['after_first_epoch_mean']:.1f} ± {r['after_first_epoch_std']:.1f} | "
+                  f"{r['min_1k_10k_mean']:.1f} | {r['early_mean']:.1f} |" for r in task_rows]
+        lines.append("")
+    if claims:
+        lines += ["| claim | task | comparison (metric: first vs second, difference ± SE) | result |", "|---|---|---|---|"]
+        for c in claims:
+            if c["first"]:
+                lines.append(f"| {c['claim']} | {c['task']} | {c['metric']}: {c['first']} {c['first_mean']} vs "
+                             f"{c['second']} {c['second_mean']} ({c['difference']} ± {c['se']}; n {c['n_first']}/"
+                             f"{c['n_second']}) | {c['result']} |")
+            else:
+                lines.append(f"| {c['claim']} | {c['task']} | | **{c['result']}** |")
+    with open(ROOT / out / "tables.md", "w") as f:
+        f.write("<!-- written by: python benchmark/evidence.py --report (from summary.csv and claims.csv) -->\n\n")
+        f.write("\n".join(lines) + "\n")
+
+
 def report(out: Path):
     rows, per_seed = [], {}
     for dataset in DATASETS:
@@ -346,6 +374,7 @@ def report(out: Path):
                          "early_mean": mean["early"], "at_10k_mean": mean["at_10k"], "best_mean": mean["best"],
                          "final_step": int(min(steps[-1] for steps, _ in curves))})
     claims = claim_rows(per_seed)
+    write_tables(out, rows, claims)
     if claims:
         with open(ROOT / out / "claims.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(claims[0]))

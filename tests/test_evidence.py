@@ -184,6 +184,9 @@ def test_report_summary_from_finished_runs(tmp_path, monkeypatch):
     assert float(rows["balanced-N5"]["after_first_epoch_mean"]) == pytest.approx(36.0)
     assert float(rows["sac-ft"]["min_1k_10k_mean"]) == pytest.approx(10.0)
     assert float(rows["sac-ft"]["final_mean"]) == pytest.approx(40.0)
+    table = (out / "tables.md").read_text()  # the README's table carries the same numbers
+    assert f"| Ours (balanced, N=5) | 2 | {np.mean(finals):.1f} ± {np.std(finals):.1f} | 40.0 | 36.0 ± 6.0 |" in table
+    assert "| SAC-ft | 1 | 40.0 ± 0.0 |" in table
 
 
 def test_jobs_with_outputs_are_done_when_their_files_exist(tmp_path, monkeypatch):
