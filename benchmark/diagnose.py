@@ -47,7 +47,7 @@ def fail(message: str):
 def split_label(text: str, flag: str):
     if "=" not in text:
         fail(f"{flag} {text!r}: expected LABEL=PATH")
-    label, path = text.split("=", 1)
+    label, path = text.rsplit("=", 1)  # a label may hold "=" (N=5), a path rarely does
     return label, path
 
 

@@ -266,9 +266,20 @@ def test_claim_comparisons_and_verdicts():
         == "verdict: inconclusive (1/2 comparisons run)"
 
 
+def test_smaller_drop_holds():
+    """On the drop (lower is better) the claim holds when the first arm drops less; the difference stays first-second."""
+    per_seed = {("medium", "balanced-N5"): [{"drop": d} for d in (2.0, 3.0, 4.0)],
+                ("medium", "fqe-init-N5"): [{"drop": d} for d in (30.0, 35.0, 40.0)]}
+    row = [r for r in evidence.claim_rows(per_seed) if r["claim"].startswith("(d)")][0]
+    assert row["result"] == "holds" and row["difference"] == pytest.approx(3.0 - 35.0)
+    per_seed[("medium", "balanced-N5")], per_seed[("medium", "fqe-init-N5")] = \
+        per_seed[("medium", "fqe-init-N5")], per_seed[("medium", "balanced-N5")]
+    assert [r for r in evidence.claim_rows(per_seed) if r["claim"].startswith("(d)")][0]["result"] == "reversed"
+
+
 def test_seed_metrics_drop_and_early_mean():
     steps = np.arange(0, 12_001, 1000)
     scores = np.array([40, 10, 20, 30, 40, 40, 40, 40, 40, 40, 50, 60, 70], dtype=float)
     m = evidence.seed_metrics(steps, scores)
-    assert m["neg_drop"] == pytest.approx(10 - 40) and m["min_1k_10k"] == 10 and m["at_10k"] == 50
+    assert m["drop"] == pytest.approx(40 - 10) and m["min_1k_10k"] == 10 and m["at_10k"] == 50
     assert m["early"] == pytest.approx(np.mean(scores[1:11])) and m["final"] == pytest.approx(60.0)
