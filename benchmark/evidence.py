@@ -35,6 +35,7 @@ by make_datasets.py from the committed behaviour policies.
 import argparse
 import csv
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -440,7 +441,7 @@ def report(out: Path):
         subprocess.run([sys.executable, *command[1:]], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     with open(ROOT / out / "report_commands.txt", "w") as f:
         f.write("# written by: python benchmark/evidence.py --report\n")
-        f.writelines(" ".join(c) + "\n" for c in commands)
+        f.writelines(shlex.join(c) + "\n" for c in commands)
 
 
 def write_study_files(study: Path, dataset: str, runs: list, by_name: dict, plot_command: list, out: Path):
@@ -462,7 +463,7 @@ def write_study_files(study: Path, dataset: str, runs: list, by_name: dict, plot
         f.write("# the dataset, its CQL (and FQE) pretraining, each plotted run (seed), then the figure; from the\n"
                 "# repository root. `python benchmark/evidence.py` runs all of them, 2 at a time, and resumes\n")
         f.writelines(" ".join(job.command) + "\n" for job in needed)
-        f.write(" ".join(plot_command) + "\n")
+        f.write(shlex.join(plot_command) + "\n")
     with open(ROOT / out / "datasets.csv") as f:
         rows = list(csv.reader(f))
     with open(ROOT / study / "datasets.csv", "w", newline="") as f:

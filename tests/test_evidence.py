@@ -235,6 +235,8 @@ def test_report_study_folder_stands_alone(tmp_path, monkeypatch):
     assert len(runs) == 3  # balanced-N5 seeds 1, 2 and sac-ft seed 1; sac-ft seed 2 did not finish
     assert sum("--seed 2" in line and "--n-ensemble 1" in line for line in runs) == 0
     assert "benchmark/plot.py" in lines[-1] and lines[-1].endswith(str(out / "hopper-medium" / "fig3_methods"))
+    import shlex  # the plot command's labels hold spaces: quoted, so the line runs as written
+    assert shlex.split(lines[-1])[1:] == calls[0][1:]
     assert all(str(tmp_path) not in line for line in lines)  # repository-relative paths only
     assert (study / "datasets.csv").read_text().splitlines() == ["dataset,transitions", "hopper-medium,100"]
 
