@@ -100,7 +100,7 @@ def jobs(out: Path) -> list[Job]:
     for seed in SEEDS:
         run_dir = runs / f"hopper__sac__seed{seed}"
         sac_jobs.append(Job(
-            f"sac_s{seed}", [PY, "sac.py", "--env-id", ENV_ID, "--seed", seed, "--total-timesteps", ONLINE_STEPS,
+            job_name("", "sac", seed), [PY, "sac.py", "--env-id", ENV_ID, "--seed", seed, "--total-timesteps", ONLINE_STEPS,
                              "--hidden-dim", WIDTH, "--eval-every", 1000, "--eval-episodes", EVAL_EPISODES,
                              "--checkpoint", ck / f"sac_s{seed}.pt", "--checkpoint-every", 5000, "--run-dir", run_dir,
                              "--no-cuda"],
@@ -130,7 +130,7 @@ def jobs(out: Path) -> list[Job]:
                 out_jobs.append(sac_jobs[seed - 1])
             arms = FINETUNE_ARMS if d == FULL_ARMS_ON else ARMS_ELSEWHERE
             for arm in arms:
-                name, run_dir = f"{d}_{arm}_s{seed}", runs / f"hopper-{d}__{arm}__seed{seed}"
+                name, run_dir = job_name(d, arm, seed), runs / f"hopper-{d}__{arm}__seed{seed}"
                 extra = ("--fqe-checkpoint", fqe) if arm.startswith("fqe-init") else ()
                 out_jobs.append(Job(
                     name, [PY, "balanced_finetune.py", *data_args(d), "--checkpoint", cql[d], *FINETUNE_ARMS[arm],
@@ -139,7 +139,7 @@ def jobs(out: Path) -> list[Job]:
                     ck / f"{name}.pt", run_dir, [f"cql_{d}"] + (["fqe_medium"] if extra else [])))
             if d == FULL_ARMS_ON:
                 for script, arm, n in (("awac.py", "awac-N5", 5), ("bcq_ft.py", "bcq-ft-N1", 1)):
-                    name, run_dir = f"{d}_{arm}_s{seed}", runs / f"hopper-{d}__{arm}__seed{seed}"
+                    name, run_dir = job_name(d, arm, seed), runs / f"hopper-{d}__{arm}__seed{seed}"
                     out_jobs.append(Job(
                         name, [PY, script, *data_args(d), "--n-ensemble", n, "--hidden-dim", WIDTH,
                                "--offline-steps", OFFLINE_STEPS, "--online-steps", ONLINE_STEPS, "--eval-every", 1000,
@@ -230,9 +230,13 @@ FIGURES = {  # folder -> (plot.py figures, arms)
 }
 
 
+def job_name(dataset: str, arm: str, seed: int) -> str:
+    """The job of one run: SAC from scratch has no dataset (one run serves every dataset's figure)."""
+    return f"sac_s{seed}" if arm == "sac" else f"{dataset}_{arm}_s{seed}"
+
+
 def finished_seeds(out: Path, dataset: str, arm: str) -> list[int]:
-    job = (lambda seed: f"sac_s{seed}") if arm == "sac" else (lambda seed: f"{dataset}_{arm}_s{seed}")
-    return [seed for seed in SEEDS if (ROOT / out / "status" / f"{job(seed)}.done").exists()]
+    return [seed for seed in SEEDS if (ROOT / out / "status" / f"{job_name(dataset, arm, seed)}.done").exists()]
 
 
 def run_dir_of(out: Path, dataset: str, arm: str, seeds: list[int]) -> str:
@@ -315,8 +319,9 @@ def claim_rows(per_seed: dict) -> list:
                     continue
                 a = np.array([m[metric] for m in per_seed[(dataset, first)]])
                 b = np.array([m[metric] for m in per_seed[(dataset, second)]])
-                diff, se, result = compare(b, a) if metric in LOWER_IS_BETTER else compare(a, b)
-                diff = -diff if metric in LOWER_IS_BETTER else diff  # reported as first - second either way
+                sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+                diff, se, result = compare(sign * a, sign * b)
+                diff *= sign  # reported as first - second either way
                 results.append(result)
                 rows.append({"claim": claim, "task": f"hopper-{dataset}", "metric": metric, "first": first,
                              "second": second, "first_mean": round(float(np.nanmean(a)), 2),
@@ -335,6 +340,7 @@ def claim_rows(per_seed: dict) -> list:
 def write_tables(out: Path, rows: list, claims: list):
     """tables.md: the README's tables, from the same numbers as summary.csv and claims.csv."""
     lines = []
+    num = lambda x: "—" if np.isnan(x) else f"{x:.1f}"  # noqa: E731 (SAC from scratch has no score at 0)
     for dataset in DATASETS:
         task_rows = [row for row in rows if row["task"] == f"hopper-{dataset}"]
         if all(row["arm"] == "sac" for row in task_rows):  # SAC from scratch alone: nothing of this dataset yet
@@ -342,7 +348,6 @@ def write_tables(out: Path, rows: list, claims: list):
         lines += [f"**hopper-{dataset}** (normalized score; mean ± std over seeds)", "",
                   "| method | seeds | final (48k-50k) | at 0 | after the first epoch | lowest 1k-10k | mean 1k-10k |",
                   "|---|---|---|---|---|---|---|"]
-        num = lambda x: "—" if np.isnan(x) else f"{x:.1f}"  # noqa: E731 (SAC from scratch has no score at 0)
         lines += [f"| {r['method']} | {r['n_seeds']} | {num(r['final_mean'])} ± {num(r['final_std'])} | "
                   f"{num(r['start_mean'])} | {num(r['after_first_epoch_mean'])} ± {num(r['after_first_epoch_std'])} | "
                   f"{num(r['min_1k_10k_mean'])} | {num(r['early_mean'])} |" for r in task_rows]
@@ -380,20 +385,15 @@ def report(out: Path):
                          "final_step": int(min(steps[-1] for steps, _ in curves))})
     claims = claim_rows(per_seed)
     write_tables(out, rows, claims)
-    if claims:
-        with open(ROOT / out / "claims.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(claims[0]))
+    for name, table in (("summary.csv", rows), ("claims.csv", claims)):
+        if not table:
+            print(f"no fine-tuning run has finished yet: no {name}")
+            continue
+        with open(ROOT / out / name, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(table[0]))
             writer.writeheader()
-            writer.writerows(claims)
-        print(f"wrote {out / 'claims.csv'}")
-    if rows:
-        with open(ROOT / out / "summary.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        print(f"wrote {out / 'summary.csv'}")
-    else:
-        print("no fine-tuning run has finished yet: no summary.csv")
+            writer.writerows(table)
+        print(f"wrote {out / name}")
     commands = []
     # CQL pretraining curves (ensemble policy of eq. 5 and the members' range) against each dataset's mean return
     cql_runs = [d for d in DATASETS if logs_tag(out / "runs" / f"hopper-{d}__cql-pretrain__seed1", "eval/return")]
@@ -413,7 +413,7 @@ def report(out: Path):
                 seeds = finished_seeds(out, dataset, arm)
                 if seeds:
                     methods += ["--method", f"{LABELS[arm]}={run_dir_of(out, dataset, arm, seeds)}"]
-                    runs += [f"sac_s{seed}" if arm == "sac" else f"{dataset}_{arm}_s{seed}" for seed in seeds]
+                    runs += [job_name(dataset, arm, seed) for seed in seeds]
             if len(methods) < 4:  # a comparison needs two methods
                 continue
             study = out / f"hopper-{dataset}" / folder
@@ -424,24 +424,42 @@ def report(out: Path):
             commands.append(command)
             subprocess.run([sys.executable, *command[1:]], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
             write_study_files(study, dataset, [by_name[name] for name in runs], by_name, command, out)
+    write_fqe_convergence(out)
     # diagnostics (benchmark/diagnose.py): the pretrained critics' Q against Monte-Carlo returns of the CQL policy,
     # and alpha, Qbar and the offline fraction along the runs, on the dataset that has every arm
     pre = out / "pretrained"
     cql, fqe = pre / f"cql_hopper-{FULL_ARMS_ON}_N5.pt", pre / f"fqe_hopper-{FULL_ARMS_ON}_N5.pt"
-    command = [PY, "benchmark/diagnose.py", "--env-id", ENV_ID, "--episodes", EVAL_EPISODES, "--seed", 1]
+    inputs = []
     if (ROOT / fqe).exists() and (ROOT / out / "status" / f"fqe_{FULL_ARMS_ON}.done").exists():
-        command += ["--policy", f"CQL (N=5)={cql}", "--policy", f"FQE critics of the CQL policy={cql}:{fqe}"]
+        inputs += ["--policy", f"CQL (N=5)={cql}", "--policy", f"FQE critics of the CQL policy={cql}:{fqe}"]
     for arm in FINETUNE_ARMS:
         seeds = finished_seeds(out, FULL_ARMS_ON, arm)
         if seeds:
-            command += ["--runs", f"{LABELS[arm]}={run_dir_of(out, FULL_ARMS_ON, arm, seeds)}"]
-    if len(command) > 8:
-        command = [str(part) for part in command + ["--out-dir", out / f"hopper-{FULL_ARMS_ON}" / "diagnostics"]]
+            inputs += ["--runs", f"{LABELS[arm]}={run_dir_of(out, FULL_ARMS_ON, arm, seeds)}"]
+    if inputs:
+        command = [str(part) for part in [PY, "benchmark/diagnose.py", "--env-id", ENV_ID, "--episodes", EVAL_EPISODES,
+                                          "--seed", 1, *inputs, "--out-dir", out / f"hopper-{FULL_ARMS_ON}" / "diagnostics"]]
         commands.append(command)
         subprocess.run([sys.executable, *command[1:]], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     with open(ROOT / out / "report_commands.txt", "w") as f:
         f.write("# written by: python benchmark/evidence.py --report\n")
         f.writelines(shlex.join(c) + "\n" for c in commands)
+
+
+def write_fqe_convergence(out: Path):
+    """fqe_convergence.csv: FQE's estimate of the CQL policy's value at the episodes' start states against the
+    Monte-Carlo return it measured, at every evaluation (why FQE_STEPS is 100k)."""
+    events = load_events(out / "runs" / f"hopper-{FULL_ARMS_ON}__fqe__seed1")
+    tags = ("eval/q_estimate_env_starts", "eval/mc_return")
+    if events is None or not set(tags) <= set(events.Tags()["scalars"]):
+        return
+    curves = [{e.step: e.value for e in events.Scalars(tag)} for tag in tags]  # a resumed step: the last value
+    path = out / f"hopper-{FULL_ARMS_ON}" / "diagnostics" / "fqe_convergence.csv"
+    (ROOT / path.parent).mkdir(parents=True, exist_ok=True)
+    with open(ROOT / path, "w", newline="") as f:
+        csv.writer(f).writerows([["step", "q_estimate_env_starts", "mc_return"]] +
+                                [[step, round(curves[0][step], 2), round(curves[1][step], 2)]
+                                 for step in sorted(set(curves[0]) & set(curves[1]))])
 
 
 def write_study_files(study: Path, dataset: str, runs: list, by_name: dict, plot_command: list, out: Path):

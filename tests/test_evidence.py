@@ -285,3 +285,19 @@ def test_seed_metrics_drop_and_early_mean():
     m = evidence.seed_metrics(steps, scores)
     assert m["drop"] == pytest.approx(40 - 10) and m["min_1k_10k"] == 10 and m["at_10k"] == 50
     assert m["early"] == pytest.approx(np.mean(scores[1:11])) and m["final"] == pytest.approx(60.0)
+
+
+def test_fqe_convergence_csv(tmp_path, monkeypatch):
+    """FQE's start-state estimate against its Monte-Carlo return, per evaluation; a resumed step keeps its last value."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    monkeypatch.setattr(evidence, "ROOT", tmp_path)
+    out = Path("out")
+    with SummaryWriter(str(tmp_path / out / "runs" / "hopper-medium__fqe__seed1")) as writer:
+        for step, q, mc in ((5000, 27.0, 230.0), (10000, 60.0, 234.0), (10000, 63.5, 233.9), (15000, 101.7, 225.2)):
+            writer.add_scalar("eval/q_estimate_env_starts", q, step)
+            if step != 15000:
+                writer.add_scalar("eval/mc_return", mc, step)
+    evidence.write_fqe_convergence(out)
+    rows = (tmp_path / out / "hopper-medium" / "diagnostics" / "fqe_convergence.csv").read_text().splitlines()
+    assert rows == ["step,q_estimate_env_starts,mc_return", "5000,27.0,230.0", "10000,63.5,233.9"]
