@@ -23,6 +23,7 @@ Reductions from the paper (paper value in brackets):
     python benchmark/evidence.py                # run (or continue) the campaign, 2 jobs at a time
     python benchmark/evidence.py --dry-run      # the commands, and which are finished
     python benchmark/evidence.py --report       # figures, curves.csv, summary.csv, claims.csv from the finished runs
+                                                # (and README.md's study tables)
 
 The paper's claims (a)-(e) are judged in claims.csv by the rule above CLAIMS (fixed before any fine-tuning result).
 
@@ -55,6 +56,7 @@ SEEDS = (1, 2, 3)
 EVAL_EPISODES = 10
 DATASETS = ("medium", "medium-replay", "medium-expert")
 FULL_ARMS_ON = "medium"
+README_MARKERS = ("<!-- study-results -->", "<!-- /study-results -->")
 POLL_SECONDS = 5
 # arm -> (balanced_finetune.py flags) for the arms that fine-tune the CQL ensemble
 FINETUNE_ARMS = {
@@ -366,6 +368,30 @@ def write_tables(out: Path, rows: list, claims: list):
         f.write("\n".join(lines) + "\n")
 
 
+def fill_readme(out: Path, readme: Path):
+    """Replace the README's block between README_MARKERS with tables.md's score tables and each dataset's Fig. 3
+    figure, so that every number there is the one in summary.csv."""
+    start, end = README_MARKERS
+    text = readme.read_text() if readme.exists() else ""
+    if start not in text or end not in text:
+        print(f"{readme.name}: no {start} ... {end} block, left as it is")
+        return
+    tables = (ROOT / out / "tables.md").read_text()
+    tables = tables.split("| claim | task |")[0].split("-->", 1)[1].strip()  # the score tables, not the comparisons
+    block = [f"<!-- written by: python benchmark/evidence.py --report (from {out / 'summary.csv'}) -->",
+             "Final = mean of the last three evaluations (48k-50k steps); the paper's early collapse shows in the "
+             "columns after it. Each study's folder (`hopper-<dataset>/fig3_methods/`, `fig4c_sampling/`, "
+             "`fig4d_ensemble/`, `fig1c_q_init/` under `" + str(out) + "/`) holds its `commands.txt`, "
+             "`summary.csv`, `curves.csv`, `datasets.csv` and figures.", "", tables]
+    for dataset in DATASETS:
+        figure = out / f"hopper-{dataset}" / "fig3_methods" / "fig3_score.png"
+        if (ROOT / figure).exists():
+            block += ["", f"![hopper-{dataset}, Fig. 3 arms]({figure})"]
+    head, rest = text.split(start, 1)
+    readme.write_text(head + start + "\n" + "\n".join(block) + "\n" + end + rest.split(end, 1)[1])
+    print(f"wrote {readme.name}'s study tables")
+
+
 def report(out: Path):
     rows, per_seed = [], {}
     for dataset in DATASETS:
@@ -441,6 +467,7 @@ def report(out: Path):
                                           "--seed", 1, *inputs, "--out-dir", out / f"hopper-{FULL_ARMS_ON}" / "diagnostics"]]
         commands.append(command)
         subprocess.run([sys.executable, *command[1:]], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    fill_readme(out, ROOT / "README.md")
     with open(ROOT / out / "report_commands.txt", "w") as f:
         f.write("# written by: python benchmark/evidence.py --report\n")
         f.writelines(shlex.join(c) + "\n" for c in commands)

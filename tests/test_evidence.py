@@ -301,3 +301,28 @@ def test_fqe_convergence_csv(tmp_path, monkeypatch):
     evidence.write_fqe_convergence(out)
     rows = (tmp_path / out / "hopper-medium" / "diagnostics" / "fqe_convergence.csv").read_text().splitlines()
     assert rows == ["step,q_estimate_env_starts,mc_return", "5000,27.0,230.0", "10000,63.5,233.9"]
+
+
+def test_fill_readme_replaces_only_the_study_block(tmp_path, monkeypatch, capsys):
+    """The README's block between the markers becomes tables.md's score tables (not the comparison rows) and the
+    Fig. 3 figure of each dataset that has one; the text around it is kept; a README without markers is untouched."""
+    monkeypatch.setattr(evidence, "ROOT", tmp_path)
+    out = Path("out")
+    (tmp_path / out / "hopper-medium" / "fig3_methods").mkdir(parents=True)
+    (tmp_path / out / "hopper-medium" / "fig3_methods" / "fig3_score.png").write_bytes(b"png")
+    (tmp_path / out / "tables.md").write_text(
+        "<!-- written by -->\n\n**hopper-medium** (normalized)\n\n| method | seeds |\n|---|---|\n| Ours | 3 |\n\n"
+        "| claim | task | comparison | result |\n|---|---|---|---|\n| (a) | hopper-medium | x | holds |\n")
+    start, end = evidence.README_MARKERS
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{start}\nold numbers 12.3\n{end}\n| claim | verdict |\nafter\n")
+    evidence.fill_readme(out, readme)
+    text = readme.read_text()
+    assert text.startswith(f"intro\n{start}\n") and text.endswith(f"{end}\n| claim | verdict |\nafter\n")
+    block = text.split(start)[1].split(end)[0]
+    assert "old numbers" not in block and "| Ours | 3 |" in block and "| (a) |" not in block
+    assert "![hopper-medium, Fig. 3 arms](out/hopper-medium/fig3_methods/fig3_score.png)" in block
+    assert "hopper-medium-replay" not in block  # no figure there yet
+    readme.write_text("no markers here\n")
+    evidence.fill_readme(out, readme)
+    assert readme.read_text() == "no markers here\n" and "left as it is" in capsys.readouterr().out
