@@ -369,8 +369,8 @@ def write_tables(out: Path, rows: list, claims: list):
 
 
 def fill_readme(out: Path, readme: Path):
-    """Replace the README's block between README_MARKERS with tables.md's score tables and each dataset's Fig. 3
-    figure, so that every number there is the one in summary.csv."""
+    """Replace the README's block between README_MARKERS with tables.md's score tables, the claims' verdicts with
+    their comparisons, and each dataset's Fig. 3 figure, so that every number there is the one in the CSVs."""
     start, end = README_MARKERS
     text = readme.read_text() if readme.exists() else ""
     if start not in text or end not in text:
@@ -378,11 +378,29 @@ def fill_readme(out: Path, readme: Path):
         return
     tables = (ROOT / out / "tables.md").read_text()
     tables = tables.split("| claim | task |")[0].split("-->", 1)[1].strip()  # the score tables, not the comparisons
-    block = [f"<!-- written by: python benchmark/evidence.py --report (from {out / 'summary.csv'}) -->",
+    block = ["<!-- written by: python benchmark/evidence.py --report (from summary.csv and claims.csv) -->",
              "Final = mean of the last three evaluations (48k-50k steps); the paper's early collapse shows in the "
              "columns after it. Each study's folder (`hopper-<dataset>/fig3_methods/`, `fig4c_sampling/`, "
              "`fig4d_ensemble/`, `fig1c_q_init/` under `" + str(out) + "/`) holds its `commands.txt`, "
              "`summary.csv`, `curves.csv`, `datasets.csv` and figures.", "", tables]
+    if (ROOT / out / "claims.csv").exists():
+        block += ["", "The paper's claims, judged by the rule fixed before the results (`CLAIMS` in "
+                  f"`benchmark/evidence.py`; every comparison in `{out / 'claims.csv'}`; a drop is better when smaller):",
+                  "",
+                  "| claim (metric) | task | verdict | first − second: difference ± SE (seeds) → result |",
+                  "|---|---|---|---|"]
+        with open(ROOT / out / "claims.csv") as f:
+            comparisons = []
+            for c in csv.DictReader(f):
+                if c["first"]:
+                    numbers = ("n/a" if c["se"] in ("", "nan") else f"{float(c['difference']):+.1f} ± {float(c['se']):.1f}")
+                    comparisons.append(f"{LABELS[c['first']]} − {LABELS[c['second']]}: {numbers} "
+                                       f"({c['n_first']}/{c['n_second']}) → {c['result'].split(' (')[0]}")
+                else:
+                    verdict = c["result"].removeprefix("verdict: ")
+                    block.append(f"| {c['claim']} ({c['metric']}) | {c['task']} | **{verdict}** | "
+                                 + "; ".join(comparisons) + " |")
+                    comparisons = []
     for dataset in DATASETS:
         figure = out / f"hopper-{dataset}" / "fig3_methods" / "fig3_score.png"
         if (ROOT / figure).exists():

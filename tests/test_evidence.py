@@ -304,8 +304,9 @@ def test_fqe_convergence_csv(tmp_path, monkeypatch):
 
 
 def test_fill_readme_replaces_only_the_study_block(tmp_path, monkeypatch, capsys):
-    """The README's block between the markers becomes tables.md's score tables (not the comparison rows) and the
-    Fig. 3 figure of each dataset that has one; the text around it is kept; a README without markers is untouched."""
+    """The README's block between the markers becomes tables.md's score tables (not its comparison rows), one line
+    per claim from claims.csv, and the Fig. 3 figure of each dataset that has one; the text around it is kept; a
+    README without markers is untouched."""
     monkeypatch.setattr(evidence, "ROOT", tmp_path)
     out = Path("out")
     (tmp_path / out / "hopper-medium" / "fig3_methods").mkdir(parents=True)
@@ -313,6 +314,11 @@ def test_fill_readme_replaces_only_the_study_block(tmp_path, monkeypatch, capsys
     (tmp_path / out / "tables.md").write_text(
         "<!-- written by -->\n\n**hopper-medium** (normalized)\n\n| method | seeds |\n|---|---|\n| Ours | 3 |\n\n"
         "| claim | task | comparison | result |\n|---|---|---|---|\n| (a) | hopper-medium | x | holds |\n")
+    (tmp_path / out / "claims.csv").write_text(
+        "claim,task,metric,first,second,first_mean,second_mean,n_first,n_second,difference,se,result\n"
+        "(c) N,hopper-medium,final,balanced-N5,balanced-N2,44.1,32.3,3,3,11.78,5.1,holds\n"
+        "(c) N,hopper-medium,final,balanced-N2,balanced-N1,32.3,56.2,3,1,nan,nan,n/a (fewer than 2 seeds)\n"
+        "(c) N,hopper-medium,final,,,,,,,,,verdict: inconclusive (2/2 comparisons run)\n")
     start, end = evidence.README_MARKERS
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{start}\nold numbers 12.3\n{end}\n| claim | verdict |\nafter\n")
@@ -323,6 +329,8 @@ def test_fill_readme_replaces_only_the_study_block(tmp_path, monkeypatch, capsys
     assert "old numbers" not in block and "| Ours | 3 |" in block and "| (a) |" not in block
     assert "![hopper-medium, Fig. 3 arms](out/hopper-medium/fig3_methods/fig3_score.png)" in block
     assert "hopper-medium-replay" not in block  # no figure there yet
+    assert ("| (c) N (final) | hopper-medium | **inconclusive (2/2 comparisons run)** | Ours (balanced, N=5) − Ours, "
+            "N=2: +11.8 ± 5.1 (3/3) → holds; Ours, N=2 − Ours, N=1: n/a (3/1) → n/a |") in block
     readme.write_text("no markers here\n")
     evidence.fill_readme(out, readme)
     assert readme.read_text() == "no markers here\n" and "left as it is" in capsys.readouterr().out
