@@ -354,6 +354,7 @@ def write_tables(out: Path, rows: list, claims: list):
                   f"{num(r['start_mean'])} | {num(r['after_first_epoch_mean'])} ± {num(r['after_first_epoch_std'])} | "
                   f"{num(r['min_1k_10k_mean'])} | {num(r['early_mean'])} |" for r in task_rows]
         lines.append("")
+    score_tables = "\n".join(lines).strip()
     if claims:
         lines += ["| claim | task | comparison (metric: first vs second, difference ± SE) | result |", "|---|---|---|---|"]
         for c in claims:
@@ -366,9 +367,10 @@ def write_tables(out: Path, rows: list, claims: list):
     with open(ROOT / out / "tables.md", "w") as f:
         f.write("<!-- written by: python benchmark/evidence.py --report (from summary.csv and claims.csv) -->\n\n")
         f.write("\n".join(lines) + "\n")
+    return score_tables
 
 
-def fill_readme(out: Path, readme: Path):
+def fill_readme(out: Path, readme: Path, score_tables: str, claims: list):
     """Replace the README's block between README_MARKERS with tables.md's score tables, the claims' verdicts with
     their comparisons, and each dataset's Fig. 3 figure, so that every number there is the one in the CSVs."""
     start, end = README_MARKERS
@@ -376,31 +378,28 @@ def fill_readme(out: Path, readme: Path):
     if start not in text or end not in text:
         print(f"{readme.name}: no {start} ... {end} block, left as it is")
         return
-    tables = (ROOT / out / "tables.md").read_text()
-    tables = tables.split("| claim | task |")[0].split("-->", 1)[1].strip()  # the score tables, not the comparisons
     block = ["<!-- written by: python benchmark/evidence.py --report (from summary.csv and claims.csv) -->",
              "Final = mean of the last three evaluations (48k-50k steps); the paper's early collapse shows in the "
              "columns after it. Each study's folder (`hopper-<dataset>/fig3_methods/`, `fig4c_sampling/`, "
              "`fig4d_ensemble/`, `fig1c_q_init/` under `" + str(out) + "/`) holds its `commands.txt`, "
-             "`summary.csv`, `curves.csv`, `datasets.csv` and figures.", "", tables]
-    if (ROOT / out / "claims.csv").exists():
+             "`summary.csv`, `curves.csv`, `datasets.csv` and figures.", "", score_tables]
+    if claims:
         block += ["", "The paper's claims, judged by the rule fixed before the results (`CLAIMS` in "
                   f"`benchmark/evidence.py`; every comparison in `{out / 'claims.csv'}`; a drop is better when smaller):",
                   "",
                   "| claim (metric) | task | verdict | first − second: difference ± SE (seeds) → result |",
                   "|---|---|---|---|"]
-        with open(ROOT / out / "claims.csv") as f:
-            comparisons = []
-            for c in csv.DictReader(f):
-                if c["first"]:
-                    numbers = ("n/a" if c["se"] in ("", "nan") else f"{float(c['difference']):+.1f} ± {float(c['se']):.1f}")
-                    comparisons.append(f"{LABELS[c['first']]} − {LABELS[c['second']]}: {numbers} "
-                                       f"({c['n_first']}/{c['n_second']}) → {c['result'].split(' (')[0]}")
-                else:
-                    verdict = c["result"].removeprefix("verdict: ")
-                    block.append(f"| {c['claim']} ({c['metric']}) | {c['task']} | **{verdict}** | "
-                                 + "; ".join(comparisons) + " |")
-                    comparisons = []
+        comparisons = []
+        for c in claims:  # comparison rows, then their claim's verdict row
+            if c["first"]:
+                numbers = "n/a" if np.isnan(c["se"]) else f"{c['difference']:+.1f} ± {c['se']:.1f}"
+                comparisons.append(f"{LABELS[c['first']]} − {LABELS[c['second']]}: {numbers} "
+                                   f"({c['n_first']}/{c['n_second']}) → {c['result'].split(' (')[0]}")
+            else:
+                verdict = c["result"].removeprefix("verdict: ")
+                block.append(f"| {c['claim']} ({c['metric']}) | {c['task']} | **{verdict}** | "
+                             + "; ".join(comparisons) + " |")
+                comparisons = []
     for dataset in DATASETS:
         figure = out / f"hopper-{dataset}" / "fig3_methods" / "fig3_score.png"
         if (ROOT / figure).exists():
@@ -428,7 +427,7 @@ def report(out: Path):
                          "early_mean": mean["early"], "at_10k_mean": mean["at_10k"], "best_mean": mean["best"],
                          "final_step": int(min(steps[-1] for steps, _ in curves))})
     claims = claim_rows(per_seed)
-    write_tables(out, rows, claims)
+    score_tables = write_tables(out, rows, claims)
     for name, table in (("summary.csv", rows), ("claims.csv", claims)):
         if not table:
             print(f"no fine-tuning run has finished yet: no {name}")
@@ -485,7 +484,7 @@ def report(out: Path):
                                           "--seed", 1, *inputs, "--out-dir", out / f"hopper-{FULL_ARMS_ON}" / "diagnostics"]]
         commands.append(command)
         subprocess.run([sys.executable, *command[1:]], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    fill_readme(out, ROOT / "README.md")
+    fill_readme(out, ROOT / "README.md", score_tables, claims)
     with open(ROOT / out / "report_commands.txt", "w") as f:
         f.write("# written by: python benchmark/evidence.py --report\n")
         f.writelines(shlex.join(c) + "\n" for c in commands)

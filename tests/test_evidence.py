@@ -304,33 +304,33 @@ def test_fqe_convergence_csv(tmp_path, monkeypatch):
 
 
 def test_fill_readme_replaces_only_the_study_block(tmp_path, monkeypatch, capsys):
-    """The README's block between the markers becomes tables.md's score tables (not its comparison rows), one line
-    per claim from claims.csv, and the Fig. 3 figure of each dataset that has one; the text around it is kept; a
-    README without markers is untouched."""
+    """The README's block between the markers becomes the score tables, one line per claim with its comparisons,
+    and the Fig. 3 figure of each dataset that has one; the text around it is kept; a README without markers is
+    untouched."""
     monkeypatch.setattr(evidence, "ROOT", tmp_path)
     out = Path("out")
     (tmp_path / out / "hopper-medium" / "fig3_methods").mkdir(parents=True)
     (tmp_path / out / "hopper-medium" / "fig3_methods" / "fig3_score.png").write_bytes(b"png")
-    (tmp_path / out / "tables.md").write_text(
-        "<!-- written by -->\n\n**hopper-medium** (normalized)\n\n| method | seeds |\n|---|---|\n| Ours | 3 |\n\n"
-        "| claim | task | comparison | result |\n|---|---|---|---|\n| (a) | hopper-medium | x | holds |\n")
-    (tmp_path / out / "claims.csv").write_text(
-        "claim,task,metric,first,second,first_mean,second_mean,n_first,n_second,difference,se,result\n"
-        "(c) N,hopper-medium,final,balanced-N5,balanced-N2,44.1,32.3,3,3,11.78,5.1,holds\n"
-        "(c) N,hopper-medium,final,balanced-N2,balanced-N1,32.3,56.2,3,1,nan,nan,n/a (fewer than 2 seeds)\n"
-        "(c) N,hopper-medium,final,,,,,,,,,verdict: inconclusive (2/2 comparisons run)\n")
+    score_tables = "**hopper-medium** (normalized)\n\n| method | seeds |\n|---|---|\n| Ours | 3 |"
+    verdict = {"first": "", "second": "", "first_mean": "", "second_mean": "", "n_first": "", "n_second": "",
+               "difference": "", "se": "", "result": "verdict: inconclusive (2/2 comparisons run)"}
+    claims = [dict(claim="(c) N", task="hopper-medium", metric="final", **row) for row in (
+        dict(first="balanced-N5", second="balanced-N2", first_mean=44.1, second_mean=32.3, n_first=3, n_second=3,
+             difference=11.78, se=5.1, result="holds"),
+        dict(first="balanced-N2", second="balanced-N1", first_mean=32.3, second_mean=56.2, n_first=3, n_second=1,
+             difference=np.nan, se=np.nan, result="n/a (fewer than 2 seeds)"), verdict)]
     start, end = evidence.README_MARKERS
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{start}\nold numbers 12.3\n{end}\n| claim | verdict |\nafter\n")
-    evidence.fill_readme(out, readme)
+    evidence.fill_readme(out, readme, score_tables, claims)
     text = readme.read_text()
     assert text.startswith(f"intro\n{start}\n") and text.endswith(f"{end}\n| claim | verdict |\nafter\n")
     block = text.split(start)[1].split(end)[0]
-    assert "old numbers" not in block and "| Ours | 3 |" in block and "| (a) |" not in block
+    assert "old numbers" not in block and "| Ours | 3 |" in block
     assert "![hopper-medium, Fig. 3 arms](out/hopper-medium/fig3_methods/fig3_score.png)" in block
     assert "hopper-medium-replay" not in block  # no figure there yet
     assert ("| (c) N (final) | hopper-medium | **inconclusive (2/2 comparisons run)** | Ours (balanced, N=5) − Ours, "
             "N=2: +11.8 ± 5.1 (3/3) → holds; Ours, N=2 − Ours, N=1: n/a (3/1) → n/a |") in block
     readme.write_text("no markers here\n")
-    evidence.fill_readme(out, readme)
+    evidence.fill_readme(out, readme, score_tables, claims)
     assert readme.read_text() == "no markers here\n" and "left as it is" in capsys.readouterr().out
