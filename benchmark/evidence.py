@@ -371,8 +371,8 @@ def write_tables(out: Path, rows: list, claims: list):
 
 
 def fill_readme(out: Path, readme: Path, score_tables: str, claims: list):
-    """Replace the README's block between README_MARKERS with tables.md's score tables, the claims' verdicts with
-    their comparisons, and each dataset's Fig. 3 figure, so that every number there is the one in the CSVs."""
+    """Replace the README's block between README_MARKERS with the score tables (as in tables.md), the claims' verdicts
+    with their comparisons (claims.csv's rows), and each dataset's Fig. 3 figure, so every number is the CSVs' one."""
     start, end = README_MARKERS
     text = readme.read_text() if readme.exists() else ""
     if start not in text or end not in text:
