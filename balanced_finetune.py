@@ -108,6 +108,8 @@ class Args:
     """where the fine-tuned ensemble is written (default checkpoints/balanced_{env_id}_seed{seed}.pt)"""
     checkpoint_every: int = 10_000
     """write a resumable checkpoint at the first epoch end after this many env steps (0: only at the end)"""
+    keep_checkpoints: bool = False
+    """also keep each checkpoint written (periodic and final) as a copy named <checkpoint stem>_step<N>.pt"""
     resume: bool = False
     """continue the run stored in --save-checkpoint"""
 
@@ -644,10 +646,14 @@ def main():
     def save(step):
         resume = run_state_dict(args, nets, optimizers, log_alpha, buffer,
                                 {"global_step": step, "epoch": epoch, "n_updates": n_updates}, rng, device)
-        save_checkpoint(args.save_checkpoint, {
+        payload = {
             "format": CHECKPOINT_FORMAT, "algo": "balanced", "env_id": args.env_id, "obs_dim": obs_dim,
             "act_dim": act_dim, "n_ensemble": k, "hidden_sizes": hidden_sizes, "actor": actor.state_dict(),
-            "critic": critic.state_dict(), "step": step, "args": dataclasses.asdict(args), "resume": resume})
+            "critic": critic.state_dict(), "step": step, "args": dataclasses.asdict(args), "resume": resume}
+        save_checkpoint(args.save_checkpoint, payload)
+        if args.keep_checkpoints:  # snapshots for diagnostics (benchmark/diagnose.py --policy)
+            stem, ext = os.path.splitext(args.save_checkpoint)
+            save_checkpoint(f"{stem}_step{step}{ext or '.pt'}", payload)
 
     writer = SummaryWriter(args.run_dir, purge_step=global_step if saved is not None else None)
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(

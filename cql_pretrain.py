@@ -415,7 +415,8 @@ def main():
         check_checkpoint(ckpt, checkpoint_path, "cql", args.env_id, obs_dim, act_dim, n, hidden_sizes)
         if "resume" not in ckpt:
             fail(f"checkpoint {checkpoint_path} holds no resume state")
-        start_step, run_dir = load_cql_run_state(ckpt, nets, optimizers, log_alpha, np_rng, device)
+        start_step, stored_run_dir = load_cql_run_state(ckpt, nets, optimizers, log_alpha, np_rng, device)
+        run_dir = args.run_dir or stored_run_dir  # a continuation (a copy of a finished run) may log elsewhere
         print(f"resuming {checkpoint_path} at step {start_step}, logging to {run_dir}")
 
     def save(step: int):

@@ -35,6 +35,7 @@ by make_datasets.py from the committed behaviour policies.
 """
 import argparse
 import csv
+import fcntl
 import os
 import shlex
 import shutil
@@ -70,6 +71,28 @@ FINETUNE_ARMS = {
 }
 ARMS_ELSEWHERE = ("balanced-N5", "sac-ft")
 
+# ---- The first online epoch on hopper-medium (fixed 2026-12-01, before any of these jobs ran) ----
+# 1. Diagnosis at the committed 30k-step CQL ensemble: ours (balanced, N=5) for 3 epochs (3000 env steps) as is, with
+#    frozen critics (--q-lr 0: only the actor and alpha learn) and with a frozen actor (--policy-lr 0: only the
+#    critics and alpha learn), seeds 1-3, a checkpoint kept after every epoch, then the critics' Qbar against the
+#    Monte-Carlo return of the ensemble policy at each (benchmark/diagnose.py --policy).
+# 2. Dose-response of CQL depth: the committed run (seed 1, every setting as CQL_STEPS' run) continued to 150k steps,
+#    kept at 30k, 60k, 100k, 150k; at each depth the CQL gap (losses/cql / alpha_cql = logsumexp Q - Q(data), logged
+#    by cql_pretrain.py), Qbar vs Monte-Carlo of the ensemble policy, and a probe: ours (balanced, N=5) and SAC-ft,
+#    seeds 1-3, 3 epochs, every other setting as the full runs.
+#    Reading, pre-registered: kept = score after the first epoch / score at 0, per seed. The depth hypothesis is
+#    SUPPORTED if ours' kept at the deepest checkpoint exceeds its kept at 30k by more than MARGIN_SE standard errors
+#    (the claims' rule) and its mean is at least KEEP_SUPPORTED; PARTLY SUPPORTED if it exceeds it but the mean stays
+#    below KEEP_SUPPORTED (depth reduces the fall without removing it); REFUTED if it does not exceed it.
+DEPTHS = (30_000, 60_000, 100_000, 150_000)
+PROBE_STEPS = 3_000  # 3 epochs of 1000 env steps (5000 + 1000 + 1000 updates)
+PROBE_ARMS = ("balanced-N5", "sac-ft")
+KEEP_SUPPORTED = 0.8
+DIAGNOSIS_VARIANTS = {"frozen-critics": ("--q-lr", 0), "frozen-actor": ("--policy-lr", 0)}
+# 3. Every arm of claims (a) and (b) on every dataset (3 seeds, the settings above): AWAC and BCQ-ft on medium-replay
+#    and medium-expert, uniform and online-only replay on both; queued after 1-2.
+ARMS_ADDED_ELSEWHERE = ("uniform-N5", "online-only-N5", "awac-N5", "bcq-ft-N1")
+
 
 @dataclass
 class Job:
@@ -79,6 +102,7 @@ class Job:
     run_dir: Path | None = None  # removed before a fresh start (no checkpoint): no half-written curves
     deps: list = field(default_factory=list)
     outputs: list = field(default_factory=list)  # files (not committed) whose presence means done, instead of a marker
+    init_from: Path | None = None  # a continuation: its checkpoint starts as a copy of this file (then --resume)
 
 
 def dataset_file(dataset: str) -> str:
@@ -148,24 +172,140 @@ def jobs(out: Path) -> list[Job]:
                                "--eval-episodes", EVAL_EPISODES, "--seed", seed, "--save-checkpoint", ck / f"{name}.pt",
                                "--checkpoint-every", 5000, "--run-dir", run_dir],
                         ck / f"{name}.pt", run_dir, ["data_medium"]))
+    out_jobs += first_epoch_jobs(out, data_args, cql)
+    # 3. the arms of claims (a) and (b) missing on medium-replay and medium-expert
+    for d in DATASETS:
+        if d == FULL_ARMS_ON:
+            continue
+        for seed in SEEDS:
+            for arm in ARMS_ADDED_ELSEWHERE:
+                name, run_dir = job_name(d, arm, seed), runs / f"hopper-{d}__{arm}__seed{seed}"
+                if arm in FINETUNE_ARMS:
+                    command = [PY, "balanced_finetune.py", *data_args(d), "--checkpoint", cql[d], *FINETUNE_ARMS[arm],
+                               "--online-steps", ONLINE_STEPS, "--eval-episodes", EVAL_EPISODES, "--seed", seed,
+                               "--save-checkpoint", ck / f"{name}.pt", "--checkpoint-every", 5000, "--run-dir", run_dir]
+                    deps = [f"cql_{d}", "data_all"]
+                else:
+                    command = offline_online_command(arm, data_args(d), seed, ck / f"{name}.pt", run_dir)
+                    deps = ["data_all"]
+                out_jobs.append(Job(name, command, ck / f"{name}.pt", run_dir, deps))
     for job in out_jobs:
         job.command = [str(part) for part in job.command]
     return out_jobs
 
 
+def offline_online_command(arm: str, data_args: list, seed: int, checkpoint: Path, run_dir: Path) -> list:
+    """AWAC (N=5) or BCQ-ft (N=1): offline pretraining then online fine-tuning, in one run."""
+    script, n = {"awac-N5": ("awac.py", 5), "bcq-ft-N1": ("bcq_ft.py", 1)}[arm]
+    return [PY, script, *data_args, "--n-ensemble", n, "--hidden-dim", WIDTH, "--offline-steps", OFFLINE_STEPS,
+            "--online-steps", ONLINE_STEPS, "--eval-every", 1000, "--eval-episodes", EVAL_EPISODES, "--seed", seed,
+            "--save-checkpoint", checkpoint, "--checkpoint-every", 5000, "--run-dir", run_dir]
+
+
+def depth_checkpoint(out: Path, steps: int) -> Path:
+    pre = out / "pretrained"
+    return pre / "cql_hopper-medium_N5.pt" if steps == CQL_STEPS else pre / f"cql_hopper-medium_N5_{steps // 1000}k.pt"
+
+
+def depth_job(steps: int) -> str:
+    return "cql_medium" if steps == CQL_STEPS else f"cql_medium_{steps // 1000}k"
+
+
+def first_epoch_jobs(out: Path, data_args, cql: dict) -> list[Job]:
+    """The first-epoch study (1-2 above): the CQL continuation first (it is the long pole), then Qbar vs Monte-Carlo
+    at each depth, the diagnosis probes, the per-epoch Q vs MC of the diagnosis, and the depth probes."""
+    depth, diagnosis = out / "depth", out / "diagnosis"
+    chain, q_jobs, probes, diag = [], [], [], []
+    for previous, steps in zip(DEPTHS, DEPTHS[1:]):
+        chain.append(Job(
+            depth_job(steps), [PY, "cql_pretrain.py", *data_args("medium"), "--n-ensemble", 5, "--hidden-dim", WIDTH,
+                               "--offline-steps", steps, "--bc-steps", BC_STEPS, "--eval-every", 10_000,
+                               "--eval-episodes", EVAL_EPISODES, "--checkpoint", depth_checkpoint(out, steps),
+                               "--checkpoint-every", 2500, "--run-dir",
+                               out / "runs" / "hopper-medium__cql-pretrain-deep__seed1", "--seed", 1],
+            depth_checkpoint(out, steps), None, [depth_job(previous)], init_from=depth_checkpoint(out, previous)))
+    for steps in DEPTHS:
+        k = f"{steps // 1000}k"
+        q_jobs.append(Job(
+            f"q_vs_mc_{k}", [PY, "benchmark/diagnose.py", "--env-id", ENV_ID, "--episodes", EVAL_EPISODES, "--seed", 1,
+                             "--policy", f"CQL {k}={depth_checkpoint(out, steps)}", "--out-dir", depth / "q_vs_mc" / k],
+            deps=[depth_job(steps)]))
+        for seed in SEEDS:
+            for arm in PROBE_ARMS:
+                name = f"depth{k}_{arm}_s{seed}"
+                probes.append(probe_job(name, data_args, depth_checkpoint(out, steps), FINETUNE_ARMS[arm], seed,
+                                        depth / "runs" / f"hopper-medium__{arm}__cql{k}__seed{seed}",
+                                        depth / "checkpoints" / f"{name}.pt", depth_job(steps)))
+    for seed in SEEDS:
+        for variant, flags in DIAGNOSIS_VARIANTS.items():
+            name = f"diag_{variant}_s{seed}"
+            diag.append(probe_job(name, data_args, cql["medium"], (*FINETUNE_ARMS["balanced-N5"], *flags), seed,
+                                  diagnosis / "runs" / f"hopper-medium__balanced-N5-{variant}__seed{seed}",
+                                  diagnosis / "checkpoints" / f"{name}.pt", "cql_medium"))
+    # Qbar vs Monte-Carlo after each epoch of the diagnosis probes (and of the depth-30k probe of ours, the unfrozen run)
+    policies, deps = ["--policy", f"CQL 30k, step 0={cql['medium']}"], []
+    for seed in SEEDS:
+        for variant, folder, name in (("as is", depth, f"depth30k_balanced-N5_s{seed}"),
+                                      *((v, diagnosis, f"diag_{v}_s{seed}") for v in DIAGNOSIS_VARIANTS)):
+            deps.append(name)
+            for step in range(1000, PROBE_STEPS + 1, 1000):
+                policies += ["--policy", f"{variant}, seed {seed}, step {step}={folder / 'checkpoints' / name}_step{step}.pt"]
+    diag_q = Job("diag_q_vs_mc", [PY, "benchmark/diagnose.py", "--env-id", ENV_ID, "--episodes", EVAL_EPISODES,
+                                  "--seed", 1, *policies, "--out-dir", diagnosis / "critic_side"], deps=deps)
+    probes_30k = [job for job in probes if job.name.startswith("depth30k_")]
+    later = [job for job in probes if not job.name.startswith("depth30k_")]
+    return chain + q_jobs + probes_30k + diag + [diag_q] + later
+
+
+def probe_job(name: str, data_args, cql_checkpoint: Path, flags: tuple, seed: int, run_dir: Path, checkpoint: Path,
+              dep: str) -> Job:
+    """A short fine-tuning run on hopper-medium (PROBE_STEPS), keeping its checkpoint after every epoch."""
+    return Job(name, [PY, "balanced_finetune.py", *data_args("medium"), "--checkpoint", cql_checkpoint, *flags,
+                      "--online-steps", PROBE_STEPS, "--eval-episodes", EVAL_EPISODES, "--seed", seed,
+                      "--save-checkpoint", checkpoint, "--checkpoint-every", 1000, "--keep-checkpoints",
+                      "--run-dir", run_dir], checkpoint, run_dir, [dep])
+
+
+def lock_is_held(path: Path) -> bool:
+    """Whether a job's lock file is held (flock) by a live process: its job is running, from this or another
+    sitting of the campaign (the lock dies with the process, so a crash leaves no stale lock)."""
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the lock if this call took it
+
+
 def run_campaign(out: Path, workers: int, dry_run: bool, only: list[str]):
+    """Run every pending job whose dependencies are done, at most `workers` at a time across every sitting.
+
+    Each job runs under an exclusive lock (status/<job>.lock) that its process inherits and holds until it exits,
+    and marks itself done (status/<job>.done) or failed (status/<job>.failed); so a second `evidence.py` (say with
+    more jobs, after this file changed) can start beside a running one: it counts the running jobs against
+    --workers, never starts a job twice, and waits for what it depends on.
+    """
     status = out / "status"
     logs = out / "logs"
-    status.mkdir(parents=True, exist_ok=True)
-    logs.mkdir(parents=True, exist_ok=True)
+    (ROOT / status).mkdir(parents=True, exist_ok=True)
+    (ROOT / logs).mkdir(parents=True, exist_ok=True)
     all_jobs = jobs(out)
     todo = [job for job in all_jobs if not only or any(key in job.name for key in only)]
     outputs = {job.name: job.outputs for job in all_jobs}
+    started_at = time.time()
 
     def done(name: str) -> bool:
         if outputs.get(name):
             return all((ROOT / path).exists() for path in outputs[name])
         return (ROOT / status / f"{name}.done").exists()
+
+    def failed_elsewhere(name: str) -> bool:  # failed in another sitting since this one started
+        marker = ROOT / status / f"{name}.failed"
+        return marker.exists() and marker.stat().st_mtime >= started_at
 
     if dry_run:
         for job in todo:
@@ -178,13 +318,26 @@ def run_campaign(out: Path, workers: int, dry_run: bool, only: list[str]):
                        f" --workers {workers}{' --only ' + ' '.join(only) if only else ''}"
                        " (finished jobs are skipped, interrupted ones resumed)\n")
         while True:
-            pending = [job for job in todo if not done(job.name) and job.name not in running and job.name not in failed]
+            failed |= {job.name for job in todo if failed_elsewhere(job.name)}
+            busy = {job.name for job in all_jobs if lock_is_held(ROOT / status / f"{job.name}.lock")} | set(running)
+            pending = [job for job in todo if not done(job.name) and job.name not in busy and job.name not in failed]
             blocked = lambda job: any(dep in failed for dep in job.deps)  # noqa: E731
             ready = [job for job in pending if all(done(dep) for dep in job.deps) and not blocked(job)]
-            while ready and len(running) < workers:
+            while ready and len(busy) < workers:
                 job = ready.pop(0)
+                lock = os.open(ROOT / status / f"{job.name}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # another sitting took it just now
+                    os.close(lock)
+                    continue
+                busy.add(job.name)
                 command = list(job.command)
-                if job.checkpoint is not None and (ROOT / job.checkpoint).exists():
+                checkpoint = None if job.checkpoint is None else ROOT / job.checkpoint
+                if checkpoint is not None and job.init_from is not None and not checkpoint.exists():
+                    shutil.copyfile(ROOT / job.init_from, f"{checkpoint}.tmp")  # a continuation of a finished run
+                    os.replace(f"{checkpoint}.tmp", checkpoint)
+                if checkpoint is not None and checkpoint.exists():
                     command.append("--resume")
                 elif job.run_dir is not None and (ROOT / job.run_dir).exists():
                     shutil.rmtree(ROOT / job.run_dir)
@@ -192,10 +345,16 @@ def run_campaign(out: Path, workers: int, dry_run: bool, only: list[str]):
                 commands.flush()
                 log = open(ROOT / logs / f"{job.name}.log", "a")
                 print(f"{time.strftime('%H:%M:%S')} start {job.name}", flush=True)
-                process = subprocess.Popen([sys.executable, *command[1:]], cwd=ROOT, env=env, stdout=log,
-                                           stderr=subprocess.STDOUT)
+                mark_done = "" if outputs.get(job.name) else f"touch {shlex.quote(str(ROOT / status / job.name))}.done"
+                marks = (f'"$@"; rc=$?; if [ $rc -eq 0 ]; then {mark_done or ":"}; '
+                         f'else echo $rc > {shlex.quote(str(ROOT / status / job.name))}.failed; fi; exit $rc')
+                # the job's own session: it outlives this process (and a Ctrl-C to it), holding its lock to the end
+                process = subprocess.Popen(["sh", "-c", marks, "sh", sys.executable, *command[1:]], cwd=ROOT, env=env,
+                                           stdout=log, stderr=subprocess.STDOUT, pass_fds=(lock,),
+                                           start_new_session=True)
+                os.close(lock)
                 running[job.name] = (process, log)
-            if not running:
+            if not running and not ready and not busy:
                 break
             time.sleep(POLL_SECONDS)
             for name, (process, log) in list(running.items()):
@@ -204,8 +363,6 @@ def run_campaign(out: Path, workers: int, dry_run: bool, only: list[str]):
                 log.close()
                 del running[name]
                 if process.returncode == 0:
-                    if not outputs.get(name):
-                        (ROOT / status / f"{name}.done").touch()
                     print(f"{time.strftime('%H:%M:%S')} done {name}", flush=True)
                 else:
                     failed.add(name)

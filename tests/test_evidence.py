@@ -1,4 +1,5 @@
 """benchmark/make_datasets.py (D4RL recipes at CPU scale) and benchmark/evidence.py (the restartable campaign)."""
+import os
 import sys
 from pathlib import Path
 
@@ -91,9 +92,22 @@ def test_campaign_arms_share_every_setting(tmp_path):
     names = [job.name for job in all_jobs]
     assert len(names) == len(set(names))
     finetune = [job for job in all_jobs if "balanced_finetune.py" in job.command]
-    for job in finetune:
+    for job in finetune:  # full runs 50k steps, the first-epoch probes 3 epochs; the rest is the same
         value = lambda flag, job=job: job.command[job.command.index(flag) + 1]
-        assert value("--online-steps") == "50000" and value("--eval-episodes") == "10", job.name
+        probe = job.name.startswith(("depth", "diag_"))
+        assert value("--online-steps") == ("3000" if probe else "50000") and value("--eval-episodes") == "10", job.name
+    probes = [job for job in finetune if job.name.startswith("depth")]
+    assert len(probes) == len(evidence.DEPTHS) * len(evidence.PROBE_ARMS) * len(evidence.SEEDS)
+    for job in probes:  # a probe differs from its arm's full run in --online-steps and its files only
+        steps = int(job.name.removeprefix("depth").split("k_")[0]) * 1000
+        assert evidence.depth_checkpoint(tmp_path, steps).as_posix() in " ".join(job.command)
+    for every_arm in ("medium-replay", "medium-expert"):  # every arm of claims (a) and (b) on every dataset
+        for arm in ("balanced-N5", "sac-ft", "uniform-N5", "online-only-N5", "awac-N5", "bcq-ft-N1"):
+            assert {f"{every_arm}_{arm}_s{s}" for s in evidence.SEEDS} <= set(names)
+    chain = [job for job in all_jobs if job.name.startswith("cql_medium_")]
+    assert [job.name for job in chain] == ["cql_medium_60k", "cql_medium_100k", "cql_medium_150k"]
+    for job, previous in zip(chain, ["cql_medium", "cql_medium_60k", "cql_medium_100k"]):
+        assert job.deps == [previous] and job.init_from == next(j.checkpoint for j in all_jobs if j.name == previous)
     for arm in evidence.FINETUNE_ARMS:
         assert {n for n in names if n.startswith(f"medium_{arm}_s")} == {f"medium_{arm}_s{s}" for s in evidence.SEEDS}
     for arm in ("awac-N5", "bcq-ft-N1"):
@@ -128,7 +142,8 @@ def test_runner_resumes_skips_and_stops_at_failures(tmp_path, monkeypatch, capsy
     assert (tmp_path / "first.args").read_text() == ""
     assert (tmp_path / "second.args").read_text() == "--resume"
     assert not (tmp_path / "third.args").exists() and not (tmp_path / "after_bad.args").exists()
-    assert {p.name for p in (out / "status").iterdir()} == {"first.done", "second.done", "third.done"}
+    assert {p.name for p in (out / "status").glob("*.done")} == {"first.done", "second.done", "third.done"}
+    assert (out / "status" / "bad.failed").read_text().strip() == "3"  # the job marks its own failure
     printed = capsys.readouterr().out
     assert "FAILED bad (exit 3)" in printed and "2 jobs not done: bad, after_bad" in printed
     commands = (out / "commands.txt").read_text().splitlines()
@@ -205,7 +220,7 @@ def test_jobs_with_outputs_are_done_when_their_files_exist(tmp_path, monkeypatch
     (tmp_path / "t.txt").unlink()
     evidence.run_campaign(out, workers=1, dry_run=False, only=[])  # everything done: nothing runs again
     assert not (tmp_path / "t.txt").exists()
-    assert {p.name for p in (out / "status").iterdir()} == {"data.done", "train.done"}
+    assert {p.name for p in (out / "status").glob("*.done")} == {"data.done", "train.done"}
 
 
 def test_report_study_folder_stands_alone(tmp_path, monkeypatch):
@@ -334,3 +349,50 @@ def test_fill_readme_replaces_only_the_study_block(tmp_path, monkeypatch, capsys
     readme.write_text("no markers here\n")
     evidence.fill_readme(out, readme, score_tables, claims)
     assert readme.read_text() == "no markers here\n" and "left as it is" in capsys.readouterr().out
+
+
+def test_a_second_sitting_never_starts_a_running_job_and_counts_it_against_workers(tmp_path, monkeypatch, capsys):
+    """A job holds status/<job>.lock while it runs, even after the sitting that started it is gone: another sitting
+    waits for it (it is a dependency), does not start it again, and marks nothing for it; the job marks itself."""
+    import fcntl
+    import subprocess
+    import time
+
+    monkeypatch.setattr(evidence, "ROOT", tmp_path)
+    monkeypatch.setattr(evidence, "POLL_SECONDS", 0.05)
+    out = tmp_path / "out"
+    (out / "status").mkdir(parents=True)
+    record = "import sys, pathlib, time; pathlib.Path(sys.argv[1]).write_text(str(time.time()))"
+    jobs = [evidence.Job("long", ["python", "-c", "pass", str(tmp_path / "long.args")]),
+            evidence.Job("after", ["python", "-c", record, str(tmp_path / "after.args")], deps=["long"]),
+            evidence.Job("free", ["python", "-c", record, str(tmp_path / "free.args")])]
+    monkeypatch.setattr(evidence, "jobs", lambda out: jobs)
+    # 'long' runs in another sitting: a process holding its lock, which marks it done when it ends after 1 s
+    holder = subprocess.Popen(["flock", str(out / "status" / "long.lock"), "sh", "-c",
+                               f"sleep 1; touch {out / 'status' / 'long.done'}"])
+    while not evidence.lock_is_held(out / "status" / "long.lock"):
+        time.sleep(0.01)
+    started = time.time()
+    evidence.run_campaign(out, workers=2, dry_run=False, only=[])  # one slot is taken by 'long'
+    holder.wait()
+    assert not (tmp_path / "long.args").exists()  # never started here
+    assert float((tmp_path / "after.args").read_text()) >= started + 0.9  # waited for 'long' to finish elsewhere
+    assert (tmp_path / "free.args").exists()
+    assert "start long" not in capsys.readouterr().out
+    fd = os.open(out / "status" / "free.lock", os.O_RDWR)  # a finished job's lock is free again
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.close(fd)
+
+
+def test_a_continuation_starts_from_a_copy_of_the_finished_run(tmp_path, monkeypatch):
+    """init_from: the first start copies the earlier checkpoint (left as it is) and resumes from the copy."""
+    monkeypatch.setattr(evidence, "ROOT", tmp_path)
+    monkeypatch.setattr(evidence, "POLL_SECONDS", 0.05)
+    (tmp_path / "short.pt").write_text("step 30000")
+    record = "import sys, pathlib; pathlib.Path(sys.argv[1]).write_text(' '.join(sys.argv[2:]))"
+    job = evidence.Job("deeper", ["python", "-c", record, str(tmp_path / "deeper.args")], tmp_path / "deeper.pt",
+                       init_from=tmp_path / "short.pt")
+    monkeypatch.setattr(evidence, "jobs", lambda out: [job])
+    evidence.run_campaign(tmp_path / "out", workers=1, dry_run=False, only=[])
+    assert (tmp_path / "deeper.args").read_text() == "--resume"
+    assert (tmp_path / "deeper.pt").read_text() == "step 30000" and (tmp_path / "short.pt").read_text() == "step 30000"
