@@ -318,11 +318,11 @@ def run_campaign(out: Path, workers: int, dry_run: bool, only: list[str]):
                        f" --workers {workers}{' --only ' + ' '.join(only) if only else ''}"
                        " (finished jobs are skipped, interrupted ones resumed)\n")
         while True:
-            failed |= {job.name for job in todo if failed_elsewhere(job.name)}
+            failed.update(job.name for job in todo if failed_elsewhere(job.name))
             busy = {job.name for job in all_jobs if lock_is_held(ROOT / status / f"{job.name}.lock")} | set(running)
             pending = [job for job in todo if not done(job.name) and job.name not in busy and job.name not in failed]
-            blocked = lambda job: any(dep in failed for dep in job.deps)  # noqa: E731
-            ready = [job for job in pending if all(done(dep) for dep in job.deps) and not blocked(job)]
+            ready = [job for job in pending
+                     if all(done(dep) for dep in job.deps) and not any(dep in failed for dep in job.deps)]
             while ready and len(busy) < workers:
                 job = ready.pop(0)
                 lock = os.open(ROOT / status / f"{job.name}.lock", os.O_CREAT | os.O_RDWR, 0o644)
