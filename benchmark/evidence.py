@@ -93,6 +93,22 @@ DIAGNOSIS_VARIANTS = {"frozen-critics": ("--q-lr", 0), "frozen-actor": ("--polic
 #    and medium-expert, uniform and online-only replay on both; queued after 1-2.
 ARMS_ADDED_ELSEWHERE = ("uniform-N5", "online-only-N5", "awac-N5", "bcq-ft-N1")
 
+# ---- Interval estimates (Agarwal et al., "Deep RL at the Edge of the Statistical Precipice", NeurIPS 2021), fixed
+# 2026-12-01 before any run they will judge. The pre-registered "final" metric and its 2-SE rule (CLAIMS) stay and
+# are reported beside these:
+#  * late = the mean score over the last 40% of the online steps (every evaluation from 20k to 50k);
+#    auc = the area under the whole curve (trapezoid, 0 to 50k) / 50k, in normalized-score units;
+#  * per dataset and across the three Hopper datasets: the interquartile mean (IQM) over runs with its 95%
+#    stratified bootstrap interval (rliable, INTERVAL_RESAMPLES resamples, seed 0), and the probability of
+#    improvement P(first > second) with its interval;
+#  * verdict on intervals: a comparison holds when the 95% interval of IQM(first) - IQM(second) (runs resampled
+#    within each arm and dataset) lies above 0, is reversed when it lies below 0, else a tie; a claim's verdict from
+#    its comparisons as for CLAIMS. Runs of the shared seed-1 CQL ensemble are labelled as such wherever they appear.
+INTERVAL_METRICS = ("late", "auc")
+LATE_FROM = 20_000
+INTERVAL_RESAMPLES = 10_000
+INTERVAL_CONFIDENCE = 0.95
+
 
 @dataclass
 class Job:
