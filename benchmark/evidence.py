@@ -641,6 +641,7 @@ def report(out: Path):
             subprocess.run([sys.executable, *command[1:]], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
             write_study_files(study, dataset, [by_name[name] for name in runs], by_name, command, out)
     write_fqe_convergence(out)
+    first_epoch_report(out)
     # diagnostics (benchmark/diagnose.py): the pretrained critics' Q against Monte-Carlo returns of the CQL policy,
     # and alpha, Qbar and the offline fraction along the runs, on the dataset that has every arm
     pre = out / "pretrained"
@@ -661,6 +662,162 @@ def report(out: Path):
     with open(ROOT / out / "report_commands.txt", "w") as f:
         f.write("# written by: python benchmark/evidence.py --report\n")
         f.writelines(shlex.join(c) + "\n" for c in commands)
+
+
+def scalar_points(run_dir: Path, tag: str) -> dict:
+    """step -> value of one scalar of a run ({} when the run or the tag is missing; a step logged twice: the last)."""
+    events = load_events(run_dir)
+    if events is None or tag not in events.Tags()["scalars"]:
+        return {}
+    return {event.step: event.value for event in events.Scalars(tag)}
+
+
+def cql_depth_numbers(out: Path, steps: int) -> dict:
+    """What pessimism means at one CQL depth: the CQL gap logsumexp Q - Q(data) (losses/cql / alpha_cql, the mean of
+    the logs in the last 5000 steps before the depth), the ensemble policy's score there, and Qbar vs Monte-Carlo
+    of the ensemble policy (diagnose.py, q_vs_mc_<k>)."""
+    run = out / "runs" / ("hopper-medium__cql-pretrain__seed1" if steps == CQL_STEPS
+                          else "hopper-medium__cql-pretrain-deep__seed1")
+    cql_term, alpha_cql = scalar_points(run, "losses/cql"), 5.0  # cql_pretrain.py's --alpha-cql, the same at every depth
+    window = [value / alpha_cql for step, value in cql_term.items() if steps - 5000 < step <= steps]
+    numbers = {"cql_steps": steps, "cql_gap": round(float(np.mean(window)), 2) if window else np.nan,
+               "cql_score": round(scalar_points(run, "eval/normalized_score").get(steps, np.nan), 2)}
+    q_file = ROOT / out / "depth" / "q_vs_mc" / f"{steps // 1000}k" / "q_vs_mc.csv"
+    if q_file.exists():
+        row = next(csv.DictReader(open(q_file)))
+        numbers.update({"q_start": float(row["q_start"]), "mc_start": float(row["mc_start"]),
+                        "q_minus_mc": float(row["q_minus_mc_mean"])})
+    return numbers
+
+
+def probe_scores(run_dir: Path) -> list:
+    """A probe's evaluations at 0, 1000, ..., PROBE_STEPS (None when it has not finished)."""
+    points = scalar_points(run_dir, "eval/normalized_score")
+    steps = range(0, PROBE_STEPS + 1, 1000)
+    return [points[step] for step in steps] if all(step in points for step in steps) else None
+
+
+def first_epoch_report(out: Path):
+    """The first-epoch study: depth/ (dose-response of CQL depth: CSVs, the pre-registered verdict, a figure) and
+    diagnosis/critic_side/ (frozen critics, frozen actor, as is: scores and Qbar vs Monte-Carlo per epoch)."""
+    depth_rows, kept = [], {}
+    for steps in DEPTHS:
+        for arm in PROBE_ARMS:
+            for seed in SEEDS:
+                name = f"depth{steps // 1000}k_{arm}_s{seed}"
+                scores = probe_scores(out / "depth" / "runs" / f"hopper-medium__{arm}__cql{steps // 1000}k__seed{seed}")
+                if scores is None or not (ROOT / out / "status" / f"{name}.done").exists():
+                    continue
+                kept.setdefault((steps, arm), []).append(scores[1] / scores[0])
+                depth_rows.append({"cql_steps": steps, "arm": arm, "seed": seed,
+                                   **{f"score_{step}": round(score, 2) for step, score in zip(range(0, PROBE_STEPS + 1, 1000),
+                                                                                           scores)},
+                                   "kept_after_epoch_1": round(scores[1] / scores[0], 3)})
+    if not depth_rows:
+        return
+    folder = ROOT / out / "depth"
+    write_csv(folder / "depth_probes.csv", depth_rows)
+    summary = []
+    for steps in DEPTHS:
+        numbers = cql_depth_numbers(out, steps)
+        for arm in PROBE_ARMS:
+            rows = [r for r in depth_rows if r["cql_steps"] == steps and r["arm"] == arm]
+            if rows:
+                column = lambda key, rows=rows: np.array([r[key] for r in rows])  # noqa: E731
+                summary.append({**numbers, "arm": arm, "n_seeds": len(rows),
+                                "start_mean": round(float(column("score_0").mean()), 2),
+                                "after_epoch_1_mean": round(float(column("score_1000").mean()), 2),
+                                "after_epoch_1_std": round(float(column("score_1000").std()), 2),
+                                f"after_epoch_{PROBE_STEPS // 1000}_mean":
+                                    round(float(column(f"score_{PROBE_STEPS}").mean()), 2),
+                                "kept_mean": round(float(column("kept_after_epoch_1").mean()), 3),
+                                "kept_std": round(float(column("kept_after_epoch_1").std()), 3)})
+    write_csv(folder / "depth_summary.csv", summary)
+    # the pre-registered reading (DEPTHS block above): ours' kept at the deepest checkpoint run vs at 30k
+    deepest = max((steps for steps, arm in kept if arm == "balanced-N5"), default=CQL_STEPS)
+    verdict_rows = []
+    for arm in PROBE_ARMS:
+        if (CQL_STEPS, arm) not in kept or (deepest, arm) not in kept or deepest == CQL_STEPS:
+            continue
+        deep, base = np.array(kept[(deepest, arm)]), np.array(kept[(CQL_STEPS, arm)])
+        diff, se, result = compare(deep, base)
+        verdict = ("supported" if result == "holds" and deep.mean() >= KEEP_SUPPORTED else
+                   "partly supported (the fall shrinks but stays)" if result == "holds" else "refuted")
+        complete = deepest == DEPTHS[-1] and len(deep) == len(SEEDS)
+        verdict_rows.append({"arm": arm, "deepest_cql_steps": deepest, "kept_deepest": round(float(deep.mean()), 3),
+                             "kept_30k": round(float(base.mean()), 3), "difference": round(float(diff), 3),
+                             "se": round(float(se), 3), "comparison": result,
+                             "verdict": (verdict if arm == "balanced-N5" else "(control)") +
+                                        ("" if complete else f" [interim: deepest run so far {deepest // 1000}k]")})
+    write_csv(folder / "depth_verdict.csv", verdict_rows)
+    plot_depth(folder, summary, depth_rows)
+    critic_side_report(out)
+
+
+def write_csv(path: Path, rows: list):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["empty"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_depth(folder: Path, summary: list, depth_rows: list):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for arm, color in (("balanced-N5", "tab:red"), ("sac-ft", "tab:blue")):
+        rows = [r for r in summary if r["arm"] == arm]
+        x = [r["cql_steps"] / 1000 for r in rows]
+        left.plot(x, [r["start_mean"] for r in rows], ls=":", marker="o", color=color, label=f"{LABELS[arm]}: at 0")
+        left.plot(x, [r["after_epoch_1_mean"] for r in rows], marker="o", color=color,
+                  label=f"{LABELS[arm]}: after epoch 1")
+        seeds = [r for r in depth_rows if r["arm"] == arm]
+        left.scatter([r["cql_steps"] / 1000 for r in seeds], [r["score_1000"] for r in seeds], s=10, color=color,
+                     alpha=0.4)
+    left.set(xlabel="CQL pretraining steps (thousands)", ylabel="normalized score", title="hopper-medium, first epoch")
+    left.legend(fontsize=7)
+    depths = [r for r in summary if r["arm"] == "balanced-N5"]
+    x = [r["cql_steps"] / 1000 for r in depths]
+    right.plot(x, [r["cql_gap"] for r in depths], marker="o", color="k", label="CQL gap: logsumexp Q - Q(data)")
+    if all("q_minus_mc" in r for r in depths):
+        right.plot(x, [r["q_minus_mc"] for r in depths], marker="s", color="tab:green",
+                   label="Qbar - Monte-Carlo (ensemble policy)")
+    right.axhline(0, color="0.6", lw=0.8)
+    right.set(xlabel="CQL pretraining steps (thousands)", title="pessimism of the loaded critics")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(folder / "first_epoch_vs_depth.png", dpi=120)
+    plt.close(fig)
+
+
+def critic_side_report(out: Path):
+    """diagnosis/critic_side/summary.csv: per variant (as is, frozen critics, frozen actor) and epoch, the score of
+    the runs and Qbar vs Monte-Carlo of the policy after that epoch (mean and std over seeds)."""
+    folder = ROOT / out / "diagnosis" / "critic_side"
+    q_rows = list(csv.DictReader(open(folder / "q_vs_mc.csv"))) if (folder / "q_vs_mc.csv").exists() else []
+    runs = {"as is": lambda seed: out / "depth" / "runs" / f"hopper-medium__balanced-N5__cql30k__seed{seed}",
+            **{variant: (lambda seed, v=variant: out / "diagnosis" / "runs" / f"hopper-medium__balanced-N5-{v}__seed{seed}")
+               for variant in DIAGNOSIS_VARIANTS}}
+    rows = []
+    for variant, run_of in runs.items():
+        for step in range(0, PROBE_STEPS + 1, 1000):
+            scores = [probe_scores(run_of(seed)) for seed in SEEDS]
+            scores = [s[step // 1000] for s in scores if s is not None]
+            labels = [f"{variant}, seed {seed}, step {step}" for seed in SEEDS] if step else ["CQL 30k, step 0"]
+            q = [r for r in q_rows if r["label"] in labels]
+            if not scores:
+                continue
+            rows.append({"variant": variant, "step": step, "n_seeds": len(scores),
+                         "score_mean": round(float(np.mean(scores)), 2), "score_std": round(float(np.std(scores)), 2),
+                         **({"q_mean": round(float(np.mean([float(r["q_mean"]) for r in q])), 2),
+                             "mc_mean": round(float(np.mean([float(r["mc_mean"]) for r in q])), 2),
+                             "q_minus_mc_mean": round(float(np.mean([float(r["q_minus_mc_mean"]) for r in q])), 2),
+                             "q_minus_mc_std": round(float(np.std([float(r["q_minus_mc_mean"]) for r in q])), 2)}
+                            if q else {"q_mean": "", "mc_mean": "", "q_minus_mc_mean": "", "q_minus_mc_std": ""})})
+    if rows:
+        write_csv(folder / "summary.csv", rows)
 
 
 def write_fqe_convergence(out: Path):

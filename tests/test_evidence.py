@@ -396,3 +396,52 @@ def test_a_continuation_starts_from_a_copy_of_the_finished_run(tmp_path, monkeyp
     evidence.run_campaign(tmp_path / "out", workers=1, dry_run=False, only=[])
     assert (tmp_path / "deeper.args").read_text() == "--resume"
     assert (tmp_path / "deeper.pt").read_text() == "step 30000" and (tmp_path / "short.pt").read_text() == "step 30000"
+
+
+def test_depth_report_reads_the_pre_registered_verdict(tmp_path, monkeypatch):
+    """depth/: kept = score after epoch 1 / score at 0 per seed; ours' kept at the deepest depth against 30k by the
+    2-SE rule, 'supported' only when it also reaches KEEP_SUPPORTED; the CQL gap is losses/cql / alpha_cql."""
+    import csv as csv_module
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    monkeypatch.setattr(evidence, "ROOT", tmp_path)
+    out = tmp_path / "out"
+    (out / "status").mkdir(parents=True)
+    start = {1: 40.0, 2: 50.0, 3: 60.0}
+    after = {(30_000, "balanced-N5"): (0.2, 0.3, 0.25), (150_000, "balanced-N5"): (0.85, 0.9, 0.95),
+             (30_000, "sac-ft"): (0.2, 0.2, 0.3), (150_000, "sac-ft"): (0.3, 0.1, 0.2)}
+    for (steps, arm), fractions in after.items():
+        for seed, fraction in zip(evidence.SEEDS, fractions):
+            run = out / "depth" / "runs" / f"hopper-medium__{arm}__cql{steps // 1000}k__seed{seed}"
+            with SummaryWriter(str(run)) as writer:
+                for step, score in zip((0, 1000, 2000, 3000), (start[seed], start[seed] * fraction, 30, 35)):
+                    writer.add_scalar("eval/normalized_score", score, step)
+            (out / "status" / f"depth{steps // 1000}k_{arm}_s{seed}.done").touch()
+    for name, steps in (("hopper-medium__cql-pretrain__seed1", 30_000), ("hopper-medium__cql-pretrain-deep__seed1", 150_000)):
+        with SummaryWriter(str(out / "runs" / name)) as writer:
+            for step in range(steps - 6000, steps + 1, 1000):  # gap 2.0 at 30k, 4.0 at 150k; 25k is outside the window
+                outside = 100 if step <= steps - 5000 else 0
+                writer.add_scalar("losses/cql", 5.0 * (2.0 if steps == 30_000 else 4.0) + outside, step)
+            writer.add_scalar("eval/normalized_score", 45.0, steps)
+    evidence.first_epoch_report(out)
+    summary = list(csv_module.DictReader(open(out / "depth" / "depth_summary.csv")))
+    ours = {int(r["cql_steps"]): r for r in summary if r["arm"] == "balanced-N5"}
+    assert float(ours[30_000]["cql_gap"]) == pytest.approx(2.0) and float(ours[150_000]["cql_gap"]) == pytest.approx(4.0)
+    assert float(ours[150_000]["kept_mean"]) == pytest.approx(0.9, abs=1e-3)
+    assert float(ours[30_000]["after_epoch_1_mean"]) == pytest.approx(np.mean([40 * 0.2, 50 * 0.3, 60 * 0.25]), abs=0.01)
+    verdict = {r["arm"]: r for r in csv_module.DictReader(open(out / "depth" / "depth_verdict.csv"))}
+    assert verdict["balanced-N5"]["verdict"] == "supported" and verdict["balanced-N5"]["comparison"] == "holds"
+    assert verdict["sac-ft"]["verdict"] == "(control)" and verdict["sac-ft"]["comparison"] == "tie"
+    assert (out / "depth" / "first_epoch_vs_depth.png").stat().st_size > 10_000
+    # the same data with ours keeping only ~55% at 150k: the fall shrinks but stays
+    for seed, fraction in zip(evidence.SEEDS, (0.5, 0.55, 0.6)):
+        run = out / "depth" / "runs" / f"hopper-medium__balanced-N5__cql150k__seed{seed}"
+        for old in run.iterdir():
+            old.unlink()
+        with SummaryWriter(str(run)) as writer:
+            for step, score in zip((0, 1000, 2000, 3000), (start[seed], start[seed] * fraction, 30, 35)):
+                writer.add_scalar("eval/normalized_score", score, step)
+    evidence.first_epoch_report(out)
+    verdict = {r["arm"]: r for r in csv_module.DictReader(open(out / "depth" / "depth_verdict.csv"))}
+    assert verdict["balanced-N5"]["verdict"].startswith("partly supported")
