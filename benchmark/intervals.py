@@ -438,7 +438,7 @@ def main(argv=None):
     rliable("library")  # before reading any run: one line if it is missing
     curves, per_run = {}, {}
     for spec in args.runs:
-        label, sep, pattern = spec.partition("=")
+        label, sep, pattern = spec.rpartition("=")  # the last "=": a label may contain one ("N=5"), as plot.py
         if not sep or not label:
             fail(f"--runs {spec!r}: expected LABEL=GLOB")
         folders = sorted(p for p in glob.glob(pattern) if Path(p).is_dir())

@@ -273,7 +273,7 @@ def test_command_line_reads_tensorboard_runs(tmp_path, capsys):
                 writer.add_event(event_pb2.Event(step=step, wall_time=1.0 + step, summary=summary_pb2.Summary(value=[value])))
             writer.close()
     runs = tmp_path / "runs"
-    intervals.main(["--runs", f"Ours={runs}/*__ours__seed*", "--runs", f"SAC-ft={runs}/*__sac-ft__seed*",
+    intervals.main(["--runs", f"Ours (N=5)={runs}/*__ours__seed*", "--runs", f"SAC-ft={runs}/*__sac-ft__seed*",
                     "--late-from", "3000", "--reps", "100", "--out-dir", str(tmp_path / "out")])
     assert "comparisons.csv" in capsys.readouterr().out
     names = {p.name for p in (tmp_path / "out").iterdir()}
