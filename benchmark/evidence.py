@@ -583,13 +583,14 @@ def fill_readme(out: Path, readme: Path, score_tables: str, claims: list):
 
 
 def report(out: Path):
-    rows, per_seed = [], {}
+    rows, per_seed, curves_of = [], {}, {}
     for dataset in DATASETS:
         for arm in LABELS:
             seeds = finished_seeds(out, dataset, arm)
             if not seeds:
                 continue
-            curves = [eval_curve(Path(run_dir_of(out, dataset, arm, [seed]))) for seed in seeds]
+            curves = curves_of[(f"hopper-{dataset}", arm)] = [eval_curve(Path(run_dir_of(out, dataset, arm, [seed])))
+                                                               for seed in seeds]
             metrics = per_seed[(dataset, arm)] = [seed_metrics(steps, scores) for steps, scores in curves]
             mean, std = ({key: round(float(reduce([m[key] for m in metrics])), 2) for key in metrics[0]}
                          for reduce in (np.mean, np.std))
@@ -600,6 +601,7 @@ def report(out: Path):
                          "early_mean": mean["early"], "at_10k_mean": mean["at_10k"], "best_mean": mean["best"],
                          "final_step": int(min(steps[-1] for steps, _ in curves))})
     claims = claim_rows(per_seed)
+    interval_report(out, curves_of)
     score_tables = write_tables(out, rows, claims)
     for name, table in (("summary.csv", rows), ("claims.csv", claims)):
         if not table:
@@ -662,6 +664,46 @@ def report(out: Path):
     with open(ROOT / out / "report_commands.txt", "w") as f:
         f.write("# written by: python benchmark/evidence.py --report\n")
         f.writelines(shlex.join(c) + "\n" for c in commands)
+
+
+PRETRAINING = {arm: "shared CQL ensemble (seed 1)" for arm in FINETUNE_ARMS} | {
+    "awac-N5": "own offline phase per seed", "bcq-ft-N1": "own offline phase per seed", "sac": "none (the same runs on "
+    "every dataset)"}
+
+
+def interval_report(out: Path, curves_of: dict):
+    """The interval estimates pre-registered above (benchmark/intervals.py): intervals/iqm.csv (IQM and interval per
+    arm, dataset and metric, and across datasets), intervals/claims.csv (every claim on late and auc, and (b), (d),
+    (e) also on their own metric, by the interval rule), intervals/curves.csv and the figures."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("intervals", Path(__file__).resolve().parent / "intervals.py")
+    intervals = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(intervals)
+    per_run = {key: [{**intervals.run_metrics(steps, scores, LATE_FROM), **seed_metrics(steps, scores)}
+                     for steps, scores in curves] for key, curves in curves_of.items()}
+    if not per_run:
+        return
+    folder = ROOT / out / "intervals"
+    settings = dict(reps=INTERVAL_RESAMPLES, confidence=INTERVAL_CONFIDENCE, seed=0)
+    iqm = intervals.iqm_rows(per_run, INTERVAL_METRICS, across="all Hopper datasets", **settings)
+    for row in iqm:
+        row["pretraining"] = PRETRAINING[row["arm"]]
+    write_csv(folder / "iqm.csv", iqm)
+    claims = [(claim, metric, pairs) for claim, _, pairs in CLAIMS for metric in INTERVAL_METRICS]
+    claims += [(claim, metric, pairs) for claim, metric, pairs in CLAIMS if metric not in ("final",)]
+    write_csv(folder / "claims.csv", intervals.claim_interval_rows(per_run, claims, across="all Hopper datasets",
+                                                                   **settings))
+    curve_rows = intervals.curve_rows(curves_of, **settings)
+    write_csv(folder / "curves.csv", curve_rows)
+    labels = {arm: LABELS[arm] for arm in LABELS}
+    methods = FIGURES.get("fig3_methods", ("", list(LABELS)))[1]
+    intervals.plot_iqm_curves([r for r in curve_rows if r["arm"] in methods], folder / "iqm_curves.png", labels=labels)
+    comparisons = [r for r in intervals.claim_interval_rows(per_run, claims[:1], across="all Hopper datasets",
+                                                            **settings) if r["first"] and r["p_improvement"] != ""]
+    if comparisons:  # claim (a) on late: ours against each baseline
+        intervals.plot_improvement(comparisons, folder / "probability_of_improvement.png", "balanced-N5", "late",
+                                   labels=labels)
+    print(f"wrote {out / 'intervals'}")
 
 
 def scalar_points(run_dir: Path, tag: str) -> dict:

@@ -183,6 +183,8 @@ def test_report_summary_from_finished_runs(tmp_path, monkeypatch):
         if seed != 3:  # seed 3 did not finish
             (out / "status" / f"medium_{arm}_s{seed}.done").touch()
     monkeypatch.setattr(evidence, "FIGURES", {})  # the figures come from plot.py, tested on its own
+    monkeypatch.setattr(evidence, "INTERVAL_RESAMPLES", 300)  # intervals.py is tested on its own
+    monkeypatch.setattr(evidence, "LATE_FROM", 3000)
     calls = []
     monkeypatch.setattr(evidence.subprocess, "run", lambda command, **kw: calls.append(command))
     evidence.report(out)
@@ -202,6 +204,14 @@ def test_report_summary_from_finished_runs(tmp_path, monkeypatch):
     table = (out / "tables.md").read_text()  # the README's table carries the same numbers
     assert f"| Ours (balanced, N=5) | 2 | {np.mean(finals):.1f} ± {np.std(finals):.1f} | 40.0 | 36.0 ± 6.0 |" in table
     assert "| SAC-ft | 1 | 40.0 ± 0.0 |" in table
+    iqm = {(r["arm"], r["metric"]): r for r in csv_module.DictReader(open(out / "intervals" / "iqm.csv"))
+           if r["task"] == "hopper-medium"}
+    assert float(iqm[("balanced-N5", "late")]["iqm"]) == pytest.approx(np.mean([55, 58]))  # 2 runs: nothing trimmed
+    assert iqm[("balanced-N5", "late")]["pretraining"] == "shared CQL ensemble (seed 1)"
+    auc_seed1 = np.trapezoid([40, 42, 45, 50, 55, 60], steps) / 5000
+    assert float(iqm[("sac-ft", "auc")]["iqm"]) == pytest.approx(np.trapezoid([40, 10, 20, 30, 40, 50], steps) / 5000)
+    assert auc_seed1 != float(iqm[("sac-ft", "auc")]["iqm"])
+    assert (out / "intervals" / "iqm_curves.png").exists()
 
 
 def test_jobs_with_outputs_are_done_when_their_files_exist(tmp_path, monkeypatch):
