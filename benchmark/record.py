@@ -198,20 +198,27 @@ def even(frame: np.ndarray) -> np.ndarray:
     return np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)))
 
 
-def write_gif(frames: list, path: str, fps: float):
+def video_library(fmt: str):
+    """The optional library writing `fmt` (imported only when needed), or one line saying how to install it."""
     try:
-        from PIL import Image
+        if fmt == "mp4":
+            import imageio_ffmpeg
+            return imageio_ffmpeg
+        import PIL.Image
+        return PIL
     except ImportError:
-        fail("writing GIF needs Pillow: pip install pillow")
+        fail("writing MP4 needs imageio-ffmpeg: pip install imageio-ffmpeg (or use --formats gif)" if fmt == "mp4"
+             else f"writing {fmt.upper()} needs Pillow: pip install pillow")
+
+
+def write_gif(frames: list, path: str, fps: float):
+    Image = video_library("gif").Image
     images = [Image.fromarray(frame) for frame in frames]
     images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
 
 
 def write_mp4(frames: list, path: str, fps: float):
-    try:
-        import imageio_ffmpeg
-    except ImportError:
-        fail("writing MP4 needs imageio-ffmpeg: pip install imageio-ffmpeg (or use --formats gif)")
+    imageio_ffmpeg = video_library("mp4")
     height, width = frames[0].shape[:2]
     writer = imageio_ffmpeg.write_frames(path, (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
                                          macro_block_size=1, output_params=["-loglevel", "error"])
@@ -376,10 +383,7 @@ def main(argv=None):
     if render:
         os.environ.setdefault("MUJOCO_GL", "egl")  # off-screen rendering, no display; read when a renderer starts
         for fmt in args.formats:  # a missing video library fails before any episode runs
-            if fmt == "mp4" and importlib.util.find_spec("imageio_ffmpeg") is None:
-                fail("writing MP4 needs imageio-ffmpeg: pip install imageio-ffmpeg (or use --formats gif)")
-            if fmt in ("gif", "png") and importlib.util.find_spec("PIL") is None:
-                fail(f"writing {fmt.upper()} needs Pillow: pip install pillow")
+            video_library(fmt)
         try:
             os.makedirs(args.out_dir, exist_ok=True)
         except OSError as err:
