@@ -11,8 +11,9 @@ Episode k starts from reset seed --seed + 10000 + k, the start states cql_pretra
 evaluate on: with a run's --seed, the score is the one its final evaluation logged (up to float rounding of
 batched vs. one-state forward passes; bcq also up to its sampled latents).
 
---video renders the episodes (gymnasium render_mode="rgb_array", one frame every --frame-every env steps) and
-writes them under --out-dir as <checkpoint stem>_ep<k>.gif / .mp4, and with png a strip of --strip-frames frames.
+--video renders the episodes (gymnasium render_mode="rgb_array" through the model's "track" camera, which follows
+the agent as gymnasium 1.x's default free camera does not; one frame every --frame-every env steps) and writes
+them under --out-dir as <checkpoint stem>_ep<k>.gif / .mp4, and with png a strip of --strip-frames frames.
 --side-by-side A.pt B.pt ... runs episode 0 of each policy and writes one GIF/MP4/PNG of the policies next to each
 other, labelled with --labels and each episode's normalized score (a policy whose episode ended first holds its
 last frame, darkened). A clip has (steps // --frame-every) + 1 frames: the reset state and every k-th step.
