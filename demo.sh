@@ -6,11 +6,14 @@
 #      printing the normalized score before and after;
 #   4. benchmark/plot.py draws the fine-tuning curve.
 # Everything is small (64-unit networks, N=3, a few thousand steps) so it runs in minutes; the real-scale
-# commands are in README.md. Outputs go to demo/ (override with OUT=...).
+# commands are in README.md. Outputs go to demo/ (override with OUT=...). The paths printed are OUT's: with the
+# default, or any folder inside the repository, they are repository-relative, so a recorded output holds no machine
+# path (benchmark/results/demo/output.txt is recorded with the default).
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python}
 OUT=${OUT:-demo}
+case $OUT in "$PWD"/*) OUT=${OUT#"$PWD"/} ;; esac  # an absolute folder inside the repository: relative to it
 SEED=${SEED:-1}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$OUT"

@@ -22,13 +22,22 @@ medium-replay by rerunning sac.py with the behaviour run's seed for just the med
 same transitions; checked against the full run's replay file when that is on disk). With no committed policies
 the behaviour run comes first (resumable: rerunning the command continues it). Files go to --out-dir
 (data/cpu_d4rl/<env>_<dataset>.hdf5, not committed), the behaviour run's replay to data/datasets/; their
-statistics to --csv.
+statistics to --csv, with each file's SHA-256 and the CPU it was made on (model name from /proc/cpuinfo, kept in
+<file>.made_on when this script writes the file; "unknown" for a file it found already there).
+
+Bit for bit means on the same kind of CPU: floating-point results (MuJoCo's integration, torch's matmuls) differ
+in the last digits between CPU models and the rollouts diverge from there, so another CPU gives datasets of the same
+distribution, not the same bytes (an AMD EPYC wrote a medium file of 197 episodes, mean return 1261.5, where the
+committed record has 194 and 1281.1); the SHA-256 and CPU columns say which case a file is. Paths handed to sac.py
+are repository-relative, so the files' metadata and hashes do not depend on where the repository lies.
 
     python benchmark/make_datasets.py --env hopper --datasets medium     # only what the medium dataset needs
 """
 import argparse
 import csv
+import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -60,8 +69,54 @@ def run(command: list[str]):
         sys.exit(f"error: command failed: {' '.join(command)}")
 
 
+def shown(path) -> str:
+    """A path as written into commands and records: relative to the repository when inside it (never a machine path
+    for files of the repository), else as given."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def sac(*flags) -> list[str]:
-    return [sys.executable, "sac.py", "--no-cuda", *map(str, flags)]
+    """sac.py's command line (run from the repository root): paths repository-relative, so nothing sac.py stores
+    (the dataset's metadata/policy names its --rollout-actor) depends on where the repository is."""
+    return [sys.executable, "sac.py", "--no-cuda", *(shown(f) if isinstance(f, Path) else str(f) for f in flags)]
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform knows (e.g. arm64 on macOS)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware")) and ":" in line:
+                    return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def made_on_file(path: Path) -> Path:
+    return path.with_name(path.name + ".made_on")
+
+
+def record_made_on(path: Path, cpu: str):
+    """Note next to a file this script just wrote which CPU made it (read back by stats_row)."""
+    made_on_file(path).write_text(cpu + "\n")
+
+
+def made_on(path: Path) -> str:
+    sidecar = made_on_file(path)
+    return sidecar.read_text().strip() if sidecar.exists() else "unknown"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def snapshot_table(snapshot_dir: Path) -> list[dict]:
@@ -145,10 +200,11 @@ def stats_row(env: str, name: str, path: Path) -> dict:
     returns = episode_returns(data["rewards"], data["terminals"].astype(bool), data["timeouts"].astype(bool))
     low, high = REF_RETURNS[env]
     d4rl_size = D4RL_SIZE[name][env] if isinstance(D4RL_SIZE[name], dict) else D4RL_SIZE[name]
-    return {"dataset": f"{env}-{name}", "file": os.path.relpath(path, ROOT), "imitates": f"{env}-{name}-v2",
+    return {"dataset": f"{env}-{name}", "file": shown(path), "imitates": f"{env}-{name}-v2",
             "d4rl_transitions": d4rl_size, "transitions": len(data["rewards"]), "episodes": len(returns),
             "mean_return": round(float(returns.mean()), 1), "std_return": round(float(returns.std()), 1),
-            "mean_normalized_score": round(float(100 * (returns.mean() - low) / (high - low)), 1)}
+            "mean_normalized_score": round(float(100 * (returns.mean() - low) / (high - low)), 1),
+            "sha256": sha256(path), "made_on_cpu": made_on(path)}
 
 
 def main():
@@ -189,7 +245,7 @@ def main():
         chosen = choose_policies(env, rows, finished_marker.exists())
         for name in needs:
             if name not in chosen:
-                sys.exit(f"error: the behaviour run has no snapshot for '{name}' yet (see {work / 'snapshots'})")
+                sys.exit(f"error: the behaviour run has no snapshot for '{name}' yet (see {shown(work / 'snapshots')})")
             if committed_choice(policy_dir, name) is None:
                 shutil.copyfile(chosen[name]["path"], policy_dir / f"{name}_policy.pt")
         write_behaviour_csv(policy_dir / "behaviour.csv", rows, chosen)
@@ -202,6 +258,7 @@ def main():
                     "--rollout-actor", policy_dir / f"{name}_policy.pt", "--eval-every", ROLLOUT_STEPS,
                     "--eval-episodes", 10, "--dataset-out", files[name], "--run-dir", f"runs/datasets/{env}_{name}",
                     "--checkpoint", work / f"rollout_{name}.pt"))
+            record_made_on(files[name], cpu_model())
 
     # 3. medium-replay: the behaviour run's first medium-step transitions (a rerun of that many steps)
     if "medium-replay" in args.datasets and not files["medium-replay"].exists():
@@ -209,6 +266,7 @@ def main():
         run(sac("--env-id", gym_id, "--seed", BEHAVIOUR_SEED, "--total-timesteps", medium_step, "--eval-every",
                 SNAPSHOT_EVERY, "--eval-episodes", 10, "--dataset-out", files["medium-replay"],
                 "--run-dir", f"runs/datasets/{env}_medium_replay", "--checkpoint", work / "medium_replay.pt"))
+        record_made_on(files["medium-replay"], cpu_model())
         if replay_file.exists():  # same seed, same transitions as the behaviour run's first medium_step steps
             rerun, full = read(files["medium-replay"]), read(replay_file)
             for key in KEYS:
@@ -220,6 +278,8 @@ def main():
     if "medium-expert" in args.datasets and not files["medium-expert"].exists():
         concatenate([files["medium"], files["expert"]], files["medium-expert"],
                     {"env_id": gym_id, "gym_env_id": gym_id, "policy": "medium rollouts, then expert rollouts"})
+        # the bytes are its parts' (the concatenation is exact on any CPU): the CPUs that made them
+        record_made_on(files["medium-expert"], " + ".join(dict.fromkeys(made_on(files[n]) for n in ("medium", "expert"))))
 
     # 5. statistics
     rows = [stats_row(env, name, files[name]) for name in DATASETS if files[name].exists()]
@@ -231,7 +291,7 @@ def main():
         writer.writerows(rows)
     for row in rows:
         print(" | ".join(f"{k}={v}" for k, v in row.items()))
-    print(f"wrote {os.path.relpath(csv_path, ROOT)}")
+    print(f"wrote {shown(csv_path)}")
 
 
 if __name__ == "__main__":

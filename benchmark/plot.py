@@ -42,6 +42,7 @@ import glob
 import os
 import re
 import sys
+import textwrap
 from collections import defaultdict
 
 import matplotlib
@@ -52,20 +53,48 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
-# figure key -> (tag, file stem, y-axis label, figure title)
+# figure key -> (tag, file stem, y-axis label, short figure title)
 FIGURES = {
-    "fig3": ("eval/normalized_score", "fig3_score", "Normalized score (D4RL)",
-             "Normalized score during online fine-tuning"),
+    "fig3": ("eval/normalized_score", "fig3_score", "Normalized score (D4RL)", "Normalized score"),
     "fig4a": ("balanced/offline_fraction", "fig4a_offline_fraction", "Offline share of the RL batch",
-              "Share of offline data in the balanced replay batch"),
+              "Offline data in the balanced batch"),
     "fig4b": ("balanced/auroc", "fig4b_auroc", "AUROC (online vs. random actions)",
-              "Q-function as a classifier of online actions vs. uniform random actions"),
+              "Q separating online from random actions"),
 }
 SCORE_TAG = FIGURES["fig3"][0]
 DEFAULT_NAME_REGEX = r"^(?P<task>.+?)__(?P<method>.+?)__(?:seed)?(?P<seed>\d+)(?:__.*)?$"
 # Legend names of the method names benchmark/paper.sh gives its runs; any other name is shown as it is.
 LABELS = {"ours": "Ours (balanced replay + Q-ensemble)", "sac-ft": "SAC-ft", "awac": "AWAC", "bcq-ft": "BCQ-ft",
           "sac": "SAC (from scratch)"}
+# One colour per method in every figure of the project (plot.py, plot_offline.py, README): by legend label, the labels
+# benchmark/evidence.py and cpu_scale.sh give; other labels by the patterns below, then colours no method owns.
+METHOD_COLOURS = {
+    "Ours (balanced, N=5)": "#1f77b4", "SAC-ft": "#ff7f0e", "AWAC (N=5)": "#2ca02c", "BCQ-ft (N=1)": "#d62728",
+    "SAC (from scratch)": "#9467bd", "Uniform replay (N=5)": "#8c564b", "Online only (N=5)": "#e377c2",
+    "Ours, N=2": "#17becf", "Ours, N=1": "#7f7f7f", "Ours, FQE-init": "#bcbd22",
+    "CQL (offline)": "#1f77b4",  # plot_offline.py: the pretraining whose critics and policy "Ours" fine-tunes
+}
+METHOD_PATTERNS = [  # (regex on the lower-case label, the method whose colour it gets), first match wins; covers
+    # paper.sh's LABELS, cpu_scale.sh's labels ("Balanced replay", "2 members", "CQL-init", ...) and demo.sh's
+    (r"fqe", "Ours, FQE-init"), (r"^ours.*\bn=2\b|^2 members", "Ours, N=2"), (r"^ours.*\bn=1\b|^1 member\b", "Ours, N=1"),
+    (r"^(ours|balanced replay|cql-init|5 members)", "Ours (balanced, N=5)"), (r"^sac-ft", "SAC-ft"), (r"^awac", "AWAC (N=5)"),
+    (r"^bcq", "BCQ-ft (N=1)"), (r"^sac\b", "SAC (from scratch)"), (r"^uniform", "Uniform replay (N=5)"),
+    (r"^online[ -]only", "Online only (N=5)")]
+OTHER_COLOURS = ["#000000", "#b8860b", "#4b0082", "#006400", "#8b0000", "#00008b"]
+
+
+def method_colours(labels) -> dict:
+    """{label: colour}: METHOD_COLOURS, else the first METHOD_PATTERNS match, else OTHER_COLOURS in legend order."""
+    colours, others = {}, iter(OTHER_COLOURS * (len(labels) // len(OTHER_COLOURS) + 1))
+    for label in labels:
+        if label in METHOD_COLOURS:
+            colours[label] = METHOD_COLOURS[label]
+            continue
+        known = next((method for pattern, method in METHOD_PATTERNS if re.search(pattern, label.lower())), None)
+        colours[label] = METHOD_COLOURS[known] if known else next(others)
+    return colours
+
+
 ENV_ORDER = ["halfcheetah", "hopper", "walker2d"]
 DATASET_ORDER = ["random", "medium", "medium-replay", "medium-expert", "expert"]
 D4RL_TASK = re.compile(r"(?P<env>halfcheetah|hopper|walker2d)-(?P<dataset>[a-z-]+)-v\d+")
@@ -196,6 +225,8 @@ def shown_in(panel, task):
 
 
 def draw_figure(results, tag, figure, methods, out_stem, formats):
+    """One panel per task; made to be read at the width GitHub shows an image (~700-900 px): short titles, the axes
+    filling the canvas, the legend in compact rows below the axes, each method in its METHOD_COLOURS colour."""
     _, _, ylabel, title = figure
     entries = {(task, method): agg for (t, task, method), agg in results.items() if t == tag}
     panels = panels_of(task for task, _ in entries)
@@ -203,36 +234,41 @@ def draw_figure(results, tag, figure, methods, out_stem, formats):
     d4rl = [D4RL_TASK.fullmatch(p) for p in panels]
     ncols = len({m.group("dataset") for m in d4rl}) if all(d4rl) else min(4, len(panels))
     nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.3 * nrows), squeeze=False)
-    colors = {method: plt.get_cmap("tab10")(i % 10) for i, method in enumerate(methods)}
+    one = len(panels) == 1
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.4, 4.0) if one else (3.6 * ncols, 2.9 * nrows), squeeze=False,
+                             sharex=not one, layout="constrained")
+    labels = [LABELS.get(method, method) for method in methods]
+    colours = method_colours(labels)
     handles = {}
     for ax, panel in zip(axes.flat, panels):
-        for method in methods:
+        for method, label in zip(methods, labels):
             for (task, m), agg in entries.items():
                 if m != method or not shown_in(panel, task):
                     continue
-                label = LABELS.get(method, method)
-                (line,) = ax.plot(agg["step"], agg["mean"], color=colors[method], lw=1.8, label=label)
+                (line,) = ax.plot(agg["step"], agg["mean"], color=colours[label], lw=1.8, label=label)
                 ax.fill_between(agg["step"], agg["mean"] - agg["std"], agg["mean"] + agg["std"],
-                                color=colors[method], alpha=0.2, lw=0)
+                                color=colours[label], alpha=0.15, lw=0)
                 handles.setdefault(label, line)
-        ax.set_title(panel)
-        ax.set_xlabel("Online environment steps")
-        ax.set_ylabel(ylabel)
+        ax.set_title(textwrap.fill(panel, 70 if one else 34), fontsize=10)
+        ax.margins(x=0.01)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x else "0"))
         ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    for ax in axes[-1, :]:
+        ax.set_xlabel("Online environment steps")
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     seeds = sorted({agg["per_seed"].shape[0] for agg in entries.values()})
     seed_text = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
-    fig.suptitle(f"{title}\n(line: mean over {seed_text} seeds; band: ± 1 std)")
-    fig.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0),
-               ncol=min(len(handles), 5), frameon=False)
-    fig.tight_layout()
+    fig.suptitle(f"{title} (mean ± std over {seed_text} seeds)", fontsize=11)
+    width = max(len(label) for label in handles) * 0.075 + 0.6  # inches per legend entry at fontsize 9
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", fontsize=9, frameon=False,
+               ncol=max(1, min(len(handles), int(fig.get_figwidth() // width))), handlelength=1.5, columnspacing=1.2)
     paths = []
     for fmt in formats:
         paths.append(f"{out_stem}.{fmt}")
-        fig.savefig(paths[-1], dpi=150, bbox_inches="tight")
+        fig.savefig(paths[-1], dpi=150)
     plt.close(fig)
     return paths
 

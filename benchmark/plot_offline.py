@@ -11,13 +11,25 @@ writes the same numbers to OUT.csv (one row per run and evaluation step) next to
 """
 import argparse
 import csv
+import importlib.util
+import os
 import re
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+
+def method_colour(label: str) -> str:
+    """The colour plot.py's METHOD_COLOURS gives a method (one colour per method in every figure of the project)."""
+    spec = importlib.util.spec_from_file_location("plot", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                                       "plot.py"))
+    plot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot)
+    return plot.method_colours([label])[label]
 
 
 def pairs(values):
@@ -38,7 +50,9 @@ def main():
             dataset_mean = {row["dataset"]: float(row["mean_return"]) for row in csv.DictReader(f)}
 
     rows = []
-    fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.6), squeeze=False)
+    colour = method_colour("CQL (offline)")
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.4 * len(runs) + 0.6, 3.4), squeeze=False, layout="constrained")
+    handles = {}
     for ax, (name, run_dir) in zip(axes[0], runs.items()):
         events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
         events.Reload()
@@ -48,21 +62,26 @@ def main():
         steps = sorted(ensemble)
         low = [min(m[s] for m in members) for s in steps]
         high = [max(m[s] for m in members) for s in steps]
-        ax.plot(steps, [ensemble[s] for s in steps], marker="o", label=f"ensemble policy (eq. 5), N={len(members)}")
-        ax.fill_between(steps, low, high, alpha=0.25, label="members (min to max)")
+        handles[f"ensemble policy (eq. 5), N={len(members)}"], = ax.plot(
+            steps, [ensemble[s] for s in steps], color=colour, marker="o", markersize=3, lw=1.8)
+        handles["its members (min to max)"] = ax.fill_between(steps, low, high, color=colour, alpha=0.2, lw=0)
         reference = dataset_mean.get(datasets.get(name, ""))
         if reference is not None:
-            ax.axhline(reference, color="k", linestyle="--", label=f"dataset mean return ({reference:.0f})")
-        ax.set_title(name)
+            handles["the dataset's mean episode return"] = ax.axhline(reference, color="k", linestyle="--", lw=1.2)
+            ax.annotate(f"{reference:.0f}", (1.0, reference), xycoords=("axes fraction", "data"), xytext=(-3, 3),
+                        textcoords="offset points", ha="right", va="bottom", fontsize=9)
+        ax.set_title(name, fontsize=10)
         ax.set_xlabel("Offline gradient steps")
-        ax.set_ylabel("Evaluation return")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x else "0"))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
         for s, lo, hi in zip(steps, low, high):
             rows.append({"run": name, "step": s, "ensemble_return": round(ensemble[s], 2), "member_min": round(lo, 2),
                          "member_max": round(hi, 2), "dataset_mean_return": reference})
-    fig.tight_layout()
-    fig.savefig(f"{args.out}.png", dpi=120)
+    axes[0][0].set_ylabel("Evaluation return")
+    fig.suptitle("CQL pretraining: return of the policy vs. its dataset's", fontsize=11)
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=len(handles), fontsize=9,
+               frameon=False)
+    fig.savefig(f"{args.out}.png", dpi=150)
     with open(f"{args.out}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

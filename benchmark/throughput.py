@@ -508,34 +508,52 @@ def write_results(rows, args, device, out: Path, target_lines):
             writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
     print(f"wrote {out}")
 
+    title = (f"Update throughput on {device.type}" + (f" ({gpu})" if device.type == "cuda" else
+             f", {torch.get_num_threads()} thread(s)") + f"; matmul peak {args.peak:.0f} GFLOP/s")
+    draw_throughput(rows, title, out.with_suffix(".png"))
+    print(f"wrote {out.with_suffix('.png')}")
+
+
+# variant -> (legend, colour): neutral colours, so no bar is read as one of plot.py's METHOD_COLOURS methods
+VARIANT_STYLE = {"vectorized": ("vectorized ensemble", "#3a3a3a"), "loop": ("per-member loop", "#a8a8a8"),
+                 "single": ("single network", "#6b8e8e"), "whole_loop": ("whole loop (env steps/s)", "#c7792b")}
+
+
+def draw_throughput(rows, title: str, path: Path):
+    """Horizontal bars, one group per (script, N) read top to bottom: updates/s (log) and % of the matmul peak."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     configs = list(dict.fromkeys((r["script"], r["N"]) for r in rows))
-    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    logged = {r["variant"] for r in rows}
+    variants = [v for v in dict.fromkeys((*VARIANT_STYLE, *(r["variant"] for r in rows))) if v in logged]
     by_key = {(r["script"], r["N"], r["variant"]): r for r in rows}
-    width = 0.8 / len(variants)
-    fig, axes = plt.subplots(2, 1, figsize=(max(8, 1.1 * len(configs) + 2), 8), sharex=True)
-    for j, variant in enumerate(variants):
-        x = np.arange(len(configs)) - 0.4 + width * (j + 0.5)
-        rate = [by_key[(s, n, variant)]["updates_per_s"] if (s, n, variant) in by_key else 0 for s, n in configs]
-        share = [100 * by_key[(s, n, variant)]["share_of_peak"] if (s, n, variant) in by_key else 0 for s, n in configs]
-        axes[0].bar(x, rate, width=width, label=variant if variant != "whole_loop" else "whole loop (env steps/s)")
-        axes[1].bar(x, share, width=width, label=variant)
-    axes[0].set_yscale("log")
-    axes[0].set_ylabel("updates per second (log)")
-    axes[0].legend(fontsize=8)
-    axes[1].set_ylabel("% of measured matmul peak")
-    ticks = [f"{s.replace('.py (', ' (').replace('.', chr(10), 1)}\nN={n}" for s, n in configs]
-    axes[1].set_xticks(np.arange(len(configs)), ticks, fontsize=7, rotation=0)
-    fig.suptitle(f"update throughput on {device.type}" + (f" ({gpu})" if device.type == "cuda" else
-                 f" ({torch.get_num_threads()} thread(s), load avg {args.load_start})")
-                 + f", matmul peak {args.peak:.0f} GFLOP/s")
-    fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=100)
+    bars = {variant: [] for variant in variants}  # variant -> [(y, row, bar height)], centred per group
+    for i, (script, n) in enumerate(configs):
+        present = [v for v in variants if (script, n, v) in by_key]
+        height = min(0.4, 0.8 / len(present))
+        for j, variant in enumerate(present):
+            bars[variant].append((i + height * (j - (len(present) - 1) / 2), by_key[(script, n, variant)], height))
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 0.38 * len(configs) + 1.4), sharey=True, layout="constrained")
+    for variant, placed in bars.items():
+        legend, colour = VARIANT_STYLE.get(variant, (variant, "C0"))
+        for ax, column, scale in ((axes[0], "updates_per_s", 1), (axes[1], "share_of_peak", 100)):
+            ax.barh([y for y, _, _ in placed], [float(row[column]) * scale for _, row, _ in placed],
+                    height=[h for _, _, h in placed], color=colour, label=legend)
+    labels = [f"{s.replace('.py (', ' (').replace('.', ': ', 1)}, N={n}" for s, n in configs]
+    axes[0].set_yticks(np.arange(len(configs)), labels, fontsize=9)
+    axes[0].invert_yaxis()
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("updates per second (log)")
+    axes[1].set_xlabel("% of the measured matmul peak")
+    for ax in axes:
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(title, fontsize=11)
+    handles, legend_labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, legend_labels, loc="outside lower center", ncol=len(variants), fontsize=9, frameon=False)
+    fig.savefig(path, dpi=130)
     plt.close(fig)
-    print(f"wrote {out.with_suffix('.png')}")
 
 
 def main():
