@@ -696,13 +696,17 @@ def interval_report(out: Path, curves_of: dict):
     curve_rows = intervals.curve_rows(curves_of, **settings)
     write_csv(folder / "curves.csv", curve_rows)
     labels = {arm: LABELS[arm] for arm in LABELS}
+    spec = importlib.util.spec_from_file_location("plot", Path(__file__).resolve().parent / "plot.py")
+    plot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot)  # its method -> colour map: the same colour for a method in every figure
+    colours = plot.METHOD_COLOURS
     methods = FIGURES.get("fig3_methods", ("", list(LABELS)))[1]
-    intervals.plot_iqm_curves([r for r in curve_rows if r["arm"] in methods], folder / "iqm_curves.png", labels=labels)
+    intervals.plot_iqm_curves([r for r in curve_rows if r["arm"] in methods], folder / "iqm_curves.png", colours, labels)
     comparisons = [r for r in intervals.claim_interval_rows(per_run, claims[:1], across="all Hopper datasets",
                                                             **settings) if r["first"] and r["p_improvement"] != ""]
     if comparisons:  # claim (a) on late: ours against each baseline
         intervals.plot_improvement(comparisons, folder / "probability_of_improvement.png", "balanced-N5", "late",
-                                   labels=labels)
+                                   colours, labels)
     print(f"wrote {out / 'intervals'}")
 
 
@@ -809,7 +813,7 @@ def plot_depth(folder: Path, summary: list, depth_rows: list):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
-    for arm, color in (("balanced-N5", "tab:red"), ("sac-ft", "tab:blue")):
+    for arm, color in (("balanced-N5", "#1f77b4"), ("sac-ft", "#ff7f0e")):  # plot.py's METHOD_COLOURS
         rows = [r for r in summary if r["arm"] == arm]
         x = [r["cql_steps"] / 1000 for r in rows]
         left.plot(x, [r["start_mean"] for r in rows], ls=":", marker="o", color=color, label=f"{LABELS[arm]}: at 0")
