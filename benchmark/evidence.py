@@ -270,7 +270,26 @@ def first_epoch_jobs(out: Path, data_args, cql: dict) -> list[Job]:
                                   "--seed", 1, *policies, "--out-dir", diagnosis / "critic_side"], deps=deps)
     probes_30k = [job for job in probes if job.name.startswith("depth30k_")]
     later = [job for job in probes if not job.name.startswith("depth30k_")]
-    return chain + q_jobs + probes_30k + diag + [diag_q] + later
+    return chain + q_jobs + probes_30k + diag + [diag_q] + showcase_jobs(out, data_args, cql) + later
+
+
+def showcase_jobs(out: Path, data_args, cql: dict) -> list[Job]:
+    """The README's picture: hopper-medium-replay ours seed 1 run again (same command as the study's, so on the
+    same kind of CPU it logs the same values: reproducibility.csv checks it) for its final checkpoint, then the CQL
+    policy and the fine-tuned one side by side (benchmark/record.py)."""
+    folder, checkpoint = out / "showcase", Path("checkpoints/evidence/showcase_medium-replay_balanced-N5_s1.pt")
+    rerun = Job("showcase_rerun", [PY, "balanced_finetune.py", *data_args("medium-replay"), "--checkpoint",
+                                   cql["medium-replay"], *FINETUNE_ARMS["balanced-N5"], "--online-steps", ONLINE_STEPS,
+                                   "--eval-episodes", EVAL_EPISODES, "--seed", 1, "--save-checkpoint", checkpoint,
+                                   "--checkpoint-every", 5000, "--run-dir",
+                                   folder / "runs" / "hopper-medium-replay__balanced-N5__seed1"],
+                checkpoint, folder / "runs" / "hopper-medium-replay__balanced-N5__seed1", ["cql_medium-replay", "data_all"])
+    record = Job("showcase_record", [PY, "benchmark/record.py", "--side-by-side", cql["medium-replay"], checkpoint,
+                                     "--labels", "CQL (offline, 30k steps)", "Ours, after 50k online steps",
+                                     "--episodes", EVAL_EPISODES, "--seed", 1, "--video", "--video-episodes", 1,
+                                     "--formats", "gif", "png", "--size", 200, "--out-dir", folder,
+                                     "--name", "hopper-medium-replay_before_after"], deps=["showcase_rerun"])
+    return [rerun, record]
 
 
 def probe_job(name: str, data_args, cql_checkpoint: Path, flags: tuple, seed: int, run_dir: Path, checkpoint: Path,
