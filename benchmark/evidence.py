@@ -601,6 +601,65 @@ def fill_readme(out: Path, readme: Path, score_tables: str, claims: list):
     print(f"wrote {readme.name}'s study tables")
 
 
+HEADLINE_MARKERS = ("<!-- headline -->", "<!-- /headline -->")
+INTERVAL_METRIC_OF = {"(a)": "late", "(b)": "drop", "(c)": "late", "(d)": "drop", "(e)": "early"}
+
+
+def read_csv(path: Path) -> list:
+    return list(csv.DictReader(open(path))) if path.exists() else []
+
+
+def headline(out: Path, claims: list) -> list:
+    """The README's first screen: claims x datasets with both verdicts, and the first-epoch finding in numbers."""
+    interval_rows = read_csv(ROOT / out / "intervals" / "claims.csv")
+    short = lambda text: text.removeprefix("verdict: ").replace(" comparisons run", "")  # noqa: E731
+    lines = ["| claim | " + " | ".join(f"hopper-{d}" for d in DATASETS) + " |", "|---|" + "---|" * len(DATASETS)]
+    for claim, metric, _ in CLAIMS:
+        cells = []
+        for dataset in DATASETS:
+            rule = next((c["result"] for c in claims if c["claim"] == claim and c["task"] == f"hopper-{dataset}"
+                         and not c["first"]), None)
+            interval = next((r["result"] for r in interval_rows if r["claim"] == claim and not r["first"] and
+                             r["task"] == f"hopper-{dataset}" and r["metric"] == INTERVAL_METRIC_OF[claim[:3]]), None)
+            cells.append("not run" if rule is None else f"{short(rule)}; IQM {INTERVAL_METRIC_OF[claim[:3]]}: "
+                                                      f"{short(interval) if interval else 'n/a'}")
+        lines.append(f"| {claim} ({metric}) | " + " | ".join(cells) + " |")
+    critic = {(r["variant"], int(r["step"])): r for r in read_csv(ROOT / out / "diagnosis" / "critic_side" /
+                                                                   "summary.csv")}
+    if ("as is", 1000) in critic and ("frozen-actor", 1000) in critic and ("frozen-critics", 1000) in critic:
+        v = lambda variant, key, step=1000: float(critic[(variant, step)][key])  # noqa: E731
+        lines += ["", f"**The first online epoch on hopper-medium** (`{out}/diagnosis/critic_side/summary.csv`, "
+                      "3 seeds): ours falls from "
+                      f"{v('as is', 'score_mean', 0):.1f} to {v('as is', 'score_mean'):.1f} in the first epoch; with "
+                      f"the critics frozen it does not ({v('frozen-critics', 'score_mean'):.1f}), and with the actor "
+                      "frozen the critics updated online stay pessimistic about the pretrained policy (Qbar - "
+                      f"Monte-Carlo {v('as is', 'q_minus_mc_mean', 0):+.0f} before, "
+                      f"{v('frozen-actor', 'q_minus_mc_mean'):+.0f} after the epoch), while after a normal epoch "
+                      f"they overestimate the policy the actor moved to by {v('as is', 'q_minus_mc_mean'):+.0f}. So "
+                      "the fall needs both updates: the actor follows critics that the online SAC updates (CQL's "
+                      "penalty is dropped online, as in the paper) made optimistic about actions away from the "
+                      "pretrained policy's; that they are actions the data does not cover is the likely reading, "
+                      "not measured here."]
+    verdict = {r["arm"]: r for r in read_csv(ROOT / out / "depth" / "depth_verdict.csv")}
+    if "balanced-N5" in verdict:
+        r = verdict["balanced-N5"]
+        lines += ["", f"**Deeper CQL** (`{out}/depth/`): ours keeps {float(r['kept_30k']):.0%} of its start after "
+                      f"the first epoch at 30k CQL steps and {float(r['kept_deepest']):.0%} at "
+                      f"{int(r['deepest_cql_steps']) // 1000}k; the pre-registered depth hypothesis: **{r['verdict']}**."]
+    return lines
+
+
+def fill_headline(out: Path, readme: Path, claims: list):
+    start, end = HEADLINE_MARKERS
+    text = readme.read_text() if readme.exists() else ""
+    if start not in text or end not in text:
+        return
+    block = ["<!-- written by: python benchmark/evidence.py --report (from claims.csv, intervals/claims.csv, "
+             "diagnosis/critic_side/summary.csv and depth/depth_verdict.csv) -->", *headline(out, claims)]
+    head, rest = text.split(start, 1)
+    readme.write_text(head + start + "\n" + "\n".join(block) + "\n" + end + rest.split(end, 1)[1])
+
+
 def report(out: Path):
     rows, per_seed, curves_of = [], {}, {}
     for dataset in DATASETS:
@@ -680,6 +739,7 @@ def report(out: Path):
         commands.append(command)
         subprocess.run([sys.executable, *command[1:]], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     fill_readme(out, ROOT / "README.md", score_tables, claims)
+    fill_headline(out, ROOT / "README.md", claims)
     with open(ROOT / out / "report_commands.txt", "w") as f:
         f.write("# written by: python benchmark/evidence.py --report\n")
         f.writelines(shlex.join(c) + "\n" for c in commands)
