@@ -34,6 +34,9 @@ MUTANTS = [
     ("*", "target_param.lerp_(param, tau)", "target_param.lerp_(param, 2.0 * tau)", "Polyak step 2 tau"),
     ("*", "log_prob - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))",
      "log_prob + 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))", "tanh change of variables: wrong sign"),
+    ("*", "log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)", "log_std", "actor log-std not clamped to [-20, 2]"),
+    ("*", "torch.cat([obs, act], dim=-1).repeat_interleave(2, dim=0)", "torch.cat([obs, act], dim=-1).repeat(2, 1, 1)",
+     "critic rows not member-major (twin of another member's input)"),
 
     # ---- cql_pretrain.py: eq. (3) critic, eq. (2) actor, alpha, sampling ----
     ("cql_pretrain.py", 'samples["target_actions"]).min(1).values', 'samples["target_actions"]).max(1).values',
@@ -75,6 +78,10 @@ MUTANTS = [
      "CQL actor: action drawn at s' instead of s"),
     ("cql_pretrain.py", "(alpha[:, None] * log_pi - bc_log_prob)", "(alpha[:, None] * log_pi + bc_log_prob)",
      "CQL BC warm-up: likelihood sign"),
+    ("cql_pretrain.py", "bc_log_prob = tanh_gaussian_log_prob(mean[:, :batch_size], log_std[:, :batch_size]",
+     "bc_log_prob = tanh_gaussian_log_prob(mean[:, batch_size:], log_std[:, batch_size:]", "CQL BC warm-up: likelihood at s'"),
+    ("cql_pretrain.py", "(critic_loss + actor_loss.sum() + alpha_loss.sum()).backward()",
+     "(critic_loss + actor_loss.sum()).backward()", "CQL: alpha never trained"),
     ("cql_pretrain.py", "soft_update(critic_target, critic, tau)", "soft_update(critic, critic_target, tau)",
      "CQL: Polyak arguments swapped"),
 
@@ -107,6 +114,12 @@ MUTANTS = [
      "actor Qbar: mean over twins"),
     ("balanced_finetune.py", "expand(action)).min(dim=1).values.mean(0)", "expand(action))[:, 0].mean(0)",
      "actor Qbar: Q1 only"),
+    ("balanced_finetune.py", "qbar = critic(expand(obs)", "qbar = target_critic(expand(obs)",
+     "actor Qbar from the target critic"),
+    ("balanced_finetune.py", "action, log_pi = tanh_gaussian_sample(*ensemble_policy(actor, obs, n_members))",
+     "action, log_pi = tanh_gaussian_sample(*ensemble_policy(actor, next_obs, n_members))",
+     "fine-tuning actor: a drawn at s'"),
+    ("balanced_finetune.py", "critic.requires_grad_(True)", "critic.requires_grad_(False)", "fine-tuning: critic left frozen"),
     ("balanced_finetune.py", "(alpha * log_pi - qbar).mean()", "(alpha * log_pi + qbar).mean()", "fine-tuning actor: Q sign"),
     ("balanced_finetune.py", "(alpha * log_pi - qbar).mean()", "(log_pi - qbar).mean()", "fine-tuning actor: alpha dropped"),
     ("balanced_finetune.py", "alpha = log_alpha.exp().detach()", "alpha = log_alpha.detach()",
@@ -134,6 +147,7 @@ MUTANTS = [
      "density ratio: offline w off by one"),
     ('balanced_finetune.py', '"balanced/w_online": w_online.detach().mean()', '"balanced/w_online": w_offline.detach().mean()',
      "density ratio: logged w_online is w_offline"),
+    ("balanced_finetune.py", "    ratio_optimizer.step()\n", "\n", "density-ratio net never trained"),
     ("balanced_finetune.py", "offline_term = -torch.log(2.0 / (w_offline + 1.0) + 1e-10).mean()",
      "offline_term = torch.log(2.0 / (w_offline + 1.0) + 1e-10).mean()", "density ratio loss: offline term sign"),
     ("balanced_finetune.py", "return (scaled / normalizer).clamp(1e-3, 1e3)", "return (scaled / normalizer).clamp(1e-3)",
@@ -185,6 +199,8 @@ MUTANTS = [
     ("bcq_ft.py", "lmbda * next_q.min(dim=1).values + (1.0 - lmbda) * next_q.max(dim=1).values",
      "lmbda * next_q.max(dim=1).values + (1.0 - lmbda) * next_q.min(dim=1).values", "BCQ target: min/max weights swapped"),
     ("bcq_ft.py", "n_samples).max(dim=-1).values", "n_samples).mean(dim=-1)", "BCQ target: mean over candidates"),
+    ("bcq_ft.py", "soft_q.view(soft_q.shape[0], -1, n_samples)", "soft_q.view(soft_q.shape[0], n_samples, -1).transpose(1, 2)",
+     "BCQ target: candidates of one state taken strided"),
     ("bcq_ft.py", "rewards + gamma * (1.0 - dones) * best", "rewards + gamma * best", "BCQ target: terminal mask dropped"),
     ("bcq_ft.py", "next_obs.repeat_interleave(args.n_action_samples, dim=1)", "next_obs.repeat(1, args.n_action_samples, 1)",
      "BCQ target: candidates of other states"),
@@ -232,6 +248,7 @@ MUTANTS = [
      "SAC alpha loss: target entropy sign"),
     ("sac.py", "soft_update(critic_target, critic, tau)", "soft_update(critic, critic_target, tau)",
      "SAC: Polyak arguments swapped"),
+    ("sac.py", "critic.requires_grad_(True)", "critic.requires_grad_(False)", "SAC: critic left frozen"),
 ]
 
 
@@ -278,11 +295,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tests", nargs="+", default=list(DEFAULT_TESTS), help="pytest selection (run with -m 'not slow')")
     parser.add_argument("--only", default=None, help="run only mutants whose file or description contains this text")
+    parser.add_argument("--numbers", default=None, help="run only these mutants, by their number in the table: 4,7,12")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per pytest run")
     parser.add_argument("--check", action="store_true", help="only check that every snippet applies, run no test")
     args = parser.parse_args()
 
-    mutants = [m for m in MUTANTS if args.only is None or args.only in m[0] or args.only in m[3]]
+    wanted = None if args.numbers is None else {int(n) for n in args.numbers.split(",")}
+    mutants = [(number, m) for number, m in enumerate(MUTANTS, 1)
+               if (args.only is None or args.only in m[0] or args.only in m[3]) and (wanted is None or number in wanted)]
     with tempfile.TemporaryDirectory(prefix="mutation_check_") as tmp:
         root = os.path.join(tmp, "repo")
         shutil.copytree(ROOT, root, ignore=shutil.ignore_patterns(".git", "__pycache__", "runs", "checkpoints", ".ruff_cache"))
@@ -292,7 +312,7 @@ def main():
                 print(f"the unmutated repository does not pass the selection: {baseline}")
                 sys.exit(2)
         rows = []
-        for number, mutant in enumerate(mutants, 1):
+        for number, mutant in mutants:
             start = time.time()
             saved = apply(root, mutant)
             if not saved:

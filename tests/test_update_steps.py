@@ -113,8 +113,12 @@ def assert_params(net, expected: dict, what: str):
                                    msg=lambda m, name=name: f"{what} {name}: {m}")
 
 
+def scalar(x) -> float:
+    return float(x.detach()) if isinstance(x, torch.Tensor) else float(x)
+
+
 def assert_value(got, expected, what: str, rel=1e-5):
-    assert float(got) == pytest.approx(float(expected), rel=rel, abs=1e-6), what
+    assert scalar(got) == pytest.approx(scalar(expected), rel=rel, abs=1e-6), what
 
 
 def deterministic_actor(module, obs_dim: int, act_dim: int, n: int, seed: int, identical: bool = False):
@@ -188,7 +192,7 @@ def test_sac_update_matches_reference():
         s = batch["observations"][0, b]
         mu, log_std = actor_ref(Pa, 0, s, A)
         log_pi = tiny_std_log_prob(mu, log_std)
-        log_pis.append(float(log_pi))
+        log_pis.append(float(log_pi.detach()))
         actor_loss = actor_loss + (alpha * log_pi - min(q_ref(Pc_new, 0, j, s, torch.tanh(mu)) for j in range(2))) / B
     Pa_new = sgd(Pa, actor_loss, lr_pi, keys=list(Pa))
     # temperature: -log alpha (log pi + target entropy), log pi without gradient
@@ -203,7 +207,7 @@ def test_sac_update_matches_reference():
     assert_value(info["q_data"], np.mean(q_data), "mean Q(s, a)")
     assert_params(critic, Pc_new, "critic")
     assert_params(actor, Pa_new, "actor")
-    assert float(log_alpha) == pytest.approx(float(la_new), rel=1e-5)
+    assert scalar(log_alpha) == pytest.approx(scalar(la_new), rel=1e-5)
     assert_params(critic_target, polyak(Pt, Pc_new, TAU), "target critic (Polyak tau)")
     assert all(p.requires_grad for p in critic.parameters())  # the critic stays trainable for the next step
 
@@ -257,8 +261,8 @@ def test_balanced_update_actor_critic_matches_reference():
         mu, log_std = mixture_ref(Pa, obs[b], N)
         log_pi = tiny_std_log_prob(mu, log_std)
         qbar = sum(min(q_ref(Pc_new, i, j, obs[b], torch.tanh(mu)) for j in range(2)) for i in range(N)) / N
-        log_pis.append(float(log_pi))
-        qbars.append(float(qbar))
+        log_pis.append(float(log_pi.detach()))
+        qbars.append(float(qbar.detach()))
         actor_loss = actor_loss + (alpha * log_pi - qbar) / B
     Pa_new = sgd(Pa, actor_loss, lr_pi)
     # temperature, CleanRL's form: mean(-alpha (log pi + target entropy))
@@ -274,7 +278,7 @@ def test_balanced_update_actor_critic_matches_reference():
     assert_value(info["losses/qf_values"], np.mean(qbars), "Qbar")
     assert_params(critic, Pc_new, "critic")
     assert_params(actor, Pa_new, "actor")
-    assert float(log_alpha) == pytest.approx(float(la_new), rel=1e-5)
+    assert scalar(log_alpha) == pytest.approx(scalar(la_new), rel=1e-5)
     assert_params(target_critic, polyak(Pt, Pc_new, TAU), "target critic (Polyak tau)")
     assert all(p.requires_grad for p in critic.parameters())
 
@@ -301,7 +305,7 @@ def ratio_ref(P: dict, s, a) -> torch.Tensor:
 
 def test_balanced_density_ratio_step_matches_reference():
     torch.manual_seed(7)
-    net = bf.DensityRatioNet(S, A, hidden_dim=5)
+    net = bf.DensityRatioNet(S, A, 5)
     with torch.no_grad():  # spread w over about [0.4, 2] so the priorities differ and w^(1/T) differs from w
         net.net[4].weight.normal_(0.0, 2.0)
     g = torch.Generator().manual_seed(7)
@@ -313,22 +317,22 @@ def test_balanced_density_ratio_step_matches_reference():
     P = leaf64(net)
     w_on = [ratio_ref(P, s, a) for s, a in zip(*online)]
     w_off = [ratio_ref(P, s, a) for s, a in zip(*offline)]
-    w_rl = [float(ratio_ref(P, s, a)) for s, a in zip(*rl_batch)]
-    assert min(map(float, w_on + w_off)) > 0.05 and max(w_rl) / min(w_rl) > 1.5  # the setup's promise
+    w_rl = [scalar(ratio_ref(P, s, a)) for s, a in zip(*rl_batch)]
+    assert min(map(scalar, w_on + w_off)) > 0.05 and max(w_rl) / min(w_rl) > 1.5  # the setup's promise
     # eq. (4), Jensen-Shannon: mean_off[-log(2 / (w + 1))] - mean_on[log(2 w / (w + 1))]
     loss = sum(-torch.log(2 / (w + 1) + 1e-10) for w in w_off) / n_off - sum(torch.log(2 * w / (w + 1) + 1e-10)
                                                                             for w in w_on) / n_on
     P_new = sgd(P, loss, lr)
     # priorities of the RL batch, from w before this step: w^(1/T) / mean_off(w^(1/T)), clamped to [1e-3, 1e3]
-    normalizer = np.mean([float(w) ** (1 / temperature) for w in w_off]) + 1e-10
+    normalizer = np.mean([scalar(w) ** (1 / temperature) for w in w_off]) + 1e-10
     priorities = [min(max(w ** (1 / temperature) / normalizer, 1e-3), 1e3) for w in w_rl]
 
     optimizer = torch.optim.SGD(net.parameters(), lr=lr)
     got, stats = bf.update_density_ratio(net, optimizer, online, offline, rl_batch, temperature)
     np.testing.assert_allclose(got.detach().numpy(), priorities, rtol=1e-5)
     assert_value(stats["losses/density_ratio_loss"], loss, "density-ratio loss")
-    assert_value(stats["balanced/w_online"], np.mean([float(w) for w in w_on]), "mean w online")
-    assert_value(stats["balanced/w_offline"], np.mean([float(w) for w in w_off]), "mean w offline")
+    assert_value(stats["balanced/w_online"], np.mean([scalar(w) for w in w_on]), "mean w online")
+    assert_value(stats["balanced/w_offline"], np.mean([scalar(w) for w in w_off]), "mean w offline")
     assert_params(net, P_new, "density-ratio net")
 
 
@@ -409,7 +413,7 @@ def test_cql_update_matches_reference_without_the_conservative_term():
             log_pi = tiny_std_log_prob(mu, log_std)
             q_pi = min(q_ref({k: v.detach() for k, v in Pc.items()}, i, j, s, torch.tanh(mu)) for j in range(2))
             actor_loss_i = actor_loss_i + (alpha * log_pi - q_pi) / B
-            alpha_loss_i = alpha_loss_i - la[i] * (float(log_pi) + target_entropy) / B
+            alpha_loss_i = alpha_loss_i - la[i] * (float(log_pi.detach()) + target_entropy) / B
         actor_losses.append(actor_loss_i)
         alpha_losses.append(alpha_loss_i)
     Pc_new = sgd(Pc, bellman.sum(), lr_q)
@@ -653,8 +657,8 @@ def bcq_nets(seed):
     torch.manual_seed(seed)
     latent = 2 * A
     vae = bcq.EnsembleVAE(S, A, latent, [5], N)
-    actor = bcq.EnsemblePerturbation(S, A, [5], N, phi=0.2)
-    actor_target = bcq.EnsemblePerturbation(S, A, [5], N, phi=0.2)
+    actor = bcq.EnsemblePerturbation(S, A, [5], N, 0.2)
+    actor_target = bcq.EnsemblePerturbation(S, A, [5], N, 0.2)
     critic, critic_target = critics(bcq, S, A, N, seed=seed + 1)
     with torch.no_grad():
         vae.decoder[0].weight[:, S:] = 0.0
@@ -694,8 +698,8 @@ def test_bcq_update_matches_reference():
             kl = kl + (-0.5 * (1 + 2 * log_sigma - mu**2 - torch.exp(2 * log_sigma))).mean() / B
             recon = recon + ((decode(Pv, i, obs[i, b]) - actions[i, b]) ** 2).mean() / B
         vae_loss = vae_loss + recon + 0.5 * kl
-        recons.append(float(recon))
-        kls.append(float(kl))
+        recons.append(float(recon.detach()))
+        kls.append(float(kl.detach()))
     Pv_new = sgd(Pv, vae_loss, lr, trained_vae_keys)
     # critic: y = r + gamma (1 - d) max_k [0.75 min_j Q'_ij + 0.25 max_j Q'_ij](s', a'_k), a'_k = xi'(s', G(s'))
     # (G: the VAE after its step; xi': the target perturbation net); MSE(Q1, y) + MSE(Q2, y)
