@@ -728,10 +728,10 @@ def main():
                      f"the last good checkpoint is {args.checkpoint}")
         recent = slice(max(epoch_start, global_step - 1000), global_step)
         epoch_stats.update({"balanced/offline_fraction": partial["offline_drawn"] / max(epoch_updates * B, 1),
-                            "balanced/auroc": q_auroc(critic, buffer, recent, rng, device, n_ensemble),
-                            "charts/SPS": int((global_step - start_step) / (time.time() - start_time))})
+                            "balanced/auroc": q_auroc(critic, buffer, recent, rng, device, n_ensemble)})
         for tag, value in epoch_stats.items():
             writer.add_scalar(tag, value, global_step)
+        writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
         partial = None
         if args.checkpoint_every > 0 and global_step - last_checkpoint >= args.checkpoint_every \
                 and global_step < args.online_steps:
@@ -1230,5 +1230,15 @@ if __name__ == "__main__":
 #   --checkpoint-every env steps passed since the last one, and at the end. They hold the full resume state
 #   (online transitions, sum-tree leaves, p_max, density-ratio net, optimizers, alpha, RNG states, step,
 #   run dir). --resume continues at the next epoch, which starts a fresh episode anyway, so an interrupted run
-#   resumes exactly.
+#   resumes exactly; the statistics of the epoch that ended at the checkpoint (purged from TensorBoard with what
+#   the interrupted run logged after it) are logged again from the checkpoint.
+# * SIGTERM or SIGINT: collection finishes its epoch of env steps (a few seconds), updates finish the current one;
+#   the checkpoint then also holds the epoch in progress (updates done, the device-side sums of its statistics,
+#   offline draws), --resume does its remaining updates, and the run logs what the uninterrupted one would have.
+#   The run exits with status 75 and the command that continues it.
+# * Flags: the CQL input is --cql-checkpoint, this run's own checkpoint --checkpoint. Old spellings, still accepted:
+#   --save-checkpoint OUT.pt for --checkpoint; when it is given, --checkpoint keeps its old meaning, the CQL input
+#   (so `--checkpoint CQL.pt --save-checkpoint OUT.pt [--resume]` runs as before), with a one-line note. A CQL (or
+#   any other script's) checkpoint at the --checkpoint path is never overwritten. Checkpoints written before
+#   resume_state (flat torch_rng/numpy_rng/python_rng/cuda_rng keys, no epoch in progress) resume as they are.
 # * Online time-limit ends are stored as non-terminal (done = terminated), as the dataset's are.
