@@ -908,10 +908,13 @@ if __name__ == "__main__":
 # - Checkpoints (CONTRIBUTING.md: Contracts; format "o2o-ensemble-v1", algo "awac") every `--checkpoint-every` steps (offline
 #   and online steps count alike) and at the end, written atomically. `resume` holds the target critic, both
 #   optimizers, the RNG states, the global step and the online transitions (the dataset part of the buffer is
-#   re-read from the dataset file and its size checked). `--resume` continues from `--save-checkpoint`:
-#   TensorBoard events after the checkpoint's step are purged (SummaryWriter purge_step) so curves continue
-#   without duplicates. A run resumed in the online phase starts a new training episode (the simulator state
-#   of the interrupted episode is not stored); no transition is lost or stored twice.
+#   re-read from the dataset file and its size checked). `--resume` continues from `--checkpoint` (old spelling,
+#   still accepted: `--save-checkpoint`): TensorBoard events after the checkpoint's step are purged (SummaryWriter
+#   purge_step) so curves continue without duplicates. A run resumed in the online phase starts a new training
+#   episode (the simulator state of the interrupted episode is not stored); no transition is lost or stored twice.
+#   Checkpoints written before resume_state (rng = {torch, numpy, random}) resume as they are.
+# - SIGTERM or SIGINT: the current step finishes, the checkpoint is written at that step and the run exits with
+#   status 75 and the command that continues it (exactly so in the offline phase; online, see above).
 # - A NaN/inf loss is detected on the values already synced for logging (every `--log-every` steps and before
 #   each checkpoint write); the run stops with a message naming the loss and the step, and the last good
 #   checkpoint is kept.

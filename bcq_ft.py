@@ -967,8 +967,12 @@ if __name__ == "__main__":
 #   `vae_hidden_sizes`, `actor_hidden_sizes`, `latent_dim`, `phi`. `resume` holds the target actor and critic,
 #   the three optimizers, RNG states, the global step and the online transitions. Written atomically every
 #   `--checkpoint-every` steps (offline and online alike) and at the end; `--resume` continues from
-#   `--save-checkpoint` (TensorBoard events after its step are purged). A run resumed in the online phase
-#   starts a new training episode; no transition is lost or stored twice.
+#   `--checkpoint` (old spelling, still accepted: `--save-checkpoint`; TensorBoard events after its step are purged).
+#   A run resumed in the online phase starts a new training episode; no transition is lost or stored twice.
+#   Checkpoints written before resume_state (rng = {torch, numpy, random}, the optimizers as a list) resume as
+#   they are.
+# - SIGTERM or SIGINT: the current step finishes, the checkpoint is written at that step and the run exits with
+#   status 75 and the command that continues it (exactly so in the offline phase; online, see above).
 # - A NaN/inf loss is detected on the values already synced for logging (every `--log-every` steps and before
 #   each checkpoint write); the run stops with a message naming the loss and the step, keeping the last good
 #   checkpoint.

@@ -904,7 +904,11 @@ if __name__ == "__main__":
 #     --eval-episodes start states (env seeds seed + 10000 + k), deterministic tanh(mu), all in lockstep with one
 #     batched actor forward per env step.
 #   * Resume (--resume) takes the networks, target critics, optimizers, log alpha, RNG states, step and run dir from
-#     the checkpoint; hyperparameters come from the command line (env, N and network size must match).
+#     the checkpoint; hyperparameters come from the command line (env, N and network size must match). Flags: this
+#     run's checkpoint is --checkpoint, as it always was (no old spelling to keep); --resume without one is an error.
+#     Checkpoints written before resume_state (flat torch_rng/numpy_rng/python_rng/cuda_rng keys) resume as they are.
+#   * SIGTERM or SIGINT: the current update finishes, the checkpoint is written at that step and the run exits with
+#     status 75 and the command that continues it; that run logs what the uninterrupted one would have.
 #   * Observations and rewards are used raw (as in the authors' fine-tuning code).
 #   * On the CPU, glibc's malloc is told to keep freed memory for reuse (keep_freed_memory_on_cpu): without it every
 #     large activation of the vectorized update is a fresh, page-faulting mmap and N = 5 runs slower than a loop.

@@ -867,4 +867,8 @@ if __name__ == "__main__":
 #     random-policy Hopper dataset, hidden 64, 30k steps: eval/q_estimate 127 against eval/mc_return 48 and still
 #     rising), while at gamma 0.9 it matches (10.5 against 9.2-10.6). That optimism is what paper Fig. 1c is about.
 #   * Output: a checkpoint (CONTRIBUTING.md) with algo "fqe", the same N, actor = the N policy members evaluated, critic = the
-#     FQE critics, plus a resume state (target critics, optimizer, RNG states, step, run dir) for --resume.
+#     FQE critics, plus a resume state (target critics, optimizer, RNG states, step, run dir) for --resume. Flags: the
+#     output is --checkpoint and the input --policy-checkpoint, as they always were (no old spelling to keep).
+#     Checkpoints written before resume_state (flat torch_rng/numpy_rng/python_rng/cuda_rng keys) resume as they are.
+#   * SIGTERM or SIGINT: the current update finishes, the checkpoint is written at that step and the run exits with
+#     status 75 and the command that continues it; that run logs what the uninterrupted one would have.

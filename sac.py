@@ -846,3 +846,15 @@ def evaluate(env: gym.Env, policy, seeds: list, device) -> np.ndarray:
 
 if __name__ == "__main__":
     main()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Notes (the algorithm's choices are in the docstring):
+# ---------------------------------------------------------------------------------------------------------------------
+#   * Checkpoint: --checkpoint, written every --checkpoint-every steps and at the end, continued with --resume (an
+#     error when there is none; before issue 21 sac.py then started afresh). The flags are spelled as they always
+#     were; --rollout-actor names an input. Checkpoints written before resume_state (flat torch_rng/numpy_rng/
+#     python_rng keys) resume as they are. A resumed run starts a new episode (the simulator state is not stored):
+#     the interrupted episode's last transition is marked a time-limit end, and nothing is lost or stored twice.
+#   * SIGTERM or SIGINT: the current step finishes, the checkpoint is written at that step and the run exits with
+#     status 75 and the command that continues it.
