@@ -16,8 +16,10 @@ import re
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+import matplotlib.pyplot as plt
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from repo import save_figure, written
 
 
 def pairs(values):
@@ -62,8 +64,8 @@ def main():
             rows.append({"run": name, "step": s, "ensemble_return": round(ensemble[s], 2), "member_min": round(lo, 2),
                          "member_max": round(hi, 2), "dataset_mean_return": reference})
     fig.tight_layout()
-    fig.savefig(f"{args.out}.png", dpi=120)
-    with open(f"{args.out}.csv", "w", newline="") as f:
+    save_figure(fig, f"{args.out}.png", dpi=120)
+    with written(f"{args.out}.csv") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
