@@ -92,9 +92,9 @@ class Args:
     """episodes per evaluation (deterministic eq. 5 policy)"""
     log_every: int = 1_000
     """log losses (and check them for NaN/inf) every this many steps"""
+    # --save-checkpoint: the old spelling, still accepted (tyro lists the aliases first: this puts --checkpoint first)
     checkpoint: Annotated[str | None, tyro.conf.arg(name="save-checkpoint", aliases=("--checkpoint",))] = None
-    """checkpoint written during and at the end of the run, default checkpoints/awac_{env_id}_seed{seed}.pt (old spelling
-    --save-checkpoint)"""
+    """checkpoint written during and at the end of the run (default checkpoints/awac_{env_id}_seed{seed}.pt)"""
     checkpoint_every: int = 50_000
     """write the resumable checkpoint every this many steps (offline and online steps alike); 0: only at the end"""
     resume: bool = False
@@ -366,7 +366,7 @@ def main():
     check_writable(checkpoint_path, "checkpoint")
     check_writable(run_dir, "run directory")
 
-    x_of = lambda step: step - args.offline_steps  # (x-axis: online env steps, offline before 0)
+    x_of = lambda step: step - args.offline_steps  # x-axis: online env steps, offline ones before 0
     writer = SummaryWriter(run_dir, purge_step=x_of(global_step) + 1 if args.resume else None)
     if not args.resume:
         writer.add_text("hyperparameters", "|param|value|\n|-|-|\n"

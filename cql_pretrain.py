@@ -418,8 +418,9 @@ def main():
             f"|{key}|{value}|" for key, value in vars(args).items()))
 
     start_time, sps_step = time.time(), start_step
+    progress = tqdm(range(start_step, args.offline_steps), initial=start_step, total=args.offline_steps)
     stop = catch_stop_signals()
-    for step in tqdm(range(start_step, args.offline_steps), initial=start_step, total=args.offline_steps):
+    for step in progress:
         batch = sample_batch(data, np_rng, n_ensemble, args.batch_size)
         info = cql_update(actor, critic, critic_target, log_alpha, actor_optimizer, critic_optimizer, alpha_optimizer,
                           batch, args.gamma, args.tau, args.alpha_cql, args.n_actions, target_entropy,
@@ -451,6 +452,7 @@ def main():
             save(global_step)
             start_time = time.time()  # do not count evaluation and saving in SPS
         if stop["signal"]:
+            progress.close()
             stop_after_signal(stop["signal"], checkpoint_path, global_step)
     if start_step >= args.offline_steps:
         save(start_step)

@@ -367,8 +367,9 @@ def main():
             f"|{key}|{value}|" for key, value in vars(args).items()))
 
     start_time, sps_step = time.time(), start_step
+    progress = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps)
     stop = catch_stop_signals()
-    for step in tqdm(range(start_step, args.steps), initial=start_step, total=args.steps):
+    for step in progress:
         batch = sample_batch(data, np_rng, n_ensemble, args.batch_size)
         info = fqe_update(critic, critic_target, optimizer, batch, args.gamma, args.tau)
         global_step = step + 1  # updates done
@@ -399,6 +400,7 @@ def main():
             save(global_step)
             start_time = time.time()  # do not count evaluation and saving in SPS
         if stop["signal"]:
+            progress.close()
             stop_after_signal(stop["signal"], checkpoint_path, global_step)
     if start_step >= args.steps:
         save(start_step)

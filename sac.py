@@ -192,11 +192,9 @@ class ReplayBuffer:
 
     def sample(self, batch_size: int, rng: np.random.Generator, device) -> dict:
         idx = rng.integers(0, self.size, size=batch_size)
-        batch = {key: getattr(self, key)[idx] for key in ("observations", "actions", "rewards", "next_observations",
-                                                          "terminals")}
+        keys = ("observations", "actions", "rewards", "next_observations", "terminals")
         # [1, B, ...]: the one-member case of the ensemble layout
-        return {key: torch.as_tensor(value, dtype=torch.float32, device=device).unsqueeze(0)
-                for key, value in batch.items()}
+        return {key: torch.as_tensor(getattr(self, key)[idx], dtype=torch.float32, device=device).unsqueeze(0) for key in keys}
 
     def state(self) -> dict:
         """Tensors of the arrays' dtypes (float32, bool): checkpoints are loaded with weights_only=True."""
