@@ -22,19 +22,24 @@ Loads N offline CQL agents (cql_pretrain.py) and fine-tunes them online:
 
 Implementation choices where the paper is silent: the Notes at the end of this file.
 """
+import contextlib
 import dataclasses
 import http.client
-import json
+import io
 import os
 import pickle
 import random
 import re
+import shlex
+import signal
+import sys
 import time
 import urllib.error
 import urllib.request
 import warnings
+import zipfile
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import gymnasium as gym
 import h5py
@@ -54,7 +59,7 @@ class Args:
     """D4RL task name (v4 env), Minari dataset id (mujoco/hopper/medium-v0: the env it names) or gym id + --dataset-path"""
     dataset_path: str | None = None
     """D4RL-format HDF5 file to use instead of the D4RL download for --env-id"""
-    checkpoint: str | None = None
+    cql_checkpoint: str | None = None
     """CQL checkpoint to fine-tune (default checkpoints/cql_{env_id}_seed{seed}.pt, as cql_pretrain.py writes)"""
     n_ensemble: int = 5
     """number of ensemble members N (the first N of the stored ensemble) [official: 5]"""
@@ -104,14 +109,16 @@ class Args:
     """deterministic evaluation episodes at the start of each epoch (the authors' code: at least 5)"""
     eval_every_epochs: int = 1
     """evaluate at the start of every this many epochs (and at the end)"""
-    save_checkpoint: str | None = None
+    checkpoint: str | None = None
     """where the fine-tuned ensemble is written (default checkpoints/balanced_{env_id}_seed{seed}.pt)"""
     checkpoint_every: int = 10_000
     """write a resumable checkpoint at the first epoch end after this many env steps (0: only at the end)"""
     keep_checkpoints: bool = False
     """also keep each checkpoint written (periodic and final) as a copy named <checkpoint stem>_step<N>.pt"""
     resume: bool = False
-    """continue the run stored in --save-checkpoint"""
+    """continue the run stored in --checkpoint"""
+    old_save_checkpoint: Annotated[str | None, tyro.conf.arg(name="save-checkpoint")] = None
+    """old spelling of --checkpoint; when given, --checkpoint keeps its old meaning, the CQL input (Notes)"""
 
     # runtime
     seed: int = 1
@@ -334,10 +341,10 @@ LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 class VectorizedLinear(nn.Module):
     """N independent linear layers applied as one batched matmul: x [N, B, in] -> [N, B, out]."""
 
-    def __init__(self, in_features: int, out_features: int, n_members: int):
+    def __init__(self, in_features: int, out_features: int, n_ensemble: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(n_members, in_features, out_features))
-        self.bias = nn.Parameter(torch.empty(n_members, 1, out_features))
+        self.weight = nn.Parameter(torch.empty(n_ensemble, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(n_ensemble, 1, out_features))
         bound = 1.0 / in_features**0.5  # nn.Linear's default init, drawn independently for each member
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
@@ -346,20 +353,20 @@ class VectorizedLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
-def vectorized_mlp(in_dim: int, hidden_sizes, out_dim: int, n_members: int) -> nn.Sequential:
+def vectorized_mlp(in_dim: int, hidden_sizes, out_dim: int, n_ensemble: int) -> nn.Sequential:
     layers, width = [], in_dim
     for hidden in hidden_sizes:
-        layers += [VectorizedLinear(width, hidden, n_members), nn.ReLU()]
+        layers += [VectorizedLinear(width, hidden, n_ensemble), nn.ReLU()]
         width = hidden
-    return nn.Sequential(*layers, VectorizedLinear(width, out_dim, n_members))
+    return nn.Sequential(*layers, VectorizedLinear(width, out_dim, n_ensemble))
 
 
 class EnsembleActor(nn.Module):
     """N tanh-Gaussian actors with state-dependent log-std: obs [N, B, S] -> mean, log_std [N, B, A] (pre-tanh)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_ensemble: int):
         super().__init__()
-        self.net = vectorized_mlp(obs_dim, hidden_sizes, 2 * act_dim, n_members)
+        self.net = vectorized_mlp(obs_dim, hidden_sizes, 2 * act_dim, n_ensemble)
 
     def forward(self, obs: torch.Tensor):
         mean, log_std = self.net(obs).chunk(2, dim=-1)
@@ -369,17 +376,17 @@ class EnsembleActor(nn.Module):
 class EnsembleCritic(nn.Module):
     """Twin Q-functions of N members as 2N vectorized MLPs, member-major (row 2i: Q1 of member i, 2i+1: Q2).
 
-    obs [N, B, S], act [N, B, A] -> Q [N, 2, B]. Taking the first k members is slicing rows [:2k].
+    obs [N, B, S], act [N, B, A] -> Q [N, 2, B]. The first n members are rows [:2n].
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_ensemble: int):
         super().__init__()
-        self.n_members = n_members
-        self.net = vectorized_mlp(obs_dim + act_dim, hidden_sizes, 1, 2 * n_members)
+        self.n_ensemble = n_ensemble
+        self.net = vectorized_mlp(obs_dim + act_dim, hidden_sizes, 1, 2 * n_ensemble)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs, act], dim=-1).repeat_interleave(2, dim=0)
-        return self.net(x).view(self.n_members, 2, -1)
+        return self.net(x).view(self.n_ensemble, 2, -1)
 
 
 def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor):
@@ -402,16 +409,16 @@ def ensemble_moments(mu: torch.Tensor, std: torch.Tensor):
     return mean, var.clamp(np.exp(2.0 * LOG_STD_MIN), np.exp(2.0 * LOG_STD_MAX)).sqrt()
 
 
-def ensemble_policy(actor: EnsembleActor, obs: torch.Tensor, n_members: int):
+def ensemble_policy(actor: EnsembleActor, obs: torch.Tensor, n_ensemble: int):
     """obs [B, S] -> the ensemble policy's pre-tanh (mean, log_std) [B, A], every member seeing the same states."""
-    mean, log_std = actor(obs.unsqueeze(0).expand(n_members, *obs.shape))
+    mean, log_std = actor(obs.unsqueeze(0).expand(n_ensemble, *obs.shape))
     mean, std = ensemble_moments(mean, log_std.exp())
     return mean, std.log()
 
 
-def mean_min_q(critic: EnsembleCritic, obs: torch.Tensor, act: torch.Tensor, n_members: int) -> torch.Tensor:
+def mean_min_q(critic: EnsembleCritic, obs: torch.Tensor, act: torch.Tensor, n_ensemble: int) -> torch.Tensor:
     """Qbar(s, a) = mean over members of min(Q1_i, Q2_i)(s, a): obs [B, S], act [B, A] -> [B]."""
-    q = critic(obs.unsqueeze(0).expand(n_members, *obs.shape), act.unsqueeze(0).expand(n_members, *act.shape))
+    q = critic(obs.unsqueeze(0).expand(n_ensemble, *obs.shape), act.unsqueeze(0).expand(n_ensemble, *act.shape))
     return q.min(dim=1).values.mean(0)
 
 
@@ -423,7 +430,7 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float):
 
 
 def update_actor_critic(batch, actor, critic, target_critic, log_alpha, actor_optimizer, critic_optimizer,
-                        alpha_optimizer, target_entropy, gamma, tau, n_members):
+                        alpha_optimizer, target_entropy, gamma, tau, n_ensemble):
     """One SAC step of the pessimistic ensemble: critic, actor, alpha, Polyak. No host sync.
 
     batch = (obs [B,S], act [B,A], rew [B], next_obs [B,S], done [B]). Returns the detached losses, alpha and
@@ -431,11 +438,11 @@ def update_actor_critic(batch, actor, critic, target_critic, log_alpha, actor_op
     """
     obs, act, rew, next_obs, done = batch
     alpha = log_alpha.exp().detach()
-    expand = lambda x: x.unsqueeze(0).expand(n_members, *x.shape)  # same batch for every member
+    expand = lambda x: x.unsqueeze(0).expand(n_ensemble, *x.shape)  # same batch for every member
 
     # critic: per-member target r + gamma (1-d) (min(Q1'_i, Q2'_i)(s', a') - alpha log pi(a'|s')), a' from eq. (5)
     with torch.no_grad():
-        next_action, next_log_pi = tanh_gaussian_sample(*ensemble_policy(actor, next_obs, n_members))
+        next_action, next_log_pi = tanh_gaussian_sample(*ensemble_policy(actor, next_obs, n_ensemble))
         target_q = target_critic(expand(next_obs), expand(next_action)).min(dim=1).values  # [N, B]
         target = rew + gamma * (1.0 - done) * (target_q - alpha * next_log_pi)  # [N, B]
     q = critic(expand(obs), expand(act))  # [N, 2, B]
@@ -445,7 +452,7 @@ def update_actor_critic(batch, actor, critic, target_critic, log_alpha, actor_op
     critic_optimizer.step()
 
     # actor: mean(alpha log pi(a|s) - Qbar(s, a)), one action a ~ pi_ensemble(s) shared by all members
-    action, log_pi = tanh_gaussian_sample(*ensemble_policy(actor, obs, n_members))
+    action, log_pi = tanh_gaussian_sample(*ensemble_policy(actor, obs, n_ensemble))
     critic.requires_grad_(False)  # the actor step needs dQ/da only, not gradients of the critic weights
     qbar = critic(expand(obs), expand(action)).min(dim=1).values.mean(0)
     actor_loss = (alpha * log_pi - qbar).mean()
@@ -468,13 +475,21 @@ def update_actor_critic(batch, actor, critic, target_critic, log_alpha, actor_op
 
 
 def resolve_args(args: Args):
-    """Default checkpoint paths (as cql_pretrain.py and fqe.py write them) and a clear error for a bad value."""
-    if args.checkpoint is None:
-        args.checkpoint = f"checkpoints/cql_{args.env_id}_seed{args.seed}.pt"
+    """The old spellings (Notes), default checkpoint paths (as cql_pretrain.py and fqe.py write them) and a clear error
+    for a bad value."""
+    if args.old_save_checkpoint is not None:  # before: --checkpoint CQL.pt (the input) --save-checkpoint OUT.pt
+        if args.cql_checkpoint is not None and args.checkpoint is not None:
+            fail("--save-checkpoint (the old spelling of --checkpoint) with both --checkpoint and --cql-checkpoint: "
+                 "give --cql-checkpoint CQL.pt --checkpoint OUT.pt")
+        args.cql_checkpoint, args.checkpoint = args.cql_checkpoint or args.checkpoint, args.old_save_checkpoint
+        print("note: old spellings: --checkpoint CQL.pt --save-checkpoint OUT.pt now read --cql-checkpoint CQL.pt "
+              "--checkpoint OUT.pt", file=sys.stderr)
+    if args.cql_checkpoint is None:
+        args.cql_checkpoint = f"checkpoints/cql_{args.env_id}_seed{args.seed}.pt"
     if args.q_init == "fqe" and args.fqe_checkpoint is None:
         args.fqe_checkpoint = f"checkpoints/fqe_{args.env_id}_seed{args.seed}.pt"
-    if args.save_checkpoint is None:
-        args.save_checkpoint = f"checkpoints/balanced_{args.env_id}_seed{args.seed}.pt"
+    if args.checkpoint is None:
+        args.checkpoint = f"checkpoints/balanced_{args.env_id}_seed{args.seed}.pt"
     for name in ("online_steps", "epoch_length", "first_epoch_multiplier", "batch_size", "ratio_batch_size",
                  "eval_episodes", "eval_every_epochs", "hidden_dim"):
         if getattr(args, name) < 1:
@@ -485,88 +500,33 @@ def resolve_args(args: Args):
         fail("--temperature must be > 0")
 
 
-def read_resume_checkpoint(args: Args) -> dict:
-    """The checkpoint --resume continues from, checked to be a resumable run of this script and --env-id."""
-    if not os.path.isfile(args.save_checkpoint):
-        fail(f"--resume: no checkpoint at {args.save_checkpoint} (give the run's --save-checkpoint)")
-    saved = load_checkpoint(args.save_checkpoint, "checkpoint")
-    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT or saved.get("algo") != "balanced" \
-            or "resume" not in saved:
-        fail(f"--resume: {args.save_checkpoint} is not a resumable balanced_finetune.py checkpoint")
-    if saved.get("env_id") != args.env_id:  # envs can share dims (Walker2d and HalfCheetah: 17/6)
-        fail(f"--resume: {args.save_checkpoint} was made for --env-id {saved.get('env_id')!r}, "
-             f"this run has {args.env_id!r}")
-    return saved
-
-
 def load_pretrained_ensemble(args: Args, obs_dim: int, act_dim: int, device):
-    """The first k members of the CQL checkpoint: the policy, and the critics from it or from --fqe-checkpoint."""
-    k = args.n_ensemble
+    """The first N members of the CQL checkpoint: the policy, and the critics from it or from --fqe-checkpoint."""
+    n_ensemble, cql_path = args.n_ensemble, args.cql_checkpoint
     data_flag = f" --dataset-path {args.dataset_path}" if args.dataset_path else ""
-    cql_command = (f"python cql_pretrain.py --env-id {args.env_id} --n-ensemble {k} --seed {args.seed} "
-                   f"--checkpoint {args.checkpoint}" + data_flag)
-    ckpt = load_ensemble_checkpoint(args.checkpoint, cql_command, args.env_id, obs_dim, act_dim, k)
+    cql_command = (f"python cql_pretrain.py --env-id {args.env_id} --n-ensemble {n_ensemble} --seed {args.seed} "
+                   f"--checkpoint {cql_path}" + data_flag)
+    ckpt = load_ensemble_checkpoint(cql_path, cql_command, args.env_id, obs_dim, act_dim, n_ensemble)
     if ckpt["algo"] == "fqe":
-        fail(f"--checkpoint {args.checkpoint} is an fqe.py checkpoint (critics only); the policy comes from a CQL "
-             f"checkpoint: give it as --checkpoint and this one as --q-init fqe --fqe-checkpoint")
+        fail(f"--cql-checkpoint {cql_path} is an fqe.py checkpoint (critics only); the policy comes from a CQL "
+             f"checkpoint: give it as --cql-checkpoint and this one as --q-init fqe --fqe-checkpoint")
     hidden_sizes = list(ckpt["hidden_sizes"])
-    critic_source, critic_path = ckpt, args.checkpoint
+    critic_source, critic_path = ckpt, cql_path
     if args.q_init == "fqe":
-        fqe_command = (f"python fqe.py --env-id {args.env_id} --n-ensemble {k} --seed {args.seed} --policy-checkpoint "
-                       f"{args.checkpoint} --checkpoint {args.fqe_checkpoint}" + data_flag)
-        critic_source = load_ensemble_checkpoint(args.fqe_checkpoint, fqe_command, args.env_id, obs_dim, act_dim, k)
+        fqe_command = (f"python fqe.py --env-id {args.env_id} --n-ensemble {n_ensemble} --seed {args.seed} "
+                       f"--policy-checkpoint {cql_path} --checkpoint {args.fqe_checkpoint}" + data_flag)
+        critic_source = load_ensemble_checkpoint(args.fqe_checkpoint, fqe_command, args.env_id, obs_dim, act_dim,
+                                                 n_ensemble)
         critic_path = args.fqe_checkpoint
         if critic_source["algo"] != "fqe":
             fail(f"--fqe-checkpoint {critic_path} has algo {critic_source['algo']!r}, expected 'fqe' (written by fqe.py)")
         if list(critic_source["hidden_sizes"]) != hidden_sizes:
             fail(f"FQE critics {critic_source['hidden_sizes']} and CQL networks {hidden_sizes} differ in hidden sizes")
-    actor = EnsembleActor(obs_dim, act_dim, hidden_sizes, k).to(device)
-    critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, k).to(device)
-    load_state(actor, ckpt["actor"], "actor", args.checkpoint)
+    actor = EnsembleActor(obs_dim, act_dim, hidden_sizes, n_ensemble).to(device)
+    critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, n_ensemble).to(device)
+    load_state(actor, ckpt["actor"], "actor", cql_path)
     load_state(critic, critic_source["critic"], "critic", critic_path)
     return actor, critic, hidden_sizes
-
-
-def run_state_dict(args: Args, nets: dict, optimizers: dict, log_alpha, buffer, counters: dict, rng, device) -> dict:
-    """Everything a run needs to continue exactly where it stopped: the checkpoint's "resume" entry."""
-    return {
-        "target_critic": nets["target_critic"].state_dict(), "ratio_net": nets["ratio_net"].state_dict(),
-        **{key: optimizer.state_dict() for key, optimizer in optimizers.items()},
-        "log_alpha": log_alpha.detach().cpu(), **counters, **buffer.state_dict(counters["global_step"]),
-        "dataset_size": buffer.dataset_size, "online_steps": args.online_steps, "sampling": args.sampling,
-        "python_rng": random.getstate(), "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-        "run_dir": args.run_dir, "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-    }
-
-
-def load_run_state(saved: dict, args: Args, nets: dict, optimizers: dict, log_alpha, buffer, rng, device) -> dict:
-    """The inverse of run_state_dict, once the checkpoint is checked to fit this run; returns the step counters."""
-    state, path, k = saved["resume"], args.save_checkpoint, args.n_ensemble
-    obs_dim, act_dim = buffer.online["observations"].shape[1], buffer.online["actions"].shape[1]
-    if saved["n_ensemble"] != k or saved["obs_dim"] != obs_dim or saved["act_dim"] != act_dim:
-        fail(f"--resume: {path} holds {saved['n_ensemble']} members for dims "
-             f"{saved['obs_dim']}/{saved['act_dim']}; this run asks for {k} and has {obs_dim}/{act_dim}")
-    if state["dataset_size"] != buffer.dataset_size or state["online_steps"] != args.online_steps \
-            or state["sampling"] != args.sampling:
-        fail(f"--resume: {path} was made with dataset size {state['dataset_size']}, "
-             f"--online-steps {state['online_steps']}, --sampling {state['sampling']}; "
-             f"this run has {buffer.dataset_size}, {args.online_steps}, {args.sampling}")
-    load_state(nets["actor"], saved["actor"], "actor", path)  # e.g. another --hidden-dim: a clear error
-    load_state(nets["critic"], saved["critic"], "critic", path)
-    load_state(nets["target_critic"], state["target_critic"], "target critic", path)
-    load_state(nets["ratio_net"], state["ratio_net"], "density-ratio net", path)
-    for key, optimizer in optimizers.items():
-        optimizer.load_state_dict(state[key])
-    with torch.no_grad():
-        log_alpha.copy_(state["log_alpha"])
-    counters = {key: state[key] for key in ("global_step", "epoch", "n_updates")}
-    buffer.load_state_dict(state, counters["global_step"])
-    random.setstate(state["python_rng"])
-    rng.bit_generator.state = state["numpy_rng"]
-    torch.set_rng_state(state["torch_rng"])
-    if device.type == "cuda" and state.get("cuda_rng") is not None:
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return counters
 
 
 def sample_indices(args: Args, buffer: BalancedReplayBuffer, rng: np.random.Generator, n_online: int):
@@ -585,26 +545,60 @@ def sample_indices(args: Args, buffer: BalancedReplayBuffer, rng: np.random.Gene
 
 
 @torch.no_grad()
-def q_auroc(critic, buffer: BalancedReplayBuffer, rows: slice, rng: np.random.Generator, device, k: int) -> float:
+def collect_epoch(env, actor, n_ensemble: int, buffer: BalancedReplayBuffer, step: int, n_steps: int, seed: int,
+                  progress) -> int:
+    """One epoch of environment steps with the stochastic ensemble policy (eq. 5), into the buffer; returns the step
+    after it. Every epoch starts a fresh episode, as the authors' collector does (the cut episode's last transition
+    stays non-terminal)."""
+    obs, _ = env.reset(seed=seed + step)
+    for row in range(step, step + n_steps):
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=buffer.device)[None]
+        action = tanh_gaussian_sample(*ensemble_policy(actor, obs_t, n_ensemble))[0][0].cpu().numpy()
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        buffer.add(row, obs, action, reward, next_obs, terminated)
+        obs = env.reset()[0] if terminated or truncated else next_obs
+        progress.update(1)
+    buffer.publish(step, step + n_steps)
+    return step + n_steps
+
+
+def load_resumed_run(saved: dict, args: Args, buffer: BalancedReplayBuffer, actor, critic, rng, resumable: dict,
+                     device) -> dict:
+    """Networks, optimizers, RNG states and the replay buffer (online transitions, sum-tree leaves, p_max) from a
+    resumable checkpoint of this run; returns its resume entry (counters, alpha, the epoch in progress)."""
+    state, path = saved["resume"], args.checkpoint
+    if (state["dataset_size"], state["online_steps"], state["sampling"]) != (buffer.dataset_size, args.online_steps,
+                                                                           args.sampling):
+        fail(f"--resume: {path} was made with dataset size {state['dataset_size']}, --online-steps "
+             f"{state['online_steps']}, --sampling {state['sampling']}; this run has {buffer.dataset_size}, "
+             f"{args.online_steps}, {args.sampling}")
+    load_state(actor, saved["actor"], "actor", path)  # e.g. another --hidden-dim: a clear error
+    load_state(critic, saved["critic"], "critic", path)
+    load_resume_state(saved, path, rng, resumable)
+    buffer.load_state_dict(state, state["global_step"])
+    partial = state.get("partial")  # absent in checkpoints written before signals were caught
+    if partial is not None:
+        partial["sums"] = {tag: value.to(device) for tag, value in partial["sums"].items()}
+    return {**state, "partial": partial}
+
+
+@torch.no_grad()
+def q_auroc(critic, buffer: BalancedReplayBuffer, rows: slice, rng: np.random.Generator, device, n_ensemble: int) -> float:
     """Qbar as a classifier of real online actions against uniform random actions at the same states (Fig. 4b)."""
     states = torch.as_tensor(buffer.online["observations"][rows], device=device)
-    real = mean_min_q(critic, states, torch.as_tensor(buffer.online["actions"][rows], device=device), k)
+    real = mean_min_q(critic, states, torch.as_tensor(buffer.online["actions"][rows], device=device), n_ensemble)
     act_dim = buffer.online["actions"].shape[1]
     fake_actions = torch.as_tensor(rng.uniform(-1.0, 1.0, (len(states), act_dim)).astype(np.float32), device=device)
-    fake = mean_min_q(critic, states, fake_actions, k)
+    fake = mean_min_q(critic, states, fake_actions, n_ensemble)
     return auroc(real.cpu().numpy(), fake.cpu().numpy())
 
 
 def main():
     args = tyro.cli(Args)
     resolve_args(args)
-    k, saved = args.n_ensemble, None
-    if args.resume:
-        saved = read_resume_checkpoint(args)
-        args.run_dir = saved["resume"]["run_dir"]
-    if args.run_dir is None:
-        args.run_dir = f"runs/{args.env_id}__balanced__{args.seed}__{int(time.time())}"
-    check_writable(args.save_checkpoint)
+    check_writable(args.checkpoint)
+    if not args.resume:
+        check_output_checkpoint(args.checkpoint, "balanced")
 
     # seeding
     random.seed(args.seed)
@@ -617,51 +611,64 @@ def main():
     env = make_env(args.env_id, args.seed)
     eval_env = make_env(args.env_id, args.seed + 10_000)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    n_ensemble = args.n_ensemble
+    saved = load_resume_checkpoint(args.checkpoint, {"algo": "balanced", "env_id": args.env_id, "obs_dim": obs_dim,
+                                                     "act_dim": act_dim, "n_ensemble": n_ensemble}) if args.resume else None
     dataset = load_d4rl_dataset(args.env_id, args.dataset_path)
     check_dataset_matches_env(dataset, env, args.dataset_path or args.env_id)
 
     # ensemble (eq. 5): policy from CQL, critics from CQL or FQE; target critics copied, alpha re-initialised
     actor, critic, hidden_sizes = load_pretrained_ensemble(args, obs_dim, act_dim, device)
-    target_critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, k).to(device)
+    target_critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, n_ensemble).to(device)
     target_critic.load_state_dict(critic.state_dict())
     log_alpha = torch.tensor(float(np.log(args.init_alpha)), device=device, requires_grad=True)
     target_entropy = -float(act_dim)
     ratio_net = DensityRatioNet(obs_dim, act_dim, args.hidden_dim).to(device)
-    nets = {"actor": actor, "critic": critic, "target_critic": target_critic, "ratio_net": ratio_net}
-    optimizers = {
-        "actor_optimizer": torch.optim.Adam(actor.parameters(), lr=args.policy_lr),  # all members jointly, one Adam
-        "critic_optimizer": torch.optim.Adam(critic.parameters(), lr=args.q_lr),
-        "alpha_optimizer": torch.optim.Adam([log_alpha], lr=args.alpha_lr),
-        "ratio_optimizer": torch.optim.Adam(ratio_net.parameters(), lr=args.ratio_lr),
-    }
-    actor_optimizer, critic_optimizer, alpha_optimizer, ratio_optimizer = optimizers.values()
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)  # all members jointly, one Adam
+    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.q_lr)
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
+    ratio_optimizer = torch.optim.Adam(ratio_net.parameters(), lr=args.ratio_lr)
+    resumable = {"target_critic": target_critic, "ratio_net": ratio_net, "actor_optimizer": actor_optimizer,
+                 "critic_optimizer": critic_optimizer, "alpha_optimizer": alpha_optimizer,
+                 "ratio_optimizer": ratio_optimizer}
     balanced = args.sampling == "balanced"
     buffer = BalancedReplayBuffer(dataset, args.online_steps, balanced, args.init_online_fraction, device)
     M = buffer.dataset_size
-    counters = {"global_step": 0, "epoch": 0, "n_updates": 0}
+    global_step, epoch, n_updates, partial, epoch_stats = 0, 0, 0, None, {}
     if saved is not None:  # everything needed to continue exactly where the checkpoint left off
-        counters = load_run_state(saved, args, nets, optimizers, log_alpha, buffer, rng, device)
-    global_step, epoch, n_updates = counters.values()
+        state = load_resumed_run(saved, args, buffer, actor, critic, rng, resumable, device)
+        with torch.no_grad():
+            log_alpha.copy_(state["log_alpha"])
+        global_step, epoch, n_updates, partial = state["global_step"], state["epoch"], state["n_updates"], state["partial"]
+        args.run_dir = args.run_dir or state["run_dir"]
+    args.run_dir = args.run_dir or f"runs/{args.env_id}__balanced__{args.seed}__{int(time.time())}"
 
-    def save(step):
-        resume = run_state_dict(args, nets, optimizers, log_alpha, buffer,
-                                {"global_step": step, "epoch": epoch, "n_updates": n_updates}, rng, device)
+    def save(step, partial=None):  # partial: an epoch stopped by a signal during its updates
+        writer.flush()
         payload = {
             "format": CHECKPOINT_FORMAT, "algo": "balanced", "env_id": args.env_id, "obs_dim": obs_dim,
-            "act_dim": act_dim, "n_ensemble": k, "hidden_sizes": hidden_sizes, "actor": actor.state_dict(),
-            "critic": critic.state_dict(), "step": step, "args": dataclasses.asdict(args), "resume": resume}
-        save_checkpoint(args.save_checkpoint, payload)
+            "act_dim": act_dim, "n_ensemble": n_ensemble, "hidden_sizes": hidden_sizes, "actor": actor.state_dict(),
+            "critic": critic.state_dict(), "step": step, "args": dataclasses.asdict(args), "resume": resume_state(
+                rng, resumable, log_alpha=log_alpha.detach().cpu(), global_step=step, epoch=epoch, n_updates=n_updates,
+                **buffer.state_dict(step), dataset_size=M, online_steps=args.online_steps, sampling=args.sampling,
+                run_dir=args.run_dir, partial=partial, epoch_stats=None if partial else epoch_stats)}
+        save_checkpoint(args.checkpoint, payload)
         if args.keep_checkpoints:  # snapshots for diagnostics (benchmark/diagnose.py --policy)
-            stem, ext = os.path.splitext(args.save_checkpoint)
+            stem, ext = os.path.splitext(args.checkpoint)
             save_checkpoint(f"{stem}_step{step}{ext or '.pt'}", payload)
 
+    # on resume, TensorBoard drops what the interrupted run logged from the checkpoint's step on; the statistics of the
+    # epoch that ended there are logged again
     writer = SummaryWriter(args.run_dir, purge_step=global_step if saved is not None else None)
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
         f"|{key}|{value}|" for key, value in vars(args).items()))
+    if saved is not None:
+        for tag, value in (saved["resume"].get("epoch_stats") or {}).items():
+            writer.add_scalar(tag, value, global_step)
 
     def log_eval(step):  # the deterministic ensemble policy tanh(mu) of eq. (5); later episodes: the env's own RNG
         seeds = [args.seed + 10_000 + step] + [None] * (args.eval_episodes - 1)
-        returns = evaluate(eval_env, lambda obs: torch.tanh(ensemble_policy(actor, obs, k)[0]), seeds, device)
+        returns = evaluate(eval_env, lambda obs: torch.tanh(ensemble_policy(actor, obs, n_ensemble)[0]), seeds, device)
         mean_return = float(np.mean(returns))
         score = normalized_score(args.env_id, mean_return)
         writer.add_scalar("eval/return", mean_return, step)
@@ -672,33 +679,26 @@ def main():
     start_time, start_step, last_checkpoint = time.time(), global_step, global_step
     first_score = None
     progress = tqdm(total=args.online_steps, initial=global_step, desc="balanced fine-tuning")
-    while global_step < args.online_steps:
-        if epoch % args.eval_every_epochs == 0:  # evaluation at the start of the epoch (epoch 0: pretrained policy)
-            score = log_eval(global_step)
-            first_score = score if first_score is None else first_score
-
-        # collect one epoch of environment steps with the stochastic ensemble policy (eq. 5); every epoch starts a
-        # fresh episode, as the authors' collector does (the cut episode's last transition stays non-terminal)
-        obs, _ = env.reset(seed=args.seed + global_step)
-        epoch_start = global_step
-        epoch_steps = min(args.epoch_length, args.online_steps - global_step)
-        for _ in range(epoch_steps):
-            with torch.no_grad():
-                obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
-                action = tanh_gaussian_sample(*ensemble_policy(actor, obs_t, k))[0][0].cpu().numpy()
-            next_obs, reward, terminated, truncated, _ = env.step(action)
-            buffer.add(global_step, obs, action, reward, next_obs, terminated)
-            obs = env.reset()[0] if terminated or truncated else next_obs
-            global_step += 1
-            progress.update(1)
-        buffer.publish(epoch_start, global_step)
+    stop = catch_stop_signals()
+    while global_step < args.online_steps or partial is not None:
+        if partial is None:  # a new epoch: evaluation at its start (epoch 0: the pretrained policy), then its env steps
+            if epoch % args.eval_every_epochs == 0:
+                score = log_eval(global_step)
+                first_score = score if first_score is None else first_score
+            partial = {"epoch_start": global_step, "updates_done": 0, "sums": {}, "offline_drawn": 0}
+            n_steps = min(args.epoch_length, args.online_steps - global_step)
+            global_step = collect_epoch(env, actor, n_ensemble, buffer, global_step, n_steps, args.seed, progress)
 
         # gradient updates: one per env step, first epoch x first_epoch_multiplier; statistics stay on the device
-        epoch_updates = epoch_steps * (args.first_epoch_multiplier if epoch == 0 else 1)
-        sums, offline_drawn, B, R = {}, 0, args.batch_size, args.ratio_batch_size
-        for _ in range(epoch_updates):
+        epoch_start, sums, B, R = partial["epoch_start"], partial["sums"], args.batch_size, args.ratio_batch_size
+        epoch_updates = (global_step - epoch_start) * (args.first_epoch_multiplier if epoch == 0 else 1)
+        while partial["updates_done"] < epoch_updates:
+            if stop["signal"]:  # the checkpoint holds this epoch's progress: --resume does its remaining updates
+                progress.close()
+                save(global_step, partial)
+                stop_after_signal(stop["signal"], args.checkpoint, global_step)
             indices, ratio_indices = sample_indices(args, buffer, rng, global_step)
-            offline_drawn += int(np.count_nonzero(indices < M))
+            partial["offline_drawn"] += int(np.count_nonzero(indices < M))
             obs_b, act_b, rew_b, next_obs_b, done_b = buffer.gather(np.concatenate([indices, ratio_indices]))
             priorities, ratio_stats = update_density_ratio(
                 ratio_net, ratio_optimizer, (obs_b[B:B + R], act_b[B:B + R]), (obs_b[B + R:], act_b[B + R:]),
@@ -708,28 +708,31 @@ def main():
                 if not np.isfinite(new_priorities).all():  # host copy already made: this check costs no sync
                     progress.close()
                     fail(f"losses/density_ratio_loss: the density-ratio net gives non-finite w at online step "
-                         f"{global_step} (update {n_updates}); the last good checkpoint is {args.save_checkpoint}")
+                         f"{global_step} (update {n_updates}); the last good checkpoint is {args.checkpoint}")
                 buffer.set_priorities(indices, new_priorities)
             sac_stats = update_actor_critic(
-                (obs_b[:B], act_b[:B], rew_b[:B], next_obs_b[:B], done_b[:B]), actor, critic, target_critic,
-                log_alpha, actor_optimizer, critic_optimizer, alpha_optimizer, target_entropy, args.gamma, args.tau, k)
+                (obs_b[:B], act_b[:B], rew_b[:B], next_obs_b[:B], done_b[:B]), actor, critic, target_critic, log_alpha,
+                actor_optimizer, critic_optimizer, alpha_optimizer, target_entropy, args.gamma, args.tau, n_ensemble)
             for tag, value in {**sac_stats, **ratio_stats}.items():
                 sums[tag] = sums[tag] + value if tag in sums else value
+            partial["updates_done"] += 1
             n_updates += 1
         epoch += 1
 
         # once per epoch: one host sync for all averaged statistics, NaN/inf check, logging
-        means = (torch.stack(list(sums.values())) / max(epoch_updates, 1)).tolist()
-        for tag, value in zip(sums, means):
+        epoch_stats = dict(zip(sums, (torch.stack(list(sums.values())) / max(epoch_updates, 1)).tolist()))
+        for tag, value in epoch_stats.items():
             if not np.isfinite(value):
                 progress.close()
                 fail(f"{tag} is {value} at online step {global_step} (update {n_updates}); "
-                     f"the last good checkpoint is {args.save_checkpoint}")
-            writer.add_scalar(tag, value, global_step)
-        writer.add_scalar("balanced/offline_fraction", offline_drawn / max(epoch_updates * B, 1), global_step)
+                     f"the last good checkpoint is {args.checkpoint}")
         recent = slice(max(epoch_start, global_step - 1000), global_step)
-        writer.add_scalar("balanced/auroc", q_auroc(critic, buffer, recent, rng, device, k), global_step)
+        epoch_stats.update({"balanced/offline_fraction": partial["offline_drawn"] / max(epoch_updates * B, 1),
+                            "balanced/auroc": q_auroc(critic, buffer, recent, rng, device, n_ensemble)})
+        for tag, value in epoch_stats.items():
+            writer.add_scalar(tag, value, global_step)
         writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
+        partial = None
         if args.checkpoint_every > 0 and global_step - last_checkpoint >= args.checkpoint_every \
                 and global_step < args.online_steps:
             save(global_step)
@@ -743,7 +746,7 @@ def main():
     eval_env.close()
     before = "n/a (resumed)" if args.resume and start_step > 0 else f"{first_score:.1f}"
     print(f"normalized score: {before} before fine-tuning -> {final_score:.1f} after {global_step} online steps; "
-          f"curves: tensorboard --logdir {args.run_dir}; checkpoint: {args.save_checkpoint}")
+          f"curves: tensorboard --logdir {args.run_dir}; checkpoint: {args.checkpoint}")
 
 
 # =====================================================================================================================
@@ -772,27 +775,27 @@ def is_minari_id(env_id: str) -> bool:
 
 
 def gym_env_id(env_id: str) -> str:
-    """A D4RL task name (walker2d-medium-v2) maps to its gymnasium v4 env, a Minari dataset id to the env its metadata
-    names (mujoco/hopper/medium-v0 -> Hopper-v5); a gymnasium id passes through."""
+    """A D4RL task name (walker2d-medium-v2) maps to its gymnasium v4 env, a Minari dataset id to the env of its env spec
+    (mujoco/hopper/medium-v0 -> Hopper-v5); a gymnasium id passes through."""
     task = D4RL_TASK.fullmatch(env_id)
     if task:
         return GYM_ENV_OF[task.group(1)]
     if env_id in gym.registry:
         return env_id
     if is_minari_id(env_id):
-        return minari_metadata(env_id)["env_spec"]["id"]
+        return minari_dataset(env_id).env_spec.id
     fail(f"unknown --env-id {env_id!r}: give a D4RL task name such as walker2d-medium-expert-v2, a Minari dataset id "
          f"such as mujoco/hopper/medium-v0, or a gymnasium id such as Hopper-v4")
 
 
 def normalized_score(env_id: str, episode_return: float) -> float:
-    """100 * (R - random) / (expert - random) with D4RL's reference returns, or with a Minari dataset's ref_min_score
-    and ref_max_score; NaN where there are none."""
+    """100 * (R - random) / (expert - random) with D4RL's reference returns, or with a Minari dataset's reference scores
+    (ref_min_score, ref_max_score); NaN where there are none."""
     if is_minari_id(env_id):
-        metadata = minari_metadata(env_id)
-        if metadata.get("ref_min_score") is None or metadata.get("ref_max_score") is None:
+        metadata = minari_dataset(env_id).storage.metadata
+        random_return, expert_return = metadata.get("ref_min_score"), metadata.get("ref_max_score")
+        if random_return is None or expert_return is None:
             return float("nan")
-        random_return, expert_return = metadata["ref_min_score"], metadata["ref_max_score"]
         return 100.0 * (episode_return - random_return) / (expert_return - random_return)
     family = gym_env_id(env_id).split("-")[0].lower()
     if family not in REF_RETURNS:
@@ -803,16 +806,16 @@ def normalized_score(env_id: str, episode_return: float) -> float:
 
 def make_env(env_id: str, seed: int) -> gym.Env:
     kwargs = {}
-    if is_minari_id(env_id):  # the env exactly as the dataset's env_spec made it: its kwargs and episode length
-        spec = minari_metadata(env_id)["env_spec"]
-        kwargs = dict(spec.get("kwargs") or {})
-        if spec.get("max_episode_steps") is not None:
-            kwargs["max_episode_steps"] = spec["max_episode_steps"]
+    if is_minari_id(env_id):  # the env exactly as the dataset's env spec made it: its kwargs and episode length
+        spec = minari_dataset(env_id).env_spec
+        kwargs = dict(spec.kwargs or {})
+        if spec.max_episode_steps is not None:
+            kwargs["max_episode_steps"] = spec.max_episode_steps
     with warnings.catch_warnings():  # gymnasium flags the -v4 envs as old; README explains why we use them
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
             env = gym.make(gym_env_id(env_id), **kwargs)
-        except (TypeError, ValueError, gym.error.Error) as err:  # e.g. env_spec kwargs this gymnasium does not take
+        except (TypeError, ValueError, gym.error.Error) as err:  # e.g. env spec kwargs this gymnasium does not take
             fail(f"cannot make the environment of {env_id} ({gym_env_id(env_id)}, {kwargs}): {err}")
     if not np.allclose(env.action_space.low, -1.0) or not np.allclose(env.action_space.high, 1.0):
         fail(f"{env_id}: actions must lie in [-1, 1] (tanh policies, D4RL convention)")
@@ -938,128 +941,47 @@ def load_d4rl_dataset(env_id: str, dataset_path: str | None = None) -> dict[str,
     }
 
 
-# ---- Minari data path: <root>/<dataset id>/data/{metadata.json, main_data.hdf5}, read with h5py and json ----
-MINARI_METADATA_KEYS = ("env_spec", "observation_space", "action_space", "total_steps")
-MINARI_EPISODE_KEYS = ("observations", "actions", "rewards", "terminations", "truncations")
-
-
-def download_minari_dataset(dataset_id: str) -> str:
-    """Data folder of a Minari dataset in Minari's own cache (so its downloads are reused); when it is missing, the
-    minari package downloads it if installed, else the message says how to get it."""
-    root = os.environ.get("MINARI_DATASETS_PATH", os.path.expanduser(os.path.join("~", ".minari", "datasets")))
-    data_dir = os.path.join(root, dataset_id, "data")
-    if os.path.isfile(os.path.join(data_dir, "metadata.json")):
-        return data_dir
+# ---- Minari data path (README: D4RL or Minari): Farama's minari package, imported only for a Minari dataset id ----
+def minari_dataset(dataset_id: str):
+    """minari.load_dataset: from Minari's cache ($MINARI_DATASETS_PATH, else ~/.minari/datasets), downloaded there when
+    missing; checked to hold one flat vector per observation and action and to name its environment."""
     try:
-        import minari  # optional: only to download; reading needs h5py and json alone
+        import minari
     except ImportError:
-        fail(f"Minari dataset {dataset_id} not found in {data_dir}; get it with: "
-             f"pip install minari && minari download {dataset_id}")
+        fail(f"{dataset_id} is a Minari dataset id; reading it needs the minari package: pip install 'minari[hdf5]'")
     try:
-        minari.download_dataset(dataset_id)
-    except Exception as err:  # no network, unknown id, a dataset this minari cannot read: minari raises several types
-        fail(f"Minari dataset {dataset_id} not found in {data_dir} and minari could not download it "
-             f"({type(err).__name__}: {err})")
-    if not os.path.isfile(os.path.join(data_dir, "metadata.json")):
-        fail(f"minari downloaded {dataset_id} but {data_dir} has no metadata.json")
-    return data_dir
-
-
-def minari_metadata(dataset_id: str) -> dict:
-    """A Minari dataset's metadata.json, checked, with env_spec and the two spaces parsed from their JSON strings."""
-    path = os.path.join(download_minari_dataset(dataset_id), "metadata.json")
-    try:
-        with open(path) as f:
-            metadata = json.load(f)
-    except (OSError, ValueError) as err:
-        fail(f"cannot read {path}: not a readable JSON file ({err})")
-    if not isinstance(metadata, dict):
-        fail(f"{path} holds a JSON {type(metadata).__name__}, not an object")
-    for key in MINARI_METADATA_KEYS:
-        if key not in metadata:
-            fail(f"{path} has no '{key}' key (expected Minari keys: {', '.join(MINARI_METADATA_KEYS)})")
-    for key in ("env_spec", "observation_space", "action_space"):
-        try:  # Minari stores them as JSON strings
-            metadata[key] = json.loads(metadata[key]) if isinstance(metadata[key], str) else metadata[key]
-        except ValueError as err:
-            fail(f"{path}: '{key}' is not valid JSON ({err})")
-        if not isinstance(metadata[key], dict):
-            fail(f"{path}: '{key}' is not a JSON object")
-    env = metadata["env_spec"].get("id")
-    if not isinstance(env, str):
-        fail(f"{path}: 'env_spec' names no gymnasium id")
-    if env not in gym.registry:
-        fail(f"Minari dataset {dataset_id} was collected in {env!r}, which gymnasium does not know "
-             f"(install and import the package that registers it)")
-    if not isinstance(metadata["env_spec"].get("kwargs") or {}, dict):
-        fail(f"{path}: 'env_spec' kwargs are not a JSON object")
-    for key in ("observation_space", "action_space"):
-        space = metadata[key]
-        if space.get("type") != "Box" or not isinstance(space.get("shape"), list) or len(space["shape"]) != 1:
-            fail(f"Minari dataset {dataset_id}: '{key}' is a {space.get('type')} space of shape {space.get('shape')}; "
-                 f"only flat Box spaces (one vector per step) are supported")
-    refs = [metadata.get("ref_min_score"), metadata.get("ref_max_score")]
-    if any(r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not np.isfinite(r)) for r in refs) \
-            or (None not in refs and refs[1] <= refs[0]):
-        fail(f"{path}: ref_min_score {refs[0]!r} and ref_max_score {refs[1]!r} must be finite numbers, min < max")
-    if isinstance(metadata["total_steps"], bool) or not isinstance(metadata["total_steps"], int):
-        fail(f"{path}: 'total_steps' is {metadata['total_steps']!r}, not an integer")
-    return metadata
+        dataset = minari.load_dataset(dataset_id, download=True)
+    except Exception as err:  # not cached and no network, an unknown id, unreadable files: minari raises many types
+        fail(f"cannot load Minari dataset {dataset_id}: {type(err).__name__}: {(str(err).strip() or '?').splitlines()[0]}")
+    if dataset.env_spec is None:
+        fail(f"Minari dataset {dataset_id} names no environment (no env_spec in its metadata)")
+    for name, space in (("observation", dataset.observation_space), ("action", dataset.action_space)):
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+            fail(f"Minari dataset {dataset_id}: its {name} space is {space}; only flat Box spaces (one vector per step) "
+                 f"are supported")
+    return dataset
 
 
 def read_minari_dataset(dataset_id: str) -> dict[str, np.ndarray]:
     """Transitions of a Minari dataset, episode after episode: s = observations[t], s' = observations[t+1] (an
-    episode's last s' is its own final observation) and done = terminations[t]; truncations (time limits) are not
-    terminal. Checked as read_hdf5_dataset checks a D4RL file."""
-    metadata = minari_metadata(dataset_id)
-    if metadata.get("data_format", "hdf5") != "hdf5":
-        fail(f"Minari dataset {dataset_id} is stored as {metadata['data_format']!r}; only Minari's hdf5 format is read")
-    path = os.path.join(download_minari_dataset(dataset_id), "main_data.hdf5")
-    if not os.path.isfile(path):
-        fail(f"dataset file {path} does not exist (an interrupted download? delete {os.path.dirname(path)} and retry)")
-    episodes = []
-    try:
-        with h5py.File(path, "r") as f:
-            names = sorted((n for n in f if re.fullmatch(r"episode_\d+", n)), key=lambda n: int(n.split("_")[1]))
-            for name in names:
-                missing = [key for key in MINARI_EPISODE_KEYS if key not in f[name]]
-                if missing:
-                    fail(f"dataset {path}: {name} has no '{missing[0]}' (expected: {', '.join(MINARI_EPISODE_KEYS)})")
-                if not all(isinstance(f[name][key], h5py.Dataset) for key in MINARI_EPISODE_KEYS):
-                    fail(f"dataset {path}: {name} stores a Dict or Tuple space as a group; only Box spaces are supported")
-                episodes.append((name, {key: f[name][key][()] for key in MINARI_EPISODE_KEYS}))
-    except Exception as err:  # h5py raises OSError for truncated or non-HDF5 files, KeyError/ValueError for corrupt ones
-        fail(f"cannot read dataset {path}: not a readable HDF5 file ({err})")
-    if not episodes:
-        fail(f"dataset {path} has no episode_<i> groups")
-    dims = {"observations": metadata["observation_space"]["shape"][0], "actions": metadata["action_space"]["shape"][0]}
-    for name, episode in episodes:
-        for key, values in episode.items():  # shapes first: len() of a scalar would crash below
-            if key in dims and (values.ndim != 2 or values.shape[1] != dims[key]):
-                fail(f"dataset {path}: {name}/{key} has shape {values.shape} but the metadata's {key[:-1]} space has "
-                     f"dim {dims[key]}")
-            if key not in dims and not (values.ndim == 1 or values.shape[1:] == (1,)):
-                fail(f"dataset {path}: {name}/{key} must have one value per step, got shape {values.shape}")
-        steps = len(episode["rewards"])
-        for key, values in episode.items():
-            if len(values) != steps + (key == "observations"):
-                fail(f"dataset {path}: {name}/{key} has {len(values)} rows for {steps} steps "
-                     f"(observations need steps + 1, the rest steps)")
-            if not np.all(np.isfinite(values)):
-                fail(f"dataset {path}: {name}/{key} contains NaN or inf")
-    n_steps = sum(len(episode["rewards"]) for _, episode in episodes)
-    if n_steps != metadata["total_steps"]:
-        fail(f"dataset {path}: its episodes hold {n_steps} steps but metadata.json's total_steps is "
-             f"{metadata['total_steps']}")
-    if n_steps < 2:
-        fail(f"dataset {path} has {n_steps} steps; need at least 2")
-    parts = [episode for _, episode in episodes]
+    episode's last s' is its own final observation, never the next episode's first) and done = terminations[t];
+    truncations (time limits) are not terminal. Checked as read_hdf5_dataset checks a D4RL file."""
+    episodes = list(minari_dataset(dataset_id).iterate_episodes())
+    for episode in episodes:
+        steps = len(episode.rewards)
+        if len(episode.observations) != steps + 1 or len(episode.actions) != steps:
+            fail(f"Minari dataset {dataset_id}: episode {episode.id} has {len(episode.observations)} observations and "
+                 f"{len(episode.actions)} actions for {steps} rewards (observations need one more)")
+        if not all(np.all(np.isfinite(values)) for values in (episode.observations, episode.actions, episode.rewards)):
+            fail(f"Minari dataset {dataset_id}: episode {episode.id} contains NaN or inf")
+    if sum(len(episode.rewards) for episode in episodes) < 2:
+        fail(f"Minari dataset {dataset_id} has fewer than 2 steps")
     return {
-        "observations": np.concatenate([e["observations"][:-1] for e in parts]).astype(np.float32),
-        "actions": np.concatenate([e["actions"] for e in parts]).astype(np.float32),
-        "rewards": np.concatenate([e["rewards"].reshape(-1) for e in parts]).astype(np.float32),
-        "next_observations": np.concatenate([e["observations"][1:] for e in parts]).astype(np.float32),
-        "terminals": np.concatenate([e["terminations"].reshape(-1) for e in parts]).astype(bool).astype(np.float32),
+        "observations": np.concatenate([e.observations[:-1] for e in episodes]).astype(np.float32),
+        "actions": np.concatenate([e.actions for e in episodes]).astype(np.float32),
+        "rewards": np.concatenate([np.reshape(e.rewards, -1) for e in episodes]).astype(np.float32),
+        "next_observations": np.concatenate([e.observations[1:] for e in episodes]).astype(np.float32),
+        "terminals": np.concatenate([np.reshape(e.terminations, -1) for e in episodes]).astype(bool).astype(np.float32),
     }
 
 
@@ -1073,16 +995,28 @@ def check_dataset_matches_env(dataset: dict, env: gym.Env, source: str):
 CHECKPOINT_FORMAT = "o2o-ensemble-v1"
 
 
-def save_checkpoint(path: str, payload: dict):
-    """Atomic write: torch.save to a temp file in the same folder, then rename over the old checkpoint."""
-    folder = os.path.dirname(os.path.abspath(path))
+def write_atomically(path: str, data, what: str):
+    """Write bytes to a temp file in the same folder, then rename it over `path`: `path` is always the last good file
+    or the complete new one. A full disk, an unwritable or vanished folder: the temp file is removed and the run stops
+    with one line naming the file and the cause."""
     tmp_path = f"{path}.tmp"
     try:
-        os.makedirs(folder, exist_ok=True)
-        torch.save(payload, tmp_path)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(tmp_path, "wb") as f:
+            f.write(data)
         os.replace(tmp_path, path)
     except OSError as err:
-        fail(f"cannot write checkpoint {path}: {err}")
+        fail(f"cannot write {what} {path}: {err.strerror or err}")
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp_path)
+
+
+def save_checkpoint(path: str, payload: dict):
+    """torch.save into memory, then write_atomically (torch.save itself reports a full disk as an opaque C++ error)."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_atomically(path, buffer.getbuffer(), "checkpoint")
 
 
 def load_checkpoint(path: str, what: str):
@@ -1118,9 +1052,60 @@ def load_checkpoint(path: str, what: str):
          f"{' (' + ', '.join(names) + ')' if names else ''}; it was not loaded")
 
 
+def check_output_checkpoint(path: str, algo: str):
+    """Never overwrite another script's checkpoint (such as a CQL ensemble given where the output belongs): a file at
+    the output path must be one of this script's (`algo`; a fresh run then overwrites it) or not a checkpoint."""
+    if os.path.isfile(path) and zipfile.is_zipfile(path):
+        existing = load_checkpoint(path, "checkpoint")
+        if isinstance(existing, dict) and existing.get("algo") not in (None, algo):
+            fail(f"--checkpoint {path} holds a {existing['algo']!r} checkpoint; refusing to overwrite it (--checkpoint "
+                 f"is where this run writes; inputs have their own flags)")
+
+
+def load_resume_checkpoint(path: str, expected: dict) -> dict:
+    """The checkpoint --resume continues: it must exist, be in our format, match this run (`expected`: algo, env,
+    sizes) and hold a resume state."""
+    if not os.path.isfile(path):
+        fail(f"--resume: no checkpoint at {path} (give the run's --checkpoint)")
+    ckpt = load_checkpoint(path, "checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        fail(f"checkpoint {path} is not an {CHECKPOINT_FORMAT} checkpoint")
+    for key, value in expected.items():
+        if ckpt.get(key) != value:
+            fail(f"checkpoint {path} has {key}={ckpt.get(key)!r} but this run has {key}={value!r}")
+    if "resume" not in ckpt:
+        fail(f"checkpoint {path} holds no resume state")
+    return ckpt
+
+
+def resume_state(np_rng: np.random.Generator, modules: dict, **values) -> dict:
+    """A checkpoint's "resume" entry: the state dicts of `modules` (target networks, optimizers), plain `values` (step,
+    run dir, buffers) and the RNG states of torch, CUDA, numpy and python, so that --resume continues exactly."""
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+           "numpy": np_rng.bit_generator.state, "python": random.getstate()}
+    return {**{name: module.state_dict() for name, module in modules.items()}, **values, "rng": rng}
+
+
+def load_resume_state(ckpt: dict, path: str, np_rng: np.random.Generator, modules: dict) -> dict:
+    """The inverse of resume_state: loads `modules` and restores the RNGs; returns the resume entry (for its values).
+    Also reads the RNG keys of checkpoints written before resume_state (torch_rng, numpy_rng, python_rng, cuda_rng; or
+    rng with "random" for python's, in awac.py and bcq_ft.py)."""
+    state = ckpt["resume"]
+    for name, module in modules.items():
+        load_state(module, state[name], name, path)
+    rng = state.get("rng") or {key: state.get(f"{key}_rng") for key in ("torch", "cuda", "numpy", "python")}
+    torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        for device, cuda_state in enumerate(rng["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, device)
+    np_rng.bit_generator.state = rng["numpy"]
+    random.setstate(rng["python"] if "python" in rng else rng["random"])
+    return state
+
+
 def load_ensemble_checkpoint(path: str, make_command: str, env_id: str, obs_dim: int, act_dim: int,
-                             n_members: int) -> dict:
-    """Load a checkpoint (on the CPU, running no code) and slice it to its first n_members (actor [:k],
+                             n_ensemble: int) -> dict:
+    """Load a checkpoint (on the CPU, running no code) and slice it to its first n_ensemble (actor [:k],
     critic [:2k]); load_state_dict copies the tensors to the networks' device."""
     if not os.path.isfile(path):
         fail(f"checkpoint {path} not found; create it with: {make_command}")
@@ -1140,18 +1125,19 @@ def load_ensemble_checkpoint(path: str, make_command: str, env_id: str, obs_dim:
     if (ckpt["obs_dim"], ckpt["act_dim"]) != (obs_dim, act_dim):
         fail(f"checkpoint {path} has observation/action dims {ckpt['obs_dim']}/{ckpt['act_dim']} "
              f"but {gym_env_id(env_id)} has {obs_dim}/{act_dim}")
-    if n_members < 1 or n_members > ckpt["n_ensemble"]:
-        fail(f"--n-ensemble {n_members} but checkpoint {path} holds {ckpt['n_ensemble']} member(s)")
-    ckpt["actor"] = {k: v[:n_members] for k, v in ckpt["actor"].items()}
-    ckpt["critic"] = {k: v[:2 * n_members] for k, v in ckpt["critic"].items()}
+    if n_ensemble < 1 or n_ensemble > ckpt["n_ensemble"]:
+        fail(f"--n-ensemble {n_ensemble} but checkpoint {path} holds {ckpt['n_ensemble']} member(s)")
+    ckpt["actor"] = {k: v[:n_ensemble] for k, v in ckpt["actor"].items()}
+    ckpt["critic"] = {k: v[:2 * n_ensemble] for k, v in ckpt["critic"].items()}
     return ckpt
 
 
-def load_state(module: nn.Module, state_dict: dict, what: str, path: str):
+def load_state(module, state_dict: dict, what: str, path: str):
+    """module.load_state_dict (strict for a network) with one clear line when the stored state does not fit."""
     try:
-        module.load_state_dict(state_dict, strict=True)
-    except RuntimeError as err:
-        fail(f"checkpoint {path}: its {what} does not fit the network ({str(err).splitlines()[0]} ...)")
+        module.load_state_dict(state_dict)
+    except (RuntimeError, ValueError, KeyError) as err:
+        fail(f"checkpoint {path}: its {what} does not fit this run ({str(err).strip().splitlines()[0]} ...)")
 
 
 def check_writable(path: str, what: str = "checkpoint"):
@@ -1166,6 +1152,31 @@ def check_writable(path: str, what: str = "checkpoint"):
         os.remove(probe)
     except OSError as err:
         fail(f"cannot write {what} {path}: {err}")
+
+
+def catch_stop_signals() -> dict:
+    """From here on SIGTERM (Slurm, some time before its limit; kill) and SIGINT (Ctrl-C) only set stop["signal"]: the
+    training loop checks it after each update, writes a resumable checkpoint and calls stop_after_signal. A second
+    signal stops at once (the default handlers are back)."""
+    stop = {"signal": None}
+
+    def handler(signum, frame):
+        stop["signal"] = signum
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def stop_after_signal(signum: int, checkpoint: str, step: int):
+    """The end of a run stopped by a signal, once its checkpoint is written: one line saying how to continue, and exit
+    status 75 (EX_TEMPFAIL, "try again"), which benchmark/paper.sh's Slurm jobs take as: requeue with --resume."""
+    command = shlex.join(["python", *sys.argv, *([] if "--resume" in sys.argv else ["--resume"])])
+    tqdm.write(f"stopped by {signal.Signals(signum).name} after step {step}: checkpoint {checkpoint} written; continue "
+               f"with: {command}", file=sys.stderr)
+    raise SystemExit(75)
 
 
 @torch.no_grad()
@@ -1219,5 +1230,15 @@ if __name__ == "__main__":
 #   --checkpoint-every env steps passed since the last one, and at the end. They hold the full resume state
 #   (online transitions, sum-tree leaves, p_max, density-ratio net, optimizers, alpha, RNG states, step,
 #   run dir). --resume continues at the next epoch, which starts a fresh episode anyway, so an interrupted run
-#   resumes exactly.
+#   resumes exactly; the statistics of the epoch that ended at the checkpoint (purged from TensorBoard with what
+#   the interrupted run logged after it) are logged again from the checkpoint.
+# * SIGTERM or SIGINT: collection finishes its epoch of env steps (a few seconds), updates finish the current one;
+#   the checkpoint then also holds the epoch in progress (updates done, the device-side sums of its statistics,
+#   offline draws), --resume does its remaining updates, and the run logs what the uninterrupted one would have.
+#   The run exits with status 75 and the command that continues it.
+# * Flags: the CQL input is --cql-checkpoint, this run's own checkpoint --checkpoint. Old spellings, still accepted:
+#   --save-checkpoint OUT.pt for --checkpoint; when it is given, --checkpoint keeps its old meaning, the CQL input
+#   (so `--checkpoint CQL.pt --save-checkpoint OUT.pt [--resume]` runs as before), with a one-line note. A CQL (or
+#   any other script's) checkpoint at the --checkpoint path is never overwritten. Checkpoints written before
+#   resume_state (flat torch_rng/numpy_rng/python_rng/cuda_rng keys, no epoch in progress) resume as they are.
 # * Online time-limit ends are stored as non-terminal (done = terminated), as the dataset's are.

@@ -24,20 +24,28 @@ Implementation choices where the paper is silent: the Notes at the end of this f
     python bcq_ft.py --env-id hopper-medium-v2 --n-ensemble 5
     python bcq_ft.py --env-id walker2d-medium-expert-v2 --n-ensemble 5
     python bcq_ft.py --env-id Hopper-v4 --dataset-path data/hopper_replay.hdf5 --offline-steps 20000 \
+        --online-steps 20000 --hidden-dim 64
+    python bcq_ft.py --env-id hopper-medium-v2 --n-ensemble 5 --resume    # continue an interrupted run
 """
+import contextlib
 import ctypes
 import dataclasses
 import http.client
-import json
+import io
 import os
 import pickle
 import random
 import re
+import shlex
+import signal
+import sys
 import time
 import urllib.error
 import urllib.request
 import warnings
+import zipfile
 from dataclasses import dataclass
+from typing import Annotated
 
 import gymnasium as gym
 import h5py
@@ -102,12 +110,13 @@ class Args:
     """episodes per evaluation"""
     log_every: int = 1_000
     """log losses (and check them for NaN/inf) every this many steps"""
-    save_checkpoint: str | None = None
-    """checkpoint path written during and at the end of the run; default checkpoints/bcq_{env_id}_seed{seed}.pt"""
+    # --save-checkpoint: the old spelling, still accepted (tyro lists the aliases first: this puts --checkpoint first)
+    checkpoint: Annotated[str | None, tyro.conf.arg(name="save-checkpoint", aliases=("--checkpoint",))] = None
+    """checkpoint written during and at the end of the run (default checkpoints/bcq_{env_id}_seed{seed}.pt)"""
     checkpoint_every: int = 50_000
     """write the resumable checkpoint every this many steps (offline and online steps alike); 0: only at the end"""
     resume: bool = False
-    """continue the run stored in --save-checkpoint"""
+    """continue the run stored in --checkpoint"""
     run_dir: str | None = None
     """TensorBoard folder; default runs/{env_id}__bcq__{seed}__{time}; a resumed run reuses the stored one"""
 
@@ -125,10 +134,10 @@ LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 class VectorizedLinear(nn.Module):
     """N independent linear layers applied as one batched matmul: x [N, B, in] -> [N, B, out]."""
 
-    def __init__(self, in_features: int, out_features: int, n_members: int):
+    def __init__(self, in_features: int, out_features: int, n_ensemble: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(n_members, in_features, out_features))
-        self.bias = nn.Parameter(torch.empty(n_members, 1, out_features))
+        self.weight = nn.Parameter(torch.empty(n_ensemble, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(n_ensemble, 1, out_features))
         bound = 1.0 / in_features**0.5  # nn.Linear's default init, drawn independently for each member
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
@@ -137,28 +146,28 @@ class VectorizedLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
-def vectorized_mlp(in_dim: int, hidden_sizes, out_dim: int, n_members: int) -> nn.Sequential:
+def vectorized_mlp(in_dim: int, hidden_sizes, out_dim: int, n_ensemble: int) -> nn.Sequential:
     layers, width = [], in_dim
     for hidden in hidden_sizes:
-        layers += [VectorizedLinear(width, hidden, n_members), nn.ReLU()]
+        layers += [VectorizedLinear(width, hidden, n_ensemble), nn.ReLU()]
         width = hidden
-    return nn.Sequential(*layers, VectorizedLinear(width, out_dim, n_members))
+    return nn.Sequential(*layers, VectorizedLinear(width, out_dim, n_ensemble))
 
 
 class EnsembleCritic(nn.Module):
     """Twin Q-functions of N members as 2N vectorized MLPs, member-major (row 2i: Q1 of member i, 2i+1: Q2).
 
-    obs [N, B, S], act [N, B, A] -> Q [N, 2, B]. Taking the first k members is slicing rows [:2k].
+    obs [N, B, S], act [N, B, A] -> Q [N, 2, B]. The first n members are rows [:2n].
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_ensemble: int):
         super().__init__()
-        self.n_members = n_members
-        self.net = vectorized_mlp(obs_dim + act_dim, hidden_sizes, 1, 2 * n_members)
+        self.n_ensemble = n_ensemble
+        self.net = vectorized_mlp(obs_dim + act_dim, hidden_sizes, 1, 2 * n_ensemble)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs, act], dim=-1).repeat_interleave(2, dim=0)
-        return self.net(x).view(self.n_members, 2, -1)
+        return self.net(x).view(self.n_ensemble, 2, -1)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -167,11 +176,11 @@ class EnsembleCritic(nn.Module):
 class EnsembleVAE(nn.Module):
     """Conditional VAE G_ω(a|s) of each member: encoder (s,a) -> (μ, log σ), decoder (s,z) -> tanh action."""
 
-    def __init__(self, obs_dim: int, act_dim: int, latent_dim: int, hidden_sizes, n_members: int):
+    def __init__(self, obs_dim: int, act_dim: int, latent_dim: int, hidden_sizes, n_ensemble: int):
         super().__init__()
         self.latent_dim = latent_dim
-        self.encoder = vectorized_mlp(obs_dim + act_dim, hidden_sizes, 2 * latent_dim, n_members)
-        self.decoder = vectorized_mlp(obs_dim + latent_dim, hidden_sizes, act_dim, n_members)
+        self.encoder = vectorized_mlp(obs_dim + act_dim, hidden_sizes, 2 * latent_dim, n_ensemble)
+        self.decoder = vectorized_mlp(obs_dim + latent_dim, hidden_sizes, act_dim, n_ensemble)
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor):
         mean, log_std = self.encoder(torch.cat([obs, actions], -1)).chunk(2, dim=-1)
@@ -188,10 +197,10 @@ class EnsembleVAE(nn.Module):
 class EnsemblePerturbation(nn.Module):
     """Perturbation model ξ_φ(s, a, Φ): clip(a + Φ·tanh(f(s, a)), −1, 1)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int, phi: float):
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_ensemble: int, phi: float):
         super().__init__()
         self.phi = phi
-        self.net = vectorized_mlp(obs_dim + act_dim, hidden_sizes, act_dim, n_members)
+        self.net = vectorized_mlp(obs_dim + act_dim, hidden_sizes, act_dim, n_ensemble)
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         return (actions + self.phi * torch.tanh(self.net(torch.cat([obs, actions], -1)))).clamp(-1.0, 1.0)
@@ -273,15 +282,15 @@ def bcq_update(vae, actor, actor_target, critic, critic_target, optimizers, batc
 def bcq_select_action(vae, actor, critic, obs: torch.Tensor, n_samples: int) -> torch.Tensor:
     """obs [B, S] -> [B, A]: each member proposes n_samples candidates ξ(s, G(s)); the pooled N·n_samples
     candidates of a state are scored by the mean over members of Q1 and the best is taken."""
-    n_members = critic.n_members
+    n_ensemble = critic.n_ensemble
     batch, obs_dim = obs.shape
-    obs_rep = obs.repeat_interleave(n_samples, dim=0).unsqueeze(0).expand(n_members, -1, -1)  # [N, B·K, S]
+    obs_rep = obs.repeat_interleave(n_samples, dim=0).unsqueeze(0).expand(n_ensemble, -1, -1)  # [N, B·K, S]
     candidates = actor(obs_rep, vae.decode(obs_rep))  # [N, B·K, A]
     act_dim = candidates.shape[-1]
-    pooled = candidates.view(n_members, batch, n_samples, act_dim).transpose(0, 1).reshape(batch, -1, act_dim)
+    pooled = candidates.view(n_ensemble, batch, n_samples, act_dim).transpose(0, 1).reshape(batch, -1, act_dim)
     n_candidates = pooled.shape[1]  # N·K per state
-    score_obs = obs.repeat_interleave(n_candidates, dim=0).unsqueeze(0).expand(n_members, -1, -1)
-    score_act = pooled.reshape(1, -1, act_dim).expand(n_members, -1, -1)
+    score_obs = obs.repeat_interleave(n_candidates, dim=0).unsqueeze(0).expand(n_ensemble, -1, -1)
+    score_act = pooled.reshape(1, -1, act_dim).expand(n_ensemble, -1, -1)
     scores = critic(score_obs, score_act)[:, 0].mean(0).view(batch, n_candidates)  # mean over members of Q1
     return pooled[torch.arange(batch, device=obs.device), scores.argmax(-1)]
 
@@ -306,9 +315,9 @@ class OfflineOnlineBuffer:
             self.data[key][self.size] = torch.as_tensor(np.asarray(value, dtype=np.float32))
         self.size += 1
 
-    def sample(self, rng: np.random.Generator, n_members: int, batch_size: int):
+    def sample(self, rng: np.random.Generator, n_ensemble: int, batch_size: int):
         """Own uniform minibatch for each member: indices [N, B] -> (s, a, r, s', d) with leading dims [N, B]."""
-        idx = torch.as_tensor(rng.integers(0, self.size, size=(n_members, batch_size)))
+        idx = torch.as_tensor(rng.integers(0, self.size, size=(n_ensemble, batch_size)))
         idx = idx.to(self.data["observations"].device)
         return tuple(self.data[key][idx] for key in self.FIELDS)
 
@@ -342,7 +351,7 @@ def main():
             fail(f"--{name.replace('_', '-')} must be a non-negative number, got {value}")
     if args.hidden_dim is not None:
         args.vae_hidden_sizes = args.actor_hidden_sizes = args.critic_hidden_sizes = (args.hidden_dim,) * 2
-    checkpoint_path = args.save_checkpoint or f"checkpoints/bcq_{args.env_id}_seed{args.seed}.pt"
+    checkpoint_path = args.checkpoint or f"checkpoints/bcq_{args.env_id}_seed{args.seed}.pt"
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
         keep_freed_memory_on_cpu()
@@ -361,18 +370,20 @@ def main():
     total_steps = args.offline_steps + args.online_steps
 
     # networks
-    n, latent_dim = args.n_ensemble, 2 * act_dim
-    vae = EnsembleVAE(obs_dim, act_dim, latent_dim, args.vae_hidden_sizes, n).to(device)
-    actor = EnsemblePerturbation(obs_dim, act_dim, args.actor_hidden_sizes, n, args.phi).to(device)
-    actor_target = EnsemblePerturbation(obs_dim, act_dim, args.actor_hidden_sizes, n, args.phi).to(device)
-    critic = EnsembleCritic(obs_dim, act_dim, args.critic_hidden_sizes, n).to(device)
-    critic_target = EnsembleCritic(obs_dim, act_dim, args.critic_hidden_sizes, n).to(device)
+    n_ensemble, latent_dim = args.n_ensemble, 2 * act_dim
+    vae = EnsembleVAE(obs_dim, act_dim, latent_dim, args.vae_hidden_sizes, n_ensemble).to(device)
+    actor = EnsemblePerturbation(obs_dim, act_dim, args.actor_hidden_sizes, n_ensemble, args.phi).to(device)
+    actor_target = EnsemblePerturbation(obs_dim, act_dim, args.actor_hidden_sizes, n_ensemble, args.phi).to(device)
+    critic = EnsembleCritic(obs_dim, act_dim, args.critic_hidden_sizes, n_ensemble).to(device)
+    critic_target = EnsembleCritic(obs_dim, act_dim, args.critic_hidden_sizes, n_ensemble).to(device)
     actor_target.load_state_dict(actor.state_dict())
     critic_target.load_state_dict(critic.state_dict())
     optimizers = tuple(torch.optim.Adam(net.parameters(), lr=args.learning_rate) for net in (vae, actor, critic))
+    resumable = {"actor_target": actor_target, "critic_target": critic_target, "vae_optimizer": optimizers[0],
+                 "actor_optimizer": optimizers[1], "critic_optimizer": optimizers[2]}
 
     header = {"format": CHECKPOINT_FORMAT, "algo": "bcq", "env_id": args.env_id, "obs_dim": obs_dim,
-              "act_dim": act_dim, "n_ensemble": n, "hidden_sizes": list(args.critic_hidden_sizes),
+              "act_dim": act_dim, "n_ensemble": n_ensemble, "hidden_sizes": list(args.critic_hidden_sizes),
               "actor_hidden_sizes": list(args.actor_hidden_sizes), "vae_hidden_sizes": list(args.vae_hidden_sizes),
               "latent_dim": latent_dim, "phi": args.phi}
     global_step, episodes = 0, 0
@@ -385,27 +396,25 @@ def main():
         if len(state["online_transitions"]["observations"]) > args.online_steps:  # more than the buffer has room for
             fail(f"checkpoint {checkpoint_path} holds {len(state['online_transitions']['observations'])} online "
                  f"transitions but --online-steps is {args.online_steps}")
-        vae.load_state_dict(ckpt["vae"])
-        actor.load_state_dict(ckpt["actor"])
-        critic.load_state_dict(ckpt["critic"])
-        actor_target.load_state_dict(state["actor_target"])
-        critic_target.load_state_dict(state["critic_target"])
-        for optimizer, optimizer_state in zip(optimizers, state["optimizers"]):
-            optimizer.load_state_dict(optimizer_state)
+        for name, net in (("vae", vae), ("actor", actor), ("critic", critic)):
+            load_state(net, ckpt[name], name, checkpoint_path)
+        if "optimizers" in state:  # written before resume_state: the three optimizers as a list
+            state.update(zip(("vae_optimizer", "actor_optimizer", "critic_optimizer"), state.pop("optimizers")))
+        load_resume_state(ckpt, checkpoint_path, np_rng, resumable)
         buffer.load_online_part(state["online_transitions"])
         global_step, episodes = state["global_step"], state["episodes"]
-        set_rng_states(state["rng"], np_rng)
         run_dir = args.run_dir or state["run_dir"]
     else:
         run_dir = args.run_dir or f"runs/{args.env_id}__bcq__{args.seed}__{int(time.time())}"
+        check_output_checkpoint(checkpoint_path, "bcq")
     check_writable(checkpoint_path, "checkpoint")
     check_writable(run_dir, "run directory")
 
-    x_of = lambda step: step - args.offline_steps  # noqa: E731  (x-axis: online env steps, offline before 0)
+    x_of = lambda step: step - args.offline_steps  # x-axis: online env steps, offline ones before 0
     writer = SummaryWriter(run_dir, purge_step=x_of(global_step) + 1 if args.resume else None)
     if not args.resume:
         writer.add_text("hyperparameters", "|param|value|\n|-|-|\n"
-                        + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+                        + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items()))
 
     def save(step: int, metrics: dict | None):
         if metrics is not None:
@@ -414,18 +423,15 @@ def main():
         save_checkpoint(checkpoint_path, {
             **header, "actor": actor.state_dict(), "critic": critic.state_dict(), "vae": vae.state_dict(),
             "step": step, "args": dataclasses.asdict(args),
-            "resume": {
-                "actor_target": actor_target.state_dict(), "critic_target": critic_target.state_dict(),
-                "optimizers": [optimizer.state_dict() for optimizer in optimizers], "rng": rng_states(np_rng),
-                "global_step": step, "episodes": episodes, "run_dir": run_dir,
-                "dataset_size": buffer.dataset_size, "online_transitions": buffer.online_part(),
-            },
+            "resume": resume_state(np_rng, resumable, global_step=step, episodes=episodes, run_dir=run_dir,
+                                   dataset_size=buffer.dataset_size, online_transitions=buffer.online_part()),
         })
 
     env, obs = None, None
     metrics, last_log_time, last_log_step = None, time.time(), global_step
-    policy = lambda o: bcq_select_action(vae, actor, critic, o, args.n_act_candidates)  # noqa: E731
+    policy = lambda o: bcq_select_action(vae, actor, critic, o, args.n_act_candidates)
     progress = tqdm(range(global_step, total_steps), initial=global_step, total=total_steps, desc="bcq")
+    stop = catch_stop_signals()
     for global_step in progress:
         if global_step >= args.offline_steps:  # online phase: act with the BCQ policy, store, update
             if env is None:  # first online step, or a resumed run: a fresh episode (seeded by the step)
@@ -443,7 +449,7 @@ def main():
                 writer.add_scalar("charts/episodic_length", info["episode"]["l"], x_of(global_step + 1))
                 obs, _ = env.reset()
 
-        batch = buffer.sample(np_rng, n, args.batch_size)
+        batch = buffer.sample(np_rng, n_ensemble, args.batch_size)
         metrics = bcq_update(vae, actor, actor_target, critic, critic_target, optimizers, batch, args)
 
         step, x = global_step + 1, x_of(global_step + 1)
@@ -455,14 +461,17 @@ def main():
             writer.add_scalar("charts/buffer_size", buffer.size, x)
             last_log_time, last_log_step = time.time(), step
         if x % args.eval_every == 0 or step == total_steps:
-            returns = evaluate(eval_env, policy, [args.seed + 10_000 + k for k in range(args.eval_episodes)], device)
+            returns = evaluate(eval_env, policy, [args.seed + 10_000 + i for i in range(args.eval_episodes)], device)
             score = normalized_score(args.env_id, returns.mean())
             writer.add_scalar("eval/return", returns.mean(), x)
             writer.add_scalar("eval/normalized_score", score, x)
             tqdm.write(f"x={x} ({'offline' if x <= 0 else 'online'}) return={returns.mean():.1f} "
                        f"normalized={score:.1f} critic_loss={metrics['losses/critic_loss'].item():.3f}")
-        if (args.checkpoint_every and step % args.checkpoint_every == 0) or step == total_steps:
+        if (args.checkpoint_every and step % args.checkpoint_every == 0) or step == total_steps or stop["signal"]:
             save(step, metrics)
+        if stop["signal"]:
+            progress.close()
+            stop_after_signal(stop["signal"], checkpoint_path, step)
 
     if metrics is None:  # nothing to train (0 steps, or resumed at the end): still leave a checkpoint
         save(global_step, None)
@@ -499,27 +508,27 @@ def is_minari_id(env_id: str) -> bool:
 
 
 def gym_env_id(env_id: str) -> str:
-    """A D4RL task name (walker2d-medium-v2) maps to its gymnasium v4 env, a Minari dataset id to the env its metadata
-    names (mujoco/hopper/medium-v0 -> Hopper-v5); a gymnasium id passes through."""
+    """A D4RL task name (walker2d-medium-v2) maps to its gymnasium v4 env, a Minari dataset id to the env of its env spec
+    (mujoco/hopper/medium-v0 -> Hopper-v5); a gymnasium id passes through."""
     task = D4RL_TASK.fullmatch(env_id)
     if task:
         return GYM_ENV_OF[task.group(1)]
     if env_id in gym.registry:
         return env_id
     if is_minari_id(env_id):
-        return minari_metadata(env_id)["env_spec"]["id"]
+        return minari_dataset(env_id).env_spec.id
     fail(f"unknown --env-id {env_id!r}: give a D4RL task name such as walker2d-medium-expert-v2, a Minari dataset id "
          f"such as mujoco/hopper/medium-v0, or a gymnasium id such as Hopper-v4")
 
 
 def normalized_score(env_id: str, episode_return: float) -> float:
-    """100 * (R - random) / (expert - random) with D4RL's reference returns, or with a Minari dataset's ref_min_score
-    and ref_max_score; NaN where there are none."""
+    """100 * (R - random) / (expert - random) with D4RL's reference returns, or with a Minari dataset's reference scores
+    (ref_min_score, ref_max_score); NaN where there are none."""
     if is_minari_id(env_id):
-        metadata = minari_metadata(env_id)
-        if metadata.get("ref_min_score") is None or metadata.get("ref_max_score") is None:
+        metadata = minari_dataset(env_id).storage.metadata
+        random_return, expert_return = metadata.get("ref_min_score"), metadata.get("ref_max_score")
+        if random_return is None or expert_return is None:
             return float("nan")
-        random_return, expert_return = metadata["ref_min_score"], metadata["ref_max_score"]
         return 100.0 * (episode_return - random_return) / (expert_return - random_return)
     family = gym_env_id(env_id).split("-")[0].lower()
     if family not in REF_RETURNS:
@@ -530,16 +539,16 @@ def normalized_score(env_id: str, episode_return: float) -> float:
 
 def make_env(env_id: str, seed: int) -> gym.Env:
     kwargs = {}
-    if is_minari_id(env_id):  # the env exactly as the dataset's env_spec made it: its kwargs and episode length
-        spec = minari_metadata(env_id)["env_spec"]
-        kwargs = dict(spec.get("kwargs") or {})
-        if spec.get("max_episode_steps") is not None:
-            kwargs["max_episode_steps"] = spec["max_episode_steps"]
+    if is_minari_id(env_id):  # the env exactly as the dataset's env spec made it: its kwargs and episode length
+        spec = minari_dataset(env_id).env_spec
+        kwargs = dict(spec.kwargs or {})
+        if spec.max_episode_steps is not None:
+            kwargs["max_episode_steps"] = spec.max_episode_steps
     with warnings.catch_warnings():  # gymnasium flags the -v4 envs as old; README explains why we use them
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
             env = gym.make(gym_env_id(env_id), **kwargs)
-        except (TypeError, ValueError, gym.error.Error) as err:  # e.g. env_spec kwargs this gymnasium does not take
+        except (TypeError, ValueError, gym.error.Error) as err:  # e.g. env spec kwargs this gymnasium does not take
             fail(f"cannot make the environment of {env_id} ({gym_env_id(env_id)}, {kwargs}): {err}")
     if not np.allclose(env.action_space.low, -1.0) or not np.allclose(env.action_space.high, 1.0):
         fail(f"{env_id}: actions must lie in [-1, 1] (tanh policies, D4RL convention)")
@@ -665,128 +674,47 @@ def load_d4rl_dataset(env_id: str, dataset_path: str | None = None) -> dict[str,
     }
 
 
-# ---- Minari data path: <root>/<dataset id>/data/{metadata.json, main_data.hdf5}, read with h5py and json ----
-MINARI_METADATA_KEYS = ("env_spec", "observation_space", "action_space", "total_steps")
-MINARI_EPISODE_KEYS = ("observations", "actions", "rewards", "terminations", "truncations")
-
-
-def download_minari_dataset(dataset_id: str) -> str:
-    """Data folder of a Minari dataset in Minari's own cache (so its downloads are reused); when it is missing, the
-    minari package downloads it if installed, else the message says how to get it."""
-    root = os.environ.get("MINARI_DATASETS_PATH", os.path.expanduser(os.path.join("~", ".minari", "datasets")))
-    data_dir = os.path.join(root, dataset_id, "data")
-    if os.path.isfile(os.path.join(data_dir, "metadata.json")):
-        return data_dir
+# ---- Minari data path (README: D4RL or Minari): Farama's minari package, imported only for a Minari dataset id ----
+def minari_dataset(dataset_id: str):
+    """minari.load_dataset: from Minari's cache ($MINARI_DATASETS_PATH, else ~/.minari/datasets), downloaded there when
+    missing; checked to hold one flat vector per observation and action and to name its environment."""
     try:
-        import minari  # optional: only to download; reading needs h5py and json alone
+        import minari
     except ImportError:
-        fail(f"Minari dataset {dataset_id} not found in {data_dir}; get it with: "
-             f"pip install minari && minari download {dataset_id}")
+        fail(f"{dataset_id} is a Minari dataset id; reading it needs the minari package: pip install 'minari[hdf5]'")
     try:
-        minari.download_dataset(dataset_id)
-    except Exception as err:  # no network, unknown id, a dataset this minari cannot read: minari raises several types
-        fail(f"Minari dataset {dataset_id} not found in {data_dir} and minari could not download it "
-             f"({type(err).__name__}: {err})")
-    if not os.path.isfile(os.path.join(data_dir, "metadata.json")):
-        fail(f"minari downloaded {dataset_id} but {data_dir} has no metadata.json")
-    return data_dir
-
-
-def minari_metadata(dataset_id: str) -> dict:
-    """A Minari dataset's metadata.json, checked, with env_spec and the two spaces parsed from their JSON strings."""
-    path = os.path.join(download_minari_dataset(dataset_id), "metadata.json")
-    try:
-        with open(path) as f:
-            metadata = json.load(f)
-    except (OSError, ValueError) as err:
-        fail(f"cannot read {path}: not a readable JSON file ({err})")
-    if not isinstance(metadata, dict):
-        fail(f"{path} holds a JSON {type(metadata).__name__}, not an object")
-    for key in MINARI_METADATA_KEYS:
-        if key not in metadata:
-            fail(f"{path} has no '{key}' key (expected Minari keys: {', '.join(MINARI_METADATA_KEYS)})")
-    for key in ("env_spec", "observation_space", "action_space"):
-        try:  # Minari stores them as JSON strings
-            metadata[key] = json.loads(metadata[key]) if isinstance(metadata[key], str) else metadata[key]
-        except ValueError as err:
-            fail(f"{path}: '{key}' is not valid JSON ({err})")
-        if not isinstance(metadata[key], dict):
-            fail(f"{path}: '{key}' is not a JSON object")
-    env = metadata["env_spec"].get("id")
-    if not isinstance(env, str):
-        fail(f"{path}: 'env_spec' names no gymnasium id")
-    if env not in gym.registry:
-        fail(f"Minari dataset {dataset_id} was collected in {env!r}, which gymnasium does not know "
-             f"(install and import the package that registers it)")
-    if not isinstance(metadata["env_spec"].get("kwargs") or {}, dict):
-        fail(f"{path}: 'env_spec' kwargs are not a JSON object")
-    for key in ("observation_space", "action_space"):
-        space = metadata[key]
-        if space.get("type") != "Box" or not isinstance(space.get("shape"), list) or len(space["shape"]) != 1:
-            fail(f"Minari dataset {dataset_id}: '{key}' is a {space.get('type')} space of shape {space.get('shape')}; "
-                 f"only flat Box spaces (one vector per step) are supported")
-    refs = [metadata.get("ref_min_score"), metadata.get("ref_max_score")]
-    if any(r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not np.isfinite(r)) for r in refs) \
-            or (None not in refs and refs[1] <= refs[0]):
-        fail(f"{path}: ref_min_score {refs[0]!r} and ref_max_score {refs[1]!r} must be finite numbers, min < max")
-    if isinstance(metadata["total_steps"], bool) or not isinstance(metadata["total_steps"], int):
-        fail(f"{path}: 'total_steps' is {metadata['total_steps']!r}, not an integer")
-    return metadata
+        dataset = minari.load_dataset(dataset_id, download=True)
+    except Exception as err:  # not cached and no network, an unknown id, unreadable files: minari raises many types
+        fail(f"cannot load Minari dataset {dataset_id}: {type(err).__name__}: {(str(err).strip() or '?').splitlines()[0]}")
+    if dataset.env_spec is None:
+        fail(f"Minari dataset {dataset_id} names no environment (no env_spec in its metadata)")
+    for name, space in (("observation", dataset.observation_space), ("action", dataset.action_space)):
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+            fail(f"Minari dataset {dataset_id}: its {name} space is {space}; only flat Box spaces (one vector per step) "
+                 f"are supported")
+    return dataset
 
 
 def read_minari_dataset(dataset_id: str) -> dict[str, np.ndarray]:
     """Transitions of a Minari dataset, episode after episode: s = observations[t], s' = observations[t+1] (an
-    episode's last s' is its own final observation) and done = terminations[t]; truncations (time limits) are not
-    terminal. Checked as read_hdf5_dataset checks a D4RL file."""
-    metadata = minari_metadata(dataset_id)
-    if metadata.get("data_format", "hdf5") != "hdf5":
-        fail(f"Minari dataset {dataset_id} is stored as {metadata['data_format']!r}; only Minari's hdf5 format is read")
-    path = os.path.join(download_minari_dataset(dataset_id), "main_data.hdf5")
-    if not os.path.isfile(path):
-        fail(f"dataset file {path} does not exist (an interrupted download? delete {os.path.dirname(path)} and retry)")
-    episodes = []
-    try:
-        with h5py.File(path, "r") as f:
-            names = sorted((n for n in f if re.fullmatch(r"episode_\d+", n)), key=lambda n: int(n.split("_")[1]))
-            for name in names:
-                missing = [key for key in MINARI_EPISODE_KEYS if key not in f[name]]
-                if missing:
-                    fail(f"dataset {path}: {name} has no '{missing[0]}' (expected: {', '.join(MINARI_EPISODE_KEYS)})")
-                if not all(isinstance(f[name][key], h5py.Dataset) for key in MINARI_EPISODE_KEYS):
-                    fail(f"dataset {path}: {name} stores a Dict or Tuple space as a group; only Box spaces are supported")
-                episodes.append((name, {key: f[name][key][()] for key in MINARI_EPISODE_KEYS}))
-    except Exception as err:  # h5py raises OSError for truncated or non-HDF5 files, KeyError/ValueError for corrupt ones
-        fail(f"cannot read dataset {path}: not a readable HDF5 file ({err})")
-    if not episodes:
-        fail(f"dataset {path} has no episode_<i> groups")
-    dims = {"observations": metadata["observation_space"]["shape"][0], "actions": metadata["action_space"]["shape"][0]}
-    for name, episode in episodes:
-        for key, values in episode.items():  # shapes first: len() of a scalar would crash below
-            if key in dims and (values.ndim != 2 or values.shape[1] != dims[key]):
-                fail(f"dataset {path}: {name}/{key} has shape {values.shape} but the metadata's {key[:-1]} space has "
-                     f"dim {dims[key]}")
-            if key not in dims and not (values.ndim == 1 or values.shape[1:] == (1,)):
-                fail(f"dataset {path}: {name}/{key} must have one value per step, got shape {values.shape}")
-        steps = len(episode["rewards"])
-        for key, values in episode.items():
-            if len(values) != steps + (key == "observations"):
-                fail(f"dataset {path}: {name}/{key} has {len(values)} rows for {steps} steps "
-                     f"(observations need steps + 1, the rest steps)")
-            if not np.all(np.isfinite(values)):
-                fail(f"dataset {path}: {name}/{key} contains NaN or inf")
-    n_steps = sum(len(episode["rewards"]) for _, episode in episodes)
-    if n_steps != metadata["total_steps"]:
-        fail(f"dataset {path}: its episodes hold {n_steps} steps but metadata.json's total_steps is "
-             f"{metadata['total_steps']}")
-    if n_steps < 2:
-        fail(f"dataset {path} has {n_steps} steps; need at least 2")
-    parts = [episode for _, episode in episodes]
+    episode's last s' is its own final observation, never the next episode's first) and done = terminations[t];
+    truncations (time limits) are not terminal. Checked as read_hdf5_dataset checks a D4RL file."""
+    episodes = list(minari_dataset(dataset_id).iterate_episodes())
+    for episode in episodes:
+        steps = len(episode.rewards)
+        if len(episode.observations) != steps + 1 or len(episode.actions) != steps:
+            fail(f"Minari dataset {dataset_id}: episode {episode.id} has {len(episode.observations)} observations and "
+                 f"{len(episode.actions)} actions for {steps} rewards (observations need one more)")
+        if not all(np.all(np.isfinite(values)) for values in (episode.observations, episode.actions, episode.rewards)):
+            fail(f"Minari dataset {dataset_id}: episode {episode.id} contains NaN or inf")
+    if sum(len(episode.rewards) for episode in episodes) < 2:
+        fail(f"Minari dataset {dataset_id} has fewer than 2 steps")
     return {
-        "observations": np.concatenate([e["observations"][:-1] for e in parts]).astype(np.float32),
-        "actions": np.concatenate([e["actions"] for e in parts]).astype(np.float32),
-        "rewards": np.concatenate([e["rewards"].reshape(-1) for e in parts]).astype(np.float32),
-        "next_observations": np.concatenate([e["observations"][1:] for e in parts]).astype(np.float32),
-        "terminals": np.concatenate([e["terminations"].reshape(-1) for e in parts]).astype(bool).astype(np.float32),
+        "observations": np.concatenate([e.observations[:-1] for e in episodes]).astype(np.float32),
+        "actions": np.concatenate([e.actions for e in episodes]).astype(np.float32),
+        "rewards": np.concatenate([np.reshape(e.rewards, -1) for e in episodes]).astype(np.float32),
+        "next_observations": np.concatenate([e.observations[1:] for e in episodes]).astype(np.float32),
+        "terminals": np.concatenate([np.reshape(e.terminations, -1) for e in episodes]).astype(bool).astype(np.float32),
     }
 
 
@@ -800,16 +728,28 @@ def check_dataset_matches_env(dataset: dict, env: gym.Env, source: str):
 CHECKPOINT_FORMAT = "o2o-ensemble-v1"
 
 
-def save_checkpoint(path: str, payload: dict):
-    """Atomic write: torch.save to a temp file in the same folder, then rename over the old checkpoint."""
-    folder = os.path.dirname(os.path.abspath(path))
+def write_atomically(path: str, data, what: str):
+    """Write bytes to a temp file in the same folder, then rename it over `path`: `path` is always the last good file
+    or the complete new one. A full disk, an unwritable or vanished folder: the temp file is removed and the run stops
+    with one line naming the file and the cause."""
     tmp_path = f"{path}.tmp"
     try:
-        os.makedirs(folder, exist_ok=True)
-        torch.save(payload, tmp_path)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(tmp_path, "wb") as f:
+            f.write(data)
         os.replace(tmp_path, path)
     except OSError as err:
-        fail(f"cannot write checkpoint {path}: {err}")
+        fail(f"cannot write {what} {path}: {err.strerror or err}")
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp_path)
+
+
+def save_checkpoint(path: str, payload: dict):
+    """torch.save into memory, then write_atomically (torch.save itself reports a full disk as an opaque C++ error)."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_atomically(path, buffer.getbuffer(), "checkpoint")
 
 
 def load_checkpoint(path: str, what: str):
@@ -843,6 +783,49 @@ def load_checkpoint(path: str, what: str):
              f"loaded; if you trust the file, convert it once with: python benchmark/convert_checkpoint.py {path}")
     fail(f"{what} {path} contains objects a checkpoint of this project never holds"
          f"{' (' + ', '.join(names) + ')' if names else ''}; it was not loaded")
+
+
+def check_output_checkpoint(path: str, algo: str):
+    """Never overwrite another script's checkpoint (such as a CQL ensemble given where the output belongs): a file at
+    the output path must be one of this script's (`algo`; a fresh run then overwrites it) or not a checkpoint."""
+    if os.path.isfile(path) and zipfile.is_zipfile(path):
+        existing = load_checkpoint(path, "checkpoint")
+        if isinstance(existing, dict) and existing.get("algo") not in (None, algo):
+            fail(f"--checkpoint {path} holds a {existing['algo']!r} checkpoint; refusing to overwrite it (--checkpoint "
+                 f"is where this run writes; inputs have their own flags)")
+
+
+def resume_state(np_rng: np.random.Generator, modules: dict, **values) -> dict:
+    """A checkpoint's "resume" entry: the state dicts of `modules` (target networks, optimizers), plain `values` (step,
+    run dir, buffers) and the RNG states of torch, CUDA, numpy and python, so that --resume continues exactly."""
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+           "numpy": np_rng.bit_generator.state, "python": random.getstate()}
+    return {**{name: module.state_dict() for name, module in modules.items()}, **values, "rng": rng}
+
+
+def load_resume_state(ckpt: dict, path: str, np_rng: np.random.Generator, modules: dict) -> dict:
+    """The inverse of resume_state: loads `modules` and restores the RNGs; returns the resume entry (for its values).
+    Also reads the RNG keys of checkpoints written before resume_state (torch_rng, numpy_rng, python_rng, cuda_rng; or
+    rng with "random" for python's, in awac.py and bcq_ft.py)."""
+    state = ckpt["resume"]
+    for name, module in modules.items():
+        load_state(module, state[name], name, path)
+    rng = state.get("rng") or {key: state.get(f"{key}_rng") for key in ("torch", "cuda", "numpy", "python")}
+    torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        for device, cuda_state in enumerate(rng["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, device)
+    np_rng.bit_generator.state = rng["numpy"]
+    random.setstate(rng["python"] if "python" in rng else rng["random"])
+    return state
+
+
+def load_state(module, state_dict: dict, what: str, path: str):
+    """module.load_state_dict (strict for a network) with one clear line when the stored state does not fit."""
+    try:
+        module.load_state_dict(state_dict)
+    except (RuntimeError, ValueError, KeyError) as err:
+        fail(f"checkpoint {path}: its {what} does not fit this run ({str(err).strip().splitlines()[0]} ...)")
 
 
 @torch.no_grad()
@@ -887,30 +870,42 @@ def check_writable(path: str, what: str = "checkpoint"):
         fail(f"cannot write {what} {path}: {err}")
 
 
-def rng_states(np_rng: np.random.Generator) -> dict:
-    states = {"torch": torch.get_rng_state(), "numpy": np_rng.bit_generator.state, "random": random.getstate()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
+def catch_stop_signals() -> dict:
+    """From here on SIGTERM (Slurm, some time before its limit; kill) and SIGINT (Ctrl-C) only set stop["signal"]: the
+    training loop checks it after each update, writes a resumable checkpoint and calls stop_after_signal. A second
+    signal stops at once (the default handlers are back)."""
+    stop = {"signal": None}
+
+    def handler(signum, frame):
+        stop["signal"] = signum
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
 
 
-def set_rng_states(states: dict, np_rng: np.random.Generator):
-    torch.set_rng_state(states["torch"])
-    np_rng.bit_generator.state = states["numpy"]
-    random.setstate(states["random"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+def stop_after_signal(signum: int, checkpoint: str, step: int):
+    """The end of a run stopped by a signal, once its checkpoint is written: one line saying how to continue, and exit
+    status 75 (EX_TEMPFAIL, "try again"), which benchmark/paper.sh's Slurm jobs take as: requeue with --resume."""
+    command = shlex.join(["python", *sys.argv, *([] if "--resume" in sys.argv else ["--resume"])])
+    tqdm.write(f"stopped by {signal.Signals(signum).name} after step {step}: checkpoint {checkpoint} written; continue "
+               f"with: {command}", file=sys.stderr)
+    raise SystemExit(75)
 
 
 def load_resume_checkpoint(path: str, expected: dict) -> dict:
+    """The checkpoint --resume continues: it must exist, be in our format, match this run (`expected`: algo, env,
+    sizes) and hold a resume state."""
     if not os.path.isfile(path):
-        fail(f"--resume: no checkpoint at {path} (pass the run's --save-checkpoint)")
+        fail(f"--resume: no checkpoint at {path} (give the run's --checkpoint)")
     ckpt = load_checkpoint(path, "checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        fail(f"checkpoint {path} is not in format {CHECKPOINT_FORMAT}")
+        fail(f"checkpoint {path} is not an {CHECKPOINT_FORMAT} checkpoint")
     for key, value in expected.items():
         if ckpt.get(key) != value:
-            fail(f"checkpoint {path} has {key}={ckpt.get(key)!r} but this run has {value!r}")
+            fail(f"checkpoint {path} has {key}={ckpt.get(key)!r} but this run has {key}={value!r}")
     if "resume" not in ckpt:
         fail(f"checkpoint {path} holds no resume state")
     return ckpt
@@ -972,11 +967,12 @@ if __name__ == "__main__":
 #   `vae_hidden_sizes`, `actor_hidden_sizes`, `latent_dim`, `phi`. `resume` holds the target actor and critic,
 #   the three optimizers, RNG states, the global step and the online transitions. Written atomically every
 #   `--checkpoint-every` steps (offline and online alike) and at the end; `--resume` continues from
-#   `--save-checkpoint` (TensorBoard events after its step are purged). A run resumed in the online phase
-#   starts a new training episode; no transition is lost or stored twice.
+#   `--checkpoint` (old spelling, still accepted: `--save-checkpoint`; TensorBoard events after its step are purged).
+#   A run resumed in the online phase starts a new training episode; no transition is lost or stored twice.
+#   Checkpoints written before resume_state (rng = {torch, numpy, random}, the optimizers as a list) resume as
+#   they are.
+# - SIGTERM or SIGINT: the current step finishes, the checkpoint is written at that step and the run exits with
+#   status 75 and the command that continues it (exactly so in the offline phase; online, see above).
 # - A NaN/inf loss is detected on the values already synced for logging (every `--log-every` steps and before
 #   each checkpoint write); the run stops with a message naming the loss and the step, keeping the last good
 #   checkpoint.
-#
-#         --online-steps 20000 --hidden-dim 64
-#     python bcq_ft.py --env-id hopper-medium-v2 --n-ensemble 5 --resume    # continue an interrupted run

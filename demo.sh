@@ -30,9 +30,9 @@ $PYTHON cql_pretrain.py --env-id Hopper-v4 --dataset-path "$OUT/hopper_random_20
 
 echo "== 3/4 online fine-tuning with balanced replay + pessimistic Q-ensemble (balanced_finetune.py, 4k env steps)"
 $PYTHON balanced_finetune.py --env-id Hopper-v4 --dataset-path "$OUT/hopper_random_20k.hdf5" \
-    --checkpoint "$OUT/checkpoints/cql.pt" --n-ensemble 3 --online-steps 4000 --epoch-length 500 \
+    --cql-checkpoint "$OUT/checkpoints/cql.pt" --n-ensemble 3 --online-steps 4000 --epoch-length 500 \
     --first-epoch-multiplier 2 --hidden-dim 64 --eval-episodes 5 --seed "$SEED" \
-    --save-checkpoint "$OUT/checkpoints/balanced.pt" --run-dir "$OUT/runs/hopper-random__balanced__seed$SEED" \
+    --checkpoint "$OUT/checkpoints/balanced.pt" --run-dir "$OUT/runs/hopper-random__balanced__seed$SEED" \
     --no-cuda 2> "$OUT/finetune.log"
 
 echo "== 4/4 curve"

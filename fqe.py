@@ -21,14 +21,18 @@ Usage:
   python fqe.py --env-id hopper-medium-replay-v2 --n-ensemble 5
   python balanced_finetune.py --env-id hopper-medium-replay-v2 --n-ensemble 5 --q-init fqe
 """
+import contextlib
 import ctypes
 import dataclasses
 import http.client
-import json
+import io
 import os
 import pickle
 import random
 import re
+import shlex
+import signal
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -105,10 +109,10 @@ LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 class VectorizedLinear(nn.Module):
     """N independent linear layers applied as one batched matmul: x [N, B, in] -> [N, B, out]."""
 
-    def __init__(self, in_features: int, out_features: int, n_members: int):
+    def __init__(self, in_features: int, out_features: int, n_ensemble: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(n_members, in_features, out_features))
-        self.bias = nn.Parameter(torch.empty(n_members, 1, out_features))
+        self.weight = nn.Parameter(torch.empty(n_ensemble, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(n_ensemble, 1, out_features))
         bound = 1.0 / in_features**0.5  # nn.Linear's default init, drawn independently for each member
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
@@ -117,20 +121,20 @@ class VectorizedLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
-def vectorized_mlp(in_dim: int, hidden_sizes, out_dim: int, n_members: int) -> nn.Sequential:
+def vectorized_mlp(in_dim: int, hidden_sizes, out_dim: int, n_ensemble: int) -> nn.Sequential:
     layers, width = [], in_dim
     for hidden in hidden_sizes:
-        layers += [VectorizedLinear(width, hidden, n_members), nn.ReLU()]
+        layers += [VectorizedLinear(width, hidden, n_ensemble), nn.ReLU()]
         width = hidden
-    return nn.Sequential(*layers, VectorizedLinear(width, out_dim, n_members))
+    return nn.Sequential(*layers, VectorizedLinear(width, out_dim, n_ensemble))
 
 
 class EnsembleActor(nn.Module):
     """N tanh-Gaussian actors with state-dependent log-std: obs [N, B, S] -> mean, log_std [N, B, A] (pre-tanh)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_ensemble: int):
         super().__init__()
-        self.net = vectorized_mlp(obs_dim, hidden_sizes, 2 * act_dim, n_members)
+        self.net = vectorized_mlp(obs_dim, hidden_sizes, 2 * act_dim, n_ensemble)
 
     def forward(self, obs: torch.Tensor):
         mean, log_std = self.net(obs).chunk(2, dim=-1)
@@ -140,17 +144,17 @@ class EnsembleActor(nn.Module):
 class EnsembleCritic(nn.Module):
     """Twin Q-functions of N members as 2N vectorized MLPs, member-major (row 2i: Q1 of member i, 2i+1: Q2).
 
-    obs [N, B, S], act [N, B, A] -> Q [N, 2, B]. Taking the first k members is slicing rows [:2k].
+    obs [N, B, S], act [N, B, A] -> Q [N, 2, B]. The first n members are rows [:2n].
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_members: int):
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes, n_ensemble: int):
         super().__init__()
-        self.n_members = n_members
-        self.net = vectorized_mlp(obs_dim + act_dim, hidden_sizes, 1, 2 * n_members)
+        self.n_ensemble = n_ensemble
+        self.net = vectorized_mlp(obs_dim + act_dim, hidden_sizes, 1, 2 * n_ensemble)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs, act], dim=-1).repeat_interleave(2, dim=0)
-        return self.net(x).view(self.n_members, 2, -1)
+        return self.net(x).view(self.n_ensemble, 2, -1)
 
 
 def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor):
@@ -180,22 +184,24 @@ def ensemble_moments(mu: torch.Tensor, std: torch.Tensor):
 
 
 @torch.no_grad()
-def ensemble_policy_moments(actor: EnsembleActor, obs: torch.Tensor, chunk: int = 65536):
-    """Pre-tanh mean and std [M, A] of the ensemble policy (eq. 5) at states obs [M, S], in chunks."""
-    n_members = actor.net[0].weight.shape[0]
+def ensemble_moments_at(actor: EnsembleActor, obs: torch.Tensor, chunk: int = 65536):
+    """ensemble_moments of the members' Gaussians at states obs [M, S], in chunks: the pre-tanh mean and std [M, A] of
+    the eq. (5) policy. Actions are sampled as tanh(mean + std eps) from the std itself (balanced_finetune.py's
+    ensemble_policy gives log-std, whose exp differs from the std in the last bit for some values)."""
+    n_ensemble = actor.net[0].weight.shape[0]
     means, stds = [], []
     for part in obs.split(chunk):
-        mu, log_std = actor(part.expand(n_members, -1, -1))
+        mu, log_std = actor(part.expand(n_ensemble, -1, -1))
         mean, std = ensemble_moments(mu, log_std.exp())
         means.append(mean)
         stds.append(std)
     return torch.cat(means), torch.cat(stds)
 
 
-def sample_batch(data: dict, rng: np.random.Generator, n_members: int, batch_size: int) -> dict:
+def sample_batch(data: dict, rng: np.random.Generator, n_ensemble: int, batch_size: int) -> dict:
     """Each member gets its own minibatch: indices [N, B] -> tensors [N, B, ...]."""
     size = data["observations"].shape[0]
-    idx = torch.from_numpy(rng.integers(0, size, size=(n_members, batch_size))).to(data["observations"].device)
+    idx = torch.from_numpy(rng.integers(0, size, size=(n_ensemble, batch_size))).to(data["observations"].device)
     return {key: value[idx] for key, value in data.items()}
 
 
@@ -235,11 +241,11 @@ def fqe_update(critic, critic_target, optimizer, batch: dict, gamma: float, tau:
 @torch.no_grad()
 def state_value(actor: EnsembleActor, critic: EnsembleCritic, obs: torch.Tensor, n_samples: int = 10) -> float:
     """FQE's V(s) = E_{a ~ pi(s)} Q(s, a) at states obs [K, S], averaged over states, members, twins and samples."""
-    mean, std = ensemble_policy_moments(actor, obs)
+    mean, std = ensemble_moments_at(actor, obs)
     mean, std, obs = (x.repeat_interleave(n_samples, 0) for x in (mean, std, obs))
     actions = torch.tanh(mean + std * torch.randn_like(mean))
-    n_members = critic.n_members
-    return float(critic(obs.expand(n_members, -1, -1), actions.expand(n_members, -1, -1)).mean())
+    n_ensemble = critic.n_ensemble
+    return float(critic(obs.expand(n_ensemble, -1, -1), actions.expand(n_ensemble, -1, -1)).mean())
 
 
 @torch.no_grad()
@@ -253,7 +259,7 @@ def monte_carlo(actor: EnsembleActor, envs: list, seed: int, gamma: float, devic
     discounted, returns = np.zeros(len(envs)), np.zeros(len(envs))
     discount, active = np.ones(len(envs)), np.ones(len(envs), dtype=bool)
     while active.any():
-        mean, std = ensemble_policy_moments(actor, torch.as_tensor(obs, dtype=torch.float32, device=device))
+        mean, std = ensemble_moments_at(actor, torch.as_tensor(obs, dtype=torch.float32, device=device))
         actions = torch.tanh(mean + std * torch.randn_like(mean)).cpu().numpy()
         for e in np.flatnonzero(active):
             obs[e], reward, terminated, truncated, _ = envs[e].step(actions[e])
@@ -274,29 +280,6 @@ def episode_start_states(dataset: dict, limit: int = 10_000) -> np.ndarray:
     return obs[rows]
 
 
-def fqe_run_state_dict(critic_target, optimizer, np_rng, device, step: int, run_dir: str) -> dict:
-    """Everything a run needs to continue exactly (the checkpoint's "resume" entry; the critics are stored beside it)."""
-    return {
-        "critic_target": critic_target.state_dict(), "optimizer": optimizer.state_dict(),
-        "torch_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-        "numpy_rng": np_rng.bit_generator.state, "python_rng": random.getstate(), "step": step, "run_dir": run_dir,
-    }
-
-
-def load_fqe_run_state(ckpt: dict, critic, critic_target, optimizer, np_rng, device) -> tuple:
-    """The inverse of fqe_run_state_dict (plus the stored critics); returns (step, run dir)."""
-    state = ckpt["resume"]
-    critic.load_state_dict(ckpt["critic"])
-    critic_target.load_state_dict(state["critic_target"])
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["torch_rng"].cpu())
-    if device.type == "cuda" and state.get("cuda_rng") is not None:
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-    np_rng.bit_generator.state = state["numpy_rng"]
-    random.setstate(state["python_rng"])
-    return state["step"], state["run_dir"]
-
-
 def main():
     args = tyro.cli(Args)
     policy_path = args.policy_checkpoint or f"checkpoints/cql_{args.env_id}_seed{args.seed}.pt"
@@ -306,14 +289,9 @@ def main():
             fail(f"--{name.replace('_', '-')} must be at least 1")
     if os.path.abspath(policy_path) == os.path.abspath(checkpoint_path):
         fail(f"--checkpoint {checkpoint_path} would overwrite the policy checkpoint (the policy is --policy-checkpoint)")
-    # never overwrite another algorithm's checkpoint; a file that is no torch.save zip (e.g. a half-written one) is
-    # overwritten, one that is refused (older format, foreign objects) stops the run with load_checkpoint's message
-    if os.path.isfile(checkpoint_path) and not args.resume and zipfile.is_zipfile(checkpoint_path):
-        existing = load_checkpoint(checkpoint_path, "checkpoint")
-        if isinstance(existing, dict) and existing.get("algo") not in (None, "fqe"):
-            fail(f"--checkpoint {checkpoint_path} holds a {existing['algo']!r} checkpoint; refusing to overwrite it "
-                 f"(the policy to evaluate is --policy-checkpoint)")
     check_writable(checkpoint_path)
+    if not args.resume:
+        check_output_checkpoint(checkpoint_path, "fqe")
 
     random.seed(args.seed)
     np_rng = np.random.default_rng(args.seed)
@@ -335,13 +313,13 @@ def main():
             or (policy["obs_dim"], policy["act_dim"]) != (obs_dim, act_dim):
         fail(f"policy checkpoint {policy_path} is for {policy['env_id']!r} (dims {policy['obs_dim']}/{policy['act_dim']}), "
              f"not for --env-id {args.env_id!r} (dims {obs_dim}/{act_dim})")
-    n = args.n_ensemble or policy["n_ensemble"]
-    if not 1 <= n <= policy["n_ensemble"]:
-        fail(f"--n-ensemble {n} but policy checkpoint {policy_path} holds {policy['n_ensemble']} member(s)")
+    n_ensemble = args.n_ensemble or policy["n_ensemble"]
+    if not 1 <= n_ensemble <= policy["n_ensemble"]:
+        fail(f"--n-ensemble {n_ensemble} but policy checkpoint {policy_path} holds {policy['n_ensemble']} member(s)")
     policy_hidden = list(policy["hidden_sizes"])
-    actor = EnsembleActor(obs_dim, act_dim, policy_hidden, n).to(device)
+    actor = EnsembleActor(obs_dim, act_dim, policy_hidden, n_ensemble).to(device)
     try:
-        actor.load_state_dict({k: v[:n] for k, v in policy["actor"].items()}, strict=True)
+        actor.load_state_dict({key: value[:n_ensemble] for key, value in policy["actor"].items()}, strict=True)
     except RuntimeError as err:
         fail(f"policy checkpoint {policy_path}: its actor does not fit an EnsembleActor ({str(err).splitlines()[0]})")
     actor.requires_grad_(False)
@@ -350,47 +328,49 @@ def main():
     dataset = load_d4rl_dataset(args.env_id, args.dataset_path)
     check_dataset_matches_env(dataset, envs[0], args.dataset_path or args.env_id)
     data = {key: torch.as_tensor(value, device=device) for key, value in dataset.items()}
-    data["next_policy_mean"], data["next_policy_std"] = ensemble_policy_moments(actor, data["next_observations"])
+    data["next_policy_mean"], data["next_policy_std"] = ensemble_moments_at(actor, data["next_observations"])
     start_states = torch.as_tensor(episode_start_states(dataset), device=device)
 
     hidden_sizes = [args.hidden_dim] * 2 if args.hidden_dim else policy_hidden
-    critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, n).to(device)
-    critic_target = EnsembleCritic(obs_dim, act_dim, hidden_sizes, n).to(device)
+    critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, n_ensemble).to(device)
+    critic_target = EnsembleCritic(obs_dim, act_dim, hidden_sizes, n_ensemble).to(device)
     critic_target.load_state_dict(critic.state_dict())
     optimizer = torch.optim.Adam(critic.parameters(), lr=args.lr)
+    resumable = {"critic_target": critic_target, "optimizer": optimizer}
 
     start_step = 0
     run_dir = args.run_dir or f"runs/{args.env_id}__fqe__{args.seed}__{int(time.time())}"
-    if args.resume:
-        ckpt = read_ensemble_checkpoint(checkpoint_path, "checkpoint")
-        expected = {"algo": "fqe", "env_id": args.env_id, "n_ensemble": n, "hidden_sizes": hidden_sizes}
-        for key, value in expected.items():
-            if ckpt[key] != value:
-                fail(f"checkpoint {checkpoint_path} has {key}={ckpt[key]!r} but this run has {key}={value!r}")
-        if "resume" not in ckpt:
-            fail(f"checkpoint {checkpoint_path} holds no resume state")
-        start_step, run_dir = load_fqe_run_state(ckpt, critic, critic_target, optimizer, np_rng, device)
+    if args.resume:  # critics, target critics, optimizer, RNG states, step and run dir
+        ckpt = load_resume_checkpoint(checkpoint_path, {"algo": "fqe", "env_id": args.env_id, "n_ensemble": n_ensemble,
+                                                        "hidden_sizes": hidden_sizes})
+        load_state(critic, ckpt["critic"], "critic", checkpoint_path)
+        state = load_resume_state(ckpt, checkpoint_path, np_rng, resumable)
+        start_step, run_dir = state["step"], args.run_dir or state["run_dir"]
         print(f"resuming {checkpoint_path} at step {start_step}, logging to {run_dir}")
 
     def save(step: int):
         if not all(torch.isfinite(p).all() for p in critic.parameters()):  # keep the last good checkpoint
             fail(f"non-finite critic weights at step {step}; kept the last good checkpoint {checkpoint_path}")
+        writer.flush()  # curves up to the checkpoint survive a crash; --resume purges anything logged after it
         save_checkpoint(checkpoint_path, {
             "format": CHECKPOINT_FORMAT, "algo": "fqe", "env_id": args.env_id, "obs_dim": obs_dim,
-            "act_dim": act_dim, "n_ensemble": n, "hidden_sizes": hidden_sizes, "actor": actor.state_dict(),
+            "act_dim": act_dim, "n_ensemble": n_ensemble, "hidden_sizes": hidden_sizes, "actor": actor.state_dict(),
             "critic": critic.state_dict(), "step": step, "args": dataclasses.asdict(args),
             "policy_checkpoint": os.path.abspath(policy_path), "policy_hidden_sizes": policy_hidden,
-            "resume": fqe_run_state_dict(critic_target, optimizer, np_rng, device, step, run_dir),
+            "resume": resume_state(np_rng, resumable, step=step, run_dir=run_dir),
         })
 
     # on resume, TensorBoard drops whatever the interrupted run logged after its checkpoint's step
     writer = SummaryWriter(run_dir, purge_step=start_step + 1 if args.resume else None)
     if not args.resume:
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
+            f"|{key}|{value}|" for key, value in vars(args).items()))
 
     start_time, sps_step = time.time(), start_step
-    for step in tqdm(range(start_step, args.steps), initial=start_step, total=args.steps):
-        batch = sample_batch(data, np_rng, n, args.batch_size)
+    progress = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps)
+    stop = catch_stop_signals()
+    for step in progress:
+        batch = sample_batch(data, np_rng, n_ensemble, args.batch_size)
         info = fqe_update(critic, critic_target, optimizer, batch, args.gamma, args.tau)
         global_step = step + 1  # updates done
         is_eval = global_step % args.eval_every == 0 or global_step == args.steps
@@ -416,10 +396,12 @@ def main():
             writer.add_scalar("eval/normalized_score", normalized_score(args.env_id, returns.mean()), global_step)
             tqdm.write(f"step={global_step} q_estimate={q_dataset:.2f} (env starts {q_env:.2f}) "
                        f"mc_return={discounted.mean():.2f} return={returns.mean():.1f}")
-        if is_eval or global_step % args.checkpoint_every == 0:
-            writer.flush()  # curves up to the checkpoint survive a crash; --resume purges anything logged after it
+        if is_eval or global_step % args.checkpoint_every == 0 or stop["signal"]:
             save(global_step)
             start_time = time.time()  # do not count evaluation and saving in SPS
+        if stop["signal"]:
+            progress.close()
+            stop_after_signal(stop["signal"], checkpoint_path, global_step)
     if start_step >= args.steps:
         save(start_step)
     writer.close()
@@ -454,27 +436,27 @@ def is_minari_id(env_id: str) -> bool:
 
 
 def gym_env_id(env_id: str) -> str:
-    """A D4RL task name (walker2d-medium-v2) maps to its gymnasium v4 env, a Minari dataset id to the env its metadata
-    names (mujoco/hopper/medium-v0 -> Hopper-v5); a gymnasium id passes through."""
+    """A D4RL task name (walker2d-medium-v2) maps to its gymnasium v4 env, a Minari dataset id to the env of its env spec
+    (mujoco/hopper/medium-v0 -> Hopper-v5); a gymnasium id passes through."""
     task = D4RL_TASK.fullmatch(env_id)
     if task:
         return GYM_ENV_OF[task.group(1)]
     if env_id in gym.registry:
         return env_id
     if is_minari_id(env_id):
-        return minari_metadata(env_id)["env_spec"]["id"]
+        return minari_dataset(env_id).env_spec.id
     fail(f"unknown --env-id {env_id!r}: give a D4RL task name such as walker2d-medium-expert-v2, a Minari dataset id "
          f"such as mujoco/hopper/medium-v0, or a gymnasium id such as Hopper-v4")
 
 
 def normalized_score(env_id: str, episode_return: float) -> float:
-    """100 * (R - random) / (expert - random) with D4RL's reference returns, or with a Minari dataset's ref_min_score
-    and ref_max_score; NaN where there are none."""
+    """100 * (R - random) / (expert - random) with D4RL's reference returns, or with a Minari dataset's reference scores
+    (ref_min_score, ref_max_score); NaN where there are none."""
     if is_minari_id(env_id):
-        metadata = minari_metadata(env_id)
-        if metadata.get("ref_min_score") is None or metadata.get("ref_max_score") is None:
+        metadata = minari_dataset(env_id).storage.metadata
+        random_return, expert_return = metadata.get("ref_min_score"), metadata.get("ref_max_score")
+        if random_return is None or expert_return is None:
             return float("nan")
-        random_return, expert_return = metadata["ref_min_score"], metadata["ref_max_score"]
         return 100.0 * (episode_return - random_return) / (expert_return - random_return)
     family = gym_env_id(env_id).split("-")[0].lower()
     if family not in REF_RETURNS:
@@ -485,16 +467,16 @@ def normalized_score(env_id: str, episode_return: float) -> float:
 
 def make_env(env_id: str, seed: int) -> gym.Env:
     kwargs = {}
-    if is_minari_id(env_id):  # the env exactly as the dataset's env_spec made it: its kwargs and episode length
-        spec = minari_metadata(env_id)["env_spec"]
-        kwargs = dict(spec.get("kwargs") or {})
-        if spec.get("max_episode_steps") is not None:
-            kwargs["max_episode_steps"] = spec["max_episode_steps"]
+    if is_minari_id(env_id):  # the env exactly as the dataset's env spec made it: its kwargs and episode length
+        spec = minari_dataset(env_id).env_spec
+        kwargs = dict(spec.kwargs or {})
+        if spec.max_episode_steps is not None:
+            kwargs["max_episode_steps"] = spec.max_episode_steps
     with warnings.catch_warnings():  # gymnasium flags the -v4 envs as old; README explains why we use them
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
             env = gym.make(gym_env_id(env_id), **kwargs)
-        except (TypeError, ValueError, gym.error.Error) as err:  # e.g. env_spec kwargs this gymnasium does not take
+        except (TypeError, ValueError, gym.error.Error) as err:  # e.g. env spec kwargs this gymnasium does not take
             fail(f"cannot make the environment of {env_id} ({gym_env_id(env_id)}, {kwargs}): {err}")
     if not np.allclose(env.action_space.low, -1.0) or not np.allclose(env.action_space.high, 1.0):
         fail(f"{env_id}: actions must lie in [-1, 1] (tanh policies, D4RL convention)")
@@ -620,128 +602,47 @@ def load_d4rl_dataset(env_id: str, dataset_path: str | None = None) -> dict[str,
     }
 
 
-# ---- Minari data path: <root>/<dataset id>/data/{metadata.json, main_data.hdf5}, read with h5py and json ----
-MINARI_METADATA_KEYS = ("env_spec", "observation_space", "action_space", "total_steps")
-MINARI_EPISODE_KEYS = ("observations", "actions", "rewards", "terminations", "truncations")
-
-
-def download_minari_dataset(dataset_id: str) -> str:
-    """Data folder of a Minari dataset in Minari's own cache (so its downloads are reused); when it is missing, the
-    minari package downloads it if installed, else the message says how to get it."""
-    root = os.environ.get("MINARI_DATASETS_PATH", os.path.expanduser(os.path.join("~", ".minari", "datasets")))
-    data_dir = os.path.join(root, dataset_id, "data")
-    if os.path.isfile(os.path.join(data_dir, "metadata.json")):
-        return data_dir
+# ---- Minari data path (README: D4RL or Minari): Farama's minari package, imported only for a Minari dataset id ----
+def minari_dataset(dataset_id: str):
+    """minari.load_dataset: from Minari's cache ($MINARI_DATASETS_PATH, else ~/.minari/datasets), downloaded there when
+    missing; checked to hold one flat vector per observation and action and to name its environment."""
     try:
-        import minari  # optional: only to download; reading needs h5py and json alone
+        import minari
     except ImportError:
-        fail(f"Minari dataset {dataset_id} not found in {data_dir}; get it with: "
-             f"pip install minari && minari download {dataset_id}")
+        fail(f"{dataset_id} is a Minari dataset id; reading it needs the minari package: pip install 'minari[hdf5]'")
     try:
-        minari.download_dataset(dataset_id)
-    except Exception as err:  # no network, unknown id, a dataset this minari cannot read: minari raises several types
-        fail(f"Minari dataset {dataset_id} not found in {data_dir} and minari could not download it "
-             f"({type(err).__name__}: {err})")
-    if not os.path.isfile(os.path.join(data_dir, "metadata.json")):
-        fail(f"minari downloaded {dataset_id} but {data_dir} has no metadata.json")
-    return data_dir
-
-
-def minari_metadata(dataset_id: str) -> dict:
-    """A Minari dataset's metadata.json, checked, with env_spec and the two spaces parsed from their JSON strings."""
-    path = os.path.join(download_minari_dataset(dataset_id), "metadata.json")
-    try:
-        with open(path) as f:
-            metadata = json.load(f)
-    except (OSError, ValueError) as err:
-        fail(f"cannot read {path}: not a readable JSON file ({err})")
-    if not isinstance(metadata, dict):
-        fail(f"{path} holds a JSON {type(metadata).__name__}, not an object")
-    for key in MINARI_METADATA_KEYS:
-        if key not in metadata:
-            fail(f"{path} has no '{key}' key (expected Minari keys: {', '.join(MINARI_METADATA_KEYS)})")
-    for key in ("env_spec", "observation_space", "action_space"):
-        try:  # Minari stores them as JSON strings
-            metadata[key] = json.loads(metadata[key]) if isinstance(metadata[key], str) else metadata[key]
-        except ValueError as err:
-            fail(f"{path}: '{key}' is not valid JSON ({err})")
-        if not isinstance(metadata[key], dict):
-            fail(f"{path}: '{key}' is not a JSON object")
-    env = metadata["env_spec"].get("id")
-    if not isinstance(env, str):
-        fail(f"{path}: 'env_spec' names no gymnasium id")
-    if env not in gym.registry:
-        fail(f"Minari dataset {dataset_id} was collected in {env!r}, which gymnasium does not know "
-             f"(install and import the package that registers it)")
-    if not isinstance(metadata["env_spec"].get("kwargs") or {}, dict):
-        fail(f"{path}: 'env_spec' kwargs are not a JSON object")
-    for key in ("observation_space", "action_space"):
-        space = metadata[key]
-        if space.get("type") != "Box" or not isinstance(space.get("shape"), list) or len(space["shape"]) != 1:
-            fail(f"Minari dataset {dataset_id}: '{key}' is a {space.get('type')} space of shape {space.get('shape')}; "
-                 f"only flat Box spaces (one vector per step) are supported")
-    refs = [metadata.get("ref_min_score"), metadata.get("ref_max_score")]
-    if any(r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not np.isfinite(r)) for r in refs) \
-            or (None not in refs and refs[1] <= refs[0]):
-        fail(f"{path}: ref_min_score {refs[0]!r} and ref_max_score {refs[1]!r} must be finite numbers, min < max")
-    if isinstance(metadata["total_steps"], bool) or not isinstance(metadata["total_steps"], int):
-        fail(f"{path}: 'total_steps' is {metadata['total_steps']!r}, not an integer")
-    return metadata
+        dataset = minari.load_dataset(dataset_id, download=True)
+    except Exception as err:  # not cached and no network, an unknown id, unreadable files: minari raises many types
+        fail(f"cannot load Minari dataset {dataset_id}: {type(err).__name__}: {(str(err).strip() or '?').splitlines()[0]}")
+    if dataset.env_spec is None:
+        fail(f"Minari dataset {dataset_id} names no environment (no env_spec in its metadata)")
+    for name, space in (("observation", dataset.observation_space), ("action", dataset.action_space)):
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+            fail(f"Minari dataset {dataset_id}: its {name} space is {space}; only flat Box spaces (one vector per step) "
+                 f"are supported")
+    return dataset
 
 
 def read_minari_dataset(dataset_id: str) -> dict[str, np.ndarray]:
     """Transitions of a Minari dataset, episode after episode: s = observations[t], s' = observations[t+1] (an
-    episode's last s' is its own final observation) and done = terminations[t]; truncations (time limits) are not
-    terminal. Checked as read_hdf5_dataset checks a D4RL file."""
-    metadata = minari_metadata(dataset_id)
-    if metadata.get("data_format", "hdf5") != "hdf5":
-        fail(f"Minari dataset {dataset_id} is stored as {metadata['data_format']!r}; only Minari's hdf5 format is read")
-    path = os.path.join(download_minari_dataset(dataset_id), "main_data.hdf5")
-    if not os.path.isfile(path):
-        fail(f"dataset file {path} does not exist (an interrupted download? delete {os.path.dirname(path)} and retry)")
-    episodes = []
-    try:
-        with h5py.File(path, "r") as f:
-            names = sorted((n for n in f if re.fullmatch(r"episode_\d+", n)), key=lambda n: int(n.split("_")[1]))
-            for name in names:
-                missing = [key for key in MINARI_EPISODE_KEYS if key not in f[name]]
-                if missing:
-                    fail(f"dataset {path}: {name} has no '{missing[0]}' (expected: {', '.join(MINARI_EPISODE_KEYS)})")
-                if not all(isinstance(f[name][key], h5py.Dataset) for key in MINARI_EPISODE_KEYS):
-                    fail(f"dataset {path}: {name} stores a Dict or Tuple space as a group; only Box spaces are supported")
-                episodes.append((name, {key: f[name][key][()] for key in MINARI_EPISODE_KEYS}))
-    except Exception as err:  # h5py raises OSError for truncated or non-HDF5 files, KeyError/ValueError for corrupt ones
-        fail(f"cannot read dataset {path}: not a readable HDF5 file ({err})")
-    if not episodes:
-        fail(f"dataset {path} has no episode_<i> groups")
-    dims = {"observations": metadata["observation_space"]["shape"][0], "actions": metadata["action_space"]["shape"][0]}
-    for name, episode in episodes:
-        for key, values in episode.items():  # shapes first: len() of a scalar would crash below
-            if key in dims and (values.ndim != 2 or values.shape[1] != dims[key]):
-                fail(f"dataset {path}: {name}/{key} has shape {values.shape} but the metadata's {key[:-1]} space has "
-                     f"dim {dims[key]}")
-            if key not in dims and not (values.ndim == 1 or values.shape[1:] == (1,)):
-                fail(f"dataset {path}: {name}/{key} must have one value per step, got shape {values.shape}")
-        steps = len(episode["rewards"])
-        for key, values in episode.items():
-            if len(values) != steps + (key == "observations"):
-                fail(f"dataset {path}: {name}/{key} has {len(values)} rows for {steps} steps "
-                     f"(observations need steps + 1, the rest steps)")
-            if not np.all(np.isfinite(values)):
-                fail(f"dataset {path}: {name}/{key} contains NaN or inf")
-    n_steps = sum(len(episode["rewards"]) for _, episode in episodes)
-    if n_steps != metadata["total_steps"]:
-        fail(f"dataset {path}: its episodes hold {n_steps} steps but metadata.json's total_steps is "
-             f"{metadata['total_steps']}")
-    if n_steps < 2:
-        fail(f"dataset {path} has {n_steps} steps; need at least 2")
-    parts = [episode for _, episode in episodes]
+    episode's last s' is its own final observation, never the next episode's first) and done = terminations[t];
+    truncations (time limits) are not terminal. Checked as read_hdf5_dataset checks a D4RL file."""
+    episodes = list(minari_dataset(dataset_id).iterate_episodes())
+    for episode in episodes:
+        steps = len(episode.rewards)
+        if len(episode.observations) != steps + 1 or len(episode.actions) != steps:
+            fail(f"Minari dataset {dataset_id}: episode {episode.id} has {len(episode.observations)} observations and "
+                 f"{len(episode.actions)} actions for {steps} rewards (observations need one more)")
+        if not all(np.all(np.isfinite(values)) for values in (episode.observations, episode.actions, episode.rewards)):
+            fail(f"Minari dataset {dataset_id}: episode {episode.id} contains NaN or inf")
+    if sum(len(episode.rewards) for episode in episodes) < 2:
+        fail(f"Minari dataset {dataset_id} has fewer than 2 steps")
     return {
-        "observations": np.concatenate([e["observations"][:-1] for e in parts]).astype(np.float32),
-        "actions": np.concatenate([e["actions"] for e in parts]).astype(np.float32),
-        "rewards": np.concatenate([e["rewards"].reshape(-1) for e in parts]).astype(np.float32),
-        "next_observations": np.concatenate([e["observations"][1:] for e in parts]).astype(np.float32),
-        "terminals": np.concatenate([e["terminations"].reshape(-1) for e in parts]).astype(bool).astype(np.float32),
+        "observations": np.concatenate([e.observations[:-1] for e in episodes]).astype(np.float32),
+        "actions": np.concatenate([e.actions for e in episodes]).astype(np.float32),
+        "rewards": np.concatenate([np.reshape(e.rewards, -1) for e in episodes]).astype(np.float32),
+        "next_observations": np.concatenate([e.observations[1:] for e in episodes]).astype(np.float32),
+        "terminals": np.concatenate([np.reshape(e.terminations, -1) for e in episodes]).astype(bool).astype(np.float32),
     }
 
 
@@ -755,16 +656,28 @@ def check_dataset_matches_env(dataset: dict, env: gym.Env, source: str):
 CHECKPOINT_FORMAT = "o2o-ensemble-v1"
 
 
-def save_checkpoint(path: str, payload: dict):
-    """Atomic write: torch.save to a temp file in the same folder, then rename over the old checkpoint."""
-    folder = os.path.dirname(os.path.abspath(path))
+def write_atomically(path: str, data, what: str):
+    """Write bytes to a temp file in the same folder, then rename it over `path`: `path` is always the last good file
+    or the complete new one. A full disk, an unwritable or vanished folder: the temp file is removed and the run stops
+    with one line naming the file and the cause."""
     tmp_path = f"{path}.tmp"
     try:
-        os.makedirs(folder, exist_ok=True)
-        torch.save(payload, tmp_path)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(tmp_path, "wb") as f:
+            f.write(data)
         os.replace(tmp_path, path)
     except OSError as err:
-        fail(f"cannot write checkpoint {path}: {err}")
+        fail(f"cannot write {what} {path}: {err.strerror or err}")
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp_path)
+
+
+def save_checkpoint(path: str, payload: dict):
+    """torch.save into memory, then write_atomically (torch.save itself reports a full disk as an opaque C++ error)."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_atomically(path, buffer.getbuffer(), "checkpoint")
 
 
 def load_checkpoint(path: str, what: str):
@@ -798,6 +711,65 @@ def load_checkpoint(path: str, what: str):
              f"loaded; if you trust the file, convert it once with: python benchmark/convert_checkpoint.py {path}")
     fail(f"{what} {path} contains objects a checkpoint of this project never holds"
          f"{' (' + ', '.join(names) + ')' if names else ''}; it was not loaded")
+
+
+def check_output_checkpoint(path: str, algo: str):
+    """Never overwrite another script's checkpoint (such as a CQL ensemble given where the output belongs): a file at
+    the output path must be one of this script's (`algo`; a fresh run then overwrites it) or not a checkpoint."""
+    if os.path.isfile(path) and zipfile.is_zipfile(path):
+        existing = load_checkpoint(path, "checkpoint")
+        if isinstance(existing, dict) and existing.get("algo") not in (None, algo):
+            fail(f"--checkpoint {path} holds a {existing['algo']!r} checkpoint; refusing to overwrite it (--checkpoint "
+                 f"is where this run writes; inputs have their own flags)")
+
+
+def load_resume_checkpoint(path: str, expected: dict) -> dict:
+    """The checkpoint --resume continues: it must exist, be in our format, match this run (`expected`: algo, env,
+    sizes) and hold a resume state."""
+    if not os.path.isfile(path):
+        fail(f"--resume: no checkpoint at {path} (give the run's --checkpoint)")
+    ckpt = load_checkpoint(path, "checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        fail(f"checkpoint {path} is not an {CHECKPOINT_FORMAT} checkpoint")
+    for key, value in expected.items():
+        if ckpt.get(key) != value:
+            fail(f"checkpoint {path} has {key}={ckpt.get(key)!r} but this run has {key}={value!r}")
+    if "resume" not in ckpt:
+        fail(f"checkpoint {path} holds no resume state")
+    return ckpt
+
+
+def resume_state(np_rng: np.random.Generator, modules: dict, **values) -> dict:
+    """A checkpoint's "resume" entry: the state dicts of `modules` (target networks, optimizers), plain `values` (step,
+    run dir, buffers) and the RNG states of torch, CUDA, numpy and python, so that --resume continues exactly."""
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+           "numpy": np_rng.bit_generator.state, "python": random.getstate()}
+    return {**{name: module.state_dict() for name, module in modules.items()}, **values, "rng": rng}
+
+
+def load_resume_state(ckpt: dict, path: str, np_rng: np.random.Generator, modules: dict) -> dict:
+    """The inverse of resume_state: loads `modules` and restores the RNGs; returns the resume entry (for its values).
+    Also reads the RNG keys of checkpoints written before resume_state (torch_rng, numpy_rng, python_rng, cuda_rng; or
+    rng with "random" for python's, in awac.py and bcq_ft.py)."""
+    state = ckpt["resume"]
+    for name, module in modules.items():
+        load_state(module, state[name], name, path)
+    rng = state.get("rng") or {key: state.get(f"{key}_rng") for key in ("torch", "cuda", "numpy", "python")}
+    torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        for device, cuda_state in enumerate(rng["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, device)
+    np_rng.bit_generator.state = rng["numpy"]
+    random.setstate(rng["python"] if "python" in rng else rng["random"])
+    return state
+
+
+def load_state(module, state_dict: dict, what: str, path: str):
+    """module.load_state_dict (strict for a network) with one clear line when the stored state does not fit."""
+    try:
+        module.load_state_dict(state_dict)
+    except (RuntimeError, ValueError, KeyError) as err:
+        fail(f"checkpoint {path}: its {what} does not fit this run ({str(err).strip().splitlines()[0]} ...)")
 
 
 def keep_freed_memory_on_cpu():
@@ -843,6 +815,31 @@ def check_writable(path: str, what: str = "checkpoint"):
         fail(f"cannot write {what} {path}: {err}")
 
 
+def catch_stop_signals() -> dict:
+    """From here on SIGTERM (Slurm, some time before its limit; kill) and SIGINT (Ctrl-C) only set stop["signal"]: the
+    training loop checks it after each update, writes a resumable checkpoint and calls stop_after_signal. A second
+    signal stops at once (the default handlers are back)."""
+    stop = {"signal": None}
+
+    def handler(signum, frame):
+        stop["signal"] = signum
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def stop_after_signal(signum: int, checkpoint: str, step: int):
+    """The end of a run stopped by a signal, once its checkpoint is written: one line saying how to continue, and exit
+    status 75 (EX_TEMPFAIL, "try again"), which benchmark/paper.sh's Slurm jobs take as: requeue with --resume."""
+    command = shlex.join(["python", *sys.argv, *([] if "--resume" in sys.argv else ["--resume"])])
+    tqdm.write(f"stopped by {signal.Signals(signum).name} after step {step}: checkpoint {checkpoint} written; continue "
+               f"with: {command}", file=sys.stderr)
+    raise SystemExit(75)
+
+
 # =====================================================================================================================
 # End of the shared plumbing
 # =====================================================================================================================
@@ -872,4 +869,8 @@ if __name__ == "__main__":
 #     random-policy Hopper dataset, hidden 64, 30k steps: eval/q_estimate 127 against eval/mc_return 48 and still
 #     rising), while at gamma 0.9 it matches (10.5 against 9.2-10.6). That optimism is what paper Fig. 1c is about.
 #   * Output: a checkpoint (CONTRIBUTING.md) with algo "fqe", the same N, actor = the N policy members evaluated, critic = the
-#     FQE critics, plus a resume state (target critics, optimizer, RNG states, step, run dir) for --resume.
+#     FQE critics, plus a resume state (target critics, optimizer, RNG states, step, run dir) for --resume. Flags: the
+#     output is --checkpoint and the input --policy-checkpoint, as they always were (no old spelling to keep).
+#     Checkpoints written before resume_state (flat torch_rng/numpy_rng/python_rng/cuda_rng keys) resume as they are.
+#   * SIGTERM or SIGINT: the current update finishes, the checkpoint is written at that step and the run exits with
+#     status 75 and the command that continues it; that run logs what the uninterrupted one would have.

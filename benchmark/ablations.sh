@@ -41,9 +41,9 @@ add_finetune_job() {
     local tag; tag=$(tag_of "$task")
     local name="${tag}__${sampling}-N${n}-${q_init}__seed$seed"
     add_job "$stage" "$name" "$PYTHON" balanced_finetune.py --env-id "$task" \
-        --checkpoint "$(cql_checkpoint "$task" "$seed")" --n-ensemble "$n" --sampling "$sampling" --q-init "$q_init" \
+        --cql-checkpoint "$(cql_checkpoint "$task" "$seed")" --n-ensemble "$n" --sampling "$sampling" --q-init "$q_init" \
         "$@" --online-steps "$ONLINE_STEPS" --seed "$seed" \
-        --save-checkpoint "$CKPT_DIR/${sampling}-N${n}-${q_init}_${tag}_seed$seed.pt" --run-dir "$OUT_DIR/$name"
+        --checkpoint "$CKPT_DIR/${sampling}-N${n}-${q_init}_${tag}_seed$seed.pt" --run-dir "$OUT_DIR/$name"
 }
 
 build_ablation_grid() {

@@ -88,18 +88,18 @@ run_stage cql
 
 # ---- stage 3: fine-tuning from the replay CQL ensemble, baselines, SAC from scratch, FQE ----
 : > "$JOBS"
-FT="$PYTHON balanced_finetune.py --env-id $ENV_ID --dataset-path $REPLAY --checkpoint $CQL_REPLAY --online-steps $ONLINE_STEPS --hidden-dim $HIDDEN --eval-episodes $EVAL_EPISODES --no-cuda"
+FT="$PYTHON balanced_finetune.py --env-id $ENV_ID --dataset-path $REPLAY --cql-checkpoint $CQL_REPLAY --online-steps $ONLINE_STEPS --hidden-dim $HIDDEN --eval-episodes $EVAL_EPISODES --no-cuda"
 want fqe-init && ! finished "$FQE_REPLAY" "$FQE_STEPS" && add fqe_replay "$PYTHON fqe.py --env-id $ENV_ID --dataset-path $REPLAY --policy-checkpoint $CQL_REPLAY --checkpoint $FQE_REPLAY --n-ensemble 5 --hidden-dim $HIDDEN --steps $FQE_STEPS --eval-every 2000 --eval-episodes $EVAL_EPISODES --run-dir $OUT/runs/hopper-replay__fqe__seed1 --seed 1 --no-cuda"
 for seed in $SEEDS; do
     # longest first, so the two workers finish together
-    want bcq-ft && add "bcq_s$seed" "$PYTHON bcq_ft.py --env-id $ENV_ID --dataset-path $REPLAY --n-ensemble $BCQ_N --offline-steps $OFFLINE_STEPS --online-steps $ONLINE_STEPS --hidden-dim $HIDDEN --vae-hidden-sizes $HIDDEN $HIDDEN --actor-hidden-sizes $HIDDEN $HIDDEN --critic-hidden-sizes $HIDDEN $HIDDEN --eval-every 1000 --eval-episodes $EVAL_EPISODES --seed $seed --save-checkpoint $CKPT/bcq_s$seed.pt --run-dir $OUT/runs/hopper-replay__bcq-ft-N${BCQ_N}__seed$seed --no-cuda"
-    want awac-N5 && add "awac_s$seed" "$PYTHON awac.py --env-id $ENV_ID --dataset-path $REPLAY --n-ensemble 5 --offline-steps $OFFLINE_STEPS --online-steps $ONLINE_STEPS --hidden-dim $HIDDEN --eval-every 1000 --eval-episodes $EVAL_EPISODES --seed $seed --save-checkpoint $CKPT/awac_s$seed.pt --run-dir $OUT/runs/hopper-replay__awac-N5__seed$seed --no-cuda"
+    want bcq-ft && add "bcq_s$seed" "$PYTHON bcq_ft.py --env-id $ENV_ID --dataset-path $REPLAY --n-ensemble $BCQ_N --offline-steps $OFFLINE_STEPS --online-steps $ONLINE_STEPS --hidden-dim $HIDDEN --vae-hidden-sizes $HIDDEN $HIDDEN --actor-hidden-sizes $HIDDEN $HIDDEN --critic-hidden-sizes $HIDDEN $HIDDEN --eval-every 1000 --eval-episodes $EVAL_EPISODES --seed $seed --checkpoint $CKPT/bcq_s$seed.pt --run-dir $OUT/runs/hopper-replay__bcq-ft-N${BCQ_N}__seed$seed --no-cuda"
+    want awac-N5 && add "awac_s$seed" "$PYTHON awac.py --env-id $ENV_ID --dataset-path $REPLAY --n-ensemble 5 --offline-steps $OFFLINE_STEPS --online-steps $ONLINE_STEPS --hidden-dim $HIDDEN --eval-every 1000 --eval-episodes $EVAL_EPISODES --seed $seed --checkpoint $CKPT/awac_s$seed.pt --run-dir $OUT/runs/hopper-replay__awac-N5__seed$seed --no-cuda"
     for mode in balanced uniform online-only; do
-        want "$mode-N5" && add "${mode}_N5_s$seed" "$FT --n-ensemble 5 --sampling $mode --seed $seed --save-checkpoint $CKPT/${mode}_N5_s$seed.pt --run-dir $OUT/runs/hopper-replay__${mode}-N5__seed$seed"
+        want "$mode-N5" && add "${mode}_N5_s$seed" "$FT --n-ensemble 5 --sampling $mode --seed $seed --checkpoint $CKPT/${mode}_N5_s$seed.pt --run-dir $OUT/runs/hopper-replay__${mode}-N5__seed$seed"
     done
-    want balanced-N2 && add "balanced_N2_s$seed" "$FT --n-ensemble 2 --sampling balanced --seed $seed --save-checkpoint $CKPT/balanced_N2_s$seed.pt --run-dir $OUT/runs/hopper-replay__balanced-N2__seed$seed"
-    want balanced-N1 && add "balanced_N1_s$seed" "$FT --n-ensemble 1 --sampling balanced --seed $seed --save-checkpoint $CKPT/balanced_N1_s$seed.pt --run-dir $OUT/runs/hopper-replay__balanced-N1__seed$seed"
-    want sac-ft && add "sac_ft_s$seed" "$FT --n-ensemble 1 --sampling uniform --seed $seed --save-checkpoint $CKPT/sac_ft_s$seed.pt --run-dir $OUT/runs/hopper-replay__sac-ft__seed$seed"
+    want balanced-N2 && add "balanced_N2_s$seed" "$FT --n-ensemble 2 --sampling balanced --seed $seed --checkpoint $CKPT/balanced_N2_s$seed.pt --run-dir $OUT/runs/hopper-replay__balanced-N2__seed$seed"
+    want balanced-N1 && add "balanced_N1_s$seed" "$FT --n-ensemble 1 --sampling balanced --seed $seed --checkpoint $CKPT/balanced_N1_s$seed.pt --run-dir $OUT/runs/hopper-replay__balanced-N1__seed$seed"
+    want sac-ft && add "sac_ft_s$seed" "$FT --n-ensemble 1 --sampling uniform --seed $seed --checkpoint $CKPT/sac_ft_s$seed.pt --run-dir $OUT/runs/hopper-replay__sac-ft__seed$seed"
     want sac && add "sac_s$seed" "$PYTHON sac.py --env-id $ENV_ID --seed $seed --total-timesteps $ONLINE_STEPS --learning-starts 5000 --hidden-dim $HIDDEN --eval-every 1000 --eval-episodes $EVAL_EPISODES --checkpoint $CKPT/sac_s$seed.pt --run-dir $OUT/runs/hopper-replay__sac__seed$seed --no-cuda"
 done
 run_stage finetune
@@ -107,7 +107,7 @@ run_stage finetune
 # ---- stage 4: FQE-initialised fine-tuning (paper Fig. 1c) ----
 : > "$JOBS"
 for seed in $SEEDS; do
-    want fqe-init && add "fqe_init_s$seed" "$FT --n-ensemble 5 --sampling balanced --q-init fqe --fqe-checkpoint $FQE_REPLAY --seed $seed --save-checkpoint $CKPT/fqe_init_s$seed.pt --run-dir $OUT/runs/hopper-replay__balanced-N5-fqe-init__seed$seed"
+    want fqe-init && add "fqe_init_s$seed" "$FT --n-ensemble 5 --sampling balanced --q-init fqe --fqe-checkpoint $FQE_REPLAY --seed $seed --checkpoint $CKPT/fqe_init_s$seed.pt --run-dir $OUT/runs/hopper-replay__balanced-N5-fqe-init__seed$seed"
 done
 run_stage fqe_init
 [[ $DRY_RUN == 1 ]] && exit 0

@@ -11,6 +11,8 @@ import csv
 import h5py
 import numpy as np
 
+from repo import written
+
 REF_RETURNS = {"halfcheetah": (-280.178953, 12135.0), "hopper": (-20.272305, 3234.3), "walker2d": (1.629008, 4592.3)}
 
 
@@ -53,7 +55,7 @@ def main():
     for row in rows:
         print(" | ".join(str(v) for v in row.values()))
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
+        with written(args.csv) as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)

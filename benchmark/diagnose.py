@@ -24,17 +24,15 @@ figure run_diagnostics.png, into --out-dir.
 import argparse
 import csv
 import glob
-import importlib.util
 import os
 import sys
 
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location("balanced_finetune", os.path.join(ROOT, "balanced_finetune.py"))
-bf = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bf)  # its networks, eq. (5) policy, checkpoint loader and environments; main() does not run
+from repo import load_script, save_figure, written
+
+bf = load_script("balanced_finetune")  # its networks, eq. (5) policy, checkpoint loader and environments
 
 RUN_TAGS = ("eval/normalized_score", "losses/qf_values", "charts/alpha", "balanced/offline_fraction")
 
@@ -63,25 +61,25 @@ def discounted_returns_to_go(rewards: np.ndarray, gamma: float) -> np.ndarray:
 def load_policy_and_critics(spec_text: str, env_id: str, obs_dim: int, act_dim: int):
     policy_path, _, critic_path = spec_text.partition(":")
     make = "a checkpoint of cql_pretrain.py or balanced_finetune.py"
-    ckpt = bf.load_ensemble_checkpoint(policy_path, make, env_id, obs_dim, act_dim, 1)  # checked; k read from it
-    k = int(ckpt["n_ensemble"])
-    ckpt = bf.load_ensemble_checkpoint(policy_path, make, env_id, obs_dim, act_dim, k)
+    ckpt = bf.load_ensemble_checkpoint(policy_path, make, env_id, obs_dim, act_dim, 1)  # checked; N read from it
+    n_ensemble = int(ckpt["n_ensemble"])
+    ckpt = bf.load_ensemble_checkpoint(policy_path, make, env_id, obs_dim, act_dim, n_ensemble)
     if ckpt["algo"] == "fqe":
         fail(f"{policy_path} is an fqe.py checkpoint (critics only): give it as POLICY_CKPT:{policy_path}")
     critic_source = ckpt
     if critic_path:
-        critic_source = bf.load_ensemble_checkpoint(critic_path, make, env_id, obs_dim, act_dim, k)
+        critic_source = bf.load_ensemble_checkpoint(critic_path, make, env_id, obs_dim, act_dim, n_ensemble)
         if list(critic_source["hidden_sizes"]) != list(ckpt["hidden_sizes"]):
             fail(f"{critic_path} and {policy_path} differ in hidden sizes")
-    actor = bf.EnsembleActor(obs_dim, act_dim, ckpt["hidden_sizes"], k)
-    critic = bf.EnsembleCritic(obs_dim, act_dim, ckpt["hidden_sizes"], k)
+    actor = bf.EnsembleActor(obs_dim, act_dim, ckpt["hidden_sizes"], n_ensemble)
+    critic = bf.EnsembleCritic(obs_dim, act_dim, ckpt["hidden_sizes"], n_ensemble)
     bf.load_state(actor, ckpt["actor"], "actor", policy_path)
     bf.load_state(critic, critic_source["critic"], "critic", critic_path or policy_path)
-    return actor, critic, k
+    return actor, critic, n_ensemble
 
 
 @torch.no_grad()
-def q_against_monte_carlo(actor, critic, k: int, env, episodes: int, seed: int, gamma: float, tail: int) -> dict:
+def q_against_monte_carlo(actor, critic, n_ensemble: int, env, episodes: int, seed: int, gamma: float, tail: int) -> dict:
     """Roll out the sampled eq. (5) policy; Qbar(s_t, a_t) and the member spread against G_t at the kept states."""
     q_kept, g_kept, q_start, g_start, spread_start, returns = [], [], [], [], [], []
     for episode in range(episodes):
@@ -89,7 +87,7 @@ def q_against_monte_carlo(actor, critic, k: int, env, episodes: int, seed: int, 
         observations, actions, rewards, done, truncated = [], [], [], False, False
         while not done:
             obs_t = torch.as_tensor(obs, dtype=torch.float32)[None]
-            action = bf.tanh_gaussian_sample(*bf.ensemble_policy(actor, obs_t, k))[0][0].numpy()
+            action = bf.tanh_gaussian_sample(*bf.ensemble_policy(actor, obs_t, n_ensemble))[0][0].numpy()
             observations.append(obs)
             actions.append(action)
             obs, reward, terminated, truncated, _ = env.step(action)
@@ -97,8 +95,8 @@ def q_against_monte_carlo(actor, critic, k: int, env, episodes: int, seed: int, 
             done = terminated or truncated
         obs_b = torch.as_tensor(np.array(observations), dtype=torch.float32)
         act_b = torch.as_tensor(np.array(actions), dtype=torch.float32)
-        q_members = critic(obs_b.unsqueeze(0).expand(k, *obs_b.shape), act_b.unsqueeze(0).expand(k, *act_b.shape))
-        q_members = q_members.min(dim=1).values  # [k, T]
+        expand = lambda x: x.unsqueeze(0).expand(n_ensemble, *x.shape)
+        q_members = critic(expand(obs_b), expand(act_b)).min(dim=1).values  # [N, T]
         qbar = q_members.mean(0).numpy()
         g = discounted_returns_to_go(np.array(rewards), gamma)
         keep = len(rewards) - (tail if truncated else 0)
@@ -158,14 +156,14 @@ def main():
         rows = []
         for text in args.policy:
             label, spec_text = split_label(text, "--policy")
-            actor, critic, k = load_policy_and_critics(spec_text, args.env_id, obs_dim, act_dim)
-            stats = q_against_monte_carlo(actor, critic, k, env, args.episodes, args.seed, args.gamma, args.tail)
-            rows.append({"label": label, "checkpoints": spec_text, "n_members": k,
+            actor, critic, n_ensemble = load_policy_and_critics(spec_text, args.env_id, obs_dim, act_dim)
+            stats = q_against_monte_carlo(actor, critic, n_ensemble, env, args.episodes, args.seed, args.gamma, args.tail)
+            rows.append({"label": label, "checkpoints": spec_text, "n_members": n_ensemble,  # (the CSV's column name)
                          "normalized_score": round(bf.normalized_score(args.env_id, stats["mean_return"]), 2),
                          **{key: round(value, 2) if isinstance(value, float) else value for key, value in stats.items()}})
             print(f"{label}: Qbar {stats['q_mean']:.1f} vs Monte-Carlo {stats['mc_mean']:.1f} over {stats['states']} "
                   f"states (start {stats['q_start']:.1f} vs {stats['mc_start']:.1f}); return {stats['mean_return']:.0f}")
-        with open(os.path.join(args.out_dir, "q_vs_mc.csv"), "w", newline="") as f:
+        with written(os.path.join(args.out_dir, "q_vs_mc.csv")) as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
@@ -174,7 +172,7 @@ def main():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         fig, axes = plt.subplots(1, len(RUN_TAGS), figsize=(4.2 * len(RUN_TAGS), 3.4))
-        with open(os.path.join(args.out_dir, "run_diagnostics.csv"), "w", newline="") as f:
+        with written(os.path.join(args.out_dir, "run_diagnostics.csv")) as f:
             writer = csv.writer(f)
             writer.writerow(["label", "tag", "step", "mean", "std", "n_seeds"])
             for text in args.runs:
@@ -191,7 +189,7 @@ def main():
             ax.set_xlabel("online env steps")
         axes[0].legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(os.path.join(args.out_dir, "run_diagnostics.png"), dpi=110)
+        save_figure(fig, os.path.join(args.out_dir, "run_diagnostics.png"), dpi=110)
         print(f"wrote {os.path.join(args.out_dir, 'run_diagnostics.csv')} and run_diagnostics.png")
 
 

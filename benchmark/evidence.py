@@ -175,9 +175,9 @@ def jobs(out: Path) -> list[Job]:
                 name, run_dir = job_name(d, arm, seed), runs / f"hopper-{d}__{arm}__seed{seed}"
                 extra = ("--fqe-checkpoint", fqe) if arm.startswith("fqe-init") else ()
                 out_jobs.append(Job(
-                    name, [PY, "balanced_finetune.py", *data_args(d), "--checkpoint", cql[d], *FINETUNE_ARMS[arm],
+                    name, [PY, "balanced_finetune.py", *data_args(d), "--cql-checkpoint", cql[d], *FINETUNE_ARMS[arm],
                            *extra, "--online-steps", ONLINE_STEPS, "--eval-episodes", EVAL_EPISODES, "--seed", seed,
-                           "--save-checkpoint", ck / f"{name}.pt", "--checkpoint-every", 5000, "--run-dir", run_dir],
+                           "--checkpoint", ck / f"{name}.pt", "--checkpoint-every", 5000, "--run-dir", run_dir],
                     ck / f"{name}.pt", run_dir, [f"cql_{d}"] + (["fqe_medium"] if extra else [])))
             if d == FULL_ARMS_ON:
                 for script, arm, n in (("awac.py", "awac-N5", 5), ("bcq_ft.py", "bcq-ft-N1", 1)):
@@ -185,7 +185,7 @@ def jobs(out: Path) -> list[Job]:
                     out_jobs.append(Job(
                         name, [PY, script, *data_args(d), "--n-ensemble", n, "--hidden-dim", WIDTH,
                                "--offline-steps", OFFLINE_STEPS, "--online-steps", ONLINE_STEPS, "--eval-every", 1000,
-                               "--eval-episodes", EVAL_EPISODES, "--seed", seed, "--save-checkpoint", ck / f"{name}.pt",
+                               "--eval-episodes", EVAL_EPISODES, "--seed", seed, "--checkpoint", ck / f"{name}.pt",
                                "--checkpoint-every", 5000, "--run-dir", run_dir],
                         ck / f"{name}.pt", run_dir, ["data_medium"]))
     out_jobs += first_epoch_jobs(out, data_args, cql)
@@ -197,9 +197,9 @@ def jobs(out: Path) -> list[Job]:
             for arm in ARMS_ADDED_ELSEWHERE:
                 name, run_dir = job_name(d, arm, seed), runs / f"hopper-{d}__{arm}__seed{seed}"
                 if arm in FINETUNE_ARMS:
-                    command = [PY, "balanced_finetune.py", *data_args(d), "--checkpoint", cql[d], *FINETUNE_ARMS[arm],
+                    command = [PY, "balanced_finetune.py", *data_args(d), "--cql-checkpoint", cql[d], *FINETUNE_ARMS[arm],
                                "--online-steps", ONLINE_STEPS, "--eval-episodes", EVAL_EPISODES, "--seed", seed,
-                               "--save-checkpoint", ck / f"{name}.pt", "--checkpoint-every", 5000, "--run-dir", run_dir]
+                               "--checkpoint", ck / f"{name}.pt", "--checkpoint-every", 5000, "--run-dir", run_dir]
                     deps = [f"cql_{d}", "data_all"]
                 else:
                     command = offline_online_command(arm, data_args(d), seed, ck / f"{name}.pt", run_dir)
@@ -215,7 +215,7 @@ def offline_online_command(arm: str, data_args: list, seed: int, checkpoint: Pat
     script, n = {"awac-N5": ("awac.py", 5), "bcq-ft-N1": ("bcq_ft.py", 1)}[arm]
     return [PY, script, *data_args, "--n-ensemble", n, "--hidden-dim", WIDTH, "--offline-steps", OFFLINE_STEPS,
             "--online-steps", ONLINE_STEPS, "--eval-every", 1000, "--eval-episodes", EVAL_EPISODES, "--seed", seed,
-            "--save-checkpoint", checkpoint, "--checkpoint-every", 5000, "--run-dir", run_dir]
+            "--checkpoint", checkpoint, "--checkpoint-every", 5000, "--run-dir", run_dir]
 
 
 def depth_checkpoint(out: Path, steps: int) -> Path:
@@ -295,9 +295,9 @@ def showcase_jobs(out: Path, data_args, cql: dict) -> list[Job]:
 def probe_job(name: str, data_args, cql_checkpoint: Path, flags: tuple, seed: int, run_dir: Path, checkpoint: Path,
               dep: str) -> Job:
     """A short fine-tuning run on hopper-medium (PROBE_STEPS), keeping its checkpoint after every epoch."""
-    return Job(name, [PY, "balanced_finetune.py", *data_args("medium"), "--checkpoint", cql_checkpoint, *flags,
+    return Job(name, [PY, "balanced_finetune.py", *data_args("medium"), "--cql-checkpoint", cql_checkpoint, *flags,
                       "--online-steps", PROBE_STEPS, "--eval-episodes", EVAL_EPISODES, "--seed", seed,
-                      "--save-checkpoint", checkpoint, "--checkpoint-every", 1000, "--keep-checkpoints",
+                      "--checkpoint", checkpoint, "--checkpoint-every", 1000, "--keep-checkpoints",
                       "--run-dir", run_dir], checkpoint, run_dir, [dep])
 
 

@@ -18,7 +18,6 @@ Target (issue 4): under 15% on this CPU.
 """
 import argparse
 import csv
-import importlib.util
 import os
 import platform
 import sys
@@ -30,17 +29,16 @@ import h5py
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location("balanced_finetune", os.path.join(ROOT, "balanced_finetune.py"))
-bf = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bf)
+from repo import REPO_ROOT, load_script, written
+
+bf = load_script("balanced_finetune")
 
 
 def write_random_hopper(path, n_steps, seed=0):
     env = gym.make("Hopper-v4")
     env.action_space.seed(seed)
     obs, _ = env.reset(seed=seed)
-    rows = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")}
+    rows = {key: [] for key in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")}
     for _ in range(n_steps):
         action = env.action_space.sample()
         next_obs, reward, terminated, truncated, _ = env.step(action)
@@ -59,7 +57,7 @@ def main():
     parser.add_argument("--n-ensemble", type=int, default=5)
     parser.add_argument("--hidden-dim", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the CPU is shared)")
-    parser.add_argument("--out", default=os.path.join(ROOT, "benchmark", "results", "finetune_overhead.csv"))
+    parser.add_argument("--out", default=str(REPO_ROOT / "benchmark" / "results" / "finetune_overhead.csv"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -91,10 +89,10 @@ def main():
         torch.save({"format": bf.CHECKPOINT_FORMAT, "algo": "cql", "env_id": "Hopper-v4", "obs_dim": 11, "act_dim": 3,
                     "n_ensemble": args.n_ensemble, "hidden_sizes": hidden, "actor": actor.state_dict(),
                     "critic": critic.state_dict(), "step": 0, "args": {}}, ckpt_path)
-        sys.argv = ["balanced_finetune.py", "--env-id", "Hopper-v4", "--dataset-path", data_path, "--checkpoint",
+        sys.argv = ["balanced_finetune.py", "--env-id", "Hopper-v4", "--dataset-path", data_path, "--cql-checkpoint",
                     ckpt_path, "--n-ensemble", str(args.n_ensemble), "--hidden-dim", str(args.hidden_dim),
                     "--online-steps", str(args.steps), "--epoch-length", str(args.steps),
-                    "--first-epoch-multiplier", "1", "--save-checkpoint", os.path.join(tmp, "out.pt"),
+                    "--first-epoch-multiplier", "1", "--checkpoint", os.path.join(tmp, "out.pt"),
                     "--run-dir", os.path.join(tmp, "run"), "--no-cuda"]
         start = time.perf_counter()
         bf.main()
@@ -104,7 +102,7 @@ def main():
     updates = timers["update_actor_critic"] + timers["update_density_ratio"]
     outside = loop - updates
     share = outside / loop
-    rows = [{"quantity": k, "seconds": round(v, 3), "share_of_loop": round(v / loop, 4)} for k, v in (
+    rows = [{"quantity": name, "seconds": round(value, 3), "share_of_loop": round(value / loop, 4)} for name, value in (
         ("startup (excluded)", marks["loop_start"] - start), ("training loop", loop),
         ("update_actor_critic", timers["update_actor_critic"]), ("update_density_ratio", timers["update_density_ratio"]),
         ("outside gradient updates", outside), ("  of which evaluate", timers["evaluate"]),
@@ -115,8 +113,7 @@ def main():
     print(f"share outside gradient updates: {100 * share:.1f}% (target < 15%: {'met' if share < 0.15 else 'NOT met'}); "
           f"{1e3 * timers['update_actor_critic'] / args.steps:.1f} ms per SAC update, "
           f"{1e3 * timers['update_density_ratio'] / args.steps:.1f} ms per density-ratio update")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", newline="") as f:
+    with written(args.out) as f:
         f.write(f"# command: python benchmark/finetune_overhead.py --steps {args.steps} --threads {args.threads} "
                 f"(N={args.n_ensemble}, hidden {args.hidden_dim}, batch 256, dataset {args.dataset_size}; "
                 f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__})\n")

@@ -61,8 +61,8 @@ if [[ "${SKIP_LEARNING:-0}" != 1 ]]; then
         --n-ensemble "$N_ENSEMBLE" --offline-steps "$CQL_STEPS" --eval-every "$CQL_STEPS" --eval-episodes 5 \
         --checkpoint "$L/cql.pt" --run-dir "$L/runs/cql" \
     && stage finetune "$L/balanced.log" $PYTHON balanced_finetune.py --env-id "$ENV_ID" --dataset-path "$DATA" \
-        --checkpoint "$L/cql.pt" --n-ensemble "$N_ENSEMBLE" --online-steps "$ONLINE_STEPS" --eval-episodes 5 \
-        --save-checkpoint "$L/balanced.pt" --run-dir "$L/runs/balanced" --checkpoint-every 0
+        --cql-checkpoint "$L/cql.pt" --n-ensemble "$N_ENSEMBLE" --online-steps "$ONLINE_STEPS" --eval-episodes 5 \
+        --checkpoint "$L/balanced.pt" --run-dir "$L/runs/balanced" --checkpoint-every 0
     $PYTHON - "$L/runs/balanced" "$L/learning_curve.csv" >> "$SUMMARY" 2>&1 <<'EOF'
 import csv, sys
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -36,6 +36,7 @@ are repository-relative, so the files' metadata and hashes do not depend on wher
 import argparse
 import csv
 import hashlib
+import io
 import os
 import platform
 import shutil
@@ -47,6 +48,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+
+from repo import write_atomically, written
 
 ROOT = Path(__file__).resolve().parents[1]
 GYM_ID = {"hopper": "Hopper-v4", "walker2d": "Walker2d-v4", "halfcheetah": "HalfCheetah-v4"}
@@ -144,7 +147,7 @@ def choose_policies(env: str, rows: list[dict], finished: bool) -> dict:
 
 
 def write_behaviour_csv(path: Path, rows: list[dict], chosen: dict):
-    with open(path, "w", newline="") as f:
+    with written(path) as f:
         writer = csv.writer(f)
         writer.writerow(["step", "eval_return", "normalized_score", "chosen_as"])
         for row in rows:
@@ -186,13 +189,13 @@ def concatenate(parts: list[Path], out: Path, metadata: dict):
     arrays = [read(path) for path in parts]
     for part in arrays:
         part["timeouts"][-1] |= not part["terminals"][-1]
-    tmp = out.with_suffix(".tmp")
-    with h5py.File(tmp, "w") as f:
+    data = io.BytesIO()
+    with h5py.File(data, "w") as f:
         for key in KEYS:
             f.create_dataset(key, data=np.concatenate([part[key] for part in arrays]), compression="gzip")
         for key, value in metadata.items():
             f[f"metadata/{key}"] = value
-    os.replace(tmp, out)
+    write_atomically(out, data.getvalue(), "dataset")
 
 
 def stats_row(env: str, name: str, path: Path) -> dict:
@@ -229,17 +232,19 @@ def main():
     # 1. behaviour policies: committed ones, else chosen from the behaviour run's snapshots (run it first)
     if any(committed_choice(policy_dir, name) is None for name in needs):
         finished_marker = work / "snapshots" / f"step{BEHAVIOUR_STEPS:07d}.pt"
-        decided = lambda: finished_marker.exists() or (  # noqa: E731
+        decided = lambda: finished_marker.exists() or (
             "expert" not in needs and choose_policies(env, snapshot_table(work / "snapshots"), False))
         wait_for_other_behaviour_run(work / "behaviour.pid", decided)
         if not decided():
             lock = work / "behaviour.pid"
             lock.parent.mkdir(parents=True, exist_ok=True)
             lock.write_text(str(os.getpid()))
+            behaviour_checkpoint = work / f"sac_seed{BEHAVIOUR_SEED}.pt"  # an interrupted run continues from it
             run(sac("--env-id", gym_id, "--seed", BEHAVIOUR_SEED, "--total-timesteps", BEHAVIOUR_STEPS,
                     "--eval-every", SNAPSHOT_EVERY, "--eval-episodes", 10, "--snapshot-dir", work / "snapshots",
                     "--dataset-out", replay_file, "--run-dir", f"runs/datasets/{env}_sac_seed{BEHAVIOUR_SEED}",
-                    "--checkpoint", work / f"sac_seed{BEHAVIOUR_SEED}.pt", "--checkpoint-every", 10_000, "--resume"))
+                    "--checkpoint", behaviour_checkpoint, "--checkpoint-every", 10_000,
+                    *(["--resume"] if behaviour_checkpoint.exists() else [])))
             lock.unlink()
         rows = snapshot_table(work / "snapshots")
         chosen = choose_policies(env, rows, finished_marker.exists())
@@ -284,8 +289,7 @@ def main():
     # 5. statistics
     rows = [stats_row(env, name, files[name]) for name in DATASETS if files[name].exists()]
     csv_path = ROOT / (args.csv or args.out_dir / "datasets.csv")
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(csv_path, "w", newline="") as f:
+    with written(csv_path) as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

@@ -51,7 +51,8 @@
 #   --slurm FILE         write FILE (stage 1), FILE's stem + _stage2.sbatch, one .commands file per stage
 #                        (array task i runs line i+1) and FILE's stem + _submit.sh; run nothing
 # Slurm resources are the #SBATCH lines written below (1 GPU, 4 CPUs, 2 days); override them at submission the
-# usual way, e.g. SBATCH_PARTITION=gpu SBATCH_TIMELIMIT=12:00:00 bash slurm/paper_submit.sh.
+# usual way, e.g. SBATCH_PARTITION=gpu SBATCH_TIMELIMIT=12:00:00 bash slurm/paper_submit.sh. A task that reaches its
+# time limit (or is preempted) gets SIGTERM 120 s before, writes a resumable checkpoint, is requeued and resumes.
 # Plot afterwards: python benchmark/plot.py runs --exclude '*cql-pretrain*' --out-dir benchmark/results/paper --summary
 set -euo pipefail
 
@@ -156,7 +157,7 @@ add_job() {
 add_download_jobs() {
     local env ds py task tag fn=download_d4rl_file
     printf -v py '%q' "$PYTHON"
-    [[ $SUITE == minari ]] && fn=download_minari_dataset
+    [[ $SUITE == minari ]] && fn=minari_dataset
     for env in $ENVS; do for ds in $DATASETS; do
         task=$(task_id "$env" "$ds") tag=$(tag_of "$(task_id "$env" "$ds")")
         [[ -n ${JOB_SEEN[download_$tag]:-} ]] && continue
@@ -249,11 +250,27 @@ write_slurm() {
 #SBATCH --mem=32G
 #SBATCH --time=2-00:00:00
 #SBATCH --output=$log_dir/%x_%A_%a.out
+#SBATCH --signal=B:TERM@120
+#SBATCH --requeue
 set -euo pipefail
 cd $(printf '%q' "$REPO_ROOT")
 cmd=\$(sed -n "\$((SLURM_ARRAY_TASK_ID+1))p" $(printf '%q' "$cmds"))
+# Time limit or preemption: Slurm sends this shell SIGTERM 120 s before (--signal), the trap passes it on, the script
+# finishes its update, writes a resumable checkpoint and exits 75; the task is then requeued and goes on with --resume.
+requeued=$(printf '%q' "$log_dir")/.requeued_\${SLURM_ARRAY_JOB_ID}_\${SLURM_ARRAY_TASK_ID}
+if [[ -e \$requeued ]]; then cmd="\$cmd --resume"; fi
 echo "+ \$cmd"
-eval "\$cmd"
+eval "exec \$cmd" &
+pid=\$!
+trap 'kill -TERM "\$pid" 2>/dev/null || true' TERM
+rc=0
+wait "\$pid" || rc=\$?
+while kill -0 "\$pid" 2>/dev/null; do rc=0; wait "\$pid" || rc=\$?; done  # a signal interrupts wait, not the job
+if [[ \$rc -eq 75 ]]; then
+    touch "\$requeued"
+    scontrol requeue "\${SLURM_ARRAY_JOB_ID}_\${SLURM_ARRAY_TASK_ID}"
+fi
+exit \$rc
 EOF
         {
             echo "# stage $stage (${STAGE_TITLE[$stage]}): ${#idx[@]} array tasks"
@@ -318,15 +335,15 @@ build_paper_grid() {
                         ours)
                             add_pretrain_job "$task" "$seed"
                             add_job 2 "${tag}__ours__seed$seed" "$PYTHON" balanced_finetune.py --env-id "$task" \
-                                --checkpoint "$(cql_checkpoint "$task" "$seed")" --n-ensemble "$N_ENSEMBLE" \
+                                --cql-checkpoint "$(cql_checkpoint "$task" "$seed")" --n-ensemble "$N_ENSEMBLE" \
                                 --sampling balanced --online-steps "$ONLINE_STEPS" --seed "$seed" \
-                                --save-checkpoint "$CKPT_DIR/balanced_${tag}_seed$seed.pt" --run-dir "$run" ;;
+                                --checkpoint "$CKPT_DIR/balanced_${tag}_seed$seed.pt" --run-dir "$run" ;;
                         sac-ft)
                             add_pretrain_job "$task" "$seed"
                             add_job 2 "${tag}__sac-ft__seed$seed" "$PYTHON" balanced_finetune.py --env-id "$task" \
-                                --checkpoint "$(cql_checkpoint "$task" "$seed")" --n-ensemble 1 \
+                                --cql-checkpoint "$(cql_checkpoint "$task" "$seed")" --n-ensemble 1 \
                                 --sampling uniform --online-steps "$ONLINE_STEPS" --seed "$seed" \
-                                --save-checkpoint "$CKPT_DIR/sacft_${tag}_seed$seed.pt" --run-dir "$run" ;;
+                                --checkpoint "$CKPT_DIR/sacft_${tag}_seed$seed.pt" --run-dir "$run" ;;
                         awac)  # lambda 1.0, except 0.3333 on walker2d-medium-expert (as CORL)
                             local lambda=1.0; [[ $task == walker2d-medium-expert-v2 ]] && lambda=0.3333
                             add_job 1 "${tag}__awac__seed$seed" "$PYTHON" awac.py --env-id "$task" \

@@ -48,10 +48,12 @@ from collections import defaultdict
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import FuncFormatter
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from repo import save_figure, written
 
 # figure key -> (tag, file stem, y-axis label, short figure title)
 FIGURES = {
@@ -268,7 +270,7 @@ def draw_figure(results, tag, figure, methods, out_stem, formats):
     paths = []
     for fmt in formats:
         paths.append(f"{out_stem}.{fmt}")
-        fig.savefig(paths[-1], dpi=150)
+        save_figure(fig, paths[-1], dpi=150)
     plt.close(fig)
     return paths
 
@@ -276,7 +278,7 @@ def draw_figure(results, tag, figure, methods, out_stem, formats):
 # ---- tables ----
 def write_curves_csv(results, methods, path):
     order = {m: i for i, m in enumerate(methods)}
-    with open(path, "w", newline="") as f:
+    with written(path) as f:
         writer = csv.writer(f)
         writer.writerow(["tag", "task", "method", "step", "mean", "std", "n_seeds"])
         for (tag, task, method), agg in sorted(results.items(),
@@ -346,7 +348,7 @@ def main(argv=None):
         print(f"wrote {', '.join(paths)}")
     write_curves_csv(results, methods, os.path.join(args.out_dir, "curves.csv"))
     rows = final_scores(results, methods, args.final_window)
-    with open(os.path.join(args.out_dir, "summary.csv"), "w", newline="") as f:
+    with written(os.path.join(args.out_dir, "summary.csv")) as f:
         writer = csv.writer(f)
         writer.writerow(["task", "method", "final_step", "mean", "std", "n_seeds"])
         writer.writerows([task, method, step, f"{mean:.6g}", f"{std:.6g}", n] for task, method, step, mean, std, n

@@ -18,9 +18,11 @@ import re
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from repo import save_figure, written
 
 
 def method_colour(label: str) -> str:
@@ -81,8 +83,8 @@ def main():
     fig.suptitle("CQL pretraining: return of the policy vs. its dataset's", fontsize=11)
     fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=len(handles), fontsize=9,
                frameon=False)
-    fig.savefig(f"{args.out}.png", dpi=150)
-    with open(f"{args.out}.csv", "w", newline="") as f:
+    save_figure(fig, f"{args.out}.png", dpi=150)
+    with written(f"{args.out}.csv") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

@@ -10,7 +10,6 @@ Target (issue 4): under 0.5 ms per sample+update for the vectorized tree.
 """
 import argparse
 import csv
-import importlib.util
 import os
 import platform
 import sys
@@ -18,10 +17,9 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location("balanced_finetune", os.path.join(ROOT, "balanced_finetune.py"))
-bf = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bf)
+from repo import REPO_ROOT, load_script, written
+
+bf = load_script("balanced_finetune")
 
 
 class PlainSumTree:
@@ -72,7 +70,7 @@ def main():
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3000, help="timed steps of the vectorized tree")
     parser.add_argument("--plain-steps", type=int, default=200, help="timed steps of the plain Python tree")
-    parser.add_argument("--out", default=os.path.join(ROOT, "benchmark", "results", "sumtree_bench.csv"))
+    parser.add_argument("--out", default=str(REPO_ROOT / "benchmark" / "results" / "sumtree_bench.csv"))
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
@@ -99,8 +97,7 @@ def main():
     speedup = rows[1]["median_ms"] / rows[0]["median_ms"]
     print(f"speed-up {speedup:.1f}x; target < 0.5 ms: {'met' if rows[0]['median_ms'] < 0.5 else 'NOT met'}")
 
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", newline="") as f:
+    with written(args.out) as f:
         f.write(f"# command: python benchmark/sumtree_bench.py  (cpu: {platform.processor() or platform.machine()}, "
                 f"{os.cpu_count()} cores, numpy {np.__version__}, python {sys.version.split()[0]})\n")
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -51,7 +51,6 @@ PNG bar chart next to it.
 """
 import argparse
 import csv
-import importlib.util
 import os
 import platform
 import statistics
@@ -65,21 +64,14 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from repo import REPO_ROOT, load_script, save_figure, written
+
 SCRIPTS = ("sac", "cql_pretrain", "fqe", "balanced_finetune", "awac", "bcq_ft")
 ITEMS = SCRIPTS + ("finetune_loop",)
 MALLOC_TUNED = ("cql_pretrain", "fqe", "bcq_ft")  # scripts whose main() calls keep_freed_memory_on_cpu() on the CPU
 COLUMNS = ("script", "device", "N", "hidden", "batch", "variant", "updates_per_s", "ms_per_update",
            "gflop_per_update", "achieved_gflops", "peak_gflops", "share_of_peak", "notes")
 TARGET_SPEEDUP, TARGET_SPS = 3.0, 150.0  # issue 7, on a GPU
-
-
-def load_script(name: str):
-    """Import a top-level script (importable without side effects) by path."""
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def sync(device):
@@ -143,7 +135,7 @@ def sac_update_flops(obs_dim, act_dim, hidden, batch) -> int:
             + 2 * linear_flops(batch, critic, **THROUGH))  # twins at (s, a~pi), weights frozen
 
 
-def cql_update_flops(n_members, obs_dim, act_dim, hidden, batch, n_actions) -> int:
+def cql_update_flops(n_ensemble, obs_dim, act_dim, hidden, batch, n_actions) -> int:
     """cql_pretrain.cql_update of N members."""
     actor, critic = mlp(obs_dim, hidden, 2 * act_dim), mlp(obs_dim + act_dim, hidden, 1)
     per_member = (
@@ -152,16 +144,16 @@ def cql_update_flops(n_members, obs_dim, act_dim, hidden, batch, n_actions) -> i
         + 2 * linear_flops(batch, critic, **FWD)  # target twins on (s', a')
         + 2 * linear_flops(batch * (1 + 3 * n_actions), critic, **TRAIN)  # data action + 3 n_actions sampled
         + 2 * linear_flops(batch, critic, **THROUGH))  # functional_call with detached weights on (s, a~pi(s))
-    return n_members * per_member
+    return n_ensemble * per_member
 
 
-def fqe_update_flops(n_members, obs_dim, act_dim, hidden, batch) -> int:
+def fqe_update_flops(n_ensemble, obs_dim, act_dim, hidden, batch) -> int:
     """fqe.fqe_update of N members (the eq. 5 moments at s' are precomputed once per dataset, not per update)."""
     critic = mlp(obs_dim + act_dim, hidden, 1)
-    return n_members * (2 * linear_flops(batch, critic, **FWD) + 2 * linear_flops(batch, critic, **TRAIN))
+    return n_ensemble * (2 * linear_flops(batch, critic, **FWD) + 2 * linear_flops(batch, critic, **TRAIN))
 
 
-def balanced_update_flops(n_members, obs_dim, act_dim, hidden, batch) -> int:
+def balanced_update_flops(n_ensemble, obs_dim, act_dim, hidden, batch) -> int:
     """balanced_finetune.update_actor_critic: every member sees the same B states (expanded)."""
     actor, critic = mlp(obs_dim, hidden, 2 * act_dim), mlp(obs_dim + act_dim, hidden, 1)
     per_member = (linear_flops(batch, actor, **FWD)  # eq. 5 policy at s', no grad
@@ -169,7 +161,7 @@ def balanced_update_flops(n_members, obs_dim, act_dim, hidden, batch) -> int:
                   + 2 * linear_flops(batch, critic, **TRAIN)  # critic step
                   + linear_flops(batch, actor, **TRAIN)  # eq. 5 policy at s, with grad
                   + 2 * linear_flops(batch, critic, **THROUGH))  # critic.requires_grad_(False): dQ/da only
-    return n_members * per_member
+    return n_ensemble * per_member
 
 
 def density_ratio_flops(obs_dim, act_dim, hidden_dim, batch, ratio_batch) -> int:
@@ -178,7 +170,7 @@ def density_ratio_flops(obs_dim, act_dim, hidden_dim, batch, ratio_batch) -> int
     return linear_flops(2 * ratio_batch + batch, mlp(obs_dim + act_dim, [hidden_dim] * 2, 1), **TRAIN)
 
 
-def awac_update_flops(n_members, obs_dim, act_dim, hidden, batch) -> int:
+def awac_update_flops(n_ensemble, obs_dim, act_dim, hidden, batch) -> int:
     """awac.awac_update of N members."""
     actor, critic = mlp(obs_dim, hidden, 2 * act_dim), mlp(obs_dim + act_dim, hidden, 1)
     per_member = (linear_flops(batch, actor, **FWD)  # a' ~ pi(s')
@@ -186,10 +178,10 @@ def awac_update_flops(n_members, obs_dim, act_dim, hidden, batch) -> int:
                   + 2 * linear_flops(batch, critic, **TRAIN)  # critic step
                   + linear_flops(batch, actor, **TRAIN)  # log pi(a_data|s)
                   + 2 * 2 * linear_flops(batch, critic, **FWD))  # no-grad twins at (s, a~pi) and (s, a_data)
-    return n_members * per_member
+    return n_ensemble * per_member
 
 
-def bcq_update_flops(n_members, obs_dim, act_dim, vae_hidden, actor_hidden, critic_hidden, batch, n_samples) -> int:
+def bcq_update_flops(n_ensemble, obs_dim, act_dim, vae_hidden, actor_hidden, critic_hidden, batch, n_samples) -> int:
     """bcq_ft.bcq_update of N members (latent 2|A|). The actor step backpropagates through critic weights that
     require grad (weight gradients computed, then discarded) and through both twins of the batched critic."""
     latent = 2 * act_dim
@@ -205,7 +197,7 @@ def bcq_update_flops(n_members, obs_dim, act_dim, vae_hidden, actor_hidden, crit
                   + linear_flops(batch, decoder, **FWD)  # actor step: VAE action at s, no grad
                   + linear_flops(batch, actor, **TRAIN)
                   + 2 * linear_flops(batch, critic, **TRAIN_THROUGH))
-    return n_members * per_member
+    return n_ensemble * per_member
 
 
 def counted_flops(step) -> int:
@@ -430,12 +422,12 @@ def finetune_loop_section(args, device):
                     "n_ensemble": n, "hidden_sizes": h, "actor": bf.EnsembleActor(S, A, h, n).state_dict(),
                     "critic": bf.EnsembleCritic(S, A, h, n).state_dict(), "step": 0, "args": {}}, tmp / "cql.pt")
         command = [sys.executable, str(REPO_ROOT / "balanced_finetune.py"), "--env-id", "Walker2d-v4",
-                   "--dataset-path", str(tmp / "walker_synthetic.hdf5"), "--checkpoint", str(tmp / "cql.pt"),
+                   "--dataset-path", str(tmp / "walker_synthetic.hdf5"), "--cql-checkpoint", str(tmp / "cql.pt"),
                    "--n-ensemble", str(n), "--hidden-dim", str(h[0]), "--batch-size", str(args.batch_size),
                    "--ratio-batch-size", str(args.batch_size), "--online-steps", str(args.loop_steps),
                    "--epoch-length", str(args.loop_epoch_length), "--first-epoch-multiplier", "1",
                    "--eval-every-epochs", "1000000", "--eval-episodes", "1", "--checkpoint-every", "0",
-                   "--save-checkpoint", str(tmp / "out.pt"), "--run-dir", str(tmp / "run"),
+                   "--checkpoint", str(tmp / "out.pt"), "--run-dir", str(tmp / "run"),
                    "--cuda" if device.type == "cuda" else "--no-cuda"]
         env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
         load_before = os.getloadavg()[0]
@@ -486,9 +478,8 @@ def targets(rows, device) -> list:
 
 
 def write_results(rows, args, device, out: Path, target_lines):
-    out.parent.mkdir(parents=True, exist_ok=True)
     gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else "none"
-    with open(out, "w", newline="") as f:
+    with written(out) as f:
         f.write(f"# command: python benchmark/{Path(__file__).name} {' '.join(sys.argv[1:])}\n")
         f.write(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, GPU {gpu}, torch "
                 f"{torch.__version__}, {torch.get_num_threads()} torch threads, OMP_NUM_THREADS="
@@ -505,7 +496,7 @@ def write_results(rows, args, device, out: Path, target_lines):
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+            writer.writerow({key: f"{value:.6g}" if isinstance(value, float) else value for key, value in row.items()})
     print(f"wrote {out}")
 
     title = (f"Update throughput on {device.type}" + (f" ({gpu})" if device.type == "cuda" else
@@ -552,7 +543,7 @@ def draw_throughput(rows, title: str, path: Path):
     fig.suptitle(title, fontsize=11)
     handles, legend_labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, legend_labels, loc="outside lower center", ncol=len(variants), fontsize=9, frameon=False)
-    fig.savefig(path, dpi=130)
+    save_figure(fig, path, dpi=130)
     plt.close(fig)
 
 

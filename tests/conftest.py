@@ -1,7 +1,10 @@
-"""Shared pytest fixtures: a tiny D4RL-format dataset, a helper that runs a script as a user would, and one that
-imports a script (or a benchmark tool) as a module."""
+"""Shared test helpers: a tiny D4RL-format dataset, running a script as a user would (a subprocess) or in-process
+(its main() with patched argv), importing a script or benchmark tool as a module, reading the TensorBoard scalars a
+run logged; and two autouse fixtures: one torch thread per test, and the signal handlers restored after each test
+(a script's main() catches SIGTERM and SIGINT)."""
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +13,11 @@ import gymnasium as gym
 import h5py
 import numpy as np
 import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "benchmark"))  # benchmark tools import benchmark/repo.py, as when run as scripts
 
 
 def load_script(relative_path: str, module_name: str | None = None):
@@ -25,6 +31,48 @@ def load_script(relative_path: str, module_name: str | None = None):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def own_copies(prefix: str, names) -> dict:
+    """name -> a fresh module of each script, private to one test file (what it patches stays its own)."""
+    return {name: load_script(name, f"{prefix}_{name}") for name in names}
+
+
+def run_main(module, argv, monkeypatch, cwd) -> str:
+    """module.main() with argv, in cwd; returns the message of the SystemExit it must stop with: one 'error: ...' line,
+    which the real process prints alone with exit status 1 (any other exception fails the test)."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", [f"{module.__name__}.py", *map(str, argv)])
+    with pytest.raises(SystemExit) as stop:
+        module.main()
+    message = stop.value.code
+    assert isinstance(message, str), f"exit code {message!r}, expected an 'error: ...' message (exit status 1)"
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+def scalars(run_dir, sps: bool = False) -> dict:
+    """tag -> [(step, value)] of every scalar a TensorBoard run logged (charts/SPS, the timing, only when asked)."""
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+            if sps or tag != "charts/SPS"}
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def restore_signal_handlers():
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
 @pytest.fixture(scope="session")

@@ -8,20 +8,13 @@ import time
 import numpy as np
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO_ROOT, load_script, write_d4rl_file
+from conftest import REPO_ROOT, load_script, scalars, write_d4rl_file
 
 awac = load_script("awac")
 
 TINY = ["--env-id", "Hopper-v4", "--n-ensemble", "2", "--hidden-dim", "16", "--batch-size", "32",
         "--eval-episodes", "1", "--log-every", "50", "--eval-every", "100"]
-
-
-def scalars(run_dir) -> dict:
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 def independent_actor_loss(mean, log_std, eps, q_data, critic_pi, actions, lam, cap):
@@ -101,9 +94,9 @@ def test_tiny_offline_then_online_run_is_deterministic(run_script, tiny_hopper_d
     runs = []
     for name in ("a", "b"):
         result = run_script("awac.py", *TINY, "--dataset-path", tiny_hopper_dataset, "--offline-steps", "100",
-                            "--online-steps", "200", "--run-dir", f"runs/{name}", "--save-checkpoint", f"ck/{name}.pt")
+                            "--online-steps", "200", "--run-dir", f"runs/{name}", "--checkpoint", f"ck/{name}.pt")
         assert result.returncode == 0, result.stderr[-2000:]
-        runs.append(scalars(tmp_path / "runs" / name))
+        runs.append(scalars(tmp_path / "runs" / name, sps=True))
     first, second = runs
     for tag in ("eval/normalized_score", "eval/return", "losses/critic_loss", "losses/actor_loss",
                 "losses/adv_weight_mean", "charts/SPS"):
@@ -148,7 +141,7 @@ def test_data_path_errors(kind, message, run_script, tmp_path):
 @pytest.mark.slow
 def test_sigkill_then_resume(tiny_hopper_dataset, tmp_path):
     args = [*TINY, "--dataset-path", str(tiny_hopper_dataset), "--offline-steps", "100", "--online-steps", "1500",
-            "--checkpoint-every", "100", "--eval-every", "10000", "--save-checkpoint", "ck/run.pt", "--run-dir", "runs/r"]
+            "--checkpoint-every", "100", "--eval-every", "10000", "--checkpoint", "ck/run.pt", "--run-dir", "runs/r"]
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     cmd = [sys.executable, str(REPO_ROOT / "awac.py"), *args]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -194,7 +187,7 @@ def test_inf_loss_stops_with_named_loss_and_step(run_script, tiny_hopper_dataset
     data["rewards"] = np.full_like(data["rewards"], 1e30)  # finite data, but the squared TD error overflows
     path = write_d4rl_file(tmp_path / "huge.hdf5", **data)
     result = run_script("awac.py", *TINY, "--dataset-path", path, "--offline-steps", "100", "--online-steps", "0",
-                        "--log-every", "20", "--checkpoint-every", "10", "--save-checkpoint", "ck/x.pt")
+                        "--log-every", "20", "--checkpoint-every", "10", "--checkpoint", "ck/x.pt")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "losses/critic_loss is inf at step -90" in result.stderr  # first check: the checkpoint at step 10
     assert not (tmp_path / "ck" / "x.pt").exists()  # a diverged state is never written
@@ -204,23 +197,7 @@ def test_inf_loss_stops_with_named_loss_and_step(run_script, tiny_hopper_dataset
 def test_unwritable_checkpoint_path_fails_at_startup(run_script, tiny_hopper_dataset, tmp_path):
     (tmp_path / "afile").write_text("")
     result = run_script("awac.py", *TINY, "--dataset-path", tiny_hopper_dataset, "--offline-steps", "10",
-                        "--online-steps", "0", "--save-checkpoint", tmp_path / "afile" / "ck.pt")
+                        "--online-steps", "0", "--checkpoint", tmp_path / "afile" / "ck.pt")
     assert result.returncode != 0 and "cannot write checkpoint" in result.stderr
     assert "Traceback" not in result.stderr
 
-
-def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
-    path = str(tmp_path / "ck.pt")
-    awac.save_checkpoint(path, {"step": 1})
-    real_save = torch.save
-
-    def dying_save(obj, f, *args, **kwargs):  # writes half a file, then the process "dies"
-        with open(f, "wb") as out:
-            out.write(b"\x80\x02partial")
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(torch, "save", dying_save)
-    with pytest.raises(KeyboardInterrupt):
-        awac.save_checkpoint(path, {"step": 2})
-    monkeypatch.setattr(torch, "save", real_save)
-    assert torch.load(path, weights_only=True) == {"step": 1}

@@ -1,6 +1,5 @@
 """Tests of balanced_finetune.py: sum-tree, eq. (4)/(5) pieces against independent formulas, end-to-end runs
 from a cql_pretrain.py checkpoint in every sampling mode, error messages, SIGKILL + --resume, determinism."""
-import inspect
 import math
 import os
 import re
@@ -12,9 +11,8 @@ import time
 import numpy as np
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO_ROOT, load_script
+from conftest import REPO_ROOT, load_script, scalars
 
 bf = load_script("balanced_finetune")
 
@@ -26,21 +24,6 @@ TINY = ["--env-id", "Hopper-v4", "--n-ensemble", "2", "--epoch-length", "100", "
 
 def subprocess_env(tmp_path):
     return dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1", D4RL_DATASET_DIR=str(tmp_path / "d4rl_cache"))
-
-
-@pytest.fixture
-def one_torch_thread():
-    """In-process training on one thread: on a shared 2-core machine, 2 spinning threads are many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def scalars(run_dir) -> dict:
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 # ---------------------------------------------------------------------------------
@@ -109,7 +92,7 @@ def test_sumtree_total_and_internal_nodes_after_many_updates():
 # ---------------------------------------------------------------------------------
 # eq. (5) and eq. (4) pieces
 # ---------------------------------------------------------------------------------
-def test_ensemble_moments_match_mixture_samples(one_torch_thread):
+def test_ensemble_moments_match_mixture_samples():
     torch.manual_seed(0)
     n, b, a = 4, 3, 2
     mu = torch.randn(n, b, a) * 2.0
@@ -135,14 +118,6 @@ def test_ensemble_moments_std_clamped_like_a_members():
     np.testing.assert_allclose(mixture_std[0], [math.exp(-20.0), 1.0, math.exp(2.0)], rtol=1e-5)
 
 
-def test_ensemble_moments_is_one_copy_in_every_script():
-    sources = set()
-    for script in ("balanced_finetune", "cql_pretrain", "fqe", "awac"):
-        module = load_script(script, f"{script}_moments")
-        sources.add(inspect.getsource(module.ensemble_moments))
-    assert len(sources) == 1
-
-
 def test_density_ratio_loss_formula():
     w_on, w_off = torch.tensor([0.5, 2.0, 0.0]), torch.tensor([1.0, 3.0])
     expected = (-math.log(2 / 2.0 + 1e-10) - math.log(2 / 4.0 + 1e-10)) / 2 \
@@ -152,7 +127,7 @@ def test_density_ratio_loss_formula():
 
 
 @pytest.mark.slow
-def test_density_ratio_net_recovers_gaussian_ratio(one_torch_thread):
+def test_density_ratio_net_recovers_gaussian_ratio():
     """Pointwise minimiser of p_off log((w+1)/2) - p_on log(2w/(w+1)): d/dw = p_off/(w+1) - p_on/(w(w+1)) = 0
     gives w* = p_on/p_off. With p_on = N(0.5, 1), p_off = N(-0.5, 1): w*(x) = exp(x)."""
     torch.manual_seed(0)
@@ -255,19 +230,11 @@ def test_unwritable_checkpoint_path_fails_at_start(tmp_path):
         bf.check_writable(str(tmp_path / "a_file" / "sub" / "ft.pt"))
 
 
-def test_interrupted_checkpoint_write_keeps_previous(tmp_path):
-    path = tmp_path / "ft.pt"
-    bf.save_checkpoint(str(path), {"step": 1})
-    with pytest.raises(Exception):  # noqa: B017  the write dies half-way (an unpicklable value) before the rename
-        bf.save_checkpoint(str(path), {"step": 2, "broken": lambda: None})
-    assert torch.load(path, weights_only=True)["step"] == 1
-
-
 @pytest.mark.slow
 def test_nonfinite_loss_stops_with_loss_name_and_step(run_script, tiny_hopper_dataset, cql_checkpoint, tmp_path):
     result = run_script("balanced_finetune.py", *TINY, "--dataset-path", tiny_hopper_dataset, "--online-steps", "200",
-                        "--checkpoint", cql_checkpoint, "--first-epoch-multiplier", "1", "--gamma", "1e38",
-                        "--save-checkpoint", "out/ft.pt")
+                        "--cql-checkpoint", cql_checkpoint, "--first-epoch-multiplier", "1", "--gamma", "1e38",
+                        "--checkpoint", "out/ft.pt")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert re.search(r"error: losses/qf_loss is (nan|inf) at online step 100 ", result.stderr), result.stderr[-500:]
     assert not (tmp_path / "out" / "ft.pt").exists()
@@ -276,7 +243,7 @@ def test_nonfinite_loss_stops_with_loss_name_and_step(run_script, tiny_hopper_da
 @pytest.mark.slow
 def test_missing_fqe_checkpoint_names_fqe(run_script, tiny_hopper_dataset, cql_checkpoint):
     result = run_script("balanced_finetune.py", *TINY, "--dataset-path", tiny_hopper_dataset, "--online-steps", "100",
-                        "--checkpoint", cql_checkpoint, "--q-init", "fqe")
+                        "--cql-checkpoint", cql_checkpoint, "--q-init", "fqe")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "checkpoints/fqe_Hopper-v4_seed1.pt not found; create it with: python fqe.py --env-id Hopper-v4 " \
            f"--n-ensemble 2 --seed 1 --policy-checkpoint {cql_checkpoint} --checkpoint checkpoints/fqe_Hopper-v4_seed1.pt" \
@@ -298,9 +265,9 @@ def test_q_init_fqe_takes_critics_from_fqe_and_policy_from_cql(tmp_path, tiny_ho
     assert not torch.equal(fqe["critic"]["net.0.weight"], cql["critic"]["net.0.weight"])
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "balanced_finetune.py"), *TINY, "--n-ensemble", "1", "--dataset-path",
-         str(tiny_hopper_dataset), "--checkpoint", str(cql_checkpoint), "--q-init", "fqe", "--fqe-checkpoint",
+         str(tiny_hopper_dataset), "--cql-checkpoint", str(cql_checkpoint), "--q-init", "fqe", "--fqe-checkpoint",
          str(tmp_path / "fqe.pt"), "--online-steps", "100", "--first-epoch-multiplier", "1", "--q-lr", "0",
-         "--policy-lr", "0", "--save-checkpoint", "out/ft.pt", "--run-dir", "run"],
+         "--policy-lr", "0", "--checkpoint", "out/ft.pt", "--run-dir", "run"],
         cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     saved = torch.load(tmp_path / "out" / "ft.pt", weights_only=True)
@@ -311,7 +278,7 @@ def test_q_init_fqe_takes_critics_from_fqe_and_policy_from_cql(tmp_path, tiny_ho
     # and an fqe checkpoint given as the policy source is refused
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "balanced_finetune.py"), *TINY, "--dataset-path", str(tiny_hopper_dataset),
-         "--checkpoint", str(tmp_path / "fqe.pt"), "--online-steps", "100"],
+         "--cql-checkpoint", str(tmp_path / "fqe.pt"), "--online-steps", "100"],
         cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "Traceback" not in result.stderr and "is an fqe.py checkpoint" in result.stderr
 
@@ -329,8 +296,8 @@ def tiny_runs(tmp_path_factory, tiny_hopper_dataset, cql_checkpoint):
             folder = tmp_path_factory.mktemp(name)
             result = subprocess.run(
                 [sys.executable, str(REPO_ROOT / "balanced_finetune.py"), *TINY, "--dataset-path",
-                 str(tiny_hopper_dataset), "--checkpoint", str(cql_checkpoint), "--sampling", sampling,
-                 "--online-steps", "300", "--seed", "3", "--run-dir", "run", "--save-checkpoint", "out/ft.pt"],
+                 str(tiny_hopper_dataset), "--cql-checkpoint", str(cql_checkpoint), "--sampling", sampling,
+                 "--online-steps", "300", "--seed", "3", "--run-dir", "run", "--checkpoint", "out/ft.pt"],
                 cwd=folder, env=subprocess_env(folder), capture_output=True, text=True, timeout=300)
             assert result.returncode == 0, result.stderr[-3000:]
             cache[name] = (folder, result)
@@ -343,7 +310,7 @@ def tiny_runs(tmp_path_factory, tiny_hopper_dataset, cql_checkpoint):
 @pytest.mark.parametrize("sampling", ["balanced", "uniform", "online-only"])
 def test_end_to_end_every_sampling_mode(tiny_runs, sampling):
     folder, result = tiny_runs(sampling, sampling)
-    logged = scalars(folder / "run")
+    logged = scalars(folder / "run", sps=True)
     assert PAPER_TAGS <= set(logged)
     assert {"losses/qf_loss", "losses/actor_loss", "losses/alpha_loss", "losses/density_ratio_loss"} <= set(logged)
     assert [s for s, _ in logged["eval/normalized_score"]] == [0, 100, 200, 300]  # epoch 0 = pretrained policy
@@ -388,8 +355,8 @@ def test_same_seed_gives_identical_logged_values(tiny_runs):
 @pytest.mark.slow
 def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, tiny_hopper_dataset, cql_checkpoint):
     args = [sys.executable, str(REPO_ROOT / "balanced_finetune.py"), *TINY, "--dataset-path", str(tiny_hopper_dataset),
-            "--checkpoint", str(cql_checkpoint), "--online-steps", "600", "--checkpoint-every", "100",
-            "--run-dir", "run", "--save-checkpoint", "out/ft.pt"]
+            "--cql-checkpoint", str(cql_checkpoint), "--online-steps", "600", "--checkpoint-every", "100",
+            "--run-dir", "run", "--checkpoint", "out/ft.pt"]
     save_path = tmp_path / "out" / "ft.pt"
     process = subprocess.Popen(args, cwd=tmp_path, env=subprocess_env(tmp_path),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -426,4 +393,4 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, tiny_hopper_
     uninterrupted = torch.load(whole / "out" / "ft.pt", weights_only=False)
     for key in online:
         np.testing.assert_array_equal(online[key], uninterrupted["resume"]["online"][key])
-    assert logged["eval/return"] == scalars(whole / "run")["eval/return"]
+    assert logged == scalars(whole / "run")  # every curve, the epoch statistics logged at the checkpoint's step included

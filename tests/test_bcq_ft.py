@@ -10,21 +10,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO_ROOT, load_script, write_d4rl_file
+from conftest import REPO_ROOT, load_script, scalars, write_d4rl_file
 
 bcq_ft = load_script("bcq_ft")
 
 TINY = ["--env-id", "Hopper-v4", "--n-ensemble", "2", "--hidden-dim", "16", "--batch-size", "32",
         "--eval-episodes", "1", "--log-every", "50", "--eval-every", "100"]
 N, B, K, S, A = 2, 5, 4, 6, 3
-
-
-def scalars(run_dir) -> dict:
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 def nets(seed=0):
@@ -128,9 +121,9 @@ def test_tiny_offline_then_online_run_is_deterministic(run_script, tiny_hopper_d
     runs = []
     for name in ("a", "b"):
         result = run_script("bcq_ft.py", *TINY, "--dataset-path", tiny_hopper_dataset, "--offline-steps", "100",
-                            "--online-steps", "200", "--run-dir", f"runs/{name}", "--save-checkpoint", f"ck/{name}.pt")
+                            "--online-steps", "200", "--run-dir", f"runs/{name}", "--checkpoint", f"ck/{name}.pt")
         assert result.returncode == 0, result.stderr[-2000:]
-        runs.append(scalars(tmp_path / "runs" / name))
+        runs.append(scalars(tmp_path / "runs" / name, sps=True))
     first, second = runs
     for tag in ("eval/normalized_score", "eval/return", "losses/critic_loss", "losses/actor_loss",
                 "losses/vae_loss", "charts/SPS"):
@@ -174,7 +167,7 @@ def test_data_path_errors(kind, message, run_script, tmp_path):
 @pytest.mark.slow
 def test_sigkill_then_resume(tiny_hopper_dataset, tmp_path):
     args = [*TINY, "--dataset-path", str(tiny_hopper_dataset), "--offline-steps", "100", "--online-steps", "1200",
-            "--checkpoint-every", "100", "--eval-every", "10000", "--save-checkpoint", "ck/run.pt", "--run-dir", "runs/r"]
+            "--checkpoint-every", "100", "--eval-every", "10000", "--checkpoint", "ck/run.pt", "--run-dir", "runs/r"]
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     cmd = [sys.executable, str(REPO_ROOT / "bcq_ft.py"), *args]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -8,8 +8,10 @@ import itertools
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -97,8 +99,8 @@ def test_paper_dry_run_prints_the_full_grid(repo_root):
     # every fine-tune reads the checkpoint its own task/seed pretraining writes, and ours and SAC-ft share it
     written = {(flag(c, "env-id"), flag(c, "seed")): flag(c, "checkpoint") for c in pretrain}
     for c in ours + sac_ft:
-        assert flag(c, "checkpoint") == written[(flag(c, "env-id"), flag(c, "seed"))]
-    assert len({flag(c, "save-checkpoint") for c in ours + sac_ft}) == 96  # no two runs write the same file
+        assert flag(c, "cql-checkpoint") == written[(flag(c, "env-id"), flag(c, "seed"))]
+    assert len({flag(c, "checkpoint") for c in ours + sac_ft}) == 96  # no two runs write the same file
     assert len({flag(c, "run-dir") for c in commands if "--run-dir" in c}) == 252  # nor log to the same run
     # pretraining comes before any fine-tune; downloads before everything
     assert max(commands.index(c) for c in pretrain) < min(commands.index(c) for c in ours + sac_ft)
@@ -114,7 +116,7 @@ def test_paper_subsets_options_and_errors(repo_root, tmp_path):
     stages = dry_run_stages(result.stdout)
     assert {k: len(v) for k, v in stages.items()} == {0: 2, 1: 2, 2: 2}
     assert all(c.startswith("/opt/py ") for s in stages.values() for c in s)
-    assert f"--checkpoint {tmp_path}/c/cql_hopper-medium-v2_seed3.pt" in stages[2][0]
+    assert f"--cql-checkpoint {tmp_path}/c/cql_hopper-medium-v2_seed3.pt" in stages[2][0]
     assert f"--run-dir {tmp_path}/r/hopper-medium-v2__ours__seed3" in stages[2][0]
     # SEEDS from the environment is the default; --skip-pretrain reuses checkpoints
     result = bash(repo_root, "paper.sh", "--dry-run", "--envs", "walker2d", "--datasets", "medium", "--methods",
@@ -150,8 +152,9 @@ def test_paper_slurm_files_dispatch_the_right_command(repo_root, tmp_path, stub_
         # execute the array task's script as Slurm would, for the first and the last task id
         for task_id in (0, n - 1):
             log.unlink(missing_ok=True)
-            run = subprocess.run(["bash", str(path)], env=dict(os.environ, SLURM_ARRAY_TASK_ID=str(task_id)),
-                                 capture_output=True, text=True, timeout=30)
+            run = subprocess.run(["bash", str(path)], env=dict(os.environ, SLURM_ARRAY_TASK_ID=str(task_id),
+                                                                 SLURM_ARRAY_JOB_ID="7"), capture_output=True, text=True,
+                                 timeout=30)
             assert run.returncode == 0, run.stderr
             expected = stages[stage][task_id]
             assert run.stdout.splitlines()[0] == f"+ {expected}"  # printed before it runs
@@ -160,6 +163,45 @@ def test_paper_slurm_files_dispatch_the_right_command(repo_root, tmp_path, stub_
     assert all(c in submit_text for c in stages[0])  # downloads run on the login node before submission
     assert f"sbatch --parsable {files[1]}" in submit_text
     assert f"sbatch --parsable --dependency=afterok:$jid1 {files[2]}" in submit_text
+
+
+def test_paper_slurm_task_requeues_itself_after_sigterm(repo_root, tmp_path):
+    """Slurm's SIGTERM before the time limit (--signal=B:TERM@120) reaches the batch shell: it passes it on, the job
+    (a stub that, like the scripts, stops with exit status 75) ends, the task asks scontrol to requeue it, and the
+    requeued task runs the same command with --resume."""
+    log, ready = tmp_path / "calls.log", tmp_path / "ready"
+    job = tmp_path / "job.sh"
+    job.write_text(f"""#!/usr/bin/env bash
+echo "job $*" >> {log}
+if [[ " $* " == *" --resume "* ]]; then exit 0; fi
+trap 'echo "job got SIGTERM" >> {log}; exit 75' TERM
+touch {ready}
+while true; do sleep 0.05; done
+""")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/usr/bin/env bash\necho "scontrol $*" >> {log}\n')
+    for path in (job, bin_dir / "scontrol"):
+        path.chmod(0o755)
+    sbatch = tmp_path / "slurm" / "paper.sbatch"
+    result = bash(repo_root, "paper.sh", "--slurm", sbatch, "--envs", "hopper", "--datasets", "medium", "--seeds", "0",
+                  "--methods", "sac", "--python", job, "--out-dir", tmp_path / "runs")
+    assert result.returncode == 0, result.stderr
+    text = sbatch.read_text()
+    assert "#SBATCH --signal=B:TERM@120\n" in text and "#SBATCH --requeue\n" in text
+    env = dict(os.environ, SLURM_ARRAY_TASK_ID="0", SLURM_ARRAY_JOB_ID="7", PATH=f"{bin_dir}:{os.environ['PATH']}")
+    task = subprocess.Popen(["bash", str(sbatch)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while not ready.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    task.send_signal(signal.SIGTERM)  # to the batch shell only, as --signal=B: does
+    task.communicate(timeout=30)
+    assert task.returncode == 75
+    calls = log.read_text().splitlines()
+    assert calls[1:] == ["job got SIGTERM", "scontrol requeue 7_0"], calls
+    requeued = subprocess.run(["bash", str(sbatch)], env=env, capture_output=True, text=True, timeout=30)
+    assert requeued.returncode == 0, requeued.stderr
+    assert log.read_text().splitlines()[-1] == f"{calls[0]} --resume"
 
 
 def test_paper_local_run_prints_then_runs_each_stage_in_order(repo_root, tmp_path, stub_python):
@@ -214,7 +256,7 @@ def test_paper_minari_suite_dry_run(repo_root):
     assert all(flag(c, "awac-lambda") == "1.0" for c in by_script["awac"])  # no walker2d-medium-expert here
     # one file name per task: '/' of the id is '-' in run, checkpoint and log names
     for c in commands:
-        for name in ("run-dir", "checkpoint", "save-checkpoint"):
+        for name in ("run-dir", "checkpoint", "cql-checkpoint"):
             if flag(c, name):
                 assert flag(c, name).count("/") == 1, c
     assert {flag(c, "run-dir") for c in ours} == {f"runs/mujoco-{e}-{d}-v0__ours__seed{s}"
@@ -222,9 +264,9 @@ def test_paper_minari_suite_dry_run(repo_root):
     written = {(flag(c, "env-id"), flag(c, "seed")): flag(c, "checkpoint") for c in by_script["cql_pretrain"]}
     assert written[("mujoco/hopper/medium-v0", "2")] == "checkpoints/cql_mujoco-hopper-medium-v0_seed2.pt"
     for c in ours + sac_ft:
-        assert flag(c, "checkpoint") == written[(flag(c, "env-id"), flag(c, "seed"))]
+        assert flag(c, "cql-checkpoint") == written[(flag(c, "env-id"), flag(c, "seed"))]
     assert len({flag(c, "run-dir") for c in commands if "--run-dir" in c}) == 192
-    assert stages[0] == [f"python -c 'import cql_pretrain; cql_pretrain.download_minari_dataset(\"{t}\")'"
+    assert stages[0] == [f"python -c 'import cql_pretrain; cql_pretrain.minari_dataset(\"{t}\")'"
                          for t in MINARI_TASKS]
     # SUITE from the environment, a subset, and the paper's datasets that have no Minari counterpart
     result = bash(repo_root, "paper.sh", "--dry-run", "--datasets", "expert", "--methods", "sac",

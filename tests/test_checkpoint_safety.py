@@ -22,54 +22,23 @@ import threading
 import numpy as np
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO_ROOT, load_script
+from conftest import REPO_ROOT, own_copies, run_main, scalars
 
 SCRIPTS = ("cql_pretrain", "fqe", "balanced_finetune", "awac", "bcq_ft", "sac")
 FORMAT = "o2o-ensemble-v1"
 HIDDEN = 16
 
 
-def load_own_copy(name):
-    return load_script(name, f"safety_{name}")
-
-
 @pytest.fixture(scope="module")
 def mods():
-    return {name: load_own_copy(name) for name in SCRIPTS}
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def run_main(module, argv, monkeypatch, cwd) -> str:
-    """module.main() with argv in cwd; returns the message of the SystemExit it must stop with."""
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", [f"{module.__name__}.py", *map(str, argv)])
-    with pytest.raises(SystemExit) as stop:
-        module.main()
-    message = stop.value.code
-    assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message, message
-    return message
+    return own_copies("safety", SCRIPTS)
 
 
 def run_to_end(module, argv, monkeypatch, cwd):
     monkeypatch.chdir(cwd)
     monkeypatch.setattr(sys, "argv", [f"{module.__name__}.py", *map(str, argv)])
     module.main()
-
-
-def scalars(run_dir) -> dict:
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
-            if tag != "charts/SPS"}
 
 
 def differences(a, b, where="checkpoint") -> list:
@@ -126,12 +95,12 @@ def tiny_argv(script, data, policy) -> list:
         return [*common, "--policy-checkpoint", policy, "--steps", "60", "--batch-size", "16", "--log-every", "10",
                 "--eval-every", "30", "--eval-episodes", "1", "--checkpoint-every", "20", "--checkpoint", "ck.pt"]
     if script == "balanced_finetune":
-        return [*common, "--checkpoint", policy, "--n-ensemble", "2", "--online-steps", "150", "--epoch-length", "50",
-                "--first-epoch-multiplier", "1", "--batch-size", "16", "--ratio-batch-size", "16", "--hidden-dim",
-                HIDDEN, "--eval-episodes", "1", "--checkpoint-every", "50", "--save-checkpoint", "ck.pt"]
+        return [*common, "--cql-checkpoint", policy, "--n-ensemble", "2", "--online-steps", "150", "--epoch-length",
+                "50", "--first-epoch-multiplier", "1", "--batch-size", "16", "--ratio-batch-size", "16", "--hidden-dim",
+                HIDDEN, "--eval-episodes", "1", "--checkpoint-every", "50", "--checkpoint", "ck.pt"]
     return [*common, "--n-ensemble", "2", "--hidden-dim", HIDDEN, "--batch-size", "16", "--offline-steps", "20",
             "--online-steps", "120", "--log-every", "10", "--eval-every", "60", "--eval-episodes", "1",
-            "--checkpoint-every", "60", "--save-checkpoint", "ck.pt"]  # awac, bcq_ft
+            "--checkpoint-every", "60", "--checkpoint", "ck.pt"]  # awac, bcq_ft
 
 
 # ---------------------------------------------------------------------------------
@@ -171,20 +140,21 @@ REFUSING_FLAGS = {  # case -> (script, the flag given the crafted file, other ar
     "fqe --policy-checkpoint": ("fqe", "--policy-checkpoint", []),
     "fqe --checkpoint --resume": ("fqe", "--checkpoint", ["--resume"]),
     "fqe --checkpoint": ("fqe", "--checkpoint", []),  # the guard against overwriting another algorithm's file
-    "balanced_finetune --checkpoint": ("balanced_finetune", "--checkpoint", []),
+    "balanced_finetune --cql-checkpoint": ("balanced_finetune", "--cql-checkpoint", []),
     "balanced_finetune --fqe-checkpoint": ("balanced_finetune", "--fqe-checkpoint", ["--q-init", "fqe"]),
-    "balanced_finetune --save-checkpoint --resume": ("balanced_finetune", "--save-checkpoint", ["--resume"]),
-    "awac --save-checkpoint --resume": ("awac", "--save-checkpoint", ["--resume"]),
-    "bcq_ft --save-checkpoint --resume": ("bcq_ft", "--save-checkpoint", ["--resume"]),
+    "balanced_finetune --checkpoint --resume": ("balanced_finetune", "--checkpoint", ["--resume"]),
+    "balanced_finetune --checkpoint": ("balanced_finetune", "--checkpoint", []),  # the same guard
+    "awac --checkpoint --resume": ("awac", "--checkpoint", ["--resume"]),
+    "bcq_ft --checkpoint --resume": ("bcq_ft", "--checkpoint", ["--resume"]),
     "sac --checkpoint --resume": ("sac", "--checkpoint", ["--resume"]),
     "sac --rollout-actor": ("sac", "--rollout-actor", []),
 }
 
 
-# fqe.py without --resume reads its output path only when it is a torch.save zip (to keep another algorithm's
-# checkpoint): a bare pickle there is overwritten unread, so that one pair is not a refusal case.
+# Without --resume a script reads its output path only when it is a torch.save zip (to keep another algorithm's
+# checkpoint): a bare pickle there is overwritten unread, so those pairs are not refusal cases.
 REFUSAL_CASES = [(case, kind) for case in REFUSING_FLAGS for kind in ("open", "system", "raw_pickle")
-                 if (case, kind) != ("fqe --checkpoint", "raw_pickle")]
+                 if not (case.endswith(" --checkpoint") and kind == "raw_pickle")]
 
 
 @pytest.mark.parametrize("case, kind", REFUSAL_CASES, ids=[f"{case}-{kind}" for case, kind in REFUSAL_CASES])
@@ -207,10 +177,10 @@ def test_crafted_checkpoint_is_refused(case, kind, mods, tiny_hopper_dataset, po
 @pytest.mark.slow
 def test_real_process_refuses_with_one_line(tiny_hopper_dataset, policy, tmp_path):
     """As a user runs them, on a file whose pickle calls os.system: exit 1, one line, no traceback. The issue's case
-    (balanced_finetune.py --checkpoint) and fqe.py's policy; every flag of every script is checked in-process above,
-    and load_checkpoint is one function copied verbatim (test_reliability's identity test)."""
+    (balanced_finetune.py's CQL input, --cql-checkpoint) and fqe.py's policy; every flag of every script is checked
+    in-process above, and load_checkpoint is one function copied verbatim (test_reliability's identity test)."""
     env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
-    cases = {script: REFUSING_FLAGS[case] for script, case in (("balanced_finetune", "balanced_finetune --checkpoint"),
+    cases = {script: REFUSING_FLAGS[case] for script, case in (("balanced_finetune", "balanced_finetune --cql-checkpoint"),
                                                                 ("fqe", "fqe --policy-checkpoint"))}
     procs = {}
     for script, (_, flag, extra) in cases.items():
@@ -232,8 +202,6 @@ def test_real_process_refuses_with_one_line(tiny_hopper_dataset, policy, tmp_pat
 # ---------------------------------------------------------------------------------
 # every kind of checkpoint: restricted loading, the older format, conversion, exact resume
 # ---------------------------------------------------------------------------------
-CKPT_FLAG = {"cql_pretrain": "--checkpoint", "fqe": "--checkpoint", "sac": "--checkpoint",
-             "balanced_finetune": "--save-checkpoint", "awac": "--save-checkpoint", "bcq_ft": "--save-checkpoint"}
 # What the code before issue 14 (commit 7402653) stored as numpy arrays: the replay contents. Everything else in
 # its checkpoints was already tensors or plain Python values, so those files equal this format otherwise.
 OLD_NUMPY = {"balanced_finetune": [("resume", "online"), ("resume", "tree_leaves")],
@@ -251,6 +219,24 @@ def as_written_before_issue_14(ckpt, script):
         value = old[outer][inner]
         old[outer][inner] = (value.numpy() if isinstance(value, torch.Tensor) else
                              {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in value.items()})
+    return old
+
+
+def as_written_before_issue_21(ckpt, script):
+    """The same checkpoint with the resume layout each script wrote before resume_state: flat torch_rng, numpy_rng,
+    python_rng (and cuda_rng, not in sac.py); awac.py and bcq_ft.py: rng = {torch, numpy, random}, and bcq_ft.py's
+    optimizers as a list."""
+    old = pickle.loads(pickle.dumps(ckpt))
+    resume = old["resume"]
+    rng = resume.pop("rng")
+    if script in ("awac", "bcq_ft"):
+        resume["rng"] = {"torch": rng["torch"], "numpy": rng["numpy"], "random": rng["python"]}
+        if script == "bcq_ft":
+            resume["optimizers"] = [resume.pop(f"{net}_optimizer") for net in ("vae", "actor", "critic")]
+    else:
+        resume.update({f"{key}_rng": rng[key] for key in ("torch", "numpy", "python")})
+        if script != "sac":
+            resume["cuda_rng"] = None
     return old
 
 
@@ -286,11 +272,12 @@ def test_every_checkpoint_kind_loads_restricted_converts_and_resumes_exactly(scr
         assert dtypes == ({dtype} if dtype else {torch.float32, torch.bool}), (field, dtypes)
 
     # the older format: refused with the converter's command (cql_pretrain and fqe never held numpy arrays)
-    native, converted = tmp_path / "native", tmp_path / "converted"
-    for folder in (native, converted):
+    native, converted, old_rng = tmp_path / "native", tmp_path / "converted", tmp_path / "old_rng"
+    for folder in (native, converted, old_rng):
         folder.mkdir()
     shutil.copyfile(full / "mid.pt", native / "ck.pt")
     torch.save(as_written_before_issue_14(mid, script), converted / "ck.pt")
+    torch.save(as_written_before_issue_21(mid, script), old_rng / "ck.pt")
     resume = argv + ["--resume"]
     if OLD_NUMPY[script]:
         message = run_main(module, resume, monkeypatch, converted)
@@ -303,12 +290,13 @@ def test_every_checkpoint_kind_loads_restricted_converts_and_resumes_exactly(scr
     assert ("converted ck.pt" if OLD_NUMPY[script] else "already in the current format") in done.stdout
     assert differences(torch.load(converted / "ck.pt", weights_only=True), mid) == []
 
-    # resumed from the native and from the converted file: the same logged values and the same final checkpoint
-    for folder in (native, converted):
+    # resumed from the native, the converted and the older resume layout: the same logged values and final checkpoint
+    for folder in (native, converted, old_rng):
         run_to_end(module, resume, monkeypatch, folder)
-    assert scalars(native / "runs" / "r") == scalars(converted / "runs" / "r")
-    assert differences(torch.load(native / "ck.pt", weights_only=True),
-                       torch.load(converted / "ck.pt", weights_only=True)) == []
+    for folder in (converted, old_rng):
+        assert scalars(native / "runs" / "r") == scalars(folder / "runs" / "r")
+        assert differences(torch.load(native / "ck.pt", weights_only=True),
+                           torch.load(folder / "ck.pt", weights_only=True)) == []
     assert torch.load(native / "ck.pt", weights_only=True)["step"] == final_step
     if script in ("cql_pretrain", "fqe"):  # offline: a resumed run is the uninterrupted run (online ones restart the env)
         after = {tag: [(s, v) for s, v in values if s > mid["step"]] for tag, values in scalars(full / "runs" / "r").items()}

@@ -122,7 +122,7 @@ def test_campaign_arms_share_every_setting(tmp_path):
 def fake_jobs(tmp_path):
     """Jobs that write what they were called with; 'bad' fails, 'after_bad' depends on it."""
     record = "import sys, pathlib; pathlib.Path(sys.argv[1]).write_text(' '.join(sys.argv[2:]))"
-    job = lambda name, *deps, code=record, ckpt=None: evidence.Job(  # noqa: E731
+    job = lambda name, *deps, code=record, ckpt=None: evidence.Job(
         name, ["python", "-c", code, str(tmp_path / f"{name}.args")], ckpt, None, list(deps))
     return [job("first"), job("second", "first", ckpt=tmp_path / "second.ckpt"),
             job("bad", code="raise SystemExit(3)"), job("after_bad", "bad"), job("third", "second")]

@@ -8,30 +8,22 @@ import time
 import numpy as np
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO_ROOT, load_script, write_d4rl_file
+from conftest import REPO_ROOT, load_script, run_main, scalars, write_d4rl_file
 
 fqe = load_script("fqe")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny in-process work runs many times faster on one thread (the CPU is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 OBS_DIM, ACT_DIM = 11, 3  # Hopper-v4
 
 
-def write_policy(path, n_members=2, hidden=16, env_id="Hopper-v4", obs_dim=OBS_DIM, act_dim=ACT_DIM, algo="cql"):
+def write_policy(path, n_ensemble=2, hidden=16, env_id="Hopper-v4", obs_dim=OBS_DIM, act_dim=ACT_DIM, algo="cql"):
     """A checkpoint (CONTRIBUTING.md: Contracts) holding a random ensemble policy, written without running cql_pretrain.py."""
     torch.manual_seed(0)
-    actor = fqe.EnsembleActor(obs_dim, act_dim, [hidden, hidden], n_members)
-    critic = fqe.EnsembleCritic(obs_dim, act_dim, [hidden, hidden], n_members)
+    actor = fqe.EnsembleActor(obs_dim, act_dim, [hidden, hidden], n_ensemble)
+    critic = fqe.EnsembleCritic(obs_dim, act_dim, [hidden, hidden], n_ensemble)
     torch.save({"format": fqe.CHECKPOINT_FORMAT, "algo": algo, "env_id": env_id, "obs_dim": obs_dim, "act_dim": act_dim,
-                "n_ensemble": n_members, "hidden_sizes": [hidden, hidden], "actor": actor.state_dict(),
+                "n_ensemble": n_ensemble, "hidden_sizes": [hidden, hidden], "actor": actor.state_dict(),
                 "critic": critic.state_dict(), "step": 0, "args": {}}, path)
     return path
 
@@ -94,10 +86,10 @@ def test_td_target_per_twin_without_min_or_entropy():
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
 
 
-def test_ensemble_policy_moments_eq5():
+def test_ensemble_moments_at_eq5():
     actor = fqe.EnsembleActor(3, 2, [8, 8], 3)
     obs = torch.randn(7, 3)
-    mean, std = fqe.ensemble_policy_moments(actor, obs, chunk=4)
+    mean, std = fqe.ensemble_moments_at(actor, obs, chunk=4)
     with torch.no_grad():
         mu, log_std = actor(obs.expand(3, -1, -1))
     var = (log_std.exp() ** 2 + mu**2).mean(0) - mu.mean(0) ** 2
@@ -145,12 +137,6 @@ def test_bad_policy_checkpoint(run_script, tmp_path, monkeypatch, tiny_hopper_da
         with pytest.raises(SystemExit) as stop:
             fqe.main()
         assert str(stop.value).startswith("error: ") and message.format(path=path) in str(stop.value)
-
-
-def scalars(run_dir):
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"] if tag != "charts/SPS"}
 
 
 @pytest.mark.slow
@@ -203,32 +189,24 @@ def test_default_paths_chain_cql_fqe_balanced_finetune(run_script, tmp_path, tin
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def run_main(monkeypatch, tmp_path, *args):
-    """fqe.main() in-process; returns the SystemExit it stops with (every bad input ends in fail())."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["fqe.py", *map(str, args)])
-    with pytest.raises(SystemExit) as stop:
-        fqe.main()
-    return str(stop.value)
-
-
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(monkeypatch, tmp_path):
     rows = 64
     data = write_d4rl_file(tmp_path / "huge.hdf5", np.zeros((rows, OBS_DIM)), np.zeros((rows, ACT_DIM)),
                            np.full(rows, 3e38), np.zeros(rows), next_observations=np.zeros((rows, OBS_DIM)))
     policy = write_policy(tmp_path / "policy.pt")
     (tmp_path / "keep.pt").write_bytes(b"previous checkpoint")
-    message = run_main(monkeypatch, tmp_path, "--env-id", "Hopper-v4", "--dataset-path", data, "--policy-checkpoint", policy,
-                       "--steps", "50", "--batch-size", "8", "--log-every", "5", "--checkpoint", "keep.pt")
+    message = run_main(fqe, ["--env-id", "Hopper-v4", "--dataset-path", data, "--policy-checkpoint", policy,
+                       "--steps", "50", "--batch-size", "8", "--log-every", "5", "--checkpoint", "keep.pt"],
+                       monkeypatch, tmp_path)
     assert message.startswith("error: losses/qf = ") and "at step 5" in message and "keep.pt" in message
     assert (tmp_path / "keep.pt").read_bytes() == b"previous checkpoint"
 
 
 def test_unwritable_checkpoint_fails_at_startup(monkeypatch, tmp_path, tiny_hopper_dataset):
     (tmp_path / "a_file").write_text("x")
-    message = run_main(monkeypatch, tmp_path, "--env-id", "Hopper-v4", "--dataset-path", tiny_hopper_dataset,
+    message = run_main(fqe, ["--env-id", "Hopper-v4", "--dataset-path", tiny_hopper_dataset,
                        "--policy-checkpoint", write_policy(tmp_path / "policy.pt"),
-                       "--checkpoint", tmp_path / "a_file" / "fqe.pt")
+                       "--checkpoint", tmp_path / "a_file" / "fqe.pt"], monkeypatch, tmp_path)
     assert message.startswith("error: cannot write checkpoint")
 
 
@@ -236,10 +214,10 @@ def test_refuses_to_overwrite_another_algorithms_checkpoint(monkeypatch, tmp_pat
     policy = write_policy(tmp_path / "policy.pt")
     other = write_policy(tmp_path / "my_cql.pt")
     before = other.read_bytes()
-    message = run_main(monkeypatch, tmp_path, "--env-id", "Hopper-v4", "--dataset-path", tiny_hopper_dataset,
-                       "--policy-checkpoint", policy, "--checkpoint", other)
+    message = run_main(fqe, ["--env-id", "Hopper-v4", "--dataset-path", tiny_hopper_dataset,
+                       "--policy-checkpoint", policy, "--checkpoint", other], monkeypatch, tmp_path)
     assert "holds a 'cql' checkpoint; refusing to overwrite it" in message
     assert other.read_bytes() == before
-    message = run_main(monkeypatch, tmp_path, "--env-id", "Hopper-v4", "--dataset-path", tiny_hopper_dataset,
-                       "--policy-checkpoint", policy, "--checkpoint", policy)
+    message = run_main(fqe, ["--env-id", "Hopper-v4", "--dataset-path", tiny_hopper_dataset,
+                       "--policy-checkpoint", policy, "--checkpoint", policy], monkeypatch, tmp_path)
     assert "would overwrite the policy checkpoint" in message

@@ -20,8 +20,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
+import tyro
 
-from conftest import REPO_ROOT, load_script, write_d4rl_file
+from conftest import REPO_ROOT, own_copies, run_main, write_d4rl_file
 
 SCRIPTS = ("sac", "cql_pretrain", "fqe", "balanced_finetune", "awac", "bcq_ft")
 DATASET_SCRIPTS = ("cql_pretrain", "fqe", "balanced_finetune", "awac", "bcq_ft")
@@ -29,33 +30,9 @@ HIDDEN = 16
 FORMAT = "o2o-ensemble-v1"
 
 
-def load_own_copy(name):
-    return load_script(name, f"reliability_{name}")
-
-
 @pytest.fixture(scope="module")
 def mods():
-    return {name: load_own_copy(name) for name in SCRIPTS}
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def run_main(module, argv, monkeypatch, cwd) -> str:
-    """module.main() with argv; returns the message of the SystemExit it must stop with (any other exception fails)."""
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", [f"{module.__name__}.py", *map(str, argv)])
-    with pytest.raises(SystemExit) as stop:
-        module.main()
-    message = stop.value.code
-    assert isinstance(message, str), f"exit code {message!r}, expected an 'error: ...' message (exit status 1)"
-    assert message.startswith("error: ") and "\n" not in message, message
-    return message
+    return own_copies("reliability", SCRIPTS)
 
 
 # ---------------------------------------------------------------------------------
@@ -150,10 +127,6 @@ def ckpts(tmp_path_factory, mods, files):
 # ---------------------------------------------------------------------------------
 # each script's command line, tiny sizes; `data` / `env` vary per case
 # ---------------------------------------------------------------------------------
-CKPT_FLAG = {"sac": "--checkpoint", "cql_pretrain": "--checkpoint", "fqe": "--checkpoint",
-             "balanced_finetune": "--save-checkpoint", "awac": "--save-checkpoint", "bcq_ft": "--save-checkpoint"}
-
-
 def argv_of(script, tmp_path, ckpts, data=None, env="Hopper-v4", n=None, policy=None):
     out = tmp_path / "out.pt"
     common = ["--env-id", env, "--run-dir", tmp_path / "runs", "--no-cuda"]
@@ -168,11 +141,11 @@ def argv_of(script, tmp_path, ckpts, data=None, env="Hopper-v4", n=None, policy=
         return [*common, "--policy-checkpoint", policy or ckpts["cql"], "--steps", "2", "--batch-size", "8",
                 "--eval-episodes", "1", "--checkpoint", out, *(["--n-ensemble", n] if n else [])]
     if script == "balanced_finetune":
-        return [*common, "--checkpoint", policy or ckpts["cql"], "--n-ensemble", n or 2, "--online-steps", "10",
+        return [*common, "--cql-checkpoint", policy or ckpts["cql"], "--n-ensemble", n or 2, "--online-steps", "10",
                 "--epoch-length", "5", "--first-epoch-multiplier", "1", "--batch-size", "8", "--ratio-batch-size", "8",
-                "--hidden-dim", HIDDEN, "--eval-episodes", "1", "--save-checkpoint", out]
+                "--hidden-dim", HIDDEN, "--eval-episodes", "1", "--checkpoint", out]
     return [*common, "--n-ensemble", n or 1, "--hidden-dim", HIDDEN, "--offline-steps", "2", "--online-steps", "0",
-            "--batch-size", "8", "--eval-episodes", "1", "--save-checkpoint", out]  # awac, bcq_ft
+            "--batch-size", "8", "--eval-episodes", "1", "--checkpoint", out]  # awac, bcq_ft
 
 
 # ---------------------------------------------------------------------------------
@@ -210,40 +183,42 @@ def test_dataset_dims_must_match_env(script, mods, files, ckpts, tmp_path, monke
 # ---------------------------------------------------------------------------------
 # checkpoints of another format / algorithm / env / N
 # ---------------------------------------------------------------------------------
-FORMAT_MSG = (rf"not an {FORMAT} checkpoint|format None, expected '{FORMAT}'|not in format {FORMAT}|not a resumable"
-              r"|not a sac\.py checkpoint")
+FORMAT_MSG = rf"checkpoint {{p}} is not an {FORMAT} checkpoint"
 RESUME_CASES = {  # script -> {checkpoint at the resume path: regex the message must match ({p}: that path)}
-    "cql_pretrain": {"text": r"cannot read checkpoint {p}", "raw": FORMAT_MSG, "fqe": r"{p} has algo='fqe'",
-                     "cql_walker": r"{p} has env_id='Walker2d-v4'",
+    "cql_pretrain": {"fqe": r"{p} has algo='fqe'", "cql_walker": r"{p} has env_id='Walker2d-v4'",
                      "cql": r"{p} has n_ensemble=2 but this run has n_ensemble=1"},
-    "fqe": {"text": r"cannot read checkpoint {p}", "raw": FORMAT_MSG, "cql": r"{p} has algo='cql'",
-            "fqe_walker": r"{p} has env_id='Walker2d-v4'", "fqe_n1": r"{p} has n_ensemble=1 but this run has n_ensemble=2"},
-    "balanced_finetune": {"text": r"cannot read checkpoint {p}", "raw": FORMAT_MSG, "cql": r"{p} is not a resumable balanced",
-                          "balanced_walker": r"{p} was made for --env-id 'Walker2d-v4', this run has 'Hopper-v4'",
-                          "balanced_n3": r"{p} holds 3 members"},
-    "awac": {"text": r"cannot read checkpoint {p}", "raw": FORMAT_MSG, "cql": r"{p} has algo='cql'",
-             "awac_walker": r"{p} has env_id='Walker2d-v4'", "awac_n2": r"{p} has n_ensemble=2 but this run has 1"},
-    "bcq_ft": {"text": r"cannot read checkpoint {p}", "raw": FORMAT_MSG, "cql": r"{p} has algo='cql'",
-               "bcq_walker": r"{p} has env_id='Walker2d-v4'", "bcq_n2": r"{p} has n_ensemble=2 but this run has 1"},
-    "sac": {"text": r"cannot read checkpoint {p}", "raw": FORMAT_MSG, "cql": r"{p} has algo='cql'",
-            "sac_walker": r"{p} has env_id='Walker2d-v4'", "sac_n2": r"{p} has n_ensemble=2 but this run has n_ensemble=1"},
+    "fqe": {"cql": r"{p} has algo='cql'", "fqe_walker": r"{p} has env_id='Walker2d-v4'",
+            "fqe_n1": r"{p} has n_ensemble=1 but this run has n_ensemble=2"},
+    "balanced_finetune": {"cql": r"{p} has algo='cql' but this run has algo='balanced'",
+                          "balanced_walker": r"{p} has env_id='Walker2d-v4' but this run has env_id='Hopper-v4'",
+                          "balanced_n3": r"{p} has n_ensemble=3 but this run has n_ensemble=2"},
+    "awac": {"cql": r"{p} has algo='cql'", "awac_walker": r"{p} has env_id='Walker2d-v4'",
+             "awac_n2": r"{p} has n_ensemble=2 but this run has n_ensemble=1"},
+    "bcq_ft": {"cql": r"{p} has algo='cql'", "bcq_walker": r"{p} has env_id='Walker2d-v4'",
+               "bcq_n2": r"{p} has n_ensemble=2 but this run has n_ensemble=1"},
+    "sac": {"cql": r"{p} has algo='cql'", "sac_walker": r"{p} has env_id='Walker2d-v4'",
+            "sac_n2": r"{p} has n_ensemble=2 but this run has n_ensemble=1"},
 }
+for cases in RESUME_CASES.values():  # the same shared load_resume_checkpoint in every script
+    cases.update({"text": r"cannot read checkpoint {p}", "raw": FORMAT_MSG, "missing": r"--resume: no checkpoint at {p} "
+                  r"\(give the run's --checkpoint\)$"})
 
 
 @pytest.mark.parametrize("script, foreign", [(s, c) for s, cases in RESUME_CASES.items() for c in cases])
 def test_resume_of_a_foreign_checkpoint(script, foreign, mods, files, ckpts, tmp_path, monkeypatch):
     path = tmp_path / "foreign.pt"
-    path.write_bytes(ckpts[foreign].read_bytes())
-    before = path.read_bytes()
-    argv = argv_of(script, tmp_path, ckpts, data=files["good"]) + [CKPT_FLAG[script], path, "--resume"]
+    if foreign != "missing":
+        path.write_bytes(ckpts[foreign].read_bytes())
+    before = path.read_bytes() if path.exists() else None
+    argv = argv_of(script, tmp_path, ckpts, data=files["good"]) + ["--checkpoint", path, "--resume"]
     message = run_main(mods[script], argv, monkeypatch, tmp_path)
     assert re.search(RESUME_CASES[script][foreign].format(p=re.escape(str(path))), message), message
-    assert path.read_bytes() == before  # a refused resume leaves the file alone
+    assert (path.read_bytes() if path.exists() else None) == before  # a refused resume leaves the file alone
 
 
 @pytest.mark.parametrize("script, change, pattern", [
     ("sac", ["--total-timesteps", "20"], r"{p} holds 30 steps, more than --total-timesteps 20"),
-    ("balanced_finetune", ["--hidden-dim", "32"], r"checkpoint {p}: its density-ratio net does not fit the network"),
+    ("balanced_finetune", ["--hidden-dim", "32"], r"checkpoint {p}: its ratio_net does not fit this run"),
     ("awac", ["--online-steps", "2"], r"checkpoint {p} holds 5 online transitions but --online-steps is 2"),
     ("bcq_ft", ["--online-steps", "2"], r"checkpoint {p} holds 5 online transitions but --online-steps is 2"),
 ])
@@ -267,12 +242,12 @@ LOADED_CASES = [  # (script, flag, checkpoint, extra args, regex ({p}: the check
     ("fqe", "--policy-checkpoint", "cql_walker", [],
      r"policy checkpoint {p} is for 'Walker2d-v4'.*not for --env-id 'Hopper-v4'"),
     ("fqe", "--policy-checkpoint", "cql", ["--n-ensemble", "3"], r"--n-ensemble 3 but policy checkpoint {p} holds 2"),
-    ("balanced_finetune", "--checkpoint", "text", [], r"cannot read checkpoint {p}"),
-    ("balanced_finetune", "--checkpoint", "raw", [], r"checkpoint {p} has format None, expected '" + FORMAT),
-    ("balanced_finetune", "--checkpoint", "fqe", [], r"--checkpoint {p} is an fqe\.py checkpoint"),
-    ("balanced_finetune", "--checkpoint", "cql_walker", [],
+    ("balanced_finetune", "--cql-checkpoint", "text", [], r"cannot read checkpoint {p}"),
+    ("balanced_finetune", "--cql-checkpoint", "raw", [], r"checkpoint {p} has format None, expected '" + FORMAT),
+    ("balanced_finetune", "--cql-checkpoint", "fqe", [], r"--cql-checkpoint {p} is an fqe\.py checkpoint"),
+    ("balanced_finetune", "--cql-checkpoint", "cql_walker", [],
      r"checkpoint {p} was trained for 'Walker2d-v4', not for --env-id 'Hopper-v4'"),
-    ("balanced_finetune", "--checkpoint", "cql", ["--n-ensemble", "3"], r"--n-ensemble 3 but checkpoint {p} holds 2"),
+    ("balanced_finetune", "--cql-checkpoint", "cql", ["--n-ensemble", "3"], r"--n-ensemble 3 but checkpoint {p} holds 2"),
     ("balanced_finetune", "--fqe-checkpoint", "text", ["--q-init", "fqe"], r"cannot read checkpoint {p}"),
     ("balanced_finetune", "--fqe-checkpoint", "raw", ["--q-init", "fqe"], r"checkpoint {p} has format None"),
     ("balanced_finetune", "--fqe-checkpoint", "cql", ["--q-init", "fqe"],
@@ -294,13 +269,63 @@ def test_loaded_checkpoint_of_another_format_algo_env_or_n(script, flag, foreign
 
 
 # ---------------------------------------------------------------------------------
+# the old spellings (commands written before issue 21) still mean what they meant
+# ---------------------------------------------------------------------------------
+def parsed(module, argv):
+    args = tyro.cli(module.Args, args=[str(arg) for arg in argv])
+    if hasattr(module, "resolve_args"):
+        module.resolve_args(args)
+    return args
+
+
+def test_old_spellings_parse_to_the_same_paths(mods, capsys):
+    bf = mods["balanced_finetune"]
+    old = parsed(bf, ["--checkpoint", "CQL.pt", "--save-checkpoint", "OUT.pt", "--resume"])
+    new = parsed(bf, ["--cql-checkpoint", "CQL.pt", "--checkpoint", "OUT.pt", "--resume"])
+    assert (old.cql_checkpoint, old.checkpoint, old.resume) == ("CQL.pt", "OUT.pt", True)
+    assert {**vars(old), "old_save_checkpoint": None} == vars(new)
+    assert capsys.readouterr().err == ("note: old spellings: --checkpoint CQL.pt --save-checkpoint OUT.pt now read "
+                                       "--cql-checkpoint CQL.pt --checkpoint OUT.pt\n")
+    alone = parsed(bf, ["--save-checkpoint", "OUT.pt"])  # the output; the CQL input keeps its default
+    assert (alone.cql_checkpoint, alone.checkpoint) == ("checkpoints/cql_walker2d-medium-expert-v2_seed1.pt", "OUT.pt")
+    with pytest.raises(SystemExit, match="give --cql-checkpoint CQL.pt --checkpoint OUT.pt$"):
+        parsed(bf, ["--cql-checkpoint", "A.pt", "--checkpoint", "B.pt", "--save-checkpoint", "C.pt"])
+    for script in ("awac", "bcq_ft"):
+        assert parsed(mods[script], ["--save-checkpoint", "OUT.pt", "--resume"]) == \
+            parsed(mods[script], ["--checkpoint", "OUT.pt", "--resume"])
+    for script in ("cql_pretrain", "fqe", "sac"):  # their output was always --checkpoint
+        assert parsed(mods[script], ["--checkpoint", "OUT.pt", "--resume"]).checkpoint == "OUT.pt"
+
+
+def test_old_spellings_run_and_resume(mods, files, ckpts, tmp_path, monkeypatch):
+    """balanced_finetune.py --checkpoint CQL.pt ... --save-checkpoint OUT.pt [--resume], as a campaign's commands.txt
+    holds it: fine-tunes CQL.pt into OUT.pt, leaves CQL.pt alone, and resumes OUT.pt. Without --save-checkpoint,
+    --checkpoint is the output, and a CQL checkpoint there is never overwritten."""
+    new = argv_of("balanced_finetune", tmp_path, ckpts, data=files["good"])
+    old = [{"--cql-checkpoint": "--checkpoint", "--checkpoint": "--save-checkpoint"}.get(arg, arg) for arg in new]
+    cql_before = ckpts["cql"].read_bytes()
+    for argv in (old, old + ["--resume"]):
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(sys, "argv", ["balanced_finetune.py", *map(str, argv)])
+        mods["balanced_finetune"].main()
+    assert ckpts["cql"].read_bytes() == cql_before
+    assert torch.load(tmp_path / "out.pt", weights_only=True)["algo"] == "balanced"
+    copy = tmp_path / "my_cql.pt"
+    copy.write_bytes(cql_before)
+    message = run_main(mods["balanced_finetune"], new[:new.index("--checkpoint")] + ["--checkpoint", copy],
+                       monkeypatch, tmp_path)
+    assert message.startswith(f"error: --checkpoint {copy} holds a 'cql' checkpoint; refusing to overwrite it"), message
+    assert copy.read_bytes() == cql_before
+
+
+# ---------------------------------------------------------------------------------
 # unwritable checkpoint path
 # ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_unwritable_checkpoint_path(script, mods, files, ckpts, tmp_path, monkeypatch):
     (tmp_path / "a_file").write_text("a regular file, not a folder")
     path = tmp_path / "a_file" / "sub" / "ckpt.pt"
-    argv = argv_of(script, tmp_path, ckpts, data=files["good"]) + [CKPT_FLAG[script], path]
+    argv = argv_of(script, tmp_path, ckpts, data=files["good"]) + ["--checkpoint", path]
     message = run_main(mods[script], argv, monkeypatch, tmp_path)
     assert "cannot write" in message and str(path) in message, message
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # stopped before training
@@ -335,16 +360,16 @@ def test_every_checkpoint_write_is_atomic(script, mods, tmp_path, monkeypatch):
     module, path = mods[script], tmp_path / "ckpt.pt"
     module.save_checkpoint(str(path), {"step": 1})
 
-    def dies_half_way(payload, target):
-        with open(target, "wb") as f:
-            f.write(b"half a checkpoint")
-        raise KeyboardInterrupt  # killed mid-write, before the rename
+    def killed_before_the_rename(source, target):
+        assert open(source, "rb").read(2) == b"PK"  # the new checkpoint is complete in the temp file
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(module.torch, "save", dies_half_way)
+    monkeypatch.setattr(module.os, "replace", killed_before_the_rename)
     with pytest.raises(KeyboardInterrupt):
         module.save_checkpoint(str(path), {"step": 2})
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"step": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]  # no temp file left
 
 
 # Top-level names that mean a different thing in each script. Every other name defined in more than one script is a
