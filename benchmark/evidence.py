@@ -278,9 +278,9 @@ def showcase_jobs(out: Path, data_args, cql: dict) -> list[Job]:
     same kind of CPU it logs the same values: reproducibility.csv checks it) for its final checkpoint, then the CQL
     policy and the fine-tuned one side by side (benchmark/record.py)."""
     folder, checkpoint = out / "showcase", Path("checkpoints/evidence/showcase_medium-replay_balanced-N5_s1.pt")
-    rerun = Job("showcase_rerun", [PY, "balanced_finetune.py", *data_args("medium-replay"), "--checkpoint",
+    rerun = Job("showcase_rerun", [PY, "balanced_finetune.py", *data_args("medium-replay"), "--cql-checkpoint",
                                    cql["medium-replay"], *FINETUNE_ARMS["balanced-N5"], "--online-steps", ONLINE_STEPS,
-                                   "--eval-episodes", EVAL_EPISODES, "--seed", 1, "--save-checkpoint", checkpoint,
+                                   "--eval-episodes", EVAL_EPISODES, "--seed", 1, "--checkpoint", checkpoint,
                                    "--checkpoint-every", 5000, "--run-dir",
                                    folder / "runs" / "hopper-medium-replay__balanced-N5__seed1"],
                 checkpoint, folder / "runs" / "hopper-medium-replay__balanced-N5__seed1", ["cql_medium-replay", "data_all"])
