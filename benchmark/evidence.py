@@ -722,6 +722,7 @@ def report(out: Path):
             write_study_files(study, dataset, [by_name[name] for name in runs], by_name, command, out)
     write_fqe_convergence(out)
     first_epoch_report(out)
+    showcase_reproducibility(out)
     # diagnostics (benchmark/diagnose.py): the pretrained critics' Q against Monte-Carlo returns of the CQL policy,
     # and alpha, Qbar and the offline fraction along the runs, on the dataset that has every arm
     pre = out / "pretrained"
@@ -820,6 +821,17 @@ def probe_scores(run_dir: Path) -> list:
     points = scalar_points(run_dir, "eval/normalized_score")
     steps = range(0, PROBE_STEPS + 1, 1000)
     return [points[step] for step in steps] if all(step in points for step in steps) else None
+
+
+def showcase_reproducibility(out: Path):
+    """showcase/reproducibility.csv: the rerun of hopper-medium-replay ours seed 1 against the study's run, step by
+    step (the same command on the same kind of CPU: identical values expected)."""
+    study = scalar_points(out / "runs" / "hopper-medium-replay__balanced-N5__seed1", "eval/normalized_score")
+    rerun = scalar_points(out / "showcase" / "runs" / "hopper-medium-replay__balanced-N5__seed1", "eval/normalized_score")
+    if study and rerun and (ROOT / out / "status" / "showcase_rerun.done").exists():
+        write_csv(ROOT / out / "showcase" / "reproducibility.csv",
+                  [{"step": step, "study": study[step], "rerun": rerun.get(step, ""),
+                    "identical": study[step] == rerun.get(step)} for step in sorted(study)])
 
 
 def first_epoch_report(out: Path):
