@@ -7,6 +7,7 @@ import struct
 import sys
 
 import pytest
+
 from conftest import load_script, run_main, scalars, write_d4rl_file
 
 HOPPER = ["--env-id", "Hopper-v4", "--no-cuda", "--hidden-dim", "16", "--batch-size", "8", "--eval-episodes", "1"]
