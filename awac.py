@@ -108,6 +108,18 @@ class Args:
     torch_deterministic: bool = True
     """torch.backends.cudnn.deterministic"""
 
+    # Weights & Biases and evaluation videos (README: Tracking and videos)
+    track: bool = False
+    """mirror the TensorBoard scalars to Weights & Biases (pip install wandb; WANDB_MODE=offline needs no network)"""
+    wandb_project_name: str = "o2o-balanced-replay"
+    """the Weights & Biases project (with --track)"""
+    wandb_entity: str | None = None
+    """the Weights & Biases team or user (with --track; default: your default entity)"""
+    capture_video: bool = False
+    """render evaluation episodes to <run-dir>/videos/step<N>.mp4 (.gif without imageio-ffmpeg)"""
+    video_every_evals: int = 10
+    """with --capture-video: the first evaluation, every this many evaluations, and the last"""
+
 
 # ---- vectorized ensemble networks (paper §3.2): weights [N, in, out], one batched matmul per layer ----
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
@@ -367,6 +379,7 @@ def main():
     check_writable(run_dir, "run directory")
 
     x_of = lambda step: step - args.offline_steps  # x-axis: online env steps, offline ones before 0
+    tracking, videos = start_tracking(args, run_dir), EvalVideos(args, run_dir)  # --track, --capture-video
     writer = SummaryWriter(run_dir, purge_step=x_of(global_step) + 1 if args.resume else None)
     if not args.resume:
         writer.add_text("hyperparameters", "|param|value|\n|-|-|\n"
@@ -419,6 +432,7 @@ def main():
             last_log_time, last_log_step = time.time(), step
         if x % args.eval_every == 0 or step == total_steps:
             returns = evaluate(eval_env, policy, [args.seed + 10_000 + i for i in range(args.eval_episodes)], device)
+            videos.after_eval(eval_env, policy, args.seed + 10_000, x, step == total_steps, device)
             score = normalized_score(args.env_id, returns.mean())
             writer.add_scalar("eval/return", returns.mean(), x)
             writer.add_scalar("eval/normalized_score", score, x)
@@ -433,6 +447,8 @@ def main():
     if metrics is None:  # nothing to train (0 steps, or resumed at the end): still leave a checkpoint
         save(global_step, None)
     writer.close()
+    if tracking is not None:
+        tracking.finish()
     if env is not None:
         env.close()
     eval_env.close()
@@ -866,6 +882,88 @@ def load_resume_checkpoint(path: str, expected: dict) -> dict:
     if "resume" not in ckpt:
         fail(f"checkpoint {path} holds no resume state")
     return ckpt
+
+
+def start_tracking(args, run_dir: str):
+    """--track: a Weights & Biases run that mirrors the TensorBoard scalars (sync_tensorboard, so call it before the
+    SummaryWriter exists) under the run dir's name; None without --track. WANDB_MODE=offline keeps it on disk."""
+    if not args.track:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        fail("--track needs Weights & Biases: pip install wandb")
+    return wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                      config=vars(args), name=os.path.basename(os.path.normpath(run_dir)), save_code=True)
+
+
+VIDEO_SIZE, VIDEO_FPS = 240, 25  # --capture-video frames: 240 x 240 pixels, ~25 frames per second of simulated time
+
+
+class EvalVideos:
+    """--capture-video: after the first evaluation, every --video-every-evals-th and the last, one episode of the
+    evaluated policy from the first evaluation episode's start seed, rendered on an env of its own (the evaluation
+    env, its RNG and the torch RNG are left as they were: no logged number changes), to <run_dir>/videos/step<N>.mp4
+    (imageio-ffmpeg), else .gif (Pillow)."""
+
+    def __init__(self, args, run_dir: str):
+        self.on, self.every, self.dir, self.n_evals = args.capture_video, args.video_every_evals, run_dir, 0
+        if self.on:
+            os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo; read when the first env imports mujoco
+            if self.every < 1:
+                fail("--video-every-evals must be at least 1")
+
+    def after_eval(self, env: gym.Env, policy, seed: int, step: int, last: bool, device):
+        """env: the evaluation env (only its spec is used); policy as in `evaluate`. Returns the path written or None."""
+        self.n_evals += 1
+        if not self.on or not (self.n_evals == 1 or self.n_evals % self.every == 0 or last):
+            return None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                render_env = gym.make(env.spec, render_mode="rgb_array", width=VIDEO_SIZE, height=VIDEO_SIZE)
+            obs, _ = render_env.reset(seed=seed)
+            frames = [render_env.render()]
+        except Exception as err:  # no GL library, no EGL device, an env that cannot render
+            fail(f"--capture-video: cannot render {env.spec.id} (MUJOCO_GL={os.environ.get('MUJOCO_GL', '')}): "
+                 f"{(str(err).strip() or type(err).__name__).splitlines()[0]}; headless MuJoCo needs EGL "
+                 f"(apt install libegl1) or OSMesa (MUJOCO_GL=osmesa, apt install libosmesa6)")
+        fps = render_env.metadata.get("render_fps") or VIDEO_FPS
+        frame_every, done, t = max(1, round(fps / VIDEO_FPS)), False, 0
+        with torch.random.fork_rng(), torch.no_grad():  # a stochastic policy draws from a copy of the torch RNG
+            while not done:
+                action = policy(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))[0].cpu().numpy()
+                obs, _, terminated, truncated, _ = render_env.step(action)
+                done, t = terminated or truncated, t + 1
+                if t % frame_every == 0 or done:
+                    frames.append(render_env.render())
+        render_env.close()
+        os.makedirs(os.path.join(self.dir, "videos"), exist_ok=True)
+        return write_video(frames, os.path.join(self.dir, "videos", f"step{step}"), fps / frame_every)
+
+
+def write_video(frames: list, stem: str, fps: float) -> str:
+    """stem.mp4 with imageio-ffmpeg, else stem.gif with Pillow, each imported only here; returns the path."""
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        try:
+            from PIL import Image
+        except ImportError:
+            fail("--capture-video needs imageio-ffmpeg (MP4) or Pillow (GIF): pip install imageio-ffmpeg")
+        path = stem + ".gif"
+        images = [Image.fromarray(frame) for frame in frames]
+        images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+        return path
+    path = stem + ".mp4"
+    height, width = frames[0].shape[:2]
+    writer = imageio_ffmpeg.write_frames(path, (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+                                         macro_block_size=1, output_params=["-loglevel", "error"])
+    writer.send(None)  # start ffmpeg
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+    return path
 
 
 # =====================================================================================================================

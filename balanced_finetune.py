@@ -129,6 +129,17 @@ class Args:
     """set torch.backends.cudnn.deterministic"""
     cuda: bool = True
     """use CUDA when available"""
+    # Weights & Biases and evaluation videos (README: Tracking and videos)
+    track: bool = False
+    """mirror the TensorBoard scalars to Weights & Biases (pip install wandb; WANDB_MODE=offline needs no network)"""
+    wandb_project_name: str = "o2o-balanced-replay"
+    """the Weights & Biases project (with --track)"""
+    wandb_entity: str | None = None
+    """the Weights & Biases team or user (with --track; default: your default entity)"""
+    capture_video: bool = False
+    """render evaluation episodes to <run-dir>/videos/step<N>.mp4 (.gif without imageio-ffmpeg)"""
+    video_every_evals: int = 10
+    """with --capture-video: the first evaluation, every this many evaluations, and the last"""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -659,6 +670,7 @@ def main():
 
     # on resume, TensorBoard drops what the interrupted run logged from the checkpoint's step on; the statistics of the
     # epoch that ended there are logged again
+    tracking, videos = start_tracking(args, args.run_dir), EvalVideos(args, args.run_dir)  # --track, --capture-video
     writer = SummaryWriter(args.run_dir, purge_step=global_step if saved is not None else None)
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
         f"|{key}|{value}|" for key, value in vars(args).items()))
@@ -666,9 +678,11 @@ def main():
         for tag, value in (saved["resume"].get("epoch_stats") or {}).items():
             writer.add_scalar(tag, value, global_step)
 
-    def log_eval(step):  # the deterministic ensemble policy tanh(mu) of eq. (5); later episodes: the env's own RNG
+    def log_eval(step, last=False):  # the deterministic ensemble policy tanh(mu) of eq. (5); later episodes: the env's RNG
         seeds = [args.seed + 10_000 + step] + [None] * (args.eval_episodes - 1)
-        returns = evaluate(eval_env, lambda obs: torch.tanh(ensemble_policy(actor, obs, n_ensemble)[0]), seeds, device)
+        policy = lambda obs: torch.tanh(ensemble_policy(actor, obs, n_ensemble)[0])
+        returns = evaluate(eval_env, policy, seeds, device)
+        videos.after_eval(eval_env, policy, seeds[0], step, last, device)
         mean_return = float(np.mean(returns))
         score = normalized_score(args.env_id, mean_return)
         writer.add_scalar("eval/return", mean_return, step)
@@ -739,9 +753,11 @@ def main():
             last_checkpoint = global_step
     progress.close()
 
-    final_score = log_eval(global_step)
+    final_score = log_eval(global_step, last=True)
     save(global_step)
     writer.close()
+    if tracking is not None:
+        tracking.finish()
     env.close()
     eval_env.close()
     before = "n/a (resumed)" if args.resume and start_step > 0 else f"{first_score:.1f}"
@@ -1195,6 +1211,88 @@ def evaluate(env: gym.Env, policy, seeds: list, device) -> np.ndarray:
             done = terminated or truncated
         returns.append(episode_return)
     return np.array(returns)
+
+
+def start_tracking(args, run_dir: str):
+    """--track: a Weights & Biases run that mirrors the TensorBoard scalars (sync_tensorboard, so call it before the
+    SummaryWriter exists) under the run dir's name; None without --track. WANDB_MODE=offline keeps it on disk."""
+    if not args.track:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        fail("--track needs Weights & Biases: pip install wandb")
+    return wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                      config=vars(args), name=os.path.basename(os.path.normpath(run_dir)), save_code=True)
+
+
+VIDEO_SIZE, VIDEO_FPS = 240, 25  # --capture-video frames: 240 x 240 pixels, ~25 frames per second of simulated time
+
+
+class EvalVideos:
+    """--capture-video: after the first evaluation, every --video-every-evals-th and the last, one episode of the
+    evaluated policy from the first evaluation episode's start seed, rendered on an env of its own (the evaluation
+    env, its RNG and the torch RNG are left as they were: no logged number changes), to <run_dir>/videos/step<N>.mp4
+    (imageio-ffmpeg), else .gif (Pillow)."""
+
+    def __init__(self, args, run_dir: str):
+        self.on, self.every, self.dir, self.n_evals = args.capture_video, args.video_every_evals, run_dir, 0
+        if self.on:
+            os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo; read when the first env imports mujoco
+            if self.every < 1:
+                fail("--video-every-evals must be at least 1")
+
+    def after_eval(self, env: gym.Env, policy, seed: int, step: int, last: bool, device):
+        """env: the evaluation env (only its spec is used); policy as in `evaluate`. Returns the path written or None."""
+        self.n_evals += 1
+        if not self.on or not (self.n_evals == 1 or self.n_evals % self.every == 0 or last):
+            return None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                render_env = gym.make(env.spec, render_mode="rgb_array", width=VIDEO_SIZE, height=VIDEO_SIZE)
+            obs, _ = render_env.reset(seed=seed)
+            frames = [render_env.render()]
+        except Exception as err:  # no GL library, no EGL device, an env that cannot render
+            fail(f"--capture-video: cannot render {env.spec.id} (MUJOCO_GL={os.environ.get('MUJOCO_GL', '')}): "
+                 f"{(str(err).strip() or type(err).__name__).splitlines()[0]}; headless MuJoCo needs EGL "
+                 f"(apt install libegl1) or OSMesa (MUJOCO_GL=osmesa, apt install libosmesa6)")
+        fps = render_env.metadata.get("render_fps") or VIDEO_FPS
+        frame_every, done, t = max(1, round(fps / VIDEO_FPS)), False, 0
+        with torch.random.fork_rng(), torch.no_grad():  # a stochastic policy draws from a copy of the torch RNG
+            while not done:
+                action = policy(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))[0].cpu().numpy()
+                obs, _, terminated, truncated, _ = render_env.step(action)
+                done, t = terminated or truncated, t + 1
+                if t % frame_every == 0 or done:
+                    frames.append(render_env.render())
+        render_env.close()
+        os.makedirs(os.path.join(self.dir, "videos"), exist_ok=True)
+        return write_video(frames, os.path.join(self.dir, "videos", f"step{step}"), fps / frame_every)
+
+
+def write_video(frames: list, stem: str, fps: float) -> str:
+    """stem.mp4 with imageio-ffmpeg, else stem.gif with Pillow, each imported only here; returns the path."""
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        try:
+            from PIL import Image
+        except ImportError:
+            fail("--capture-video needs imageio-ffmpeg (MP4) or Pillow (GIF): pip install imageio-ffmpeg")
+        path = stem + ".gif"
+        images = [Image.fromarray(frame) for frame in frames]
+        images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+        return path
+    path = stem + ".mp4"
+    height, width = frames[0].shape[:2]
+    writer = imageio_ffmpeg.write_frames(path, (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+                                         macro_block_size=1, output_params=["-loglevel", "error"])
+    writer.send(None)  # start ffmpeg
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+    return path
 
 
 # =====================================================================================================================

@@ -100,6 +100,17 @@ class Args:
     """continue the run saved in --checkpoint"""
     run_dir: str | None = None
     """TensorBoard folder (default runs/{env_id}__fqe__{seed}__{time})"""
+    # Weights & Biases and evaluation videos (README: Tracking and videos)
+    track: bool = False
+    """mirror the TensorBoard scalars to Weights & Biases (pip install wandb; WANDB_MODE=offline needs no network)"""
+    wandb_project_name: str = "o2o-balanced-replay"
+    """the Weights & Biases project (with --track)"""
+    wandb_entity: str | None = None
+    """the Weights & Biases team or user (with --track; default: your default entity)"""
+    capture_video: bool = False
+    """render evaluation episodes to <run-dir>/videos/step<N>.mp4 (.gif without imageio-ffmpeg)"""
+    video_every_evals: int = 10
+    """with --capture-video: the first evaluation, every this many evaluations, and the last"""
 
 
 # ---- vectorized ensemble networks (paper §3.2): weights [N, in, out], one batched matmul per layer ----
@@ -249,6 +260,12 @@ def state_value(actor: EnsembleActor, critic: EnsembleCritic, obs: torch.Tensor,
 
 
 @torch.no_grad()
+def sample_policy(actor: EnsembleActor, obs: torch.Tensor) -> torch.Tensor:
+    """An action of the stochastic ensemble policy (eq. 5) at obs [B, S], as monte_carlo draws them."""
+    mean, std = ensemble_moments_at(actor, obs)
+    return torch.tanh(mean + std * torch.randn_like(mean))
+
+
 def monte_carlo(actor: EnsembleActor, envs: list, seed: int, gamma: float, device):
     """Episodes of the stochastic ensemble policy (eq. 5), one per env in lockstep, env e from seed + 10000 + e.
 
@@ -361,6 +378,7 @@ def main():
         })
 
     # on resume, TensorBoard drops whatever the interrupted run logged after its checkpoint's step
+    tracking, videos = start_tracking(args, run_dir), EvalVideos(args, run_dir)  # --track, --capture-video
     writer = SummaryWriter(run_dir, purge_step=start_step + 1 if args.resume else None)
     if not args.resume:
         writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
@@ -387,6 +405,8 @@ def main():
                 start_time, sps_step = time.time(), global_step
         if is_eval:
             discounted, returns, env_starts = monte_carlo(actor, envs, args.seed, args.gamma, device)
+            videos.after_eval(envs[0], lambda obs: sample_policy(actor, obs), args.seed + 10_000, global_step,
+                              global_step == args.steps, device)
             q_dataset = state_value(actor, critic, start_states)
             q_env = state_value(actor, critic, torch.as_tensor(env_starts, dtype=torch.float32, device=device))
             writer.add_scalar("eval/q_estimate", q_dataset, global_step)
@@ -405,6 +425,8 @@ def main():
     if start_step >= args.steps:
         save(start_step)
     writer.close()
+    if tracking is not None:
+        tracking.finish()
     for env in envs:
         env.close()
     print(f"saved {checkpoint_path}")
@@ -838,6 +860,88 @@ def stop_after_signal(signum: int, checkpoint: str, step: int):
     tqdm.write(f"stopped by {signal.Signals(signum).name} after step {step}: checkpoint {checkpoint} written; continue "
                f"with: {command}", file=sys.stderr)
     raise SystemExit(75)
+
+
+def start_tracking(args, run_dir: str):
+    """--track: a Weights & Biases run that mirrors the TensorBoard scalars (sync_tensorboard, so call it before the
+    SummaryWriter exists) under the run dir's name; None without --track. WANDB_MODE=offline keeps it on disk."""
+    if not args.track:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        fail("--track needs Weights & Biases: pip install wandb")
+    return wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                      config=vars(args), name=os.path.basename(os.path.normpath(run_dir)), save_code=True)
+
+
+VIDEO_SIZE, VIDEO_FPS = 240, 25  # --capture-video frames: 240 x 240 pixels, ~25 frames per second of simulated time
+
+
+class EvalVideos:
+    """--capture-video: after the first evaluation, every --video-every-evals-th and the last, one episode of the
+    evaluated policy from the first evaluation episode's start seed, rendered on an env of its own (the evaluation
+    env, its RNG and the torch RNG are left as they were: no logged number changes), to <run_dir>/videos/step<N>.mp4
+    (imageio-ffmpeg), else .gif (Pillow)."""
+
+    def __init__(self, args, run_dir: str):
+        self.on, self.every, self.dir, self.n_evals = args.capture_video, args.video_every_evals, run_dir, 0
+        if self.on:
+            os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo; read when the first env imports mujoco
+            if self.every < 1:
+                fail("--video-every-evals must be at least 1")
+
+    def after_eval(self, env: gym.Env, policy, seed: int, step: int, last: bool, device):
+        """env: the evaluation env (only its spec is used); policy as in `evaluate`. Returns the path written or None."""
+        self.n_evals += 1
+        if not self.on or not (self.n_evals == 1 or self.n_evals % self.every == 0 or last):
+            return None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                render_env = gym.make(env.spec, render_mode="rgb_array", width=VIDEO_SIZE, height=VIDEO_SIZE)
+            obs, _ = render_env.reset(seed=seed)
+            frames = [render_env.render()]
+        except Exception as err:  # no GL library, no EGL device, an env that cannot render
+            fail(f"--capture-video: cannot render {env.spec.id} (MUJOCO_GL={os.environ.get('MUJOCO_GL', '')}): "
+                 f"{(str(err).strip() or type(err).__name__).splitlines()[0]}; headless MuJoCo needs EGL "
+                 f"(apt install libegl1) or OSMesa (MUJOCO_GL=osmesa, apt install libosmesa6)")
+        fps = render_env.metadata.get("render_fps") or VIDEO_FPS
+        frame_every, done, t = max(1, round(fps / VIDEO_FPS)), False, 0
+        with torch.random.fork_rng(), torch.no_grad():  # a stochastic policy draws from a copy of the torch RNG
+            while not done:
+                action = policy(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))[0].cpu().numpy()
+                obs, _, terminated, truncated, _ = render_env.step(action)
+                done, t = terminated or truncated, t + 1
+                if t % frame_every == 0 or done:
+                    frames.append(render_env.render())
+        render_env.close()
+        os.makedirs(os.path.join(self.dir, "videos"), exist_ok=True)
+        return write_video(frames, os.path.join(self.dir, "videos", f"step{step}"), fps / frame_every)
+
+
+def write_video(frames: list, stem: str, fps: float) -> str:
+    """stem.mp4 with imageio-ffmpeg, else stem.gif with Pillow, each imported only here; returns the path."""
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        try:
+            from PIL import Image
+        except ImportError:
+            fail("--capture-video needs imageio-ffmpeg (MP4) or Pillow (GIF): pip install imageio-ffmpeg")
+        path = stem + ".gif"
+        images = [Image.fromarray(frame) for frame in frames]
+        images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+        return path
+    path = stem + ".mp4"
+    height, width = frames[0].shape[:2]
+    writer = imageio_ffmpeg.write_frames(path, (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+                                         macro_block_size=1, output_params=["-loglevel", "error"])
+    writer.send(None)  # start ffmpeg
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+    return path
 
 
 # =====================================================================================================================
