@@ -23,6 +23,7 @@ Implementation choices where the paper is silent: the Notes at the end of this f
         --online-steps 20000 --hidden-dim 64
     python awac.py --env-id hopper-medium-v2 --n-ensemble 5 --resume    # continue an interrupted run
 """
+
 import contextlib
 import dataclasses
 import http.client
@@ -322,8 +323,12 @@ def main():
             fail(f"--{name.replace('_', '-')} must be at least 1")
     if args.offline_steps < 0 or args.online_steps < 0 or args.checkpoint_every < 0:
         fail("--offline-steps, --online-steps and --checkpoint-every must be non-negative")
-    for name, value in (("learning_rate", args.learning_rate), ("tau", args.tau), ("awac_lambda", args.awac_lambda),
-                        ("exp_adv_max", args.exp_adv_max)):
+    for name, value in (
+        ("learning_rate", args.learning_rate),
+        ("tau", args.tau),
+        ("awac_lambda", args.awac_lambda),
+        ("exp_adv_max", args.exp_adv_max),
+    ):
         if not (np.isfinite(value) and value > 0):
             fail(f"--{name.replace('_', '-')} must be a positive number, got {value}")
     if not 0.0 <= args.gamma <= 1.0:
@@ -356,16 +361,26 @@ def main():
 
     global_step, episodes = 0, 0
     if args.resume:
-        expected = {"algo": "awac", "env_id": args.env_id, "obs_dim": obs_dim, "act_dim": act_dim,
-                    "n_ensemble": args.n_ensemble, "hidden_sizes": [args.hidden_dim] * 2}
+        expected = {
+            "algo": "awac",
+            "env_id": args.env_id,
+            "obs_dim": obs_dim,
+            "act_dim": act_dim,
+            "n_ensemble": args.n_ensemble,
+            "hidden_sizes": [args.hidden_dim] * 2,
+        }
         ckpt = load_resume_checkpoint(checkpoint_path, expected)
         state = ckpt["resume"]
         if state["dataset_size"] != buffer.dataset_size:
-            fail(f"checkpoint {checkpoint_path} was trained on {state['dataset_size']} dataset transitions, "
-                 f"this dataset has {buffer.dataset_size}")
+            fail(
+                f"checkpoint {checkpoint_path} was trained on {state['dataset_size']} dataset transitions, "
+                f"this dataset has {buffer.dataset_size}"
+            )
         if len(state["online_transitions"]["observations"]) > args.online_steps:  # more than the buffer has room for
-            fail(f"checkpoint {checkpoint_path} holds {len(state['online_transitions']['observations'])} online "
-                 f"transitions but --online-steps is {args.online_steps}")
+            fail(
+                f"checkpoint {checkpoint_path} holds {len(state['online_transitions']['observations'])} online "
+                f"transitions but --online-steps is {args.online_steps}"
+            )
         load_state(actor, ckpt["actor"], "actor", checkpoint_path)
         load_state(critic, ckpt["critic"], "critic", checkpoint_path)
         load_resume_state(ckpt, checkpoint_path, np_rng, resumable)
@@ -382,21 +397,39 @@ def main():
     tracking, videos = start_tracking(args, run_dir), EvalVideos(args, run_dir)  # --track, --capture-video
     writer = SummaryWriter(run_dir, purge_step=x_of(global_step) + 1 if args.resume else None)
     if not args.resume:
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n"
-                        + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items()))
+        writer.add_text(
+            "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
+        )
 
     def save(step: int, metrics: dict | None):
         if metrics is not None:
             check_finite(metrics, x_of(step))  # never overwrite the last good checkpoint with a diverged one
         writer.flush()
-        save_checkpoint(checkpoint_path, {
-            "format": CHECKPOINT_FORMAT, "algo": "awac", "env_id": args.env_id, "obs_dim": obs_dim,
-            "act_dim": act_dim, "n_ensemble": args.n_ensemble, "hidden_sizes": hidden_sizes,
-            "actor": actor.state_dict(), "critic": critic.state_dict(), "step": step,
-            "args": dataclasses.asdict(args),
-            "resume": resume_state(np_rng, resumable, global_step=step, episodes=episodes, run_dir=run_dir,
-                                   dataset_size=buffer.dataset_size, online_transitions=buffer.online_part()),
-        })
+        save_checkpoint(
+            checkpoint_path,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "algo": "awac",
+                "env_id": args.env_id,
+                "obs_dim": obs_dim,
+                "act_dim": act_dim,
+                "n_ensemble": args.n_ensemble,
+                "hidden_sizes": hidden_sizes,
+                "actor": actor.state_dict(),
+                "critic": critic.state_dict(),
+                "step": step,
+                "args": dataclasses.asdict(args),
+                "resume": resume_state(
+                    np_rng,
+                    resumable,
+                    global_step=step,
+                    episodes=episodes,
+                    run_dir=run_dir,
+                    dataset_size=buffer.dataset_size,
+                    online_transitions=buffer.online_part(),
+                ),
+            },
+        )
 
     env, obs = None, None
     metrics, last_log_time, last_log_step = None, time.time(), global_step
@@ -436,8 +469,10 @@ def main():
             score = normalized_score(args.env_id, returns.mean())
             writer.add_scalar("eval/return", returns.mean(), x)
             writer.add_scalar("eval/normalized_score", score, x)
-            tqdm.write(f"x={x} ({'offline' if x <= 0 else 'online'}) return={returns.mean():.1f} "
-                       f"normalized={score:.1f} critic_loss={metrics['losses/critic_loss'].item():.3f}")
+            tqdm.write(
+                f"x={x} ({'offline' if x <= 0 else 'online'}) return={returns.mean():.1f} "
+                f"normalized={score:.1f} critic_loss={metrics['losses/critic_loss'].item():.3f}"
+            )
         if (args.checkpoint_every and step % args.checkpoint_every == 0) or step == total_steps or stop["signal"]:
             save(step, metrics)
         if stop["signal"]:
@@ -460,6 +495,7 @@ def main():
 # verbatim into each (CONTRIBUTING.md) and tests/test_reliability.py checks that every copy is identical. Python looks
 # these names up when main() runs, so they can come after it.
 # =====================================================================================================================
+
 
 def fail(message: str):
     """Stop with one clear message and exit status 1, no traceback (used for every bad input)."""
@@ -490,8 +526,10 @@ def gym_env_id(env_id: str) -> str:
         return env_id
     if is_minari_id(env_id):
         return minari_dataset(env_id).env_spec.id
-    fail(f"unknown --env-id {env_id!r}: give a D4RL task name such as walker2d-medium-expert-v2, a Minari dataset id "
-         f"such as mujoco/hopper/medium-v0, or a gymnasium id such as Hopper-v4")
+    fail(
+        f"unknown --env-id {env_id!r}: give a D4RL task name such as walker2d-medium-expert-v2, a Minari dataset id "
+        f"such as mujoco/hopper/medium-v0, or a gymnasium id such as Hopper-v4"
+    )
 
 
 def normalized_score(env_id: str, episode_return: float) -> float:
@@ -569,12 +607,16 @@ def download_d4rl_file(env_id: str) -> str:
     except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         if os.path.exists(partial):
             os.remove(partial)
-        fail(f"dataset for {env_id} not found at {path} and could not be downloaded from {url} ({err}); "
-             f"download it there by hand, or pass --dataset-path FILE.hdf5")
+        fail(
+            f"dataset for {env_id} not found at {path} and could not be downloaded from {url} ({err}); "
+            f"download it there by hand, or pass --dataset-path FILE.hdf5"
+        )
     if total is not None and received != total:  # never let a short file take the final name
         os.remove(partial)
-        fail(f"download of {url} ended after {received} of the {total} bytes announced; the partial file was "
-             f"deleted and {path} not written: run again, or download it there by hand")
+        fail(
+            f"download of {url} ended after {received} of the {total} bytes announced; the partial file was "
+            f"deleted and {path} not written: run again, or download it there by hand"
+        )
     return path
 
 
@@ -663,8 +705,10 @@ def minari_dataset(dataset_id: str):
         fail(f"Minari dataset {dataset_id} names no environment (no env_spec in its metadata)")
     for name, space in (("observation", dataset.observation_space), ("action", dataset.action_space)):
         if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
-            fail(f"Minari dataset {dataset_id}: its {name} space is {space}; only flat Box spaces (one vector per step) "
-                 f"are supported")
+            fail(
+                f"Minari dataset {dataset_id}: its {name} space is {space}; only flat Box spaces (one vector per step) "
+                f"are supported"
+            )
     return dataset
 
 
@@ -676,8 +720,10 @@ def read_minari_dataset(dataset_id: str) -> dict[str, np.ndarray]:
     for episode in episodes:
         steps = len(episode.rewards)
         if len(episode.observations) != steps + 1 or len(episode.actions) != steps:
-            fail(f"Minari dataset {dataset_id}: episode {episode.id} has {len(episode.observations)} observations and "
-                 f"{len(episode.actions)} actions for {steps} rewards (observations need one more)")
+            fail(
+                f"Minari dataset {dataset_id}: episode {episode.id} has {len(episode.observations)} observations and "
+                f"{len(episode.actions)} actions for {steps} rewards (observations need one more)"
+            )
         if not all(np.all(np.isfinite(values)) for values in (episode.observations, episode.actions, episode.rewards)):
             fail(f"Minari dataset {dataset_id}: episode {episode.id} contains NaN or inf")
     if sum(len(episode.rewards) for episode in episodes) < 2:
@@ -694,8 +740,10 @@ def read_minari_dataset(dataset_id: str) -> dict[str, np.ndarray]:
 def check_dataset_matches_env(dataset: dict, env: gym.Env, source: str):
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     if dataset["observations"].shape[1] != obs_dim or dataset["actions"].shape[1] != act_dim:
-        fail(f"dataset {source} has observation/action dims {dataset['observations'].shape[1]}/"
-             f"{dataset['actions'].shape[1]} but {env.spec.id} has {obs_dim}/{act_dim}")
+        fail(
+            f"dataset {source} has observation/action dims {dataset['observations'].shape[1]}/"
+            f"{dataset['actions'].shape[1]} but {env.spec.id} has {obs_dim}/{act_dim}"
+        )
 
 
 CHECKPOINT_FORMAT = "o2o-ensemble-v1"
@@ -749,13 +797,23 @@ def load_checkpoint(path: str, what: str):
         names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     except Exception:  # a bare pickle, or opcodes torch.save never writes: no list of names
         names = []
-    numpy_arrays = {"numpy.ndarray", "numpy.dtype", "numpy.core.multiarray._reconstruct",
-                    "numpy._core.multiarray._reconstruct", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"}
+    numpy_arrays = {
+        "numpy.ndarray",
+        "numpy.dtype",
+        "numpy.core.multiarray._reconstruct",
+        "numpy._core.multiarray._reconstruct",
+        "numpy.core.multiarray.scalar",
+        "numpy._core.multiarray.scalar",
+    }
     if names and set(names) <= numpy_arrays:
-        fail(f"{what} {path} holds numpy arrays: it was written by an older version of this project and was not "
-             f"loaded; if you trust the file, convert it once with: python benchmark/convert_checkpoint.py {path}")
-    fail(f"{what} {path} contains objects a checkpoint of this project never holds"
-         f"{' (' + ', '.join(names) + ')' if names else ''}; it was not loaded")
+        fail(
+            f"{what} {path} holds numpy arrays: it was written by an older version of this project and was not "
+            f"loaded; if you trust the file, convert it once with: python benchmark/convert_checkpoint.py {path}"
+        )
+    fail(
+        f"{what} {path} contains objects a checkpoint of this project never holds"
+        f"{' (' + ', '.join(names) + ')' if names else ''}; it was not loaded"
+    )
 
 
 def check_output_checkpoint(path: str, algo: str):
@@ -764,15 +822,21 @@ def check_output_checkpoint(path: str, algo: str):
     if os.path.isfile(path) and zipfile.is_zipfile(path):
         existing = load_checkpoint(path, "checkpoint")
         if isinstance(existing, dict) and existing.get("algo") not in (None, algo):
-            fail(f"--checkpoint {path} holds a {existing['algo']!r} checkpoint; refusing to overwrite it (--checkpoint "
-                 f"is where this run writes; inputs have their own flags)")
+            fail(
+                f"--checkpoint {path} holds a {existing['algo']!r} checkpoint; refusing to overwrite it (--checkpoint "
+                f"is where this run writes; inputs have their own flags)"
+            )
 
 
 def resume_state(np_rng: np.random.Generator, modules: dict, **values) -> dict:
     """A checkpoint's "resume" entry: the state dicts of `modules` (target networks, optimizers), plain `values` (step,
     run dir, buffers) and the RNG states of torch, CUDA, numpy and python, so that --resume continues exactly."""
-    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
-           "numpy": np_rng.bit_generator.state, "python": random.getstate()}
+    rng = {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+        "numpy": np_rng.bit_generator.state,
+        "python": random.getstate(),
+    }
     return {**{name: module.state_dict() for name, module in modules.items()}, **values, "rng": rng}
 
 
@@ -786,7 +850,7 @@ def load_resume_state(ckpt: dict, path: str, np_rng: np.random.Generator, module
     rng = state.get("rng") or {key: state.get(f"{key}_rng") for key in ("torch", "cuda", "numpy", "python")}
     torch.set_rng_state(rng["torch"])
     if rng.get("cuda") is not None and torch.cuda.is_available():
-        for device, cuda_state in enumerate(rng["cuda"][:torch.cuda.device_count()]):
+        for device, cuda_state in enumerate(rng["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(cuda_state, device)
     np_rng.bit_generator.state = rng["numpy"]
     random.setstate(rng["python"] if "python" in rng else rng["random"])
@@ -824,8 +888,9 @@ def check_finite(metrics: dict, step: int):
     values = torch.stack(list(metrics.values())).cpu()
     if not torch.isfinite(values).all():
         name = next(k for k, v in zip(metrics, values) if not torch.isfinite(v))
-        fail(f"{name} is {values[list(metrics).index(name)].item()} at step {step}; stopping "
-             f"(the last good checkpoint is kept)")
+        fail(
+            f"{name} is {values[list(metrics).index(name)].item()} at step {step}; stopping (the last good checkpoint is kept)"
+        )
     return dict(zip(metrics, values.tolist()))
 
 
@@ -863,8 +928,11 @@ def stop_after_signal(signum: int, checkpoint: str, step: int):
     """The end of a run stopped by a signal, once its checkpoint is written: one line saying how to continue, and exit
     status 75 (EX_TEMPFAIL, "try again"), which benchmark/paper.sh's Slurm jobs take as: requeue with --resume."""
     command = shlex.join(["python", *sys.argv, *([] if "--resume" in sys.argv else ["--resume"])])
-    tqdm.write(f"stopped by {signal.Signals(signum).name} after step {step}: checkpoint {checkpoint} written; continue "
-               f"with: {command}", file=sys.stderr)
+    tqdm.write(
+        f"stopped by {signal.Signals(signum).name} after step {step}: checkpoint {checkpoint} written; continue "
+        f"with: {command}",
+        file=sys.stderr,
+    )
     raise SystemExit(75)
 
 
@@ -893,8 +961,14 @@ def start_tracking(args, run_dir: str):
         import wandb
     except ImportError:
         fail("--track needs Weights & Biases: pip install wandb")
-    return wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                      config=vars(args), name=os.path.basename(os.path.normpath(run_dir)), save_code=True)
+    return wandb.init(
+        project=args.wandb_project_name,
+        entity=args.wandb_entity,
+        sync_tensorboard=True,
+        config=vars(args),
+        name=os.path.basename(os.path.normpath(run_dir)),
+        save_code=True,
+    )
 
 
 VIDEO_SIZE, VIDEO_FPS = 240, 25  # --capture-video frames: 240 x 240 pixels, ~25 frames per second of simulated time
@@ -925,9 +999,11 @@ class EvalVideos:
             obs, _ = render_env.reset(seed=seed)
             frames = [render_env.render()]
         except Exception as err:  # no GL library, no EGL device, an env that cannot render
-            fail(f"--capture-video: cannot render {env.spec.id} (MUJOCO_GL={os.environ.get('MUJOCO_GL', '')}): "
-                 f"{(str(err).strip() or type(err).__name__).splitlines()[0]}; headless MuJoCo needs EGL "
-                 f"(apt install libegl1) or OSMesa (MUJOCO_GL=osmesa, apt install libosmesa6)")
+            fail(
+                f"--capture-video: cannot render {env.spec.id} (MUJOCO_GL={os.environ.get('MUJOCO_GL', '')}): "
+                f"{(str(err).strip() or type(err).__name__).splitlines()[0]}; headless MuJoCo needs EGL "
+                f"(apt install libegl1) or OSMesa (MUJOCO_GL=osmesa, apt install libosmesa6)"
+            )
         fps = render_env.metadata.get("render_fps") or VIDEO_FPS
         frame_every, done, t = max(1, round(fps / VIDEO_FPS)), False, 0
         with torch.random.fork_rng(), torch.no_grad():  # a stochastic policy draws from a copy of the torch RNG
@@ -957,8 +1033,15 @@ def write_video(frames: list, stem: str, fps: float) -> str:
         return path
     path = stem + ".mp4"
     height, width = frames[0].shape[:2]
-    writer = imageio_ffmpeg.write_frames(path, (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
-                                         macro_block_size=1, output_params=["-loglevel", "error"])
+    writer = imageio_ffmpeg.write_frames(
+        path,
+        (width, height),
+        fps=fps,
+        codec="libx264",
+        pix_fmt_out="yuv420p",
+        macro_block_size=1,
+        output_params=["-loglevel", "error"],
+    )
     writer.send(None)  # start ffmpeg
     for frame in frames:
         writer.send(np.ascontiguousarray(frame))

@@ -22,6 +22,7 @@ Loads N offline CQL agents (cql_pretrain.py) and fine-tunes them online:
 
 Implementation choices where the paper is silent: the Notes at the end of this file.
 """
+
 import contextlib
 import dataclasses
 import http.client
@@ -151,9 +152,12 @@ class DensityRatioNet(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int = 256):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(obs_dim + act_dim, hidden_dim), nn.ReLU(),
-            nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
-            nn.Linear(hidden_dim, 1), nn.ReLU(),
+            nn.Linear(obs_dim + act_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, 1),
+            nn.ReLU(),
         )
         nn.init.uniform_(self.net[4].weight, -3e-3, 3e-3)
         nn.init.constant_(self.net[4].bias, 1.0)
@@ -181,14 +185,17 @@ def update_density_ratio(ratio_net, ratio_optimizer, online, offline, rl_batch, 
     computed with w BEFORE this step's update, and the detached loss, mean w_online and mean w_offline by tag."""
     n_on, n_off = len(online[0]), len(offline[0])
     w = ratio_net(torch.cat([online[0], offline[0], rl_batch[0]]), torch.cat([online[1], offline[1], rl_batch[1]]))
-    w_online, w_offline, w_batch = w[:n_on], w[n_on:n_on + n_off], w[n_on + n_off:]
+    w_online, w_offline, w_batch = w[:n_on], w[n_on : n_on + n_off], w[n_on + n_off :]
     loss = density_ratio_loss(w_online, w_offline)
     priorities = priorities_from_ratio(w_batch.detach(), w_offline.detach(), temperature)
     ratio_optimizer.zero_grad(set_to_none=True)
     loss.backward()
     ratio_optimizer.step()
-    return priorities, {"losses/density_ratio_loss": loss.detach(), "balanced/w_online": w_online.detach().mean(),
-                        "balanced/w_offline": w_offline.detach().mean()}
+    return priorities, {
+        "losses/density_ratio_loss": loss.detach(),
+        "balanced/w_online": w_online.detach().mean(),
+        "balanced/w_offline": w_offline.detach().mean(),
+    }
 
 
 class SumTree:
@@ -215,11 +222,11 @@ class SumTree:
         """Replace every leaf (length <= capacity, the rest 0) and rebuild the tree level by level."""
         priorities = np.asarray(priorities, dtype=np.float64)
         self.nodes[:] = 0.0
-        self.nodes[self.n_leaves:self.n_leaves + len(priorities)] = priorities
+        self.nodes[self.n_leaves : self.n_leaves + len(priorities)] = priorities
         lo = self.n_leaves
         while lo > 1:
             lo //= 2
-            self.nodes[lo:2 * lo] = self.nodes[2 * lo:4 * lo:2] + self.nodes[2 * lo + 1:4 * lo:2]
+            self.nodes[lo : 2 * lo] = self.nodes[2 * lo : 4 * lo : 2] + self.nodes[2 * lo + 1 : 4 * lo : 2]
 
     def update(self, indices, priorities) -> None:
         """Set leaves[indices] = priorities (a repeated index keeps its LAST value), then refresh ancestors."""
@@ -299,7 +306,7 @@ class BalancedReplayBuffer:
         M = self.dataset_size
         for key in self.storage:
             rows = self.online[key][start:end]
-            self.storage[key][M + start:M + end] = torch.as_tensor(rows, device=self.device)
+            self.storage[key][M + start : M + end] = torch.as_tensor(rows, device=self.device)
         if self.tree is not None:
             new_rows = np.arange(M + start, M + end)
             self.tree.update(new_rows, np.full(len(new_rows), self.p_max))  # online transitions enter with p_max
@@ -313,15 +320,19 @@ class BalancedReplayBuffer:
         return tuple(self.storage[key][idx] for key in self.KEYS)
 
     def state_dict(self, n_online: int) -> dict:
-        return {"online": {key: torch.from_numpy(value[:n_online].copy()) for key, value in self.online.items()},
-                "tree_leaves": torch.from_numpy(self.tree.get(np.arange(self.dataset_size + n_online)))
-                if self.tree is not None else None, "p_max": self.p_max}
+        return {
+            "online": {key: torch.from_numpy(value[:n_online].copy()) for key, value in self.online.items()},
+            "tree_leaves": torch.from_numpy(self.tree.get(np.arange(self.dataset_size + n_online)))
+            if self.tree is not None
+            else None,
+            "p_max": self.p_max,
+        }
 
     def load_state_dict(self, state: dict, n_online: int):
         M = self.dataset_size
         for key in self.online:  # stored as tensors of the buffer's dtype (weights_only loading takes no numpy arrays)
             self.online[key][:n_online] = state["online"][key].numpy()
-            self.storage[key][M:M + n_online] = state["online"][key].to(self.device)
+            self.storage[key][M : M + n_online] = state["online"][key].to(self.device)
         if self.tree is not None:
             self.tree.set_all(state["tree_leaves"].numpy())
         self.p_max = state["p_max"]
@@ -440,8 +451,20 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float):
         target_param.lerp_(param, tau)
 
 
-def update_actor_critic(batch, actor, critic, target_critic, log_alpha, actor_optimizer, critic_optimizer,
-                        alpha_optimizer, target_entropy, gamma, tau, n_ensemble):
+def update_actor_critic(
+    batch,
+    actor,
+    critic,
+    target_critic,
+    log_alpha,
+    actor_optimizer,
+    critic_optimizer,
+    alpha_optimizer,
+    target_entropy,
+    gamma,
+    tau,
+    n_ensemble,
+):
     """One SAC step of the pessimistic ensemble: critic, actor, alpha, Polyak. No host sync.
 
     batch = (obs [B,S], act [B,A], rew [B], next_obs [B,S], done [B]). Returns the detached losses, alpha and
@@ -479,10 +502,13 @@ def update_actor_critic(batch, actor, critic, target_critic, log_alpha, actor_op
     alpha_optimizer.step()
 
     soft_update(target_critic, critic, tau)
-    return {"losses/qf_loss": qf_loss.detach(), "losses/actor_loss": actor_loss.detach(),
-            "losses/alpha_loss": alpha_loss.detach(), "charts/alpha": alpha, "losses/qf_values": qbar.detach().mean()}
-
-
+    return {
+        "losses/qf_loss": qf_loss.detach(),
+        "losses/actor_loss": actor_loss.detach(),
+        "losses/alpha_loss": alpha_loss.detach(),
+        "charts/alpha": alpha,
+        "losses/qf_values": qbar.detach().mean(),
+    }
 
 
 def resolve_args(args: Args):
@@ -490,19 +516,32 @@ def resolve_args(args: Args):
     for a bad value."""
     if args.old_save_checkpoint is not None:  # before: --checkpoint CQL.pt (the input) --save-checkpoint OUT.pt
         if args.cql_checkpoint is not None and args.checkpoint is not None:
-            fail("--save-checkpoint (the old spelling of --checkpoint) with both --checkpoint and --cql-checkpoint: "
-                 "give --cql-checkpoint CQL.pt --checkpoint OUT.pt")
+            fail(
+                "--save-checkpoint (the old spelling of --checkpoint) with both --checkpoint and --cql-checkpoint: "
+                "give --cql-checkpoint CQL.pt --checkpoint OUT.pt"
+            )
         args.cql_checkpoint, args.checkpoint = args.cql_checkpoint or args.checkpoint, args.old_save_checkpoint
-        print("note: old spellings: --checkpoint CQL.pt --save-checkpoint OUT.pt now read --cql-checkpoint CQL.pt "
-              "--checkpoint OUT.pt", file=sys.stderr)
+        print(
+            "note: old spellings: --checkpoint CQL.pt --save-checkpoint OUT.pt now read --cql-checkpoint CQL.pt "
+            "--checkpoint OUT.pt",
+            file=sys.stderr,
+        )
     if args.cql_checkpoint is None:
         args.cql_checkpoint = f"checkpoints/cql_{args.env_id}_seed{args.seed}.pt"
     if args.q_init == "fqe" and args.fqe_checkpoint is None:
         args.fqe_checkpoint = f"checkpoints/fqe_{args.env_id}_seed{args.seed}.pt"
     if args.checkpoint is None:
         args.checkpoint = f"checkpoints/balanced_{args.env_id}_seed{args.seed}.pt"
-    for name in ("online_steps", "epoch_length", "first_epoch_multiplier", "batch_size", "ratio_batch_size",
-                 "eval_episodes", "eval_every_epochs", "hidden_dim"):
+    for name in (
+        "online_steps",
+        "epoch_length",
+        "first_epoch_multiplier",
+        "batch_size",
+        "ratio_batch_size",
+        "eval_episodes",
+        "eval_every_epochs",
+        "hidden_dim",
+    ):
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be >= 1")
     if not 0.0 < args.init_online_fraction < 1.0:
@@ -515,19 +554,24 @@ def load_pretrained_ensemble(args: Args, obs_dim: int, act_dim: int, device):
     """The first N members of the CQL checkpoint: the policy, and the critics from it or from --fqe-checkpoint."""
     n_ensemble, cql_path = args.n_ensemble, args.cql_checkpoint
     data_flag = f" --dataset-path {args.dataset_path}" if args.dataset_path else ""
-    cql_command = (f"python cql_pretrain.py --env-id {args.env_id} --n-ensemble {n_ensemble} --seed {args.seed} "
-                   f"--checkpoint {cql_path}" + data_flag)
+    cql_command = (
+        f"python cql_pretrain.py --env-id {args.env_id} --n-ensemble {n_ensemble} --seed {args.seed} "
+        f"--checkpoint {cql_path}" + data_flag
+    )
     ckpt = load_ensemble_checkpoint(cql_path, cql_command, args.env_id, obs_dim, act_dim, n_ensemble)
     if ckpt["algo"] == "fqe":
-        fail(f"--cql-checkpoint {cql_path} is an fqe.py checkpoint (critics only); the policy comes from a CQL "
-             f"checkpoint: give it as --cql-checkpoint and this one as --q-init fqe --fqe-checkpoint")
+        fail(
+            f"--cql-checkpoint {cql_path} is an fqe.py checkpoint (critics only); the policy comes from a CQL "
+            f"checkpoint: give it as --cql-checkpoint and this one as --q-init fqe --fqe-checkpoint"
+        )
     hidden_sizes = list(ckpt["hidden_sizes"])
     critic_source, critic_path = ckpt, cql_path
     if args.q_init == "fqe":
-        fqe_command = (f"python fqe.py --env-id {args.env_id} --n-ensemble {n_ensemble} --seed {args.seed} "
-                       f"--policy-checkpoint {cql_path} --checkpoint {args.fqe_checkpoint}" + data_flag)
-        critic_source = load_ensemble_checkpoint(args.fqe_checkpoint, fqe_command, args.env_id, obs_dim, act_dim,
-                                                 n_ensemble)
+        fqe_command = (
+            f"python fqe.py --env-id {args.env_id} --n-ensemble {n_ensemble} --seed {args.seed} "
+            f"--policy-checkpoint {cql_path} --checkpoint {args.fqe_checkpoint}" + data_flag
+        )
+        critic_source = load_ensemble_checkpoint(args.fqe_checkpoint, fqe_command, args.env_id, obs_dim, act_dim, n_ensemble)
         critic_path = args.fqe_checkpoint
         if critic_source["algo"] != "fqe":
             fail(f"--fqe-checkpoint {critic_path} has algo {critic_source['algo']!r}, expected 'fqe' (written by fqe.py)")
@@ -550,14 +594,16 @@ def sample_indices(args: Args, buffer: BalancedReplayBuffer, rng: np.random.Gene
         indices = rng.integers(0, M + n_online, args.batch_size)
     else:  # online-only
         indices = M + rng.integers(0, n_online, args.batch_size)
-    ratio_indices = np.concatenate([M + rng.integers(0, n_online, args.ratio_batch_size),
-                                    rng.integers(0, M, args.ratio_batch_size)])
+    ratio_indices = np.concatenate(
+        [M + rng.integers(0, n_online, args.ratio_batch_size), rng.integers(0, M, args.ratio_batch_size)]
+    )
     return indices, ratio_indices
 
 
 @torch.no_grad()
-def collect_epoch(env, actor, n_ensemble: int, buffer: BalancedReplayBuffer, step: int, n_steps: int, seed: int,
-                  progress) -> int:
+def collect_epoch(
+    env, actor, n_ensemble: int, buffer: BalancedReplayBuffer, step: int, n_steps: int, seed: int, progress
+) -> int:
     """One epoch of environment steps with the stochastic ensemble policy (eq. 5), into the buffer; returns the step
     after it. Every epoch starts a fresh episode, as the authors' collector does (the cut episode's last transition
     stays non-terminal)."""
@@ -573,16 +619,22 @@ def collect_epoch(env, actor, n_ensemble: int, buffer: BalancedReplayBuffer, ste
     return step + n_steps
 
 
-def load_resumed_run(saved: dict, args: Args, buffer: BalancedReplayBuffer, actor, critic, rng, resumable: dict,
-                     device) -> dict:
+def load_resumed_run(
+    saved: dict, args: Args, buffer: BalancedReplayBuffer, actor, critic, rng, resumable: dict, device
+) -> dict:
     """Networks, optimizers, RNG states and the replay buffer (online transitions, sum-tree leaves, p_max) from a
     resumable checkpoint of this run; returns its resume entry (counters, alpha, the epoch in progress)."""
     state, path = saved["resume"], args.checkpoint
-    if (state["dataset_size"], state["online_steps"], state["sampling"]) != (buffer.dataset_size, args.online_steps,
-                                                                           args.sampling):
-        fail(f"--resume: {path} was made with dataset size {state['dataset_size']}, --online-steps "
-             f"{state['online_steps']}, --sampling {state['sampling']}; this run has {buffer.dataset_size}, "
-             f"{args.online_steps}, {args.sampling}")
+    if (state["dataset_size"], state["online_steps"], state["sampling"]) != (
+        buffer.dataset_size,
+        args.online_steps,
+        args.sampling,
+    ):
+        fail(
+            f"--resume: {path} was made with dataset size {state['dataset_size']}, --online-steps "
+            f"{state['online_steps']}, --sampling {state['sampling']}; this run has {buffer.dataset_size}, "
+            f"{args.online_steps}, {args.sampling}"
+        )
     load_state(actor, saved["actor"], "actor", path)  # e.g. another --hidden-dim: a clear error
     load_state(critic, saved["critic"], "critic", path)
     load_resume_state(saved, path, rng, resumable)
@@ -623,8 +675,14 @@ def main():
     eval_env = make_env(args.env_id, args.seed + 10_000)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     n_ensemble = args.n_ensemble
-    saved = load_resume_checkpoint(args.checkpoint, {"algo": "balanced", "env_id": args.env_id, "obs_dim": obs_dim,
-                                                     "act_dim": act_dim, "n_ensemble": n_ensemble}) if args.resume else None
+    saved = (
+        load_resume_checkpoint(
+            args.checkpoint,
+            {"algo": "balanced", "env_id": args.env_id, "obs_dim": obs_dim, "act_dim": act_dim, "n_ensemble": n_ensemble},
+        )
+        if args.resume
+        else None
+    )
     dataset = load_d4rl_dataset(args.env_id, args.dataset_path)
     check_dataset_matches_env(dataset, env, args.dataset_path or args.env_id)
 
@@ -639,9 +697,14 @@ def main():
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.q_lr)
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
     ratio_optimizer = torch.optim.Adam(ratio_net.parameters(), lr=args.ratio_lr)
-    resumable = {"target_critic": target_critic, "ratio_net": ratio_net, "actor_optimizer": actor_optimizer,
-                 "critic_optimizer": critic_optimizer, "alpha_optimizer": alpha_optimizer,
-                 "ratio_optimizer": ratio_optimizer}
+    resumable = {
+        "target_critic": target_critic,
+        "ratio_net": ratio_net,
+        "actor_optimizer": actor_optimizer,
+        "critic_optimizer": critic_optimizer,
+        "alpha_optimizer": alpha_optimizer,
+        "ratio_optimizer": ratio_optimizer,
+    }
     balanced = args.sampling == "balanced"
     buffer = BalancedReplayBuffer(dataset, args.online_steps, balanced, args.init_online_fraction, device)
     M = buffer.dataset_size
@@ -657,12 +720,33 @@ def main():
     def save(step, partial=None):  # partial: an epoch stopped by a signal during its updates
         writer.flush()
         payload = {
-            "format": CHECKPOINT_FORMAT, "algo": "balanced", "env_id": args.env_id, "obs_dim": obs_dim,
-            "act_dim": act_dim, "n_ensemble": n_ensemble, "hidden_sizes": hidden_sizes, "actor": actor.state_dict(),
-            "critic": critic.state_dict(), "step": step, "args": dataclasses.asdict(args), "resume": resume_state(
-                rng, resumable, log_alpha=log_alpha.detach().cpu(), global_step=step, epoch=epoch, n_updates=n_updates,
-                **buffer.state_dict(step), dataset_size=M, online_steps=args.online_steps, sampling=args.sampling,
-                run_dir=args.run_dir, partial=partial, epoch_stats=None if partial else epoch_stats)}
+            "format": CHECKPOINT_FORMAT,
+            "algo": "balanced",
+            "env_id": args.env_id,
+            "obs_dim": obs_dim,
+            "act_dim": act_dim,
+            "n_ensemble": n_ensemble,
+            "hidden_sizes": hidden_sizes,
+            "actor": actor.state_dict(),
+            "critic": critic.state_dict(),
+            "step": step,
+            "args": dataclasses.asdict(args),
+            "resume": resume_state(
+                rng,
+                resumable,
+                log_alpha=log_alpha.detach().cpu(),
+                global_step=step,
+                epoch=epoch,
+                n_updates=n_updates,
+                **buffer.state_dict(step),
+                dataset_size=M,
+                online_steps=args.online_steps,
+                sampling=args.sampling,
+                run_dir=args.run_dir,
+                partial=partial,
+                epoch_stats=None if partial else epoch_stats,
+            ),
+        }
         save_checkpoint(args.checkpoint, payload)
         if args.keep_checkpoints:  # snapshots for diagnostics (benchmark/diagnose.py --policy)
             stem, ext = os.path.splitext(args.checkpoint)
@@ -672,8 +756,9 @@ def main():
     # epoch that ended there are logged again
     tracking, videos = start_tracking(args, args.run_dir), EvalVideos(args, args.run_dir)  # --track, --capture-video
     writer = SummaryWriter(args.run_dir, purge_step=global_step if saved is not None else None)
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
-        f"|{key}|{value}|" for key, value in vars(args).items()))
+    writer.add_text(
+        "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
+    )
     if saved is not None:
         for tag, value in (saved["resume"].get("epoch_stats") or {}).items():
             writer.add_scalar(tag, value, global_step)
@@ -715,18 +800,36 @@ def main():
             partial["offline_drawn"] += int(np.count_nonzero(indices < M))
             obs_b, act_b, rew_b, next_obs_b, done_b = buffer.gather(np.concatenate([indices, ratio_indices]))
             priorities, ratio_stats = update_density_ratio(
-                ratio_net, ratio_optimizer, (obs_b[B:B + R], act_b[B:B + R]), (obs_b[B + R:], act_b[B + R:]),
-                (obs_b[:B], act_b[:B]), args.temperature)
+                ratio_net,
+                ratio_optimizer,
+                (obs_b[B : B + R], act_b[B : B + R]),
+                (obs_b[B + R :], act_b[B + R :]),
+                (obs_b[:B], act_b[:B]),
+                args.temperature,
+            )
             if balanced:
                 new_priorities = priorities.cpu().numpy()
                 if not np.isfinite(new_priorities).all():  # host copy already made: this check costs no sync
                     progress.close()
-                    fail(f"losses/density_ratio_loss: the density-ratio net gives non-finite w at online step "
-                         f"{global_step} (update {n_updates}); the last good checkpoint is {args.checkpoint}")
+                    fail(
+                        f"losses/density_ratio_loss: the density-ratio net gives non-finite w at online step "
+                        f"{global_step} (update {n_updates}); the last good checkpoint is {args.checkpoint}"
+                    )
                 buffer.set_priorities(indices, new_priorities)
             sac_stats = update_actor_critic(
-                (obs_b[:B], act_b[:B], rew_b[:B], next_obs_b[:B], done_b[:B]), actor, critic, target_critic, log_alpha,
-                actor_optimizer, critic_optimizer, alpha_optimizer, target_entropy, args.gamma, args.tau, n_ensemble)
+                (obs_b[:B], act_b[:B], rew_b[:B], next_obs_b[:B], done_b[:B]),
+                actor,
+                critic,
+                target_critic,
+                log_alpha,
+                actor_optimizer,
+                critic_optimizer,
+                alpha_optimizer,
+                target_entropy,
+                args.gamma,
+                args.tau,
+                n_ensemble,
+            )
             for tag, value in {**sac_stats, **ratio_stats}.items():
                 sums[tag] = sums[tag] + value if tag in sums else value
             partial["updates_done"] += 1
@@ -738,17 +841,26 @@ def main():
         for tag, value in epoch_stats.items():
             if not np.isfinite(value):
                 progress.close()
-                fail(f"{tag} is {value} at online step {global_step} (update {n_updates}); "
-                     f"the last good checkpoint is {args.checkpoint}")
+                fail(
+                    f"{tag} is {value} at online step {global_step} (update {n_updates}); "
+                    f"the last good checkpoint is {args.checkpoint}"
+                )
         recent = slice(max(epoch_start, global_step - 1000), global_step)
-        epoch_stats.update({"balanced/offline_fraction": partial["offline_drawn"] / max(epoch_updates * B, 1),
-                            "balanced/auroc": q_auroc(critic, buffer, recent, rng, device, n_ensemble)})
+        epoch_stats.update(
+            {
+                "balanced/offline_fraction": partial["offline_drawn"] / max(epoch_updates * B, 1),
+                "balanced/auroc": q_auroc(critic, buffer, recent, rng, device, n_ensemble),
+            }
+        )
         for tag, value in epoch_stats.items():
             writer.add_scalar(tag, value, global_step)
         writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
         partial = None
-        if args.checkpoint_every > 0 and global_step - last_checkpoint >= args.checkpoint_every \
-                and global_step < args.online_steps:
+        if (
+            args.checkpoint_every > 0
+            and global_step - last_checkpoint >= args.checkpoint_every
+            and global_step < args.online_steps
+        ):
             save(global_step)
             last_checkpoint = global_step
     progress.close()
@@ -761,8 +873,10 @@ def main():
     env.close()
     eval_env.close()
     before = "n/a (resumed)" if args.resume and start_step > 0 else f"{first_score:.1f}"
-    print(f"normalized score: {before} before fine-tuning -> {final_score:.1f} after {global_step} online steps; "
-          f"curves: tensorboard --logdir {args.run_dir}; checkpoint: {args.checkpoint}")
+    print(
+        f"normalized score: {before} before fine-tuning -> {final_score:.1f} after {global_step} online steps; "
+        f"curves: tensorboard --logdir {args.run_dir}; checkpoint: {args.checkpoint}"
+    )
 
 
 # =====================================================================================================================
@@ -770,6 +884,7 @@ def main():
 # verbatim into each (CONTRIBUTING.md) and tests/test_reliability.py checks that every copy is identical. Python looks
 # these names up when main() runs, so they can come after it.
 # =====================================================================================================================
+
 
 def fail(message: str):
     """Stop with one clear message and exit status 1, no traceback (used for every bad input)."""
@@ -800,8 +915,10 @@ def gym_env_id(env_id: str) -> str:
         return env_id
     if is_minari_id(env_id):
         return minari_dataset(env_id).env_spec.id
-    fail(f"unknown --env-id {env_id!r}: give a D4RL task name such as walker2d-medium-expert-v2, a Minari dataset id "
-         f"such as mujoco/hopper/medium-v0, or a gymnasium id such as Hopper-v4")
+    fail(
+        f"unknown --env-id {env_id!r}: give a D4RL task name such as walker2d-medium-expert-v2, a Minari dataset id "
+        f"such as mujoco/hopper/medium-v0, or a gymnasium id such as Hopper-v4"
+    )
 
 
 def normalized_score(env_id: str, episode_return: float) -> float:
@@ -879,12 +996,16 @@ def download_d4rl_file(env_id: str) -> str:
     except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         if os.path.exists(partial):
             os.remove(partial)
-        fail(f"dataset for {env_id} not found at {path} and could not be downloaded from {url} ({err}); "
-             f"download it there by hand, or pass --dataset-path FILE.hdf5")
+        fail(
+            f"dataset for {env_id} not found at {path} and could not be downloaded from {url} ({err}); "
+            f"download it there by hand, or pass --dataset-path FILE.hdf5"
+        )
     if total is not None and received != total:  # never let a short file take the final name
         os.remove(partial)
-        fail(f"download of {url} ended after {received} of the {total} bytes announced; the partial file was "
-             f"deleted and {path} not written: run again, or download it there by hand")
+        fail(
+            f"download of {url} ended after {received} of the {total} bytes announced; the partial file was "
+            f"deleted and {path} not written: run again, or download it there by hand"
+        )
     return path
 
 
@@ -973,8 +1094,10 @@ def minari_dataset(dataset_id: str):
         fail(f"Minari dataset {dataset_id} names no environment (no env_spec in its metadata)")
     for name, space in (("observation", dataset.observation_space), ("action", dataset.action_space)):
         if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
-            fail(f"Minari dataset {dataset_id}: its {name} space is {space}; only flat Box spaces (one vector per step) "
-                 f"are supported")
+            fail(
+                f"Minari dataset {dataset_id}: its {name} space is {space}; only flat Box spaces (one vector per step) "
+                f"are supported"
+            )
     return dataset
 
 
@@ -986,8 +1109,10 @@ def read_minari_dataset(dataset_id: str) -> dict[str, np.ndarray]:
     for episode in episodes:
         steps = len(episode.rewards)
         if len(episode.observations) != steps + 1 or len(episode.actions) != steps:
-            fail(f"Minari dataset {dataset_id}: episode {episode.id} has {len(episode.observations)} observations and "
-                 f"{len(episode.actions)} actions for {steps} rewards (observations need one more)")
+            fail(
+                f"Minari dataset {dataset_id}: episode {episode.id} has {len(episode.observations)} observations and "
+                f"{len(episode.actions)} actions for {steps} rewards (observations need one more)"
+            )
         if not all(np.all(np.isfinite(values)) for values in (episode.observations, episode.actions, episode.rewards)):
             fail(f"Minari dataset {dataset_id}: episode {episode.id} contains NaN or inf")
     if sum(len(episode.rewards) for episode in episodes) < 2:
@@ -1004,8 +1129,10 @@ def read_minari_dataset(dataset_id: str) -> dict[str, np.ndarray]:
 def check_dataset_matches_env(dataset: dict, env: gym.Env, source: str):
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     if dataset["observations"].shape[1] != obs_dim or dataset["actions"].shape[1] != act_dim:
-        fail(f"dataset {source} has observation/action dims {dataset['observations'].shape[1]}/"
-             f"{dataset['actions'].shape[1]} but {env.spec.id} has {obs_dim}/{act_dim}")
+        fail(
+            f"dataset {source} has observation/action dims {dataset['observations'].shape[1]}/"
+            f"{dataset['actions'].shape[1]} but {env.spec.id} has {obs_dim}/{act_dim}"
+        )
 
 
 CHECKPOINT_FORMAT = "o2o-ensemble-v1"
@@ -1059,13 +1186,23 @@ def load_checkpoint(path: str, what: str):
         names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     except Exception:  # a bare pickle, or opcodes torch.save never writes: no list of names
         names = []
-    numpy_arrays = {"numpy.ndarray", "numpy.dtype", "numpy.core.multiarray._reconstruct",
-                    "numpy._core.multiarray._reconstruct", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"}
+    numpy_arrays = {
+        "numpy.ndarray",
+        "numpy.dtype",
+        "numpy.core.multiarray._reconstruct",
+        "numpy._core.multiarray._reconstruct",
+        "numpy.core.multiarray.scalar",
+        "numpy._core.multiarray.scalar",
+    }
     if names and set(names) <= numpy_arrays:
-        fail(f"{what} {path} holds numpy arrays: it was written by an older version of this project and was not "
-             f"loaded; if you trust the file, convert it once with: python benchmark/convert_checkpoint.py {path}")
-    fail(f"{what} {path} contains objects a checkpoint of this project never holds"
-         f"{' (' + ', '.join(names) + ')' if names else ''}; it was not loaded")
+        fail(
+            f"{what} {path} holds numpy arrays: it was written by an older version of this project and was not "
+            f"loaded; if you trust the file, convert it once with: python benchmark/convert_checkpoint.py {path}"
+        )
+    fail(
+        f"{what} {path} contains objects a checkpoint of this project never holds"
+        f"{' (' + ', '.join(names) + ')' if names else ''}; it was not loaded"
+    )
 
 
 def check_output_checkpoint(path: str, algo: str):
@@ -1074,8 +1211,10 @@ def check_output_checkpoint(path: str, algo: str):
     if os.path.isfile(path) and zipfile.is_zipfile(path):
         existing = load_checkpoint(path, "checkpoint")
         if isinstance(existing, dict) and existing.get("algo") not in (None, algo):
-            fail(f"--checkpoint {path} holds a {existing['algo']!r} checkpoint; refusing to overwrite it (--checkpoint "
-                 f"is where this run writes; inputs have their own flags)")
+            fail(
+                f"--checkpoint {path} holds a {existing['algo']!r} checkpoint; refusing to overwrite it (--checkpoint "
+                f"is where this run writes; inputs have their own flags)"
+            )
 
 
 def load_resume_checkpoint(path: str, expected: dict) -> dict:
@@ -1097,8 +1236,12 @@ def load_resume_checkpoint(path: str, expected: dict) -> dict:
 def resume_state(np_rng: np.random.Generator, modules: dict, **values) -> dict:
     """A checkpoint's "resume" entry: the state dicts of `modules` (target networks, optimizers), plain `values` (step,
     run dir, buffers) and the RNG states of torch, CUDA, numpy and python, so that --resume continues exactly."""
-    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
-           "numpy": np_rng.bit_generator.state, "python": random.getstate()}
+    rng = {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+        "numpy": np_rng.bit_generator.state,
+        "python": random.getstate(),
+    }
     return {**{name: module.state_dict() for name, module in modules.items()}, **values, "rng": rng}
 
 
@@ -1112,15 +1255,14 @@ def load_resume_state(ckpt: dict, path: str, np_rng: np.random.Generator, module
     rng = state.get("rng") or {key: state.get(f"{key}_rng") for key in ("torch", "cuda", "numpy", "python")}
     torch.set_rng_state(rng["torch"])
     if rng.get("cuda") is not None and torch.cuda.is_available():
-        for device, cuda_state in enumerate(rng["cuda"][:torch.cuda.device_count()]):
+        for device, cuda_state in enumerate(rng["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(cuda_state, device)
     np_rng.bit_generator.state = rng["numpy"]
     random.setstate(rng["python"] if "python" in rng else rng["random"])
     return state
 
 
-def load_ensemble_checkpoint(path: str, make_command: str, env_id: str, obs_dim: int, act_dim: int,
-                             n_ensemble: int) -> dict:
+def load_ensemble_checkpoint(path: str, make_command: str, env_id: str, obs_dim: int, act_dim: int, n_ensemble: int) -> dict:
     """Load a checkpoint (on the CPU, running no code) and slice it to its first n_ensemble (actor [:k],
     critic [:2k]); load_state_dict copies the tensors to the networks' device."""
     if not os.path.isfile(path):
@@ -1129,22 +1271,27 @@ def load_ensemble_checkpoint(path: str, make_command: str, env_id: str, obs_dim:
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         fail(f"checkpoint {path} has format {found!r}, expected {CHECKPOINT_FORMAT!r}")
-    missing = [k for k in ("algo", "env_id", "obs_dim", "act_dim", "n_ensemble", "hidden_sizes", "actor", "critic")
-               if k not in ckpt]
+    missing = [
+        k for k in ("algo", "env_id", "obs_dim", "act_dim", "n_ensemble", "hidden_sizes", "actor", "critic") if k not in ckpt
+    ]
     if missing:
         fail(f"checkpoint {path} lacks field(s) {', '.join(missing)}")
     # same environment = same gymnasium id, version included (Hopper-v4 of D4RL names is not Hopper-v5 of Minari's
     # mujoco/hopper/*-v0); the dataset may differ. Equal ids need no lookup (a Minari id's env is in its metadata).
     if ckpt["env_id"] != env_id and gym_env_id(ckpt["env_id"]) != gym_env_id(env_id):
-        fail(f"checkpoint {path} was trained for {ckpt['env_id']!r}, not for --env-id {env_id!r} (environments "
-             f"{gym_env_id(ckpt['env_id'])} and {gym_env_id(env_id)} differ)")
+        fail(
+            f"checkpoint {path} was trained for {ckpt['env_id']!r}, not for --env-id {env_id!r} (environments "
+            f"{gym_env_id(ckpt['env_id'])} and {gym_env_id(env_id)} differ)"
+        )
     if (ckpt["obs_dim"], ckpt["act_dim"]) != (obs_dim, act_dim):
-        fail(f"checkpoint {path} has observation/action dims {ckpt['obs_dim']}/{ckpt['act_dim']} "
-             f"but {gym_env_id(env_id)} has {obs_dim}/{act_dim}")
+        fail(
+            f"checkpoint {path} has observation/action dims {ckpt['obs_dim']}/{ckpt['act_dim']} "
+            f"but {gym_env_id(env_id)} has {obs_dim}/{act_dim}"
+        )
     if n_ensemble < 1 or n_ensemble > ckpt["n_ensemble"]:
         fail(f"--n-ensemble {n_ensemble} but checkpoint {path} holds {ckpt['n_ensemble']} member(s)")
     ckpt["actor"] = {k: v[:n_ensemble] for k, v in ckpt["actor"].items()}
-    ckpt["critic"] = {k: v[:2 * n_ensemble] for k, v in ckpt["critic"].items()}
+    ckpt["critic"] = {k: v[: 2 * n_ensemble] for k, v in ckpt["critic"].items()}
     return ckpt
 
 
@@ -1190,8 +1337,11 @@ def stop_after_signal(signum: int, checkpoint: str, step: int):
     """The end of a run stopped by a signal, once its checkpoint is written: one line saying how to continue, and exit
     status 75 (EX_TEMPFAIL, "try again"), which benchmark/paper.sh's Slurm jobs take as: requeue with --resume."""
     command = shlex.join(["python", *sys.argv, *([] if "--resume" in sys.argv else ["--resume"])])
-    tqdm.write(f"stopped by {signal.Signals(signum).name} after step {step}: checkpoint {checkpoint} written; continue "
-               f"with: {command}", file=sys.stderr)
+    tqdm.write(
+        f"stopped by {signal.Signals(signum).name} after step {step}: checkpoint {checkpoint} written; continue "
+        f"with: {command}",
+        file=sys.stderr,
+    )
     raise SystemExit(75)
 
 
@@ -1222,8 +1372,14 @@ def start_tracking(args, run_dir: str):
         import wandb
     except ImportError:
         fail("--track needs Weights & Biases: pip install wandb")
-    return wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                      config=vars(args), name=os.path.basename(os.path.normpath(run_dir)), save_code=True)
+    return wandb.init(
+        project=args.wandb_project_name,
+        entity=args.wandb_entity,
+        sync_tensorboard=True,
+        config=vars(args),
+        name=os.path.basename(os.path.normpath(run_dir)),
+        save_code=True,
+    )
 
 
 VIDEO_SIZE, VIDEO_FPS = 240, 25  # --capture-video frames: 240 x 240 pixels, ~25 frames per second of simulated time
@@ -1254,9 +1410,11 @@ class EvalVideos:
             obs, _ = render_env.reset(seed=seed)
             frames = [render_env.render()]
         except Exception as err:  # no GL library, no EGL device, an env that cannot render
-            fail(f"--capture-video: cannot render {env.spec.id} (MUJOCO_GL={os.environ.get('MUJOCO_GL', '')}): "
-                 f"{(str(err).strip() or type(err).__name__).splitlines()[0]}; headless MuJoCo needs EGL "
-                 f"(apt install libegl1) or OSMesa (MUJOCO_GL=osmesa, apt install libosmesa6)")
+            fail(
+                f"--capture-video: cannot render {env.spec.id} (MUJOCO_GL={os.environ.get('MUJOCO_GL', '')}): "
+                f"{(str(err).strip() or type(err).__name__).splitlines()[0]}; headless MuJoCo needs EGL "
+                f"(apt install libegl1) or OSMesa (MUJOCO_GL=osmesa, apt install libosmesa6)"
+            )
         fps = render_env.metadata.get("render_fps") or VIDEO_FPS
         frame_every, done, t = max(1, round(fps / VIDEO_FPS)), False, 0
         with torch.random.fork_rng(), torch.no_grad():  # a stochastic policy draws from a copy of the torch RNG
@@ -1286,8 +1444,15 @@ def write_video(frames: list, stem: str, fps: float) -> str:
         return path
     path = stem + ".mp4"
     height, width = frames[0].shape[:2]
-    writer = imageio_ffmpeg.write_frames(path, (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
-                                         macro_block_size=1, output_params=["-loglevel", "error"])
+    writer = imageio_ffmpeg.write_frames(
+        path,
+        (width, height),
+        fps=fps,
+        codec="libx264",
+        pix_fmt_out="yuv420p",
+        macro_block_size=1,
+        output_params=["-loglevel", "error"],
+    )
     writer.send(None)  # start ffmpeg
     for frame in frames:
         writer.send(np.ascontiguousarray(frame))

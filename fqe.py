@@ -21,6 +21,7 @@ Usage:
   python fqe.py --env-id hopper-medium-replay-v2 --n-ensemble 5
   python balanced_finetune.py --env-id hopper-medium-replay-v2 --n-ensemble 5 --q-init fqe
 """
+
 import contextlib
 import ctypes
 import dataclasses
@@ -326,10 +327,14 @@ def main():
     if policy["algo"] not in POLICY_ALGOS:
         fail(f"policy checkpoint {policy_path} has algo {policy['algo']!r}; expected one of {', '.join(POLICY_ALGOS)}")
     # same environment = same gymnasium id, version included (D4RL names: -v4, Minari's mujoco/*: -v5), as in fine-tuning
-    if (policy["env_id"] != args.env_id and gym_env_id(policy["env_id"]) != gym_env_id(args.env_id)) \
-            or (policy["obs_dim"], policy["act_dim"]) != (obs_dim, act_dim):
-        fail(f"policy checkpoint {policy_path} is for {policy['env_id']!r} (dims {policy['obs_dim']}/{policy['act_dim']}), "
-             f"not for --env-id {args.env_id!r} (dims {obs_dim}/{act_dim})")
+    if (policy["env_id"] != args.env_id and gym_env_id(policy["env_id"]) != gym_env_id(args.env_id)) or (
+        policy["obs_dim"],
+        policy["act_dim"],
+    ) != (obs_dim, act_dim):
+        fail(
+            f"policy checkpoint {policy_path} is for {policy['env_id']!r} (dims {policy['obs_dim']}/{policy['act_dim']}), "
+            f"not for --env-id {args.env_id!r} (dims {obs_dim}/{act_dim})"
+        )
     n_ensemble = args.n_ensemble or policy["n_ensemble"]
     if not 1 <= n_ensemble <= policy["n_ensemble"]:
         fail(f"--n-ensemble {n_ensemble} but policy checkpoint {policy_path} holds {policy['n_ensemble']} member(s)")
@@ -358,8 +363,9 @@ def main():
     start_step = 0
     run_dir = args.run_dir or f"runs/{args.env_id}__fqe__{args.seed}__{int(time.time())}"
     if args.resume:  # critics, target critics, optimizer, RNG states, step and run dir
-        ckpt = load_resume_checkpoint(checkpoint_path, {"algo": "fqe", "env_id": args.env_id, "n_ensemble": n_ensemble,
-                                                        "hidden_sizes": hidden_sizes})
+        ckpt = load_resume_checkpoint(
+            checkpoint_path, {"algo": "fqe", "env_id": args.env_id, "n_ensemble": n_ensemble, "hidden_sizes": hidden_sizes}
+        )
         load_state(critic, ckpt["critic"], "critic", checkpoint_path)
         state = load_resume_state(ckpt, checkpoint_path, np_rng, resumable)
         start_step, run_dir = state["step"], args.run_dir or state["run_dir"]
@@ -369,20 +375,33 @@ def main():
         if not all(torch.isfinite(p).all() for p in critic.parameters()):  # keep the last good checkpoint
             fail(f"non-finite critic weights at step {step}; kept the last good checkpoint {checkpoint_path}")
         writer.flush()  # curves up to the checkpoint survive a crash; --resume purges anything logged after it
-        save_checkpoint(checkpoint_path, {
-            "format": CHECKPOINT_FORMAT, "algo": "fqe", "env_id": args.env_id, "obs_dim": obs_dim,
-            "act_dim": act_dim, "n_ensemble": n_ensemble, "hidden_sizes": hidden_sizes, "actor": actor.state_dict(),
-            "critic": critic.state_dict(), "step": step, "args": dataclasses.asdict(args),
-            "policy_checkpoint": os.path.abspath(policy_path), "policy_hidden_sizes": policy_hidden,
-            "resume": resume_state(np_rng, resumable, step=step, run_dir=run_dir),
-        })
+        save_checkpoint(
+            checkpoint_path,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "algo": "fqe",
+                "env_id": args.env_id,
+                "obs_dim": obs_dim,
+                "act_dim": act_dim,
+                "n_ensemble": n_ensemble,
+                "hidden_sizes": hidden_sizes,
+                "actor": actor.state_dict(),
+                "critic": critic.state_dict(),
+                "step": step,
+                "args": dataclasses.asdict(args),
+                "policy_checkpoint": os.path.abspath(policy_path),
+                "policy_hidden_sizes": policy_hidden,
+                "resume": resume_state(np_rng, resumable, step=step, run_dir=run_dir),
+            },
+        )
 
     # on resume, TensorBoard drops whatever the interrupted run logged after its checkpoint's step
     tracking, videos = start_tracking(args, run_dir), EvalVideos(args, run_dir)  # --track, --capture-video
     writer = SummaryWriter(run_dir, purge_step=start_step + 1 if args.resume else None)
     if not args.resume:
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
-            f"|{key}|{value}|" for key, value in vars(args).items()))
+        writer.add_text(
+            "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
+        )
 
     start_time, sps_step = time.time(), start_step
     progress = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps)
@@ -396,8 +415,10 @@ def main():
             values = dict(zip(info, torch.stack(list(info.values())).cpu().tolist()))  # one sync per log interval
             bad = [name for name, value in values.items() if not np.isfinite(value)]
             if bad:
-                fail(f"{', '.join(f'{name} = {values[name]}' for name in bad)} at step {global_step}; "
-                     f"kept the last good checkpoint {checkpoint_path}")
+                fail(
+                    f"{', '.join(f'{name} = {values[name]}' for name in bad)} at step {global_step}; "
+                    f"kept the last good checkpoint {checkpoint_path}"
+                )
             if global_step % args.log_every == 0:
                 for name, value in values.items():
                     writer.add_scalar(name, value, global_step)
@@ -405,8 +426,14 @@ def main():
                 start_time, sps_step = time.time(), global_step
         if is_eval:
             discounted, returns, env_starts = monte_carlo(actor, envs, args.seed, args.gamma, device)
-            videos.after_eval(envs[0], lambda obs: sample_policy(actor, obs), args.seed + 10_000, global_step,
-                              global_step == args.steps, device)
+            videos.after_eval(
+                envs[0],
+                lambda obs: sample_policy(actor, obs),
+                args.seed + 10_000,
+                global_step,
+                global_step == args.steps,
+                device,
+            )
             q_dataset = state_value(actor, critic, start_states)
             q_env = state_value(actor, critic, torch.as_tensor(env_starts, dtype=torch.float32, device=device))
             writer.add_scalar("eval/q_estimate", q_dataset, global_step)
@@ -414,8 +441,10 @@ def main():
             writer.add_scalar("eval/mc_return", discounted.mean(), global_step)
             writer.add_scalar("eval/return", returns.mean(), global_step)
             writer.add_scalar("eval/normalized_score", normalized_score(args.env_id, returns.mean()), global_step)
-            tqdm.write(f"step={global_step} q_estimate={q_dataset:.2f} (env starts {q_env:.2f}) "
-                       f"mc_return={discounted.mean():.2f} return={returns.mean():.1f}")
+            tqdm.write(
+                f"step={global_step} q_estimate={q_dataset:.2f} (env starts {q_env:.2f}) "
+                f"mc_return={discounted.mean():.2f} return={returns.mean():.1f}"
+            )
         if is_eval or global_step % args.checkpoint_every == 0 or stop["signal"]:
             save(global_step)
             start_time = time.time()  # do not count evaluation and saving in SPS
@@ -437,6 +466,7 @@ def main():
 # verbatim into each (CONTRIBUTING.md) and tests/test_reliability.py checks that every copy is identical. Python looks
 # these names up when main() runs, so they can come after it.
 # =====================================================================================================================
+
 
 def fail(message: str):
     """Stop with one clear message and exit status 1, no traceback (used for every bad input)."""
@@ -467,8 +497,10 @@ def gym_env_id(env_id: str) -> str:
         return env_id
     if is_minari_id(env_id):
         return minari_dataset(env_id).env_spec.id
-    fail(f"unknown --env-id {env_id!r}: give a D4RL task name such as walker2d-medium-expert-v2, a Minari dataset id "
-         f"such as mujoco/hopper/medium-v0, or a gymnasium id such as Hopper-v4")
+    fail(
+        f"unknown --env-id {env_id!r}: give a D4RL task name such as walker2d-medium-expert-v2, a Minari dataset id "
+        f"such as mujoco/hopper/medium-v0, or a gymnasium id such as Hopper-v4"
+    )
 
 
 def normalized_score(env_id: str, episode_return: float) -> float:
@@ -546,12 +578,16 @@ def download_d4rl_file(env_id: str) -> str:
     except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         if os.path.exists(partial):
             os.remove(partial)
-        fail(f"dataset for {env_id} not found at {path} and could not be downloaded from {url} ({err}); "
-             f"download it there by hand, or pass --dataset-path FILE.hdf5")
+        fail(
+            f"dataset for {env_id} not found at {path} and could not be downloaded from {url} ({err}); "
+            f"download it there by hand, or pass --dataset-path FILE.hdf5"
+        )
     if total is not None and received != total:  # never let a short file take the final name
         os.remove(partial)
-        fail(f"download of {url} ended after {received} of the {total} bytes announced; the partial file was "
-             f"deleted and {path} not written: run again, or download it there by hand")
+        fail(
+            f"download of {url} ended after {received} of the {total} bytes announced; the partial file was "
+            f"deleted and {path} not written: run again, or download it there by hand"
+        )
     return path
 
 
@@ -640,8 +676,10 @@ def minari_dataset(dataset_id: str):
         fail(f"Minari dataset {dataset_id} names no environment (no env_spec in its metadata)")
     for name, space in (("observation", dataset.observation_space), ("action", dataset.action_space)):
         if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
-            fail(f"Minari dataset {dataset_id}: its {name} space is {space}; only flat Box spaces (one vector per step) "
-                 f"are supported")
+            fail(
+                f"Minari dataset {dataset_id}: its {name} space is {space}; only flat Box spaces (one vector per step) "
+                f"are supported"
+            )
     return dataset
 
 
@@ -653,8 +691,10 @@ def read_minari_dataset(dataset_id: str) -> dict[str, np.ndarray]:
     for episode in episodes:
         steps = len(episode.rewards)
         if len(episode.observations) != steps + 1 or len(episode.actions) != steps:
-            fail(f"Minari dataset {dataset_id}: episode {episode.id} has {len(episode.observations)} observations and "
-                 f"{len(episode.actions)} actions for {steps} rewards (observations need one more)")
+            fail(
+                f"Minari dataset {dataset_id}: episode {episode.id} has {len(episode.observations)} observations and "
+                f"{len(episode.actions)} actions for {steps} rewards (observations need one more)"
+            )
         if not all(np.all(np.isfinite(values)) for values in (episode.observations, episode.actions, episode.rewards)):
             fail(f"Minari dataset {dataset_id}: episode {episode.id} contains NaN or inf")
     if sum(len(episode.rewards) for episode in episodes) < 2:
@@ -671,8 +711,10 @@ def read_minari_dataset(dataset_id: str) -> dict[str, np.ndarray]:
 def check_dataset_matches_env(dataset: dict, env: gym.Env, source: str):
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     if dataset["observations"].shape[1] != obs_dim or dataset["actions"].shape[1] != act_dim:
-        fail(f"dataset {source} has observation/action dims {dataset['observations'].shape[1]}/"
-             f"{dataset['actions'].shape[1]} but {env.spec.id} has {obs_dim}/{act_dim}")
+        fail(
+            f"dataset {source} has observation/action dims {dataset['observations'].shape[1]}/"
+            f"{dataset['actions'].shape[1]} but {env.spec.id} has {obs_dim}/{act_dim}"
+        )
 
 
 CHECKPOINT_FORMAT = "o2o-ensemble-v1"
@@ -726,13 +768,23 @@ def load_checkpoint(path: str, what: str):
         names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     except Exception:  # a bare pickle, or opcodes torch.save never writes: no list of names
         names = []
-    numpy_arrays = {"numpy.ndarray", "numpy.dtype", "numpy.core.multiarray._reconstruct",
-                    "numpy._core.multiarray._reconstruct", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"}
+    numpy_arrays = {
+        "numpy.ndarray",
+        "numpy.dtype",
+        "numpy.core.multiarray._reconstruct",
+        "numpy._core.multiarray._reconstruct",
+        "numpy.core.multiarray.scalar",
+        "numpy._core.multiarray.scalar",
+    }
     if names and set(names) <= numpy_arrays:
-        fail(f"{what} {path} holds numpy arrays: it was written by an older version of this project and was not "
-             f"loaded; if you trust the file, convert it once with: python benchmark/convert_checkpoint.py {path}")
-    fail(f"{what} {path} contains objects a checkpoint of this project never holds"
-         f"{' (' + ', '.join(names) + ')' if names else ''}; it was not loaded")
+        fail(
+            f"{what} {path} holds numpy arrays: it was written by an older version of this project and was not "
+            f"loaded; if you trust the file, convert it once with: python benchmark/convert_checkpoint.py {path}"
+        )
+    fail(
+        f"{what} {path} contains objects a checkpoint of this project never holds"
+        f"{' (' + ', '.join(names) + ')' if names else ''}; it was not loaded"
+    )
 
 
 def check_output_checkpoint(path: str, algo: str):
@@ -741,8 +793,10 @@ def check_output_checkpoint(path: str, algo: str):
     if os.path.isfile(path) and zipfile.is_zipfile(path):
         existing = load_checkpoint(path, "checkpoint")
         if isinstance(existing, dict) and existing.get("algo") not in (None, algo):
-            fail(f"--checkpoint {path} holds a {existing['algo']!r} checkpoint; refusing to overwrite it (--checkpoint "
-                 f"is where this run writes; inputs have their own flags)")
+            fail(
+                f"--checkpoint {path} holds a {existing['algo']!r} checkpoint; refusing to overwrite it (--checkpoint "
+                f"is where this run writes; inputs have their own flags)"
+            )
 
 
 def load_resume_checkpoint(path: str, expected: dict) -> dict:
@@ -764,8 +818,12 @@ def load_resume_checkpoint(path: str, expected: dict) -> dict:
 def resume_state(np_rng: np.random.Generator, modules: dict, **values) -> dict:
     """A checkpoint's "resume" entry: the state dicts of `modules` (target networks, optimizers), plain `values` (step,
     run dir, buffers) and the RNG states of torch, CUDA, numpy and python, so that --resume continues exactly."""
-    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
-           "numpy": np_rng.bit_generator.state, "python": random.getstate()}
+    rng = {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+        "numpy": np_rng.bit_generator.state,
+        "python": random.getstate(),
+    }
     return {**{name: module.state_dict() for name, module in modules.items()}, **values, "rng": rng}
 
 
@@ -779,7 +837,7 @@ def load_resume_state(ckpt: dict, path: str, np_rng: np.random.Generator, module
     rng = state.get("rng") or {key: state.get(f"{key}_rng") for key in ("torch", "cuda", "numpy", "python")}
     torch.set_rng_state(rng["torch"])
     if rng.get("cuda") is not None and torch.cuda.is_available():
-        for device, cuda_state in enumerate(rng["cuda"][:torch.cuda.device_count()]):
+        for device, cuda_state in enumerate(rng["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(cuda_state, device)
     np_rng.bit_generator.state = rng["numpy"]
     random.setstate(rng["python"] if "python" in rng else rng["random"])
@@ -816,8 +874,11 @@ def read_ensemble_checkpoint(path: str, what: str):
     ckpt = load_checkpoint(path, what)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         fail(f"{what} {path} is not an {CHECKPOINT_FORMAT} checkpoint")
-    missing = [k for k in ("algo", "env_id", "obs_dim", "act_dim", "n_ensemble", "hidden_sizes", "actor", "critic", "step")
-               if k not in ckpt]
+    missing = [
+        k
+        for k in ("algo", "env_id", "obs_dim", "act_dim", "n_ensemble", "hidden_sizes", "actor", "critic", "step")
+        if k not in ckpt
+    ]
     if missing:
         fail(f"{what} {path} lacks field(s) {', '.join(missing)}")
     return ckpt
@@ -857,8 +918,11 @@ def stop_after_signal(signum: int, checkpoint: str, step: int):
     """The end of a run stopped by a signal, once its checkpoint is written: one line saying how to continue, and exit
     status 75 (EX_TEMPFAIL, "try again"), which benchmark/paper.sh's Slurm jobs take as: requeue with --resume."""
     command = shlex.join(["python", *sys.argv, *([] if "--resume" in sys.argv else ["--resume"])])
-    tqdm.write(f"stopped by {signal.Signals(signum).name} after step {step}: checkpoint {checkpoint} written; continue "
-               f"with: {command}", file=sys.stderr)
+    tqdm.write(
+        f"stopped by {signal.Signals(signum).name} after step {step}: checkpoint {checkpoint} written; continue "
+        f"with: {command}",
+        file=sys.stderr,
+    )
     raise SystemExit(75)
 
 
@@ -871,8 +935,14 @@ def start_tracking(args, run_dir: str):
         import wandb
     except ImportError:
         fail("--track needs Weights & Biases: pip install wandb")
-    return wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                      config=vars(args), name=os.path.basename(os.path.normpath(run_dir)), save_code=True)
+    return wandb.init(
+        project=args.wandb_project_name,
+        entity=args.wandb_entity,
+        sync_tensorboard=True,
+        config=vars(args),
+        name=os.path.basename(os.path.normpath(run_dir)),
+        save_code=True,
+    )
 
 
 VIDEO_SIZE, VIDEO_FPS = 240, 25  # --capture-video frames: 240 x 240 pixels, ~25 frames per second of simulated time
@@ -903,9 +973,11 @@ class EvalVideos:
             obs, _ = render_env.reset(seed=seed)
             frames = [render_env.render()]
         except Exception as err:  # no GL library, no EGL device, an env that cannot render
-            fail(f"--capture-video: cannot render {env.spec.id} (MUJOCO_GL={os.environ.get('MUJOCO_GL', '')}): "
-                 f"{(str(err).strip() or type(err).__name__).splitlines()[0]}; headless MuJoCo needs EGL "
-                 f"(apt install libegl1) or OSMesa (MUJOCO_GL=osmesa, apt install libosmesa6)")
+            fail(
+                f"--capture-video: cannot render {env.spec.id} (MUJOCO_GL={os.environ.get('MUJOCO_GL', '')}): "
+                f"{(str(err).strip() or type(err).__name__).splitlines()[0]}; headless MuJoCo needs EGL "
+                f"(apt install libegl1) or OSMesa (MUJOCO_GL=osmesa, apt install libosmesa6)"
+            )
         fps = render_env.metadata.get("render_fps") or VIDEO_FPS
         frame_every, done, t = max(1, round(fps / VIDEO_FPS)), False, 0
         with torch.random.fork_rng(), torch.no_grad():  # a stochastic policy draws from a copy of the torch RNG
@@ -935,8 +1007,15 @@ def write_video(frames: list, stem: str, fps: float) -> str:
         return path
     path = stem + ".mp4"
     height, width = frames[0].shape[:2]
-    writer = imageio_ffmpeg.write_frames(path, (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
-                                         macro_block_size=1, output_params=["-loglevel", "error"])
+    writer = imageio_ffmpeg.write_frames(
+        path,
+        (width, height),
+        fps=fps,
+        codec="libx264",
+        pix_fmt_out="yuv420p",
+        macro_block_size=1,
+        output_params=["-loglevel", "error"],
+    )
     writer.send(None)  # start ffmpeg
     for frame in frames:
         writer.send(np.ascontiguousarray(frame))

@@ -19,6 +19,7 @@ the vectorized ensemble used by every script here, so a SAC checkpoint has the s
     python sac.py --env-id Hopper-v4 --total-timesteps 100000
     python sac.py --env-id Hopper-v4 --total-timesteps 100000 --learning-starts 100000 --dataset-out data/hopper_random.hdf5
 """
+
 import contextlib
 import dataclasses
 import http.client
@@ -225,8 +226,19 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float):
         target_param.lerp_(param, tau)
 
 
-def sac_update(batch, actor, critic, critic_target, log_alpha, actor_optimizer, q_optimizer, alpha_optimizer,
-               gamma: float, tau: float, target_entropy: float) -> dict:
+def sac_update(
+    batch,
+    actor,
+    critic,
+    critic_target,
+    log_alpha,
+    actor_optimizer,
+    q_optimizer,
+    alpha_optimizer,
+    gamma: float,
+    tau: float,
+    target_entropy: float,
+) -> dict:
     """One SAC gradient step on critics, actor and temperature. Returns detached losses (no host sync)."""
     obs, actions, rewards = batch["observations"], batch["actions"], batch["rewards"]
     next_obs, terminals = batch["next_observations"], batch["terminals"]
@@ -300,14 +312,29 @@ def main():
     learn = rollout_state is None  # --rollout-actor: act with the saved policy from the first step, never update
 
     start_step, run_dir = 0, args.run_dir or f"runs/{args.env_id}__sac__{args.seed}__{int(time.time())}"
-    resumable = {"critic_target": critic_target, "actor_optimizer": actor_optimizer, "q_optimizer": q_optimizer,
-                 "alpha_optimizer": alpha_optimizer}
+    resumable = {
+        "critic_target": critic_target,
+        "actor_optimizer": actor_optimizer,
+        "q_optimizer": q_optimizer,
+        "alpha_optimizer": alpha_optimizer,
+    }
     if args.resume:  # networks, optimizers, alpha, replay buffer, RNG states; the env starts a new episode
-        ckpt = load_resume_checkpoint(checkpoint_path, {"algo": "sac", "env_id": args.env_id, "obs_dim": obs_dim,
-                                                        "act_dim": act_dim, "n_ensemble": 1, "hidden_sizes": hidden_sizes})
+        ckpt = load_resume_checkpoint(
+            checkpoint_path,
+            {
+                "algo": "sac",
+                "env_id": args.env_id,
+                "obs_dim": obs_dim,
+                "act_dim": act_dim,
+                "n_ensemble": 1,
+                "hidden_sizes": hidden_sizes,
+            },
+        )
         if ckpt["resume"]["buffer"]["size"] > args.total_timesteps:
-            fail(f"checkpoint {checkpoint_path} holds {ckpt['resume']['buffer']['size']} steps, more than "
-                 f"--total-timesteps {args.total_timesteps}")
+            fail(
+                f"checkpoint {checkpoint_path} holds {ckpt['resume']['buffer']['size']} steps, more than "
+                f"--total-timesteps {args.total_timesteps}"
+            )
         load_state(actor, ckpt["actor"], "actor", checkpoint_path)
         load_state(critic, ckpt["critic"], "critic", checkpoint_path)
         state = load_resume_state(ckpt, checkpoint_path, rng, resumable)
@@ -322,20 +349,38 @@ def main():
 
     def write_checkpoint(step: int):
         writer.flush()
-        save_checkpoint(checkpoint_path, {
-            "format": CHECKPOINT_FORMAT, "algo": "sac", "env_id": args.env_id, "obs_dim": obs_dim, "act_dim": act_dim,
-            "n_ensemble": 1, "hidden_sizes": hidden_sizes, "actor": actor.state_dict(), "critic": critic.state_dict(),
-            "step": step, "args": dataclasses.asdict(args), "resume": resume_state(
-                rng, resumable, log_alpha=log_alpha.detach().clone(), buffer=buffer.state(), run_dir=run_dir,
-                action_space_rng=env.action_space.np_random.bit_generator.state),
-        })
+        save_checkpoint(
+            checkpoint_path,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "algo": "sac",
+                "env_id": args.env_id,
+                "obs_dim": obs_dim,
+                "act_dim": act_dim,
+                "n_ensemble": 1,
+                "hidden_sizes": hidden_sizes,
+                "actor": actor.state_dict(),
+                "critic": critic.state_dict(),
+                "step": step,
+                "args": dataclasses.asdict(args),
+                "resume": resume_state(
+                    rng,
+                    resumable,
+                    log_alpha=log_alpha.detach().clone(),
+                    buffer=buffer.state(),
+                    run_dir=run_dir,
+                    action_space_rng=env.action_space.np_random.bit_generator.state,
+                ),
+            },
+        )
 
     # on resume, TensorBoard drops whatever the interrupted run logged after its checkpoint's step
     tracking, videos = start_tracking(args, run_dir), EvalVideos(args, run_dir)  # --track, --capture-video
     writer = SummaryWriter(run_dir, purge_step=start_step + 1 if args.resume else None)
     if start_step == 0:
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
-            f"|{key}|{value}|" for key, value in vars(args).items()))
+        writer.add_text(
+            "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
+        )
 
     obs, _ = env.reset(seed=args.seed + start_step)
     sps_start, sps_step = time.time(), start_step
@@ -361,14 +406,27 @@ def main():
             obs, _ = env.reset()
 
         if learn and global_step >= args.learning_starts:
-            losses = sac_update(buffer.sample(args.batch_size, rng, device), actor, critic, critic_target, log_alpha,
-                                actor_optimizer, q_optimizer, alpha_optimizer, args.gamma, args.tau, target_entropy)
+            losses = sac_update(
+                buffer.sample(args.batch_size, rng, device),
+                actor,
+                critic,
+                critic_target,
+                log_alpha,
+                actor_optimizer,
+                q_optimizer,
+                alpha_optimizer,
+                args.gamma,
+                args.tau,
+                target_entropy,
+            )
             if (global_step + 1) % args.log_every == 0:
                 values = {name: value.item() for name, value in losses.items()}  # one host sync per log interval
                 for name, value in values.items():
                     if not np.isfinite(value):
-                        fail(f"loss '{name}' became {value} at step {global_step + 1}; "
-                             f"the last good checkpoint is {checkpoint_path}")
+                        fail(
+                            f"loss '{name}' became {value} at step {global_step + 1}; "
+                            f"the last good checkpoint is {checkpoint_path}"
+                        )
                     writer.add_scalar("charts/q_data" if name == "q_data" else f"losses/{name}", value, global_step + 1)
                 writer.add_scalar("charts/alpha", log_alpha.exp().item(), global_step + 1)
         if (global_step + 1) % args.log_every == 0:
@@ -388,10 +446,23 @@ def main():
             writer.add_scalar("eval/normalized_score", score, step)
             tqdm.write(f"step {step}: eval return {eval_return:.1f}, normalized score {score:.1f}")
             if args.snapshot_dir:
-                save_checkpoint(os.path.join(args.snapshot_dir, f"step{step:07d}.pt"), {
-                    "format": CHECKPOINT_FORMAT, "algo": "sac-snapshot", "env_id": args.env_id, "obs_dim": obs_dim,
-                    "act_dim": act_dim, "n_ensemble": 1, "hidden_sizes": hidden_sizes, "actor": actor.state_dict(),
-                    "step": step, "eval_return": eval_return, "normalized_score": score, "seed": args.seed})
+                save_checkpoint(
+                    os.path.join(args.snapshot_dir, f"step{step:07d}.pt"),
+                    {
+                        "format": CHECKPOINT_FORMAT,
+                        "algo": "sac-snapshot",
+                        "env_id": args.env_id,
+                        "obs_dim": obs_dim,
+                        "act_dim": act_dim,
+                        "n_ensemble": 1,
+                        "hidden_sizes": hidden_sizes,
+                        "actor": actor.state_dict(),
+                        "step": step,
+                        "eval_return": eval_return,
+                        "normalized_score": score,
+                        "seed": args.seed,
+                    },
+                )
         if step % args.checkpoint_every == 0 or step == args.total_timesteps or stop["signal"]:
             write_checkpoint(step)
         if stop["signal"]:
@@ -399,12 +470,24 @@ def main():
             stop_after_signal(stop["signal"], checkpoint_path, step)
 
     if args.dataset_out:
-        write_d4rl_dataset(args.dataset_out, buffer, {
-            "env_id": args.env_id, "gym_env_id": gym_env_id(args.env_id), "seed": args.seed,
-            "total_timesteps": args.total_timesteps, "learning_starts": args.learning_starts,
-            "policy": (f"rollouts of {args.rollout_actor}" if args.rollout_actor else
-                       "uniform random" if args.learning_starts >= args.total_timesteps else "sac replay"),
-        })
+        write_d4rl_dataset(
+            args.dataset_out,
+            buffer,
+            {
+                "env_id": args.env_id,
+                "gym_env_id": gym_env_id(args.env_id),
+                "seed": args.seed,
+                "total_timesteps": args.total_timesteps,
+                "learning_starts": args.learning_starts,
+                "policy": (
+                    f"rollouts of {args.rollout_actor}"
+                    if args.rollout_actor
+                    else "uniform random"
+                    if args.learning_starts >= args.total_timesteps
+                    else "sac replay"
+                ),
+            },
+        )
         print(f"wrote {buffer.size} transitions to {args.dataset_out}")
     writer.close()
     if tracking is not None:
@@ -418,6 +501,7 @@ def main():
 # verbatim into each (CONTRIBUTING.md) and tests/test_reliability.py checks that every copy is identical. Python looks
 # these names up when main() runs, so they can come after it.
 # =====================================================================================================================
+
 
 def fail(message: str):
     """Stop with one clear message and exit status 1, no traceback (used for every bad input)."""
@@ -448,8 +532,10 @@ def gym_env_id(env_id: str) -> str:
         return env_id
     if is_minari_id(env_id):
         return minari_dataset(env_id).env_spec.id
-    fail(f"unknown --env-id {env_id!r}: give a D4RL task name such as walker2d-medium-expert-v2, a Minari dataset id "
-         f"such as mujoco/hopper/medium-v0, or a gymnasium id such as Hopper-v4")
+    fail(
+        f"unknown --env-id {env_id!r}: give a D4RL task name such as walker2d-medium-expert-v2, a Minari dataset id "
+        f"such as mujoco/hopper/medium-v0, or a gymnasium id such as Hopper-v4"
+    )
 
 
 def normalized_score(env_id: str, episode_return: float) -> float:
@@ -527,12 +613,16 @@ def download_d4rl_file(env_id: str) -> str:
     except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         if os.path.exists(partial):
             os.remove(partial)
-        fail(f"dataset for {env_id} not found at {path} and could not be downloaded from {url} ({err}); "
-             f"download it there by hand, or pass --dataset-path FILE.hdf5")
+        fail(
+            f"dataset for {env_id} not found at {path} and could not be downloaded from {url} ({err}); "
+            f"download it there by hand, or pass --dataset-path FILE.hdf5"
+        )
     if total is not None and received != total:  # never let a short file take the final name
         os.remove(partial)
-        fail(f"download of {url} ended after {received} of the {total} bytes announced; the partial file was "
-             f"deleted and {path} not written: run again, or download it there by hand")
+        fail(
+            f"download of {url} ended after {received} of the {total} bytes announced; the partial file was "
+            f"deleted and {path} not written: run again, or download it there by hand"
+        )
     return path
 
 
@@ -621,8 +711,10 @@ def minari_dataset(dataset_id: str):
         fail(f"Minari dataset {dataset_id} names no environment (no env_spec in its metadata)")
     for name, space in (("observation", dataset.observation_space), ("action", dataset.action_space)):
         if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
-            fail(f"Minari dataset {dataset_id}: its {name} space is {space}; only flat Box spaces (one vector per step) "
-                 f"are supported")
+            fail(
+                f"Minari dataset {dataset_id}: its {name} space is {space}; only flat Box spaces (one vector per step) "
+                f"are supported"
+            )
     return dataset
 
 
@@ -634,8 +726,10 @@ def read_minari_dataset(dataset_id: str) -> dict[str, np.ndarray]:
     for episode in episodes:
         steps = len(episode.rewards)
         if len(episode.observations) != steps + 1 or len(episode.actions) != steps:
-            fail(f"Minari dataset {dataset_id}: episode {episode.id} has {len(episode.observations)} observations and "
-                 f"{len(episode.actions)} actions for {steps} rewards (observations need one more)")
+            fail(
+                f"Minari dataset {dataset_id}: episode {episode.id} has {len(episode.observations)} observations and "
+                f"{len(episode.actions)} actions for {steps} rewards (observations need one more)"
+            )
         if not all(np.all(np.isfinite(values)) for values in (episode.observations, episode.actions, episode.rewards)):
             fail(f"Minari dataset {dataset_id}: episode {episode.id} contains NaN or inf")
     if sum(len(episode.rewards) for episode in episodes) < 2:
@@ -652,8 +746,10 @@ def read_minari_dataset(dataset_id: str) -> dict[str, np.ndarray]:
 def check_dataset_matches_env(dataset: dict, env: gym.Env, source: str):
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     if dataset["observations"].shape[1] != obs_dim or dataset["actions"].shape[1] != act_dim:
-        fail(f"dataset {source} has observation/action dims {dataset['observations'].shape[1]}/"
-             f"{dataset['actions'].shape[1]} but {env.spec.id} has {obs_dim}/{act_dim}")
+        fail(
+            f"dataset {source} has observation/action dims {dataset['observations'].shape[1]}/"
+            f"{dataset['actions'].shape[1]} but {env.spec.id} has {obs_dim}/{act_dim}"
+        )
 
 
 CHECKPOINT_FORMAT = "o2o-ensemble-v1"
@@ -707,13 +803,23 @@ def load_checkpoint(path: str, what: str):
         names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     except Exception:  # a bare pickle, or opcodes torch.save never writes: no list of names
         names = []
-    numpy_arrays = {"numpy.ndarray", "numpy.dtype", "numpy.core.multiarray._reconstruct",
-                    "numpy._core.multiarray._reconstruct", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"}
+    numpy_arrays = {
+        "numpy.ndarray",
+        "numpy.dtype",
+        "numpy.core.multiarray._reconstruct",
+        "numpy._core.multiarray._reconstruct",
+        "numpy.core.multiarray.scalar",
+        "numpy._core.multiarray.scalar",
+    }
     if names and set(names) <= numpy_arrays:
-        fail(f"{what} {path} holds numpy arrays: it was written by an older version of this project and was not "
-             f"loaded; if you trust the file, convert it once with: python benchmark/convert_checkpoint.py {path}")
-    fail(f"{what} {path} contains objects a checkpoint of this project never holds"
-         f"{' (' + ', '.join(names) + ')' if names else ''}; it was not loaded")
+        fail(
+            f"{what} {path} holds numpy arrays: it was written by an older version of this project and was not "
+            f"loaded; if you trust the file, convert it once with: python benchmark/convert_checkpoint.py {path}"
+        )
+    fail(
+        f"{what} {path} contains objects a checkpoint of this project never holds"
+        f"{' (' + ', '.join(names) + ')' if names else ''}; it was not loaded"
+    )
 
 
 def check_output_checkpoint(path: str, algo: str):
@@ -722,8 +828,10 @@ def check_output_checkpoint(path: str, algo: str):
     if os.path.isfile(path) and zipfile.is_zipfile(path):
         existing = load_checkpoint(path, "checkpoint")
         if isinstance(existing, dict) and existing.get("algo") not in (None, algo):
-            fail(f"--checkpoint {path} holds a {existing['algo']!r} checkpoint; refusing to overwrite it (--checkpoint "
-                 f"is where this run writes; inputs have their own flags)")
+            fail(
+                f"--checkpoint {path} holds a {existing['algo']!r} checkpoint; refusing to overwrite it (--checkpoint "
+                f"is where this run writes; inputs have their own flags)"
+            )
 
 
 def load_resume_checkpoint(path: str, expected: dict) -> dict:
@@ -745,8 +853,12 @@ def load_resume_checkpoint(path: str, expected: dict) -> dict:
 def resume_state(np_rng: np.random.Generator, modules: dict, **values) -> dict:
     """A checkpoint's "resume" entry: the state dicts of `modules` (target networks, optimizers), plain `values` (step,
     run dir, buffers) and the RNG states of torch, CUDA, numpy and python, so that --resume continues exactly."""
-    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
-           "numpy": np_rng.bit_generator.state, "python": random.getstate()}
+    rng = {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+        "numpy": np_rng.bit_generator.state,
+        "python": random.getstate(),
+    }
     return {**{name: module.state_dict() for name, module in modules.items()}, **values, "rng": rng}
 
 
@@ -760,7 +872,7 @@ def load_resume_state(ckpt: dict, path: str, np_rng: np.random.Generator, module
     rng = state.get("rng") or {key: state.get(f"{key}_rng") for key in ("torch", "cuda", "numpy", "python")}
     torch.set_rng_state(rng["torch"])
     if rng.get("cuda") is not None and torch.cuda.is_available():
-        for device, cuda_state in enumerate(rng["cuda"][:torch.cuda.device_count()]):
+        for device, cuda_state in enumerate(rng["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(cuda_state, device)
     np_rng.bit_generator.state = rng["numpy"]
     random.setstate(rng["python"] if "python" in rng else rng["random"])
@@ -820,8 +932,11 @@ def stop_after_signal(signum: int, checkpoint: str, step: int):
     """The end of a run stopped by a signal, once its checkpoint is written: one line saying how to continue, and exit
     status 75 (EX_TEMPFAIL, "try again"), which benchmark/paper.sh's Slurm jobs take as: requeue with --resume."""
     command = shlex.join(["python", *sys.argv, *([] if "--resume" in sys.argv else ["--resume"])])
-    tqdm.write(f"stopped by {signal.Signals(signum).name} after step {step}: checkpoint {checkpoint} written; continue "
-               f"with: {command}", file=sys.stderr)
+    tqdm.write(
+        f"stopped by {signal.Signals(signum).name} after step {step}: checkpoint {checkpoint} written; continue "
+        f"with: {command}",
+        file=sys.stderr,
+    )
     raise SystemExit(75)
 
 
@@ -831,8 +946,10 @@ def load_rollout_actor(path: str, env_id: str, obs_dim: int, act_dim: int) -> di
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or state.get("n_ensemble") != 1:
         fail(f"--rollout-actor {path} is not a one-member {CHECKPOINT_FORMAT} checkpoint or snapshot")
     if (state.get("obs_dim"), state.get("act_dim")) != (obs_dim, act_dim):
-        fail(f"--rollout-actor {path} has dims {state.get('obs_dim')}/{state.get('act_dim')} but {env_id} has "
-             f"{obs_dim}/{act_dim}")
+        fail(
+            f"--rollout-actor {path} has dims {state.get('obs_dim')}/{state.get('act_dim')} but {env_id} has "
+            f"{obs_dim}/{act_dim}"
+        )
     return state
 
 
@@ -863,8 +980,14 @@ def start_tracking(args, run_dir: str):
         import wandb
     except ImportError:
         fail("--track needs Weights & Biases: pip install wandb")
-    return wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                      config=vars(args), name=os.path.basename(os.path.normpath(run_dir)), save_code=True)
+    return wandb.init(
+        project=args.wandb_project_name,
+        entity=args.wandb_entity,
+        sync_tensorboard=True,
+        config=vars(args),
+        name=os.path.basename(os.path.normpath(run_dir)),
+        save_code=True,
+    )
 
 
 VIDEO_SIZE, VIDEO_FPS = 240, 25  # --capture-video frames: 240 x 240 pixels, ~25 frames per second of simulated time
@@ -895,9 +1018,11 @@ class EvalVideos:
             obs, _ = render_env.reset(seed=seed)
             frames = [render_env.render()]
         except Exception as err:  # no GL library, no EGL device, an env that cannot render
-            fail(f"--capture-video: cannot render {env.spec.id} (MUJOCO_GL={os.environ.get('MUJOCO_GL', '')}): "
-                 f"{(str(err).strip() or type(err).__name__).splitlines()[0]}; headless MuJoCo needs EGL "
-                 f"(apt install libegl1) or OSMesa (MUJOCO_GL=osmesa, apt install libosmesa6)")
+            fail(
+                f"--capture-video: cannot render {env.spec.id} (MUJOCO_GL={os.environ.get('MUJOCO_GL', '')}): "
+                f"{(str(err).strip() or type(err).__name__).splitlines()[0]}; headless MuJoCo needs EGL "
+                f"(apt install libegl1) or OSMesa (MUJOCO_GL=osmesa, apt install libosmesa6)"
+            )
         fps = render_env.metadata.get("render_fps") or VIDEO_FPS
         frame_every, done, t = max(1, round(fps / VIDEO_FPS)), False, 0
         with torch.random.fork_rng(), torch.no_grad():  # a stochastic policy draws from a copy of the torch RNG
@@ -927,8 +1052,15 @@ def write_video(frames: list, stem: str, fps: float) -> str:
         return path
     path = stem + ".mp4"
     height, width = frames[0].shape[:2]
-    writer = imageio_ffmpeg.write_frames(path, (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
-                                         macro_block_size=1, output_params=["-loglevel", "error"])
+    writer = imageio_ffmpeg.write_frames(
+        path,
+        (width, height),
+        fps=fps,
+        codec="libx264",
+        pix_fmt_out="yuv420p",
+        macro_block_size=1,
+        output_params=["-loglevel", "error"],
+    )
     writer.send(None)  # start ffmpeg
     for frame in frames:
         writer.send(np.ascontiguousarray(frame))

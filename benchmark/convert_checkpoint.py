@@ -13,6 +13,7 @@ shape and values (numpy scalars into Python numbers), which is exactly what the 
 the result loads with weights_only=True, and writes it atomically (temp file, then rename). A file that already loads
 with weights_only=True is left as it is (copied to NEW.pt when given) without being unpickled unrestricted.
 """
+
 import argparse
 import os
 import pickle
@@ -69,8 +70,10 @@ def main():
             if not in_place:
                 shutil.copyfile(args.old, f"{new}.tmp")
                 os.replace(f"{new}.tmp", new)
-            print(f"{args.old} is already in the current format (it loads with weights_only=True); nothing to convert"
-                  + ("" if in_place else f", copied to {new}"))
+            print(
+                f"{args.old} is already in the current format (it loads with weights_only=True); nothing to convert"
+                + ("" if in_place else f", copied to {new}")
+            )
             return
         checkpoint = torch.load(args.old, map_location="cpu", weights_only=False)  # the user vouched for this file
     except Exception as err:  # zip/pickle errors of a truncated or foreign file

@@ -5,6 +5,7 @@
 An episode ends at a row with terminals=1 or timeouts=1 (or at the file's end). The "dataset return" a
 pretrained policy should beat is the mean over complete episodes (the file's last, unfinished one is dropped).
 """
+
 import argparse
 import csv
 
@@ -47,10 +48,17 @@ def main():
         low, high = REF_RETURNS.get(family, (np.nan, np.nan))
         with h5py.File(path, "r") as f:
             transitions = len(f["rewards"])
-        rows.append({"dataset": path, "transitions": transitions, "episodes": len(returns),
-                     "mean_return": round(float(returns.mean()), 2), "std_return": round(float(returns.std()), 2),
-                     "max_return": round(float(returns.max()), 2),
-                     "mean_normalized_score": round(float(100 * (returns.mean() - low) / (high - low)), 2)})
+        rows.append(
+            {
+                "dataset": path,
+                "transitions": transitions,
+                "episodes": len(returns),
+                "mean_return": round(float(returns.mean()), 2),
+                "std_return": round(float(returns.std()), 2),
+                "max_return": round(float(returns.max()), 2),
+                "mean_normalized_score": round(float(100 * (returns.mean() - low) / (high - low)), 2),
+            }
+        )
     print(" | ".join(rows[0]))
     for row in rows:
         print(" | ".join(str(v) for v in row.values()))

@@ -21,6 +21,7 @@
 Writes q_vs_mc.csv (one row per --policy) and run_diagnostics.csv (label, tag, step, mean, std, n_seeds) with a
 figure run_diagnostics.png, into --out-dir.
 """
+
 import argparse
 import csv
 import glob
@@ -100,23 +101,30 @@ def q_against_monte_carlo(actor, critic, n_ensemble: int, env, episodes: int, se
         qbar = q_members.mean(0).numpy()
         g = discounted_returns_to_go(np.array(rewards), gamma)
         keep = len(rewards) - (tail if truncated else 0)
-        q_kept.append(qbar[:max(keep, 0)])
-        g_kept.append(g[:max(keep, 0)])
+        q_kept.append(qbar[: max(keep, 0)])
+        g_kept.append(g[: max(keep, 0)])
         q_start.append(qbar[0])
         g_start.append(g[0])
         spread_start.append(float(q_members[:, 0].std(unbiased=False)))
         returns.append(sum(rewards))
     q_all, g_all = np.concatenate(q_kept), np.concatenate(g_kept)
-    return {"episodes": episodes, "mean_return": float(np.mean(returns)), "q_start": float(np.mean(q_start)),
-            "mc_start": float(np.mean(g_start)), "member_q_std_start": float(np.mean(spread_start)),
-            "states": len(q_all), "q_mean": float(q_all.mean()) if len(q_all) else float("nan"),
-            "mc_mean": float(g_all.mean()) if len(g_all) else float("nan"),
-            "q_minus_mc_mean": float((q_all - g_all).mean()) if len(q_all) else float("nan")}
+    return {
+        "episodes": episodes,
+        "mean_return": float(np.mean(returns)),
+        "q_start": float(np.mean(q_start)),
+        "mc_start": float(np.mean(g_start)),
+        "member_q_std_start": float(np.mean(spread_start)),
+        "states": len(q_all),
+        "q_mean": float(q_all.mean()) if len(q_all) else float("nan"),
+        "mc_mean": float(g_all.mean()) if len(g_all) else float("nan"),
+        "q_minus_mc_mean": float((q_all - g_all).mean()) if len(q_all) else float("nan"),
+    }
 
 
 def run_curves(pattern: str) -> dict:
     """tag -> (steps, [n_seeds, n_steps] values) over the runs the glob matches (steps every run logged)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     run_dirs = sorted(d for d in glob.glob(pattern) if os.path.isdir(d))
     if not run_dirs:
         fail(f"--runs {pattern!r} matches no run folder")
@@ -158,19 +166,29 @@ def main():
             label, spec_text = split_label(text, "--policy")
             actor, critic, n_ensemble = load_policy_and_critics(spec_text, args.env_id, obs_dim, act_dim)
             stats = q_against_monte_carlo(actor, critic, n_ensemble, env, args.episodes, args.seed, args.gamma, args.tail)
-            rows.append({"label": label, "checkpoints": spec_text, "n_members": n_ensemble,  # (the CSV's column name)
-                         "normalized_score": round(bf.normalized_score(args.env_id, stats["mean_return"]), 2),
-                         **{key: round(value, 2) if isinstance(value, float) else value for key, value in stats.items()}})
-            print(f"{label}: Qbar {stats['q_mean']:.1f} vs Monte-Carlo {stats['mc_mean']:.1f} over {stats['states']} "
-                  f"states (start {stats['q_start']:.1f} vs {stats['mc_start']:.1f}); return {stats['mean_return']:.0f}")
+            rows.append(
+                {
+                    "label": label,
+                    "checkpoints": spec_text,
+                    "n_members": n_ensemble,  # (the CSV's column name)
+                    "normalized_score": round(bf.normalized_score(args.env_id, stats["mean_return"]), 2),
+                    **{key: round(value, 2) if isinstance(value, float) else value for key, value in stats.items()},
+                }
+            )
+            print(
+                f"{label}: Qbar {stats['q_mean']:.1f} vs Monte-Carlo {stats['mc_mean']:.1f} over {stats['states']} "
+                f"states (start {stats['q_start']:.1f} vs {stats['mc_start']:.1f}); return {stats['mean_return']:.0f}"
+            )
         with written(os.path.join(args.out_dir, "q_vs_mc.csv")) as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
     if args.runs:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+
         fig, axes = plt.subplots(1, len(RUN_TAGS), figsize=(4.2 * len(RUN_TAGS), 3.4))
         with written(os.path.join(args.out_dir, "run_diagnostics.csv")) as f:
             writer = csv.writer(f)
@@ -179,8 +197,10 @@ def main():
                 label, pattern = split_label(text, "--runs")
                 for tag, (steps, values) in run_curves(pattern).items():
                     mean, std = values.mean(0), values.std(0)
-                    writer.writerows([label, tag, int(s), round(float(m), 4), round(float(d), 4), len(values)]
-                                     for s, m, d in zip(steps, mean, std))
+                    writer.writerows(
+                        [label, tag, int(s), round(float(m), 4), round(float(d), 4), len(values)]
+                        for s, m, d in zip(steps, mean, std)
+                    )
                     ax = axes[RUN_TAGS.index(tag)]
                     ax.plot(steps, mean, label=label)
                     ax.fill_between(steps, mean - std, mean + std, alpha=0.2)

@@ -33,6 +33,7 @@ after its partial TensorBoard folder is removed. The CQL and FQE checkpoints are
 (pretrained/) so that a later sitting on a fresh checkout finds them; the datasets are regenerated bit for bit
 by make_datasets.py from the committed behaviour policies.
 """
+
 import argparse
 import csv
 import fcntl
@@ -130,39 +131,120 @@ def jobs(out: Path) -> list[Job]:
     runs, pre, ck = out / "runs", out / "pretrained", Path("checkpoints/evidence")
     cql = {d: pre / f"cql_hopper-{d}_N5.pt" for d in DATASETS}
     fqe = pre / "fqe_hopper-medium_N5.pt"
-    data_args = lambda d: ["--env-id", ENV_ID, "--dataset-path", dataset_file(d), "--no-cuda"]  # noqa: E731
+    data_args = lambda d: ["--env-id", ENV_ID, "--dataset-path", dataset_file(d), "--no-cuda"]
     # the datasets are not committed: a fresh checkout regenerates them from the committed behaviour policies
     out_jobs = [
-        Job("data_all", [PY, "benchmark/make_datasets.py", "--env", "hopper", "--csv", str(out / "datasets.csv")],
-            outputs=[Path(dataset_file(d)) for d in ("medium", "medium-replay", "expert", "medium-expert")]),
-        Job("data_medium", [PY, "benchmark/make_datasets.py", "--env", "hopper", "--datasets", "medium"],
-            outputs=[Path(dataset_file("medium"))]),
+        Job(
+            "data_all",
+            [PY, "benchmark/make_datasets.py", "--env", "hopper", "--csv", str(out / "datasets.csv")],
+            outputs=[Path(dataset_file(d)) for d in ("medium", "medium-replay", "expert", "medium-expert")],
+        ),
+        Job(
+            "data_medium",
+            [PY, "benchmark/make_datasets.py", "--env", "hopper", "--datasets", "medium"],
+            outputs=[Path(dataset_file("medium"))],
+        ),
     ]
     sac_jobs = []
     for seed in SEEDS:
         run_dir = runs / f"hopper__sac__seed{seed}"
-        sac_jobs.append(Job(
-            job_name("", "sac", seed), [PY, "sac.py", "--env-id", ENV_ID, "--seed", seed, "--total-timesteps", ONLINE_STEPS,
-                             "--hidden-dim", WIDTH, "--eval-every", 1000, "--eval-episodes", EVAL_EPISODES,
-                             "--checkpoint", ck / f"sac_s{seed}.pt", "--checkpoint-every", 5000, "--run-dir", run_dir,
-                             "--no-cuda"],
-            ck / f"sac_s{seed}.pt", run_dir))
+        sac_jobs.append(
+            Job(
+                job_name("", "sac", seed),
+                [
+                    PY,
+                    "sac.py",
+                    "--env-id",
+                    ENV_ID,
+                    "--seed",
+                    seed,
+                    "--total-timesteps",
+                    ONLINE_STEPS,
+                    "--hidden-dim",
+                    WIDTH,
+                    "--eval-every",
+                    1000,
+                    "--eval-episodes",
+                    EVAL_EPISODES,
+                    "--checkpoint",
+                    ck / f"sac_s{seed}.pt",
+                    "--checkpoint-every",
+                    5000,
+                    "--run-dir",
+                    run_dir,
+                    "--no-cuda",
+                ],
+                ck / f"sac_s{seed}.pt",
+                run_dir,
+            )
+        )
     cql_jobs = []
     for d in DATASETS:
         run_dir = runs / f"hopper-{d}__cql-pretrain__seed1"
-        cql_jobs.append(Job(
-            f"cql_{d}", [PY, "cql_pretrain.py", *data_args(d), "--n-ensemble", 5, "--hidden-dim", WIDTH,
-                         "--offline-steps", CQL_STEPS, "--bc-steps", BC_STEPS, "--eval-every", 2500,
-                         "--eval-episodes", EVAL_EPISODES, "--checkpoint", cql[d], "--checkpoint-every", 2500,
-                         "--run-dir", run_dir, "--seed", 1],
-            cql[d], run_dir, ["data_medium" if d == "medium" else "data_all"]))
+        cql_jobs.append(
+            Job(
+                f"cql_{d}",
+                [
+                    PY,
+                    "cql_pretrain.py",
+                    *data_args(d),
+                    "--n-ensemble",
+                    5,
+                    "--hidden-dim",
+                    WIDTH,
+                    "--offline-steps",
+                    CQL_STEPS,
+                    "--bc-steps",
+                    BC_STEPS,
+                    "--eval-every",
+                    2500,
+                    "--eval-episodes",
+                    EVAL_EPISODES,
+                    "--checkpoint",
+                    cql[d],
+                    "--checkpoint-every",
+                    2500,
+                    "--run-dir",
+                    run_dir,
+                    "--seed",
+                    1,
+                ],
+                cql[d],
+                run_dir,
+                ["data_medium" if d == "medium" else "data_all"],
+            )
+        )
     out_jobs.append(cql_jobs[0])
     run_dir = runs / "hopper-medium__fqe__seed1"
-    out_jobs.append(Job(
-        "fqe_medium", [PY, "fqe.py", *data_args("medium"), "--policy-checkpoint", cql["medium"], "--checkpoint", fqe,
-                       "--n-ensemble", 5, "--steps", FQE_STEPS, "--eval-every", 5000, "--eval-episodes", EVAL_EPISODES,
-                       "--run-dir", run_dir, "--seed", 1],
-        fqe, run_dir, ["cql_medium"]))
+    out_jobs.append(
+        Job(
+            "fqe_medium",
+            [
+                PY,
+                "fqe.py",
+                *data_args("medium"),
+                "--policy-checkpoint",
+                cql["medium"],
+                "--checkpoint",
+                fqe,
+                "--n-ensemble",
+                5,
+                "--steps",
+                FQE_STEPS,
+                "--eval-every",
+                5000,
+                "--eval-episodes",
+                EVAL_EPISODES,
+                "--run-dir",
+                run_dir,
+                "--seed",
+                1,
+            ],
+            fqe,
+            run_dir,
+            ["cql_medium"],
+        )
+    )
     # every claim is tested on hopper medium: its arms (3 seeds) come first, the other datasets' CQL after them
     for d in DATASETS:
         if d != FULL_ARMS_ON:
@@ -174,20 +256,71 @@ def jobs(out: Path) -> list[Job]:
             for arm in arms:
                 name, run_dir = job_name(d, arm, seed), runs / f"hopper-{d}__{arm}__seed{seed}"
                 extra = ("--fqe-checkpoint", fqe) if arm.startswith("fqe-init") else ()
-                out_jobs.append(Job(
-                    name, [PY, "balanced_finetune.py", *data_args(d), "--cql-checkpoint", cql[d], *FINETUNE_ARMS[arm],
-                           *extra, "--online-steps", ONLINE_STEPS, "--eval-episodes", EVAL_EPISODES, "--seed", seed,
-                           "--checkpoint", ck / f"{name}.pt", "--checkpoint-every", 5000, "--run-dir", run_dir],
-                    ck / f"{name}.pt", run_dir, [f"cql_{d}"] + (["fqe_medium"] if extra else [])))
+                out_jobs.append(
+                    Job(
+                        name,
+                        [
+                            PY,
+                            "balanced_finetune.py",
+                            *data_args(d),
+                            "--cql-checkpoint",
+                            cql[d],
+                            *FINETUNE_ARMS[arm],
+                            *extra,
+                            "--online-steps",
+                            ONLINE_STEPS,
+                            "--eval-episodes",
+                            EVAL_EPISODES,
+                            "--seed",
+                            seed,
+                            "--checkpoint",
+                            ck / f"{name}.pt",
+                            "--checkpoint-every",
+                            5000,
+                            "--run-dir",
+                            run_dir,
+                        ],
+                        ck / f"{name}.pt",
+                        run_dir,
+                        [f"cql_{d}"] + (["fqe_medium"] if extra else []),
+                    )
+                )
             if d == FULL_ARMS_ON:
                 for script, arm, n in (("awac.py", "awac-N5", 5), ("bcq_ft.py", "bcq-ft-N1", 1)):
                     name, run_dir = job_name(d, arm, seed), runs / f"hopper-{d}__{arm}__seed{seed}"
-                    out_jobs.append(Job(
-                        name, [PY, script, *data_args(d), "--n-ensemble", n, "--hidden-dim", WIDTH,
-                               "--offline-steps", OFFLINE_STEPS, "--online-steps", ONLINE_STEPS, "--eval-every", 1000,
-                               "--eval-episodes", EVAL_EPISODES, "--seed", seed, "--checkpoint", ck / f"{name}.pt",
-                               "--checkpoint-every", 5000, "--run-dir", run_dir],
-                        ck / f"{name}.pt", run_dir, ["data_medium"]))
+                    out_jobs.append(
+                        Job(
+                            name,
+                            [
+                                PY,
+                                script,
+                                *data_args(d),
+                                "--n-ensemble",
+                                n,
+                                "--hidden-dim",
+                                WIDTH,
+                                "--offline-steps",
+                                OFFLINE_STEPS,
+                                "--online-steps",
+                                ONLINE_STEPS,
+                                "--eval-every",
+                                1000,
+                                "--eval-episodes",
+                                EVAL_EPISODES,
+                                "--seed",
+                                seed,
+                                "--checkpoint",
+                                ck / f"{name}.pt",
+                                "--checkpoint-every",
+                                5000,
+                                "--run-dir",
+                                run_dir,
+                            ],
+                            ck / f"{name}.pt",
+                            run_dir,
+                            ["data_medium"],
+                        )
+                    )
     out_jobs += first_epoch_jobs(out, data_args, cql)
     # 3. the arms of claims (a) and (b) missing on medium-replay and medium-expert
     for d in DATASETS:
@@ -197,9 +330,26 @@ def jobs(out: Path) -> list[Job]:
             for arm in ARMS_ADDED_ELSEWHERE:
                 name, run_dir = job_name(d, arm, seed), runs / f"hopper-{d}__{arm}__seed{seed}"
                 if arm in FINETUNE_ARMS:
-                    command = [PY, "balanced_finetune.py", *data_args(d), "--cql-checkpoint", cql[d], *FINETUNE_ARMS[arm],
-                               "--online-steps", ONLINE_STEPS, "--eval-episodes", EVAL_EPISODES, "--seed", seed,
-                               "--checkpoint", ck / f"{name}.pt", "--checkpoint-every", 5000, "--run-dir", run_dir]
+                    command = [
+                        PY,
+                        "balanced_finetune.py",
+                        *data_args(d),
+                        "--cql-checkpoint",
+                        cql[d],
+                        *FINETUNE_ARMS[arm],
+                        "--online-steps",
+                        ONLINE_STEPS,
+                        "--eval-episodes",
+                        EVAL_EPISODES,
+                        "--seed",
+                        seed,
+                        "--checkpoint",
+                        ck / f"{name}.pt",
+                        "--checkpoint-every",
+                        5000,
+                        "--run-dir",
+                        run_dir,
+                    ]
                     deps = [f"cql_{d}", "data_all"]
                 else:
                     command = offline_online_command(arm, data_args(d), seed, ck / f"{name}.pt", run_dir)
@@ -213,9 +363,31 @@ def jobs(out: Path) -> list[Job]:
 def offline_online_command(arm: str, data_args: list, seed: int, checkpoint: Path, run_dir: Path) -> list:
     """AWAC (N=5) or BCQ-ft (N=1): offline pretraining then online fine-tuning, in one run."""
     script, n = {"awac-N5": ("awac.py", 5), "bcq-ft-N1": ("bcq_ft.py", 1)}[arm]
-    return [PY, script, *data_args, "--n-ensemble", n, "--hidden-dim", WIDTH, "--offline-steps", OFFLINE_STEPS,
-            "--online-steps", ONLINE_STEPS, "--eval-every", 1000, "--eval-episodes", EVAL_EPISODES, "--seed", seed,
-            "--checkpoint", checkpoint, "--checkpoint-every", 5000, "--run-dir", run_dir]
+    return [
+        PY,
+        script,
+        *data_args,
+        "--n-ensemble",
+        n,
+        "--hidden-dim",
+        WIDTH,
+        "--offline-steps",
+        OFFLINE_STEPS,
+        "--online-steps",
+        ONLINE_STEPS,
+        "--eval-every",
+        1000,
+        "--eval-episodes",
+        EVAL_EPISODES,
+        "--seed",
+        seed,
+        "--checkpoint",
+        checkpoint,
+        "--checkpoint-every",
+        5000,
+        "--run-dir",
+        run_dir,
+    ]
 
 
 def depth_checkpoint(out: Path, steps: int) -> Path:
@@ -233,41 +405,119 @@ def first_epoch_jobs(out: Path, data_args, cql: dict) -> list[Job]:
     depth, diagnosis = out / "depth", out / "diagnosis"
     chain, q_jobs, probes, diag = [], [], [], []
     for previous, steps in zip(DEPTHS, DEPTHS[1:]):
-        chain.append(Job(
-            depth_job(steps), [PY, "cql_pretrain.py", *data_args("medium"), "--n-ensemble", 5, "--hidden-dim", WIDTH,
-                               "--offline-steps", steps, "--bc-steps", BC_STEPS, "--eval-every", 10_000,
-                               "--eval-episodes", EVAL_EPISODES, "--checkpoint", depth_checkpoint(out, steps),
-                               "--checkpoint-every", 2500, "--run-dir",
-                               out / "runs" / "hopper-medium__cql-pretrain-deep__seed1", "--seed", 1],
-            depth_checkpoint(out, steps), None, [depth_job(previous)], init_from=depth_checkpoint(out, previous)))
+        chain.append(
+            Job(
+                depth_job(steps),
+                [
+                    PY,
+                    "cql_pretrain.py",
+                    *data_args("medium"),
+                    "--n-ensemble",
+                    5,
+                    "--hidden-dim",
+                    WIDTH,
+                    "--offline-steps",
+                    steps,
+                    "--bc-steps",
+                    BC_STEPS,
+                    "--eval-every",
+                    10_000,
+                    "--eval-episodes",
+                    EVAL_EPISODES,
+                    "--checkpoint",
+                    depth_checkpoint(out, steps),
+                    "--checkpoint-every",
+                    2500,
+                    "--run-dir",
+                    out / "runs" / "hopper-medium__cql-pretrain-deep__seed1",
+                    "--seed",
+                    1,
+                ],
+                depth_checkpoint(out, steps),
+                None,
+                [depth_job(previous)],
+                init_from=depth_checkpoint(out, previous),
+            )
+        )
     for steps in DEPTHS:
         k = f"{steps // 1000}k"
-        q_jobs.append(Job(
-            f"q_vs_mc_{k}", [PY, "benchmark/diagnose.py", "--env-id", ENV_ID, "--episodes", EVAL_EPISODES, "--seed", 1,
-                             "--policy", f"CQL {k}={depth_checkpoint(out, steps)}", "--out-dir", depth / "q_vs_mc" / k],
-            deps=[depth_job(steps)]))
+        q_jobs.append(
+            Job(
+                f"q_vs_mc_{k}",
+                [
+                    PY,
+                    "benchmark/diagnose.py",
+                    "--env-id",
+                    ENV_ID,
+                    "--episodes",
+                    EVAL_EPISODES,
+                    "--seed",
+                    1,
+                    "--policy",
+                    f"CQL {k}={depth_checkpoint(out, steps)}",
+                    "--out-dir",
+                    depth / "q_vs_mc" / k,
+                ],
+                deps=[depth_job(steps)],
+            )
+        )
         for seed in SEEDS:
             for arm in PROBE_ARMS:
                 name = f"depth{k}_{arm}_s{seed}"
-                probes.append(probe_job(name, data_args, depth_checkpoint(out, steps), FINETUNE_ARMS[arm], seed,
-                                        depth / "runs" / f"hopper-medium__{arm}__cql{k}__seed{seed}",
-                                        depth / "checkpoints" / f"{name}.pt", depth_job(steps)))
+                probes.append(
+                    probe_job(
+                        name,
+                        data_args,
+                        depth_checkpoint(out, steps),
+                        FINETUNE_ARMS[arm],
+                        seed,
+                        depth / "runs" / f"hopper-medium__{arm}__cql{k}__seed{seed}",
+                        depth / "checkpoints" / f"{name}.pt",
+                        depth_job(steps),
+                    )
+                )
     for seed in SEEDS:
         for variant, flags in DIAGNOSIS_VARIANTS.items():
             name = f"diag_{variant}_s{seed}"
-            diag.append(probe_job(name, data_args, cql["medium"], (*FINETUNE_ARMS["balanced-N5"], *flags), seed,
-                                  diagnosis / "runs" / f"hopper-medium__balanced-N5-{variant}__seed{seed}",
-                                  diagnosis / "checkpoints" / f"{name}.pt", "cql_medium"))
+            diag.append(
+                probe_job(
+                    name,
+                    data_args,
+                    cql["medium"],
+                    (*FINETUNE_ARMS["balanced-N5"], *flags),
+                    seed,
+                    diagnosis / "runs" / f"hopper-medium__balanced-N5-{variant}__seed{seed}",
+                    diagnosis / "checkpoints" / f"{name}.pt",
+                    "cql_medium",
+                )
+            )
     # Qbar vs Monte-Carlo after each epoch of the diagnosis probes (and of the depth-30k probe of ours, the unfrozen run)
     policies, deps = ["--policy", f"CQL 30k, step 0={cql['medium']}"], []
     for seed in SEEDS:
-        for variant, folder, name in (("as is", depth, f"depth30k_balanced-N5_s{seed}"),
-                                      *((v, diagnosis, f"diag_{v}_s{seed}") for v in DIAGNOSIS_VARIANTS)):
+        for variant, folder, name in (
+            ("as is", depth, f"depth30k_balanced-N5_s{seed}"),
+            *((v, diagnosis, f"diag_{v}_s{seed}") for v in DIAGNOSIS_VARIANTS),
+        ):
             deps.append(name)
             for step in range(1000, PROBE_STEPS + 1, 1000):
                 policies += ["--policy", f"{variant}, seed {seed}, step {step}={folder / 'checkpoints' / name}_step{step}.pt"]
-    diag_q = Job("diag_q_vs_mc", [PY, "benchmark/diagnose.py", "--env-id", ENV_ID, "--episodes", EVAL_EPISODES,
-                                  "--seed", 1, *policies, "--out-dir", diagnosis / "critic_side"], deps=deps)
+    diag_q = Job(
+        "diag_q_vs_mc",
+        [
+            PY,
+            "benchmark/diagnose.py",
+            "--env-id",
+            ENV_ID,
+            "--episodes",
+            EVAL_EPISODES,
+            "--seed",
+            1,
+            *policies,
+            "--out-dir",
+            diagnosis / "critic_side",
+        ],
+        deps=deps,
+    )
     probes_30k = [job for job in probes if job.name.startswith("depth30k_")]
     later = [job for job in probes if not job.name.startswith("depth30k_")]
     return chain + q_jobs + probes_30k + diag + [diag_q] + showcase_jobs(out, data_args, cql) + later
@@ -278,27 +528,96 @@ def showcase_jobs(out: Path, data_args, cql: dict) -> list[Job]:
     same kind of CPU it logs the same values: reproducibility.csv checks it) for its final checkpoint, then the CQL
     policy and the fine-tuned one side by side (benchmark/record.py)."""
     folder, checkpoint = out / "showcase", Path("checkpoints/evidence/showcase_medium-replay_balanced-N5_s1.pt")
-    rerun = Job("showcase_rerun", [PY, "balanced_finetune.py", *data_args("medium-replay"), "--cql-checkpoint",
-                                   cql["medium-replay"], *FINETUNE_ARMS["balanced-N5"], "--online-steps", ONLINE_STEPS,
-                                   "--eval-episodes", EVAL_EPISODES, "--seed", 1, "--checkpoint", checkpoint,
-                                   "--checkpoint-every", 5000, "--run-dir",
-                                   folder / "runs" / "hopper-medium-replay__balanced-N5__seed1"],
-                checkpoint, folder / "runs" / "hopper-medium-replay__balanced-N5__seed1", ["cql_medium-replay", "data_all"])
-    record = Job("showcase_record", [PY, "benchmark/record.py", "--side-by-side", cql["medium-replay"], checkpoint,
-                                     "--labels", "CQL (offline, 30k steps)", "Ours, after 50k online steps",
-                                     "--episodes", EVAL_EPISODES, "--seed", 1, "--video", "--video-episodes", 1,
-                                     "--formats", "gif", "png", "--size", 200, "--out-dir", folder,
-                                     "--name", "hopper-medium-replay_before_after"], deps=["showcase_rerun"])
+    rerun = Job(
+        "showcase_rerun",
+        [
+            PY,
+            "balanced_finetune.py",
+            *data_args("medium-replay"),
+            "--cql-checkpoint",
+            cql["medium-replay"],
+            *FINETUNE_ARMS["balanced-N5"],
+            "--online-steps",
+            ONLINE_STEPS,
+            "--eval-episodes",
+            EVAL_EPISODES,
+            "--seed",
+            1,
+            "--checkpoint",
+            checkpoint,
+            "--checkpoint-every",
+            5000,
+            "--run-dir",
+            folder / "runs" / "hopper-medium-replay__balanced-N5__seed1",
+        ],
+        checkpoint,
+        folder / "runs" / "hopper-medium-replay__balanced-N5__seed1",
+        ["cql_medium-replay", "data_all"],
+    )
+    record = Job(
+        "showcase_record",
+        [
+            PY,
+            "benchmark/record.py",
+            "--side-by-side",
+            cql["medium-replay"],
+            checkpoint,
+            "--labels",
+            "CQL (offline, 30k steps)",
+            "Ours, after 50k online steps",
+            "--episodes",
+            EVAL_EPISODES,
+            "--seed",
+            1,
+            "--video",
+            "--video-episodes",
+            1,
+            "--formats",
+            "gif",
+            "png",
+            "--size",
+            200,
+            "--out-dir",
+            folder,
+            "--name",
+            "hopper-medium-replay_before_after",
+        ],
+        deps=["showcase_rerun"],
+    )
     return [rerun, record]
 
 
-def probe_job(name: str, data_args, cql_checkpoint: Path, flags: tuple, seed: int, run_dir: Path, checkpoint: Path,
-              dep: str) -> Job:
+def probe_job(
+    name: str, data_args, cql_checkpoint: Path, flags: tuple, seed: int, run_dir: Path, checkpoint: Path, dep: str
+) -> Job:
     """A short fine-tuning run on hopper-medium (PROBE_STEPS), keeping its checkpoint after every epoch."""
-    return Job(name, [PY, "balanced_finetune.py", *data_args("medium"), "--cql-checkpoint", cql_checkpoint, *flags,
-                      "--online-steps", PROBE_STEPS, "--eval-episodes", EVAL_EPISODES, "--seed", seed,
-                      "--checkpoint", checkpoint, "--checkpoint-every", 1000, "--keep-checkpoints",
-                      "--run-dir", run_dir], checkpoint, run_dir, [dep])
+    return Job(
+        name,
+        [
+            PY,
+            "balanced_finetune.py",
+            *data_args("medium"),
+            "--cql-checkpoint",
+            cql_checkpoint,
+            *flags,
+            "--online-steps",
+            PROBE_STEPS,
+            "--eval-episodes",
+            EVAL_EPISODES,
+            "--seed",
+            seed,
+            "--checkpoint",
+            checkpoint,
+            "--checkpoint-every",
+            1000,
+            "--keep-checkpoints",
+            "--run-dir",
+            run_dir,
+        ],
+        checkpoint,
+        run_dir,
+        [dep],
+    )
 
 
 def lock_is_held(path: Path) -> bool:
@@ -349,15 +668,18 @@ def run_campaign(out: Path, workers: int, dry_run: bool, only: list[str]):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     running, failed = {}, set()
     with open(ROOT / out / "commands.txt", "a") as commands:
-        commands.write(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} python benchmark/evidence.py"
-                       f" --workers {workers}{' --only ' + ' '.join(only) if only else ''}"
-                       " (finished jobs are skipped, interrupted ones resumed)\n")
+        commands.write(
+            f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} python benchmark/evidence.py"
+            f" --workers {workers}{' --only ' + ' '.join(only) if only else ''}"
+            " (finished jobs are skipped, interrupted ones resumed)\n"
+        )
         while True:
             failed.update(job.name for job in todo if failed_elsewhere(job.name))
             busy = {job.name for job in all_jobs if lock_is_held(ROOT / status / f"{job.name}.lock")} | set(running)
             pending = [job for job in todo if not done(job.name) and job.name not in busy and job.name not in failed]
-            ready = [job for job in pending
-                     if all(done(dep) for dep in job.deps) and not any(dep in failed for dep in job.deps)]
+            ready = [
+                job for job in pending if all(done(dep) for dep in job.deps) and not any(dep in failed for dep in job.deps)
+            ]
             while ready and len(busy) < workers:
                 job = ready.pop(0)
                 lock = os.open(ROOT / status / f"{job.name}.lock", os.O_CREAT | os.O_RDWR, 0o644)
@@ -381,12 +703,20 @@ def run_campaign(out: Path, workers: int, dry_run: bool, only: list[str]):
                 log = open(ROOT / logs / f"{job.name}.log", "a")
                 print(f"{time.strftime('%H:%M:%S')} start {job.name}", flush=True)
                 mark_done = "" if outputs.get(job.name) else f"touch {shlex.quote(str(ROOT / status / job.name))}.done"
-                marks = (f'"$@"; rc=$?; if [ $rc -eq 0 ]; then {mark_done or ":"}; '
-                         f'else echo $rc > {shlex.quote(str(ROOT / status / job.name))}.failed; fi; exit $rc')
+                marks = (
+                    f'"$@"; rc=$?; if [ $rc -eq 0 ]; then {mark_done or ":"}; '
+                    f"else echo $rc > {shlex.quote(str(ROOT / status / job.name))}.failed; fi; exit $rc"
+                )
                 # the job's own session: it outlives this process (and a Ctrl-C to it), holding its lock to the end
-                process = subprocess.Popen(["sh", "-c", marks, "sh", sys.executable, *command[1:]], cwd=ROOT, env=env,
-                                           stdout=log, stderr=subprocess.STDOUT, pass_fds=(lock,),
-                                           start_new_session=True)
+                process = subprocess.Popen(
+                    ["sh", "-c", marks, "sh", sys.executable, *command[1:]],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(lock,),
+                    start_new_session=True,
+                )
                 os.close(lock)
                 running[job.name] = (process, log)
             if not running and not ready and not busy:
@@ -401,8 +731,10 @@ def run_campaign(out: Path, workers: int, dry_run: bool, only: list[str]):
                     print(f"{time.strftime('%H:%M:%S')} done {name}", flush=True)
                 else:
                     failed.add(name)
-                    print(f"{time.strftime('%H:%M:%S')} FAILED {name} (exit {process.returncode}); see "
-                          f"{logs / (name + '.log')}", flush=True)
+                    print(
+                        f"{time.strftime('%H:%M:%S')} FAILED {name} (exit {process.returncode}); see {logs / (name + '.log')}",
+                        flush=True,
+                    )
     left = [job.name for job in todo if not done(job.name)]
     print(f"finished; {len(left)} jobs not done" + (f": {', '.join(left)}" if left else ""))
     if failed:
@@ -412,10 +744,18 @@ def run_campaign(out: Path, workers: int, dry_run: bool, only: list[str]):
 # ---------------------------------------------------------------------------------
 # report: figures and CSVs through plot.py, then the tables of the README
 # ---------------------------------------------------------------------------------
-LABELS = {"balanced-N5": "Ours (balanced, N=5)", "sac-ft": "SAC-ft", "awac-N5": "AWAC (N=5)",
-          "bcq-ft-N1": "BCQ-ft (N=1)", "sac": "SAC (from scratch)", "uniform-N5": "Uniform replay (N=5)",
-          "online-only-N5": "Online only (N=5)", "balanced-N2": "Ours, N=2", "balanced-N1": "Ours, N=1",
-          "fqe-init-N5": "Ours, FQE-init"}
+LABELS = {
+    "balanced-N5": "Ours (balanced, N=5)",
+    "sac-ft": "SAC-ft",
+    "awac-N5": "AWAC (N=5)",
+    "bcq-ft-N1": "BCQ-ft (N=1)",
+    "sac": "SAC (from scratch)",
+    "uniform-N5": "Uniform replay (N=5)",
+    "online-only-N5": "Online only (N=5)",
+    "balanced-N2": "Ours, N=2",
+    "balanced-N1": "Ours, N=1",
+    "fqe-init-N5": "Ours, FQE-init",
+}
 FIGURES = {  # folder -> (plot.py figures, arms)
     "fig3_methods": ("fig3", ["balanced-N5", "sac-ft", "awac-N5", "bcq-ft-N1", "sac"]),
     "fig4c_sampling": ("fig3 fig4a fig4b", ["balanced-N5", "uniform-N5", "online-only-N5"]),
@@ -443,6 +783,7 @@ def run_dir_of(out: Path, dataset: str, arm: str, seeds: list[int]) -> str:
 def load_events(run_dir: Path):
     """The run's TensorBoard scalars (None when the folder does not exist)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     if not (ROOT / run_dir).exists():
         return None
     events = EventAccumulator(str(ROOT / run_dir), size_guidance={"scalars": 0})
@@ -472,25 +813,40 @@ def eval_curve(run_dir: Path):
 MARGIN_SE = 2.0
 LOWER_IS_BETTER = ("drop",)
 CLAIMS = [  # (claim, metric, [(first arm, second arm), ...]): the first arm better than the second on the metric
-    ("(a) ours ends above every baseline", "final",
-     [("balanced-N5", arm) for arm in ("sac-ft", "awac-N5", "bcq-ft-N1", "sac")]),
-    ("(b) no early collapse with balanced replay; a dip with uniform, online-only and SAC-ft", "drop",
-     [("balanced-N5", arm) for arm in ("uniform-N5", "online-only-N5", "sac-ft")]),
+    (
+        "(a) ours ends above every baseline",
+        "final",
+        [("balanced-N5", arm) for arm in ("sac-ft", "awac-N5", "bcq-ft-N1", "sac")],
+    ),
+    (
+        "(b) no early collapse with balanced replay; a dip with uniform, online-only and SAC-ft",
+        "drop",
+        [("balanced-N5", arm) for arm in ("uniform-N5", "online-only-N5", "sac-ft")],
+    ),
     ("(c) N=5 >= N=2 >= N=1", "final", [("balanced-N5", "balanced-N2"), ("balanced-N2", "balanced-N1")]),
     ("(d) FQE-init falls early where CQL-init does not", "drop", [("balanced-N5", "fqe-init-N5")]),
-    ("(e) offline-initialised methods lead SAC from scratch early on", "early",
-     [(arm, "sac") for arm in ("balanced-N5", "sac-ft", "awac-N5", "bcq-ft-N1")]),
+    (
+        "(e) offline-initialised methods lead SAC from scratch early on",
+        "early",
+        [(arm, "sac") for arm in ("balanced-N5", "sac-ft", "awac-N5", "bcq-ft-N1")],
+    ),
 ]
 
 
 def seed_metrics(steps: np.ndarray, scores: np.ndarray) -> dict:
     """One seed's curve -> the numbers the summary and the claims use (NaN where the curve has no such point)."""
-    at = lambda x: float(scores[np.searchsorted(steps, x)]) if x in steps else np.nan  # noqa: E731
+    at = lambda x: float(scores[np.searchsorted(steps, x)]) if x in steps else np.nan
     early = scores[(steps >= 1000) & (steps <= 10_000)]
-    return {"final": float(scores[-3:].mean()),  # the mean of the last 3 evaluations (48k-50k)
-            "start": at(0), "after_first_epoch": at(1000), "min_1k_10k": float(early.min()),
-            "early": float(early.mean()), "at_10k": at(10_000), "best": float(scores.max()),
-            "drop": at(0) - float(early.min())}
+    return {
+        "final": float(scores[-3:].mean()),  # the mean of the last 3 evaluations (48k-50k)
+        "start": at(0),
+        "after_first_epoch": at(1000),
+        "min_1k_10k": float(early.min()),
+        "early": float(early.mean()),
+        "at_10k": at(10_000),
+        "best": float(scores.max()),
+        "drop": at(0) - float(early.min()),
+    }
 
 
 def compare(a: np.ndarray, b: np.ndarray) -> tuple:
@@ -517,43 +873,81 @@ def claim_rows(per_seed: dict) -> list:
                 diff, se, result = compare(sign * a, sign * b)
                 diff *= sign  # reported as first - second either way
                 results.append(result)
-                rows.append({"claim": claim, "task": f"hopper-{dataset}", "metric": metric, "first": first,
-                             "second": second, "first_mean": round(float(np.nanmean(a)), 2),
-                             "second_mean": round(float(np.nanmean(b)), 2), "n_first": len(a), "n_second": len(b),
-                             "difference": round(float(diff), 2), "se": round(float(se), 2), "result": result})
+                rows.append(
+                    {
+                        "claim": claim,
+                        "task": f"hopper-{dataset}",
+                        "metric": metric,
+                        "first": first,
+                        "second": second,
+                        "first_mean": round(float(np.nanmean(a)), 2),
+                        "second_mean": round(float(np.nanmean(b)), 2),
+                        "n_first": len(a),
+                        "n_second": len(b),
+                        "difference": round(float(diff), 2),
+                        "se": round(float(se), 2),
+                        "result": result,
+                    }
+                )
             if not results:
                 continue
-            verdict = ("reproduced" if len(results) == len(pairs) and all(r == "holds" for r in results) else
-                       "not reproduced" if "reversed" in results else "inconclusive")
-            rows.append({"claim": claim, "task": f"hopper-{dataset}", "metric": metric, "first": "", "second": "",
-                         "first_mean": "", "second_mean": "", "n_first": "", "n_second": "", "difference": "",
-                         "se": "", "result": f"verdict: {verdict} ({len(results)}/{len(pairs)} comparisons run)"})
+            verdict = (
+                "reproduced"
+                if len(results) == len(pairs) and all(r == "holds" for r in results)
+                else "not reproduced"
+                if "reversed" in results
+                else "inconclusive"
+            )
+            rows.append(
+                {
+                    "claim": claim,
+                    "task": f"hopper-{dataset}",
+                    "metric": metric,
+                    "first": "",
+                    "second": "",
+                    "first_mean": "",
+                    "second_mean": "",
+                    "n_first": "",
+                    "n_second": "",
+                    "difference": "",
+                    "se": "",
+                    "result": f"verdict: {verdict} ({len(results)}/{len(pairs)} comparisons run)",
+                }
+            )
     return rows
 
 
 def write_tables(out: Path, rows: list, claims: list):
     """tables.md: the README's tables, from the same numbers as summary.csv and claims.csv."""
     lines = []
-    num = lambda x: "—" if np.isnan(x) else f"{x:.1f}"  # noqa: E731 (SAC from scratch has no score at 0)
+    num = lambda x: "—" if np.isnan(x) else f"{x:.1f}"
     for dataset in DATASETS:
         task_rows = [row for row in rows if row["task"] == f"hopper-{dataset}"]
         if all(row["arm"] == "sac" for row in task_rows):  # SAC from scratch alone: nothing of this dataset yet
             continue
-        lines += [f"**hopper-{dataset}** (normalized score; mean ± std over seeds)", "",
-                  "| method | seeds | final (48k-50k) | at 0 | after the first epoch | lowest 1k-10k | mean 1k-10k |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['method']} | {r['n_seeds']} | {num(r['final_mean'])} ± {num(r['final_std'])} | "
-                  f"{num(r['start_mean'])} | {num(r['after_first_epoch_mean'])} ± {num(r['after_first_epoch_std'])} | "
-                  f"{num(r['min_1k_10k_mean'])} | {num(r['early_mean'])} |" for r in task_rows]
+        lines += [
+            f"**hopper-{dataset}** (normalized score; mean ± std over seeds)",
+            "",
+            "| method | seeds | final (48k-50k) | at 0 | after the first epoch | lowest 1k-10k | mean 1k-10k |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['method']} | {r['n_seeds']} | {num(r['final_mean'])} ± {num(r['final_std'])} | "
+            f"{num(r['start_mean'])} | {num(r['after_first_epoch_mean'])} ± {num(r['after_first_epoch_std'])} | "
+            f"{num(r['min_1k_10k_mean'])} | {num(r['early_mean'])} |"
+            for r in task_rows
+        ]
         lines.append("")
     score_tables = "\n".join(lines).strip()
     if claims:
         lines += ["| claim | task | comparison (metric: first vs second, difference ± SE) | result |", "|---|---|---|---|"]
         for c in claims:
             if c["first"]:
-                lines.append(f"| {c['claim']} | {c['task']} | {c['metric']}: {c['first']} {c['first_mean']} vs "
-                             f"{c['second']} {c['second_mean']} ({c['difference']} ± {c['se']}; n {c['n_first']}/"
-                             f"{c['n_second']}) | {c['result']} |")
+                lines.append(
+                    f"| {c['claim']} | {c['task']} | {c['metric']}: {c['first']} {c['first_mean']} vs "
+                    f"{c['second']} {c['second_mean']} ({c['difference']} ± {c['se']}; n {c['n_first']}/"
+                    f"{c['n_second']}) | {c['result']} |"
+                )
             else:
                 lines.append(f"| {c['claim']} | {c['task']} | | **{c['result']}** |")
     with open(ROOT / out / "tables.md", "w") as f:
@@ -570,27 +964,37 @@ def fill_readme(out: Path, readme: Path, score_tables: str, claims: list):
     if start not in text or end not in text:
         print(f"{readme.name}: no {start} ... {end} block, left as it is")
         return
-    block = ["<!-- written by: python benchmark/evidence.py --report (from summary.csv and claims.csv) -->",
-             "Final = mean of the last three evaluations (48k-50k steps); the paper's early collapse shows in the "
-             "columns after it. Each study's folder (`hopper-<dataset>/fig3_methods/`, `fig4c_sampling/`, "
-             "`fig4d_ensemble/`, `fig1c_q_init/` under `" + str(out) + "/`) holds its `commands.txt`, "
-             "`summary.csv`, `curves.csv`, `datasets.csv` and figures.", "", score_tables]
+    block = [
+        "<!-- written by: python benchmark/evidence.py --report (from summary.csv and claims.csv) -->",
+        "Final = mean of the last three evaluations (48k-50k steps); the paper's early collapse shows in the "
+        "columns after it. Each study's folder (`hopper-<dataset>/fig3_methods/`, `fig4c_sampling/`, "
+        "`fig4d_ensemble/`, `fig1c_q_init/` under `" + str(out) + "/`) holds its `commands.txt`, "
+        "`summary.csv`, `curves.csv`, `datasets.csv` and figures.",
+        "",
+        score_tables,
+    ]
     if claims:
-        block += ["", "The paper's claims, judged by the rule fixed before the results (`CLAIMS` in "
-                  f"`benchmark/evidence.py`; every comparison in `{out / 'claims.csv'}`; a drop is better when smaller):",
-                  "",
-                  "| claim (metric) | task | verdict | first − second: difference ± SE (seeds) → result |",
-                  "|---|---|---|---|"]
+        block += [
+            "",
+            "The paper's claims, judged by the rule fixed before the results (`CLAIMS` in "
+            f"`benchmark/evidence.py`; every comparison in `{out / 'claims.csv'}`; a drop is better when smaller):",
+            "",
+            "| claim (metric) | task | verdict | first − second: difference ± SE (seeds) → result |",
+            "|---|---|---|---|",
+        ]
         comparisons = []
         for c in claims:  # comparison rows, then their claim's verdict row
             if c["first"]:
                 numbers = "n/a" if np.isnan(c["se"]) else f"{c['difference']:+.1f} ± {c['se']:.1f}"
-                comparisons.append(f"{LABELS[c['first']]} − {LABELS[c['second']]}: {numbers} "
-                                   f"({c['n_first']}/{c['n_second']}) → {c['result'].split(' (')[0]}")
+                comparisons.append(
+                    f"{LABELS[c['first']]} − {LABELS[c['second']]}: {numbers} "
+                    f"({c['n_first']}/{c['n_second']}) → {c['result'].split(' (')[0]}"
+                )
             else:
                 verdict = c["result"].removeprefix("verdict: ")
-                block.append(f"| {c['claim']} ({c['metric']}) | {c['task']} | **{verdict}** | "
-                             + "; ".join(comparisons) + " |")
+                block.append(
+                    f"| {c['claim']} ({c['metric']}) | {c['task']} | **{verdict}** | " + "; ".join(comparisons) + " |"
+                )
                 comparisons = []
     for dataset in DATASETS:
         figure = out / f"hopper-{dataset}" / "fig3_methods" / "fig3_score.png"
@@ -612,40 +1016,59 @@ def read_csv(path: Path) -> list:
 def headline(out: Path, claims: list) -> list:
     """The README's first screen: claims x datasets with both verdicts, and the first-epoch finding in numbers."""
     interval_rows = read_csv(ROOT / out / "intervals" / "claims.csv")
-    short = lambda text: text.removeprefix("verdict: ").replace(" comparisons run", "")  # noqa: E731
+    short = lambda text: text.removeprefix("verdict: ").replace(" comparisons run", "")
     lines = ["| claim | " + " | ".join(f"hopper-{d}" for d in DATASETS) + " |", "|---|" + "---|" * len(DATASETS)]
     for claim, metric, _ in CLAIMS:
         cells = []
         for dataset in DATASETS:
-            rule = next((c["result"] for c in claims if c["claim"] == claim and c["task"] == f"hopper-{dataset}"
-                         and not c["first"]), None)
-            interval = next((r["result"] for r in interval_rows if r["claim"] == claim and not r["first"] and
-                             r["task"] == f"hopper-{dataset}" and r["metric"] == INTERVAL_METRIC_OF[claim[:3]]), None)
-            cells.append("not run" if rule is None else f"{short(rule)}; IQM {INTERVAL_METRIC_OF[claim[:3]]}: "
-                                                      f"{short(interval) if interval else 'n/a'}")
+            rule = next(
+                (c["result"] for c in claims if c["claim"] == claim and c["task"] == f"hopper-{dataset}" and not c["first"]),
+                None,
+            )
+            interval = next(
+                (
+                    r["result"]
+                    for r in interval_rows
+                    if r["claim"] == claim
+                    and not r["first"]
+                    and r["task"] == f"hopper-{dataset}"
+                    and r["metric"] == INTERVAL_METRIC_OF[claim[:3]]
+                ),
+                None,
+            )
+            cells.append(
+                "not run"
+                if rule is None
+                else f"{short(rule)}; IQM {INTERVAL_METRIC_OF[claim[:3]]}: {short(interval) if interval else 'n/a'}"
+            )
         lines.append(f"| {claim} ({metric}) | " + " | ".join(cells) + " |")
-    critic = {(r["variant"], int(r["step"])): r for r in read_csv(ROOT / out / "diagnosis" / "critic_side" /
-                                                                   "summary.csv")}
+    critic = {(r["variant"], int(r["step"])): r for r in read_csv(ROOT / out / "diagnosis" / "critic_side" / "summary.csv")}
     if ("as is", 1000) in critic and ("frozen-actor", 1000) in critic and ("frozen-critics", 1000) in critic:
-        v = lambda variant, key, step=1000: float(critic[(variant, step)][key])  # noqa: E731
-        lines += ["", f"**The first online epoch on hopper-medium** (`{out}/diagnosis/critic_side/summary.csv`, "
-                      "3 seeds): ours falls from "
-                      f"{v('as is', 'score_mean', 0):.1f} to {v('as is', 'score_mean'):.1f} in the first epoch; with "
-                      f"the critics frozen it does not ({v('frozen-critics', 'score_mean'):.1f}), and with the actor "
-                      "frozen the critics updated online stay pessimistic about the pretrained policy (Qbar - "
-                      f"Monte-Carlo {v('as is', 'q_minus_mc_mean', 0):+.0f} before, "
-                      f"{v('frozen-actor', 'q_minus_mc_mean'):+.0f} after the epoch), while after a normal epoch "
-                      f"they overestimate the policy the actor moved to by {v('as is', 'q_minus_mc_mean'):+.0f}. So "
-                      "the fall needs both updates: the actor follows critics that the online SAC updates (CQL's "
-                      "penalty is dropped online, as in the paper) made optimistic about actions away from the "
-                      "pretrained policy's; that they are actions the data does not cover is the likely reading, "
-                      "not measured here."]
+        v = lambda variant, key, step=1000: float(critic[(variant, step)][key])
+        lines += [
+            "",
+            f"**The first online epoch on hopper-medium** (`{out}/diagnosis/critic_side/summary.csv`, "
+            "3 seeds): ours falls from "
+            f"{v('as is', 'score_mean', 0):.1f} to {v('as is', 'score_mean'):.1f} in the first epoch; with "
+            f"the critics frozen it does not ({v('frozen-critics', 'score_mean'):.1f}), and with the actor "
+            "frozen the critics updated online stay pessimistic about the pretrained policy (Qbar - "
+            f"Monte-Carlo {v('as is', 'q_minus_mc_mean', 0):+.0f} before, "
+            f"{v('frozen-actor', 'q_minus_mc_mean'):+.0f} after the epoch), while after a normal epoch "
+            f"they overestimate the policy the actor moved to by {v('as is', 'q_minus_mc_mean'):+.0f}. So "
+            "the fall needs both updates: the actor follows critics that the online SAC updates (CQL's "
+            "penalty is dropped online, as in the paper) made optimistic about actions away from the "
+            "pretrained policy's; that they are actions the data does not cover is the likely reading, "
+            "not measured here.",
+        ]
     verdict = {r["arm"]: r for r in read_csv(ROOT / out / "depth" / "depth_verdict.csv")}
     if "balanced-N5" in verdict:
         r = verdict["balanced-N5"]
-        lines += ["", f"**Deeper CQL** (`{out}/depth/`): ours keeps {float(r['kept_30k']):.0%} of its start after "
-                      f"the first epoch at 30k CQL steps and {float(r['kept_deepest']):.0%} at "
-                      f"{int(r['deepest_cql_steps']) // 1000}k; the pre-registered depth hypothesis: **{r['verdict']}**."]
+        lines += [
+            "",
+            f"**Deeper CQL** (`{out}/depth/`): ours keeps {float(r['kept_30k']):.0%} of its start after "
+            f"the first epoch at 30k CQL steps and {float(r['kept_deepest']):.0%} at "
+            f"{int(r['deepest_cql_steps']) // 1000}k; the pre-registered depth hypothesis: **{r['verdict']}**.",
+        ]
     return lines
 
 
@@ -654,8 +1077,11 @@ def fill_headline(out: Path, readme: Path, claims: list):
     text = readme.read_text() if readme.exists() else ""
     if start not in text or end not in text:
         return
-    block = ["<!-- written by: python benchmark/evidence.py --report (from claims.csv, intervals/claims.csv, "
-             "diagnosis/critic_side/summary.csv and depth/depth_verdict.csv) -->", *headline(out, claims)]
+    block = [
+        "<!-- written by: python benchmark/evidence.py --report (from claims.csv, intervals/claims.csv, "
+        "diagnosis/critic_side/summary.csv and depth/depth_verdict.csv) -->",
+        *headline(out, claims),
+    ]
     head, rest = text.split(start, 1)
     readme.write_text(head + start + "\n" + "\n".join(block) + "\n" + end + rest.split(end, 1)[1])
 
@@ -667,17 +1093,31 @@ def report(out: Path):
             seeds = finished_seeds(out, dataset, arm)
             if not seeds:
                 continue
-            curves = curves_of[(f"hopper-{dataset}", arm)] = [eval_curve(Path(run_dir_of(out, dataset, arm, [seed])))
-                                                               for seed in seeds]
+            curves = curves_of[(f"hopper-{dataset}", arm)] = [
+                eval_curve(Path(run_dir_of(out, dataset, arm, [seed]))) for seed in seeds
+            ]
             metrics = per_seed[(dataset, arm)] = [seed_metrics(steps, scores) for steps, scores in curves]
-            mean, std = ({key: round(float(reduce([m[key] for m in metrics])), 2) for key in metrics[0]}
-                         for reduce in (np.mean, np.std))
-            rows.append({"task": f"hopper-{dataset}", "method": LABELS[arm], "arm": arm,
-                         "final_mean": mean["final"], "final_std": std["final"], "n_seeds": len(seeds),
-                         "start_mean": mean["start"], "after_first_epoch_mean": mean["after_first_epoch"],
-                         "after_first_epoch_std": std["after_first_epoch"], "min_1k_10k_mean": mean["min_1k_10k"],
-                         "early_mean": mean["early"], "at_10k_mean": mean["at_10k"], "best_mean": mean["best"],
-                         "final_step": int(min(steps[-1] for steps, _ in curves))})
+            mean, std = (
+                {key: round(float(reduce([m[key] for m in metrics])), 2) for key in metrics[0]} for reduce in (np.mean, np.std)
+            )
+            rows.append(
+                {
+                    "task": f"hopper-{dataset}",
+                    "method": LABELS[arm],
+                    "arm": arm,
+                    "final_mean": mean["final"],
+                    "final_std": std["final"],
+                    "n_seeds": len(seeds),
+                    "start_mean": mean["start"],
+                    "after_first_epoch_mean": mean["after_first_epoch"],
+                    "after_first_epoch_std": std["after_first_epoch"],
+                    "min_1k_10k_mean": mean["min_1k_10k"],
+                    "early_mean": mean["early"],
+                    "at_10k_mean": mean["at_10k"],
+                    "best_mean": mean["best"],
+                    "final_step": int(min(steps[-1] for steps, _ in curves)),
+                }
+            )
     claims = claim_rows(per_seed)
     interval_report(out, curves_of)
     score_tables = write_tables(out, rows, claims)
@@ -694,11 +1134,21 @@ def report(out: Path):
     # CQL pretraining curves (ensemble policy of eq. 5 and the members' range) against each dataset's mean return
     cql_runs = [d for d in DATASETS if logs_tag(out / "runs" / f"hopper-{d}__cql-pretrain__seed1", "eval/return")]
     if cql_runs and (ROOT / out / "datasets.csv").exists():
-        command = [PY, "benchmark/plot_offline.py", "--datasets-csv", str(out / "datasets.csv"),
-                   "--out", str(out / "cql_offline")]
+        command = [
+            PY,
+            "benchmark/plot_offline.py",
+            "--datasets-csv",
+            str(out / "datasets.csv"),
+            "--out",
+            str(out / "cql_offline"),
+        ]
         for d in cql_runs:
-            command += ["--run", f"hopper-{d}={out / 'runs' / f'hopper-{d}__cql-pretrain__seed1'}",
-                        "--dataset", f"hopper-{d}=hopper-{d}"]
+            command += [
+                "--run",
+                f"hopper-{d}={out / 'runs' / f'hopper-{d}__cql-pretrain__seed1'}",
+                "--dataset",
+                f"hopper-{d}=hopper-{d}",
+            ]
         commands.append(command)
         subprocess.run([sys.executable, *command[1:]], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     by_name = {job.name: job for job in jobs(out)}
@@ -713,10 +1163,22 @@ def report(out: Path):
             if len(methods) < 4:  # a comparison needs two methods
                 continue
             study = out / f"hopper-{dataset}" / folder
-            command = [PY, "benchmark/plot.py", *methods, "--one-panel", "--panel-title",
-                       f"{ENV_ID}, hopper-{dataset} (CPU-scale D4RL recipe), {ONLINE_STEPS // 1000}k online steps",
-                       "--figures", *figures.split(), "--final-window", "3", "--formats", "png",
-                       "--out-dir", str(study)]
+            command = [
+                PY,
+                "benchmark/plot.py",
+                *methods,
+                "--one-panel",
+                "--panel-title",
+                f"{ENV_ID}, hopper-{dataset} (CPU-scale D4RL recipe), {ONLINE_STEPS // 1000}k online steps",
+                "--figures",
+                *figures.split(),
+                "--final-window",
+                "3",
+                "--formats",
+                "png",
+                "--out-dir",
+                str(study),
+            ]
             commands.append(command)
             subprocess.run([sys.executable, *command[1:]], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
             write_study_files(study, dataset, [by_name[name] for name in runs], by_name, command, out)
@@ -735,8 +1197,22 @@ def report(out: Path):
         if seeds:
             inputs += ["--runs", f"{LABELS[arm]}={run_dir_of(out, FULL_ARMS_ON, arm, seeds)}"]
     if inputs:
-        command = [str(part) for part in [PY, "benchmark/diagnose.py", "--env-id", ENV_ID, "--episodes", EVAL_EPISODES,
-                                          "--seed", 1, *inputs, "--out-dir", out / f"hopper-{FULL_ARMS_ON}" / "diagnostics"]]
+        command = [
+            str(part)
+            for part in [
+                PY,
+                "benchmark/diagnose.py",
+                "--env-id",
+                ENV_ID,
+                "--episodes",
+                EVAL_EPISODES,
+                "--seed",
+                1,
+                *inputs,
+                "--out-dir",
+                out / f"hopper-{FULL_ARMS_ON}" / "diagnostics",
+            ]
+        ]
         commands.append(command)
         subprocess.run([sys.executable, *command[1:]], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     fill_readme(out, ROOT / "README.md", score_tables, claims)
@@ -747,8 +1223,10 @@ def report(out: Path):
 
 
 PRETRAINING = {arm: "shared CQL ensemble (seed 1)" for arm in FINETUNE_ARMS} | {
-    "awac-N5": "own offline phase per seed", "bcq-ft-N1": "own offline phase per seed", "sac": "none (the same runs on "
-    "every dataset)"}
+    "awac-N5": "own offline phase per seed",
+    "bcq-ft-N1": "own offline phase per seed",
+    "sac": "none (the same runs on every dataset)",
+}
 
 
 def interval_report(out: Path, curves_of: dict):
@@ -756,11 +1234,14 @@ def interval_report(out: Path, curves_of: dict):
     arm, dataset and metric, and across datasets), intervals/claims.csv (every claim on late and auc, and (b), (d),
     (e) also on their own metric, by the interval rule), intervals/curves.csv and the figures."""
     import importlib.util
+
     spec = importlib.util.spec_from_file_location("intervals", Path(__file__).resolve().parent / "intervals.py")
     intervals = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(intervals)
-    per_run = {key: [{**intervals.run_metrics(steps, scores, LATE_FROM), **seed_metrics(steps, scores)}
-                     for steps, scores in curves] for key, curves in curves_of.items()}
+    per_run = {
+        key: [{**intervals.run_metrics(steps, scores, LATE_FROM), **seed_metrics(steps, scores)} for steps, scores in curves]
+        for key, curves in curves_of.items()
+    }
     if not per_run:
         return
     folder = ROOT / out / "intervals"
@@ -771,8 +1252,7 @@ def interval_report(out: Path, curves_of: dict):
     write_csv(folder / "iqm.csv", iqm)
     claims = [(claim, metric, pairs) for claim, _, pairs in CLAIMS for metric in INTERVAL_METRICS]
     claims += [(claim, metric, pairs) for claim, metric, pairs in CLAIMS if metric not in ("final",)]
-    write_csv(folder / "claims.csv", intervals.claim_interval_rows(per_run, claims, across="all Hopper datasets",
-                                                                   **settings))
+    write_csv(folder / "claims.csv", intervals.claim_interval_rows(per_run, claims, across="all Hopper datasets", **settings))
     curve_rows = intervals.curve_rows(curves_of, **settings)
     write_csv(folder / "curves.csv", curve_rows)
     labels = {arm: LABELS[arm] for arm in LABELS}
@@ -782,11 +1262,15 @@ def interval_report(out: Path, curves_of: dict):
     colours = plot.METHOD_COLOURS
     methods = FIGURES.get("fig3_methods", ("", list(LABELS)))[1]
     intervals.plot_iqm_curves([r for r in curve_rows if r["arm"] in methods], folder / "iqm_curves.png", colours, labels)
-    comparisons = [r for r in intervals.claim_interval_rows(per_run, claims[:1], across="all Hopper datasets",
-                                                            **settings) if r["first"] and r["p_improvement"] != ""]
+    comparisons = [
+        r
+        for r in intervals.claim_interval_rows(per_run, claims[:1], across="all Hopper datasets", **settings)
+        if r["first"] and r["p_improvement"] != ""
+    ]
     if comparisons:  # claim (a) on late: ours against each baseline
-        intervals.plot_improvement(comparisons, folder / "probability_of_improvement.png", "balanced-N5", "late",
-                                   colours, labels)
+        intervals.plot_improvement(
+            comparisons, folder / "probability_of_improvement.png", "balanced-N5", "late", colours, labels
+        )
     print(f"wrote {out / 'intervals'}")
 
 
@@ -802,17 +1286,24 @@ def cql_depth_numbers(out: Path, steps: int) -> dict:
     """What pessimism means at one CQL depth: the CQL gap logsumexp Q - Q(data) (losses/cql / alpha_cql, the mean of
     the logs in the last 5000 steps before the depth), the ensemble policy's score there, and Qbar vs Monte-Carlo
     of the ensemble policy (diagnose.py, q_vs_mc_<k>)."""
-    run = out / "runs" / ("hopper-medium__cql-pretrain__seed1" if steps == CQL_STEPS
-                          else "hopper-medium__cql-pretrain-deep__seed1")
+    run = (
+        out
+        / "runs"
+        / ("hopper-medium__cql-pretrain__seed1" if steps == CQL_STEPS else "hopper-medium__cql-pretrain-deep__seed1")
+    )
     cql_term, alpha_cql = scalar_points(run, "losses/cql"), 5.0  # cql_pretrain.py's --alpha-cql, the same at every depth
     window = [value / alpha_cql for step, value in cql_term.items() if steps - 5000 < step <= steps]
-    numbers = {"cql_steps": steps, "cql_gap": round(float(np.mean(window)), 2) if window else np.nan,
-               "cql_score": round(scalar_points(run, "eval/normalized_score").get(steps, np.nan), 2)}
+    numbers = {
+        "cql_steps": steps,
+        "cql_gap": round(float(np.mean(window)), 2) if window else np.nan,
+        "cql_score": round(scalar_points(run, "eval/normalized_score").get(steps, np.nan), 2),
+    }
     q_file = ROOT / out / "depth" / "q_vs_mc" / f"{steps // 1000}k" / "q_vs_mc.csv"
     if q_file.exists():
         row = next(csv.DictReader(open(q_file)))
-        numbers.update({"q_start": float(row["q_start"]), "mc_start": float(row["mc_start"]),
-                        "q_minus_mc": float(row["q_minus_mc_mean"])})
+        numbers.update(
+            {"q_start": float(row["q_start"]), "mc_start": float(row["mc_start"]), "q_minus_mc": float(row["q_minus_mc_mean"])}
+        )
     return numbers
 
 
@@ -829,9 +1320,13 @@ def showcase_reproducibility(out: Path):
     study = scalar_points(out / "runs" / "hopper-medium-replay__balanced-N5__seed1", "eval/normalized_score")
     rerun = scalar_points(out / "showcase" / "runs" / "hopper-medium-replay__balanced-N5__seed1", "eval/normalized_score")
     if study and rerun and (ROOT / out / "status" / "showcase_rerun.done").exists():
-        write_csv(ROOT / out / "showcase" / "reproducibility.csv",
-                  [{"step": step, "study": study[step], "rerun": rerun.get(step, ""),
-                    "identical": study[step] == rerun.get(step)} for step in sorted(study)])
+        write_csv(
+            ROOT / out / "showcase" / "reproducibility.csv",
+            [
+                {"step": step, "study": study[step], "rerun": rerun.get(step, ""), "identical": study[step] == rerun.get(step)}
+                for step in sorted(study)
+            ],
+        )
 
 
 def first_epoch_report(out: Path):
@@ -846,10 +1341,15 @@ def first_epoch_report(out: Path):
                 if scores is None or not (ROOT / out / "status" / f"{name}.done").exists():
                     continue
                 kept.setdefault((steps, arm), []).append(scores[1] / scores[0])
-                depth_rows.append({"cql_steps": steps, "arm": arm, "seed": seed,
-                                   **{f"score_{step}": round(score, 2) for step, score in zip(range(0, PROBE_STEPS + 1, 1000),
-                                                                                           scores)},
-                                   "kept_after_epoch_1": round(scores[1] / scores[0], 3)})
+                depth_rows.append(
+                    {
+                        "cql_steps": steps,
+                        "arm": arm,
+                        "seed": seed,
+                        **{f"score_{step}": round(score, 2) for step, score in zip(range(0, PROBE_STEPS + 1, 1000), scores)},
+                        "kept_after_epoch_1": round(scores[1] / scores[0], 3),
+                    }
+                )
     if not depth_rows:
         return
     folder = ROOT / out / "depth"
@@ -860,15 +1360,20 @@ def first_epoch_report(out: Path):
         for arm in PROBE_ARMS:
             rows = [r for r in depth_rows if r["cql_steps"] == steps and r["arm"] == arm]
             if rows:
-                column = lambda key, rows=rows: np.array([r[key] for r in rows])  # noqa: E731
-                summary.append({**numbers, "arm": arm, "n_seeds": len(rows),
-                                "start_mean": round(float(column("score_0").mean()), 2),
-                                "after_epoch_1_mean": round(float(column("score_1000").mean()), 2),
-                                "after_epoch_1_std": round(float(column("score_1000").std()), 2),
-                                f"after_epoch_{PROBE_STEPS // 1000}_mean":
-                                    round(float(column(f"score_{PROBE_STEPS}").mean()), 2),
-                                "kept_mean": round(float(column("kept_after_epoch_1").mean()), 3),
-                                "kept_std": round(float(column("kept_after_epoch_1").std()), 3)})
+                column = lambda key, rows=rows: np.array([r[key] for r in rows])
+                summary.append(
+                    {
+                        **numbers,
+                        "arm": arm,
+                        "n_seeds": len(rows),
+                        "start_mean": round(float(column("score_0").mean()), 2),
+                        "after_epoch_1_mean": round(float(column("score_1000").mean()), 2),
+                        "after_epoch_1_std": round(float(column("score_1000").std()), 2),
+                        f"after_epoch_{PROBE_STEPS // 1000}_mean": round(float(column(f"score_{PROBE_STEPS}").mean()), 2),
+                        "kept_mean": round(float(column("kept_after_epoch_1").mean()), 3),
+                        "kept_std": round(float(column("kept_after_epoch_1").std()), 3),
+                    }
+                )
     write_csv(folder / "depth_summary.csv", summary)
     # the pre-registered reading (DEPTHS block above): ours' kept at the deepest checkpoint run vs at 30k
     deepest = max((steps for steps, arm in kept if arm == "balanced-N5"), default=CQL_STEPS)
@@ -878,14 +1383,27 @@ def first_epoch_report(out: Path):
             continue
         deep, base = np.array(kept[(deepest, arm)]), np.array(kept[(CQL_STEPS, arm)])
         diff, se, result = compare(deep, base)
-        verdict = ("supported" if result == "holds" and deep.mean() >= KEEP_SUPPORTED else
-                   "partly supported (the fall shrinks but stays)" if result == "holds" else "refuted")
+        verdict = (
+            "supported"
+            if result == "holds" and deep.mean() >= KEEP_SUPPORTED
+            else "partly supported (the fall shrinks but stays)"
+            if result == "holds"
+            else "refuted"
+        )
         complete = deepest == DEPTHS[-1] and len(deep) == len(SEEDS)
-        verdict_rows.append({"arm": arm, "deepest_cql_steps": deepest, "kept_deepest": round(float(deep.mean()), 3),
-                             "kept_30k": round(float(base.mean()), 3), "difference": round(float(diff), 3),
-                             "se": round(float(se), 3), "comparison": result,
-                             "verdict": (verdict if arm == "balanced-N5" else "(control)") +
-                                        ("" if complete else f" [interim: deepest run so far {deepest // 1000}k]")})
+        verdict_rows.append(
+            {
+                "arm": arm,
+                "deepest_cql_steps": deepest,
+                "kept_deepest": round(float(deep.mean()), 3),
+                "kept_30k": round(float(base.mean()), 3),
+                "difference": round(float(diff), 3),
+                "se": round(float(se), 3),
+                "comparison": result,
+                "verdict": (verdict if arm == "balanced-N5" else "(control)")
+                + ("" if complete else f" [interim: deepest run so far {deepest // 1000}k]"),
+            }
+        )
     write_csv(folder / "depth_verdict.csv", verdict_rows)
     plot_depth(folder, summary, depth_rows)
     critic_side_report(out)
@@ -901,26 +1419,27 @@ def write_csv(path: Path, rows: list):
 
 def plot_depth(folder: Path, summary: list, depth_rows: list):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
     for arm, color in (("balanced-N5", "#1f77b4"), ("sac-ft", "#ff7f0e")):  # plot.py's METHOD_COLOURS
         rows = [r for r in summary if r["arm"] == arm]
         x = [r["cql_steps"] / 1000 for r in rows]
         left.plot(x, [r["start_mean"] for r in rows], ls=":", marker="o", color=color, label=f"{LABELS[arm]}: at 0")
-        left.plot(x, [r["after_epoch_1_mean"] for r in rows], marker="o", color=color,
-                  label=f"{LABELS[arm]}: after epoch 1")
+        left.plot(x, [r["after_epoch_1_mean"] for r in rows], marker="o", color=color, label=f"{LABELS[arm]}: after epoch 1")
         seeds = [r for r in depth_rows if r["arm"] == arm]
-        left.scatter([r["cql_steps"] / 1000 for r in seeds], [r["score_1000"] for r in seeds], s=10, color=color,
-                     alpha=0.4)
+        left.scatter([r["cql_steps"] / 1000 for r in seeds], [r["score_1000"] for r in seeds], s=10, color=color, alpha=0.4)
     left.set(xlabel="CQL pretraining steps (thousands)", ylabel="normalized score", title="hopper-medium, first epoch")
     left.legend(fontsize=7)
     depths = [r for r in summary if r["arm"] == "balanced-N5"]
     x = [r["cql_steps"] / 1000 for r in depths]
     right.plot(x, [r["cql_gap"] for r in depths], marker="o", color="k", label="CQL gap: logsumexp Q - Q(data)")
     if all("q_minus_mc" in r for r in depths):
-        right.plot(x, [r["q_minus_mc"] for r in depths], marker="s", color="tab:green",
-                   label="Qbar - Monte-Carlo (ensemble policy)")
+        right.plot(
+            x, [r["q_minus_mc"] for r in depths], marker="s", color="tab:green", label="Qbar - Monte-Carlo (ensemble policy)"
+        )
     right.axhline(0, color="0.6", lw=0.8)
     right.set(xlabel="CQL pretraining steps (thousands)", title="pessimism of the loaded critics")
     right.legend(fontsize=7)
@@ -934,9 +1453,13 @@ def critic_side_report(out: Path):
     the runs and Qbar vs Monte-Carlo of the policy after that epoch (mean and std over seeds)."""
     folder = ROOT / out / "diagnosis" / "critic_side"
     q_rows = list(csv.DictReader(open(folder / "q_vs_mc.csv"))) if (folder / "q_vs_mc.csv").exists() else []
-    runs = {"as is": lambda seed: out / "depth" / "runs" / f"hopper-medium__balanced-N5__cql30k__seed{seed}",
-            **{variant: (lambda seed, v=variant: out / "diagnosis" / "runs" / f"hopper-medium__balanced-N5-{v}__seed{seed}")
-               for variant in DIAGNOSIS_VARIANTS}}
+    runs = {
+        "as is": lambda seed: out / "depth" / "runs" / f"hopper-medium__balanced-N5__cql30k__seed{seed}",
+        **{
+            variant: (lambda seed, v=variant: out / "diagnosis" / "runs" / f"hopper-medium__balanced-N5-{v}__seed{seed}")
+            for variant in DIAGNOSIS_VARIANTS
+        },
+    }
     rows = []
     for variant, run_of in runs.items():
         for step in range(0, PROBE_STEPS + 1, 1000):
@@ -946,13 +1469,25 @@ def critic_side_report(out: Path):
             q = [r for r in q_rows if r["label"] in labels]
             if not scores:
                 continue
-            rows.append({"variant": variant, "step": step, "n_seeds": len(scores),
-                         "score_mean": round(float(np.mean(scores)), 2), "score_std": round(float(np.std(scores)), 2),
-                         **({"q_mean": round(float(np.mean([float(r["q_mean"]) for r in q])), 2),
-                             "mc_mean": round(float(np.mean([float(r["mc_mean"]) for r in q])), 2),
-                             "q_minus_mc_mean": round(float(np.mean([float(r["q_minus_mc_mean"]) for r in q])), 2),
-                             "q_minus_mc_std": round(float(np.std([float(r["q_minus_mc_mean"]) for r in q])), 2)}
-                            if q else {"q_mean": "", "mc_mean": "", "q_minus_mc_mean": "", "q_minus_mc_std": ""})})
+            rows.append(
+                {
+                    "variant": variant,
+                    "step": step,
+                    "n_seeds": len(scores),
+                    "score_mean": round(float(np.mean(scores)), 2),
+                    "score_std": round(float(np.std(scores)), 2),
+                    **(
+                        {
+                            "q_mean": round(float(np.mean([float(r["q_mean"]) for r in q])), 2),
+                            "mc_mean": round(float(np.mean([float(r["mc_mean"]) for r in q])), 2),
+                            "q_minus_mc_mean": round(float(np.mean([float(r["q_minus_mc_mean"]) for r in q])), 2),
+                            "q_minus_mc_std": round(float(np.std([float(r["q_minus_mc_mean"]) for r in q])), 2),
+                        }
+                        if q
+                        else {"q_mean": "", "mc_mean": "", "q_minus_mc_mean": "", "q_minus_mc_std": ""}
+                    ),
+                }
+            )
     if rows:
         write_csv(folder / "summary.csv", rows)
 
@@ -968,9 +1503,13 @@ def write_fqe_convergence(out: Path):
     path = out / f"hopper-{FULL_ARMS_ON}" / "diagnostics" / "fqe_convergence.csv"
     (ROOT / path.parent).mkdir(parents=True, exist_ok=True)
     with open(ROOT / path, "w", newline="") as f:
-        csv.writer(f).writerows([["step", "q_estimate_env_starts", "mc_return"]] +
-                                [[step, round(curves[0][step], 2), round(curves[1][step], 2)]
-                                 for step in sorted(set(curves[0]) & set(curves[1]))])
+        csv.writer(f).writerows(
+            [["step", "q_estimate_env_starts", "mc_return"]]
+            + [
+                [step, round(curves[0][step], 2), round(curves[1][step], 2)]
+                for step in sorted(set(curves[0]) & set(curves[1]))
+            ]
+        )
 
 
 def write_study_files(study: Path, dataset: str, runs: list, by_name: dict, plot_command: list, out: Path):
@@ -989,8 +1528,10 @@ def write_study_files(study: Path, dataset: str, runs: list, by_name: dict, plot
         add(job)
     (ROOT / study).mkdir(parents=True, exist_ok=True)
     with open(ROOT / study / "commands.txt", "w") as f:
-        f.write("# the dataset, its CQL (and FQE) pretraining, each plotted run (seed), then the figure; from the\n"
-                "# repository root. `python benchmark/evidence.py` runs all of them, 2 at a time, and resumes\n")
+        f.write(
+            "# the dataset, its CQL (and FQE) pretraining, each plotted run (seed), then the figure; from the\n"
+            "# repository root. `python benchmark/evidence.py` runs all of them, 2 at a time, and resumes\n"
+        )
         f.writelines(" ".join(job.command) + "\n" for job in needed)
         f.write(shlex.join(plot_command) + "\n")
     with open(ROOT / out / "datasets.csv") as f:

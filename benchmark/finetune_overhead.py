@@ -16,6 +16,7 @@ Target (issue 4): under 15% on this CPU.
 
     python benchmark/finetune_overhead.py            # writes benchmark/results/finetune_overhead.csv (~1-2 min)
 """
+
 import argparse
 import csv
 import os
@@ -61,8 +62,14 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    timers = {"update_actor_critic": 0.0, "update_density_ratio": 0.0, "evaluate": 0.0, "save_checkpoint": 0.0,
-              "SumTree.sample": 0.0, "SumTree.update": 0.0}
+    timers = {
+        "update_actor_critic": 0.0,
+        "update_density_ratio": 0.0,
+        "evaluate": 0.0,
+        "save_checkpoint": 0.0,
+        "SumTree.sample": 0.0,
+        "SumTree.update": 0.0,
+    }
     marks = {}
 
     def timed(name, fn):
@@ -72,6 +79,7 @@ def main():
             out = fn(*a, **kw)
             timers[name] += time.perf_counter() - start
             return out
+
         return wrapper
 
     for name in ("update_actor_critic", "update_density_ratio", "evaluate", "save_checkpoint"):
@@ -86,14 +94,46 @@ def main():
         torch.manual_seed(0)
         actor = bf.EnsembleActor(11, 3, hidden, args.n_ensemble)
         critic = bf.EnsembleCritic(11, 3, hidden, args.n_ensemble)
-        torch.save({"format": bf.CHECKPOINT_FORMAT, "algo": "cql", "env_id": "Hopper-v4", "obs_dim": 11, "act_dim": 3,
-                    "n_ensemble": args.n_ensemble, "hidden_sizes": hidden, "actor": actor.state_dict(),
-                    "critic": critic.state_dict(), "step": 0, "args": {}}, ckpt_path)
-        sys.argv = ["balanced_finetune.py", "--env-id", "Hopper-v4", "--dataset-path", data_path, "--cql-checkpoint",
-                    ckpt_path, "--n-ensemble", str(args.n_ensemble), "--hidden-dim", str(args.hidden_dim),
-                    "--online-steps", str(args.steps), "--epoch-length", str(args.steps),
-                    "--first-epoch-multiplier", "1", "--checkpoint", os.path.join(tmp, "out.pt"),
-                    "--run-dir", os.path.join(tmp, "run"), "--no-cuda"]
+        torch.save(
+            {
+                "format": bf.CHECKPOINT_FORMAT,
+                "algo": "cql",
+                "env_id": "Hopper-v4",
+                "obs_dim": 11,
+                "act_dim": 3,
+                "n_ensemble": args.n_ensemble,
+                "hidden_sizes": hidden,
+                "actor": actor.state_dict(),
+                "critic": critic.state_dict(),
+                "step": 0,
+                "args": {},
+            },
+            ckpt_path,
+        )
+        sys.argv = [
+            "balanced_finetune.py",
+            "--env-id",
+            "Hopper-v4",
+            "--dataset-path",
+            data_path,
+            "--cql-checkpoint",
+            ckpt_path,
+            "--n-ensemble",
+            str(args.n_ensemble),
+            "--hidden-dim",
+            str(args.hidden_dim),
+            "--online-steps",
+            str(args.steps),
+            "--epoch-length",
+            str(args.steps),
+            "--first-epoch-multiplier",
+            "1",
+            "--checkpoint",
+            os.path.join(tmp, "out.pt"),
+            "--run-dir",
+            os.path.join(tmp, "run"),
+            "--no-cuda",
+        ]
         start = time.perf_counter()
         bf.main()
         end = time.perf_counter()
@@ -102,21 +142,32 @@ def main():
     updates = timers["update_actor_critic"] + timers["update_density_ratio"]
     outside = loop - updates
     share = outside / loop
-    rows = [{"quantity": name, "seconds": round(value, 3), "share_of_loop": round(value / loop, 4)} for name, value in (
-        ("startup (excluded)", marks["loop_start"] - start), ("training loop", loop),
-        ("update_actor_critic", timers["update_actor_critic"]), ("update_density_ratio", timers["update_density_ratio"]),
-        ("outside gradient updates", outside), ("  of which evaluate", timers["evaluate"]),
-        ("  of which SumTree.sample+update", timers["SumTree.sample"] + timers["SumTree.update"]),
-        ("  of which save_checkpoint", timers["save_checkpoint"]))]
+    rows = [
+        {"quantity": name, "seconds": round(value, 3), "share_of_loop": round(value / loop, 4)}
+        for name, value in (
+            ("startup (excluded)", marks["loop_start"] - start),
+            ("training loop", loop),
+            ("update_actor_critic", timers["update_actor_critic"]),
+            ("update_density_ratio", timers["update_density_ratio"]),
+            ("outside gradient updates", outside),
+            ("  of which evaluate", timers["evaluate"]),
+            ("  of which SumTree.sample+update", timers["SumTree.sample"] + timers["SumTree.update"]),
+            ("  of which save_checkpoint", timers["save_checkpoint"]),
+        )
+    ]
     for row in rows:
         print(f"{row['quantity']:36s} {row['seconds']:9.3f} s  {100 * row['share_of_loop']:6.2f} %")
-    print(f"share outside gradient updates: {100 * share:.1f}% (target < 15%: {'met' if share < 0.15 else 'NOT met'}); "
-          f"{1e3 * timers['update_actor_critic'] / args.steps:.1f} ms per SAC update, "
-          f"{1e3 * timers['update_density_ratio'] / args.steps:.1f} ms per density-ratio update")
+    print(
+        f"share outside gradient updates: {100 * share:.1f}% (target < 15%: {'met' if share < 0.15 else 'NOT met'}); "
+        f"{1e3 * timers['update_actor_critic'] / args.steps:.1f} ms per SAC update, "
+        f"{1e3 * timers['update_density_ratio'] / args.steps:.1f} ms per density-ratio update"
+    )
     with written(args.out) as f:
-        f.write(f"# command: python benchmark/finetune_overhead.py --steps {args.steps} --threads {args.threads} "
-                f"(N={args.n_ensemble}, hidden {args.hidden_dim}, batch 256, dataset {args.dataset_size}; "
-                f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__})\n")
+        f.write(
+            f"# command: python benchmark/finetune_overhead.py --steps {args.steps} --threads {args.threads} "
+            f"(N={args.n_ensemble}, hidden {args.hidden_dim}, batch 256, dataset {args.dataset_size}; "
+            f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__})\n"
+        )
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

@@ -22,6 +22,7 @@ imported inside the functions that need it.
     python benchmark/intervals.py --runs "Ours=benchmark/results/evidence/runs/hopper-*__balanced-N5__seed*" \\
         --runs "SAC-ft=benchmark/results/evidence/runs/hopper-*__sac-ft__seed*" --out-dir /tmp/intervals
 """
+
 import argparse
 import csv
 import functools
@@ -39,13 +40,35 @@ SEED = 0
 LOWER_IS_BETTER = ("drop",)
 IQM_CUT = 0.25  # the share trimmed from each end: int(IQM_CUT * n) values, as scipy.stats.trim_mean
 ACROSS = "all tasks"
-INSTALL = ("pip install -r requirements-test.txt (rliable 1.2.0 with arch<8 and pandas<3: arch 7 does not import "
-           "under pandas 3 and rliable 1.2.0 refuses arch 8)")
+INSTALL = (
+    "pip install -r requirements-test.txt (rliable 1.2.0 with arch<8 and pandas<3: arch 7 does not import "
+    "under pandas 3 and rliable 1.2.0 refuses arch 8)"
+)
 SCORE_TAG = "eval/normalized_score"
 RUN_NAME = re.compile(r"^(?P<task>.+?)__(?P<method>.+?)__(?:seed)?(?P<seed>\d+)(?:__.*)?$")  # as benchmark/plot.py
-COMPARISON_COLUMNS = ("claim", "task", "tasks", "metric", "first", "second", "iqm_first", "ci_first_low",
-                      "ci_first_high", "iqm_second", "ci_second_low", "ci_second_high", "iqm_difference", "ci_low",
-                      "ci_high", "p_improvement", "p_low", "p_high", "n_first", "n_second", "result")
+COMPARISON_COLUMNS = (
+    "claim",
+    "task",
+    "tasks",
+    "metric",
+    "first",
+    "second",
+    "iqm_first",
+    "ci_first_low",
+    "ci_first_high",
+    "iqm_second",
+    "ci_second_low",
+    "ci_second_high",
+    "iqm_difference",
+    "ci_low",
+    "ci_high",
+    "p_improvement",
+    "p_low",
+    "p_high",
+    "n_first",
+    "n_second",
+    "result",
+)
 
 
 def fail(message: str):
@@ -57,8 +80,10 @@ def rliable(module: str = "library"):
     try:
         return __import__(f"rliable.{module}", fromlist=[module])
     except Exception as error:  # not installed, or arch failing under pandas 3 (a TypeError at import)
-        fail(f"interval estimates need rliable, an optional benchmark-only dependency, which does not import "
-             f"({type(error).__name__}: {error}): {INSTALL}")
+        fail(
+            f"interval estimates need rliable, an optional benchmark-only dependency, which does not import "
+            f"({type(error).__name__}: {error}): {INSTALL}"
+        )
 
 
 # ---- per-run metrics ----
@@ -96,14 +121,14 @@ def iqm(values) -> float:
     sorted, int(0.25 n) dropped at each end, the mean of the rest (3 values: none dropped; 5: the middle 3)."""
     values = np.sort(np.asarray(values, dtype=float), axis=None)
     cut = int(IQM_CUT * len(values))
-    return float(values[cut:len(values) - cut].mean())
+    return float(values[cut : len(values) - cut].mean())
 
 
 def _iqm_columns(matrix: np.ndarray) -> np.ndarray:
     """The IQM of every column of a (runs x k) array."""
     matrix = np.sort(matrix, axis=0)
     cut = int(IQM_CUT * matrix.shape[0])
-    return matrix[cut:matrix.shape[0] - cut].mean(axis=0)
+    return matrix[cut : matrix.shape[0] - cut].mean(axis=0)
 
 
 def probability_of_improvement(first: list, second: list) -> float:
@@ -135,8 +160,7 @@ def _task_columns(arrays) -> list:
     return [a[:, t] for a in arrays for t in range(a.shape[1])]
 
 
-def bootstrap(data, func, reps: int = INTERVAL_RESAMPLES, confidence: float = INTERVAL_CONFIDENCE,
-              seed: int = SEED) -> tuple:
+def bootstrap(data, func, reps: int = INTERVAL_RESAMPLES, confidence: float = INTERVAL_CONFIDENCE, seed: int = SEED) -> tuple:
     """rliable.library.get_interval_estimates on one entry: an array (runs x tasks [x ...]) is resampled by its
     StratifiedBootstrap, a list of arrays by its StratifiedIndependentBootstrap (each array on its own) -> (point
     estimate, lower bounds, upper bounds) of func's 1-D output. The global RNG is seeded with seed, then restored."""
@@ -144,8 +168,7 @@ def bootstrap(data, func, reps: int = INTERVAL_RESAMPLES, confidence: float = IN
     state = np.random.get_state()
     np.random.seed(seed)
     try:
-        points, intervals = library.get_interval_estimates({"x": data}, func, reps=reps,
-                                                           confidence_interval_size=confidence)
+        points, intervals = library.get_interval_estimates({"x": data}, func, reps=reps, confidence_interval_size=confidence)
     finally:
         np.random.set_state(state)
     return np.asarray(points["x"], dtype=float), intervals["x"][0], intervals["x"][1]
@@ -154,33 +177,42 @@ def bootstrap(data, func, reps: int = INTERVAL_RESAMPLES, confidence: float = IN
 @functools.cache
 def _iqm_interval(columns: tuple, reps: int, confidence: float, seed: int) -> tuple:
     strata = _strata(columns)
-    point, low, high = bootstrap(strata[0] if len(strata) == 1 else strata,
-                                 lambda *arrays: np.array([iqm(_flat(arrays))]), reps, confidence, seed)
+    point, low, high = bootstrap(
+        strata[0] if len(strata) == 1 else strata, lambda *arrays: np.array([iqm(_flat(arrays))]), reps, confidence, seed
+    )
     return float(point[0]), float(low[0]), float(high[0])
 
 
-def iqm_interval(columns: list, reps: int = INTERVAL_RESAMPLES, confidence: float = INTERVAL_CONFIDENCE,
-                 seed: int = SEED) -> tuple:
+def iqm_interval(
+    columns: list, reps: int = INTERVAL_RESAMPLES, confidence: float = INTERVAL_CONFIDENCE, seed: int = SEED
+) -> tuple:
     """columns[t]: one arm's run values on task t -> (IQM over every run, interval low, interval high); runs
     resampled within each task (one task: a plain bootstrap of the runs)."""
     return _iqm_interval(tuple(tuple(map(float, c)) for c in columns), reps, confidence, seed)
 
 
-def compare_intervals(first: list, second: list, reps: int = INTERVAL_RESAMPLES,
-                      confidence: float = INTERVAL_CONFIDENCE, seed: int = SEED) -> dict:
+def compare_intervals(
+    first: list, second: list, reps: int = INTERVAL_RESAMPLES, confidence: float = INTERVAL_CONFIDENCE, seed: int = SEED
+) -> dict:
     """first[t], second[t]: two arms' run values on task t (any numbers of runs) -> IQM(first) - IQM(second) and
     P(first > second), each with its interval from one bootstrap that resamples the runs independently within each arm
     and each task, and the result: holds (the difference's interval above 0), reversed (below 0) or tie."""
     a, b = _strata(first), _strata(second)
 
     def statistics(*arrays):
-        x, y = arrays[:len(a)], arrays[len(a):]
+        x, y = arrays[: len(a)], arrays[len(a) :]
         return np.array([iqm(_flat(x)) - iqm(_flat(y)), probability_of_improvement(_task_columns(x), _task_columns(y))])
 
     point, low, high = bootstrap(a + b, statistics, reps, confidence, seed)
-    return {"iqm_difference": float(point[0]), "ci_low": float(low[0]), "ci_high": float(high[0]),
-            "p_improvement": float(point[1]), "p_low": float(low[1]), "p_high": float(high[1]),
-            "result": verdict(low[0], high[0])}
+    return {
+        "iqm_difference": float(point[0]),
+        "ci_low": float(low[0]),
+        "ci_high": float(high[0]),
+        "p_improvement": float(point[1]),
+        "p_low": float(low[1]),
+        "p_high": float(high[1]),
+        "result": verdict(low[0], high[0]),
+    }
 
 
 def verdict(low: float, high: float) -> str:
@@ -190,8 +222,13 @@ def verdict(low: float, high: float) -> str:
 
 def claim_verdict(results: list, n_pairs: int) -> str:
     """A claim's verdict from its comparisons' results, as evidence.claim_rows."""
-    return ("reproduced" if len(results) == n_pairs and all(r == "holds" for r in results) else
-            "not reproduced" if "reversed" in results else "inconclusive")
+    return (
+        "reproduced"
+        if len(results) == n_pairs and all(r == "holds" for r in results)
+        else "not reproduced"
+        if "reversed" in results
+        else "inconclusive"
+    )
 
 
 # ---- rows for CSV ----
@@ -215,8 +252,15 @@ def _r(x: float, digits: int = 2):
     return round(float(x), digits) if np.isfinite(x) else float("nan")
 
 
-def iqm_rows(per_run: dict, metrics=INTERVAL_METRICS, tasks=None, across: str | None = ACROSS,
-             reps: int = INTERVAL_RESAMPLES, confidence: float = INTERVAL_CONFIDENCE, seed: int = SEED) -> list:
+def iqm_rows(
+    per_run: dict,
+    metrics=INTERVAL_METRICS,
+    tasks=None,
+    across: str | None = ACROSS,
+    reps: int = INTERVAL_RESAMPLES,
+    confidence: float = INTERVAL_CONFIDENCE,
+    seed: int = SEED,
+) -> list:
     """per_run[(task, arm)] = one dict of metric values per run -> one row per (task, arm, metric), then per (arm,
     metric) across the tasks the arm has: task, tasks, metric, arm, n_runs, mean, iqm, ci_low, ci_high."""
     tasks, arms = _tasks_of(per_run, tasks), list(dict.fromkeys(arm for _, arm in per_run))
@@ -228,27 +272,51 @@ def iqm_rows(per_run: dict, metrics=INTERVAL_METRICS, tasks=None, across: str | 
                 if label not in task_sets[arm]:
                     continue
                 columns = [_values(per_run, t, arm, metric) for t in task_sets[arm][label]]
-                row = {"task": label, "tasks": "+".join(task_sets[arm][label]), "metric": metric, "arm": arm,
-                       "n_runs": sum(map(len, columns))}
+                row = {
+                    "task": label,
+                    "tasks": "+".join(task_sets[arm][label]),
+                    "metric": metric,
+                    "arm": arm,
+                    "n_runs": sum(map(len, columns)),
+                }
                 if min(map(len, columns)) == 0:  # a metric NaN in every run of a task (auc without a score at 0)
                     rows.append({**row, **dict.fromkeys(("mean", "iqm", "ci_low", "ci_high"), float("nan"))})
                     continue
                 point, low, high = iqm_interval(columns, reps, confidence, seed)
-                rows.append({**row, "mean": _r(np.mean(_flat(columns))), "iqm": _r(point), "ci_low": _r(low),
-                             "ci_high": _r(high)})
+                rows.append(
+                    {**row, "mean": _r(np.mean(_flat(columns))), "iqm": _r(point), "ci_low": _r(low), "ci_high": _r(high)}
+                )
     return rows
 
 
-def comparison_row(per_run: dict, task: str, task_set: list, first: str, second: str, metric: str, claim: str = "",
-                   reps: int = INTERVAL_RESAMPLES, confidence: float = INTERVAL_CONFIDENCE, seed: int = SEED,
-                   lower_is_better=LOWER_IS_BETTER) -> dict:
+def comparison_row(
+    per_run: dict,
+    task: str,
+    task_set: list,
+    first: str,
+    second: str,
+    metric: str,
+    claim: str = "",
+    reps: int = INTERVAL_RESAMPLES,
+    confidence: float = INTERVAL_CONFIDENCE,
+    seed: int = SEED,
+    lower_is_better=LOWER_IS_BETTER,
+) -> dict:
     """One comparison on the tasks task_set (labelled task), with COMPARISON_COLUMNS. The difference and its interval
     are first - second in the metric's units; p_improvement is P(first better than second)."""
     a = [_values(per_run, t, first, metric) for t in task_set]
     b = [_values(per_run, t, second, metric) for t in task_set]
     row = dict.fromkeys(COMPARISON_COLUMNS, "")
-    row.update(claim=claim, task=task, tasks="+".join(task_set), metric=metric, first=first, second=second,
-               n_first=sum(map(len, a)), n_second=sum(map(len, b)))
+    row.update(
+        claim=claim,
+        task=task,
+        tasks="+".join(task_set),
+        metric=metric,
+        first=first,
+        second=second,
+        n_first=sum(map(len, a)),
+        n_second=sum(map(len, b)),
+    )
     if min(map(len, a + b)) < 2:
         return {**row, "result": "n/a (fewer than 2 runs)"}
     for name, columns in (("first", a), ("second", b)):
@@ -257,25 +325,49 @@ def comparison_row(per_run: dict, task: str, task_set: list, first: str, second:
     sign = -1.0 if metric in lower_is_better else 1.0
     c = compare_intervals([sign * x for x in a], [sign * y for y in b], reps, confidence, seed)
     low, high = sorted((sign * c["ci_low"], sign * c["ci_high"]))
-    row.update(iqm_difference=_r(sign * c["iqm_difference"]), ci_low=_r(low), ci_high=_r(high),
-               p_improvement=_r(c["p_improvement"], 3), p_low=_r(c["p_low"], 3), p_high=_r(c["p_high"], 3),
-               result=c["result"])
+    row.update(
+        iqm_difference=_r(sign * c["iqm_difference"]),
+        ci_low=_r(low),
+        ci_high=_r(high),
+        p_improvement=_r(c["p_improvement"], 3),
+        p_low=_r(c["p_low"], 3),
+        p_high=_r(c["p_high"], 3),
+        result=c["result"],
+    )
     return row
 
 
-def comparison_rows(per_run: dict, pairs: list, metric: str, tasks=None, across: str | None = ACROSS,
-                    claim: str = "", reps: int = INTERVAL_RESAMPLES, confidence: float = INTERVAL_CONFIDENCE,
-                    seed: int = SEED, lower_is_better=LOWER_IS_BETTER) -> list:
+def comparison_rows(
+    per_run: dict,
+    pairs: list,
+    metric: str,
+    tasks=None,
+    across: str | None = ACROSS,
+    claim: str = "",
+    reps: int = INTERVAL_RESAMPLES,
+    confidence: float = INTERVAL_CONFIDENCE,
+    seed: int = SEED,
+    lower_is_better=LOWER_IS_BETTER,
+) -> list:
     """Every (first, second) pair on each task both arms have, then across those tasks (two or more)."""
     tasks = _tasks_of(per_run, tasks)
-    return [comparison_row(per_run, label, task_set, first, second, metric, claim, reps, confidence, seed,
-                           lower_is_better)
-            for first, second in pairs for label, task_set in _task_sets(per_run, tasks, (first, second), across)]
+    return [
+        comparison_row(per_run, label, task_set, first, second, metric, claim, reps, confidence, seed, lower_is_better)
+        for first, second in pairs
+        for label, task_set in _task_sets(per_run, tasks, (first, second), across)
+    ]
 
 
-def claim_interval_rows(per_run: dict, claims: list, tasks=None, across: str | None = ACROSS,
-                        reps: int = INTERVAL_RESAMPLES, confidence: float = INTERVAL_CONFIDENCE, seed: int = SEED,
-                        lower_is_better=LOWER_IS_BETTER) -> list:
+def claim_interval_rows(
+    per_run: dict,
+    claims: list,
+    tasks=None,
+    across: str | None = ACROSS,
+    reps: int = INTERVAL_RESAMPLES,
+    confidence: float = INTERVAL_CONFIDENCE,
+    seed: int = SEED,
+    lower_is_better=LOWER_IS_BETTER,
+) -> list:
     """claims: [(claim, metric, [(first, second), ...])] (evidence.CLAIMS' form; pass one entry per interval metric)
     -> for each claim and task (each task, then `across`), its comparison rows then a verdict row (result "verdict:
     reproduced / not reproduced / inconclusive (k/n comparisons run)", the other columns empty)."""
@@ -283,22 +375,28 @@ def claim_interval_rows(per_run: dict, claims: list, tasks=None, across: str | N
     labels = tasks + ([across] if across is not None else [])
     for claim, metric, pairs in claims:
         by_task = {}
-        for row in comparison_rows(per_run, pairs, metric, tasks, across, claim, reps, confidence, seed,
-                                   lower_is_better):
+        for row in comparison_rows(per_run, pairs, metric, tasks, across, claim, reps, confidence, seed, lower_is_better):
             by_task.setdefault(row["task"], []).append(row)
         for label in labels:
             if label not in by_task:
                 continue
             results = [row["result"] for row in by_task[label]]
             rows += by_task[label]
-            rows.append({**dict.fromkeys(COMPARISON_COLUMNS, ""), "claim": claim, "task": label, "metric": metric,
-                         "result": f"verdict: {claim_verdict(results, len(pairs))} ({len(results)}/{len(pairs)} "
-                                   "comparisons run)"})
+            rows.append(
+                {
+                    **dict.fromkeys(COMPARISON_COLUMNS, ""),
+                    "claim": claim,
+                    "task": label,
+                    "metric": metric,
+                    "result": f"verdict: {claim_verdict(results, len(pairs))} ({len(results)}/{len(pairs)} comparisons run)",
+                }
+            )
     return rows
 
 
-def curve_rows(curves: dict, reps: int = INTERVAL_RESAMPLES, confidence: float = INTERVAL_CONFIDENCE,
-               seed: int = SEED) -> list:
+def curve_rows(
+    curves: dict, reps: int = INTERVAL_RESAMPLES, confidence: float = INTERVAL_CONFIDENCE, seed: int = SEED
+) -> list:
     """curves[(task, arm)] = [(steps, scores) per run] -> one row per (task, arm, step) on the steps every run has:
     task, arm, step, n_runs, iqm, ci_low, ci_high. As rliable's sample-efficiency curves: a (runs x 1 x steps) array,
     runs resampled within each step."""
@@ -307,8 +405,18 @@ def curve_rows(curves: dict, reps: int = INTERVAL_RESAMPLES, confidence: float =
         common = functools.reduce(np.intersect1d, [np.asarray(steps) for steps, _ in runs])
         scores = np.stack([np.asarray(s, dtype=float)[np.isin(np.asarray(st), common)] for st, s in runs])[:, None, :]
         point, low, high = bootstrap(scores, lambda s: _iqm_columns(s.reshape(s.shape[0], -1)), reps, confidence, seed)
-        rows += [{"task": task, "arm": arm, "step": int(step), "n_runs": len(runs), "iqm": _r(p), "ci_low": _r(lo),
-                  "ci_high": _r(hi)} for step, p, lo, hi in zip(common, point, low, high)]
+        rows += [
+            {
+                "task": task,
+                "arm": arm,
+                "step": int(step),
+                "n_runs": len(runs),
+                "iqm": _r(p),
+                "ci_low": _r(lo),
+                "ci_high": _r(hi),
+            }
+            for step, p, lo, hi in zip(common, point, low, high)
+        ]
     return rows
 
 
@@ -320,6 +428,7 @@ def colors_for(labels, colors: dict | None = None) -> dict:
     """label -> colour: as given in colors, else a colour of seaborn's colorblind palette (rliable's) that the label
     keeps in every figure this process draws (the first label seen gets the first free colour)."""
     import seaborn as sns
+
     palette = sns.color_palette("colorblind", 10)
     out = dict(colors or {})
     for label in labels:
@@ -333,6 +442,7 @@ def colors_for(labels, colors: dict | None = None) -> dict:
 def _figure(width: float, heights: list, columns: bool):
     """A figure of len(heights) panels side by side (columns) or stacked (each panel as high as given)."""
     from matplotlib.figure import Figure
+
     n = len(heights)
     if columns:
         figure = Figure(figsize=(width * n, max(heights)), layout="constrained")
@@ -341,12 +451,20 @@ def _figure(width: float, heights: list, columns: bool):
     return figure, figure.subplots(n, 1, squeeze=False, height_ratios=heights)[:, 0]
 
 
-def plot_iqm_curves(rows: list, path, colors: dict | None = None, labels: dict | None = None, tasks=None,
-                    ylabel: str = "IQM normalized score", xlabel: str = "Online environment steps"):
+def plot_iqm_curves(
+    rows: list,
+    path,
+    colors: dict | None = None,
+    labels: dict | None = None,
+    tasks=None,
+    ylabel: str = "IQM normalized score",
+    xlabel: str = "Online environment steps",
+):
     """curve_rows -> one panel per task: each arm's IQM over its runs with the 95% interval band (rliable's
     plot_sample_efficiency_curve), coloured by label (labels: arm -> legend label; colors: label -> colour).
     Returns the matplotlib Figure, saved to path."""
     from matplotlib.ticker import FuncFormatter
+
     plot_utils = rliable("plot_utils")
     labels = labels or {}
     tasks = list(tasks) if tasks is not None else list(dict.fromkeys(row["task"] for row in rows))
@@ -360,21 +478,30 @@ def plot_iqm_curves(rows: list, path, colors: dict | None = None, labels: dict |
                 continue
             label = labels.get(arm, arm)
             plot_utils.plot_sample_efficiency_curve(
-                [row["step"] for row in mine], {label: np.array([row["iqm"] for row in mine])},
+                [row["step"] for row in mine],
+                {label: np.array([row["iqm"] for row in mine])},
                 {label: np.array([[row["ci_low"] for row in mine], [row["ci_high"] for row in mine]])},
-                algorithms=[label], colors=colors, ax=ax, xlabel=xlabel, ylabel=ylabel, labelsize="medium",
-                ticklabelsize="small", marker="", linewidth=1.8)
+                algorithms=[label],
+                colors=colors,
+                ax=ax,
+                xlabel=xlabel,
+                ylabel=ylabel,
+                labelsize="medium",
+                ticklabelsize="small",
+                marker="",
+                linewidth=1.8,
+            )
         ax.set_title(task)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x else "0"))
     handles = {line.get_label(): line for ax in axes for line in ax.get_lines()}
-    figure.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=min(len(handles), 4),
-                  frameon=False)
+    figure.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=min(len(handles), 4), frameon=False)
     figure.savefig(path, dpi=150)
     return figure
 
 
-def plot_improvement(rows: list, path, first: str, metric: str, colors: dict | None = None,
-                     labels: dict | None = None, tasks=None):
+def plot_improvement(
+    rows: list, path, first: str, metric: str, colors: dict | None = None, labels: dict | None = None, tasks=None
+):
     """comparison rows with first == `first` on `metric` -> one panel per task: P(first better than each second) with
     its 95% interval (rliable's plot_probability_of_improvement), each bar the second arm's colour. Returns the
     Figure, saved to path."""
@@ -393,9 +520,16 @@ def plot_improvement(rows: list, path, first: str, metric: str, colors: dict | N
         plot_utils.plot_probability_of_improvement(
             {p: row["p_improvement"] for p, row in zip(pairs, mine)},
             {p: np.array([row["p_low"], row["p_high"]]) for p, row in zip(pairs, mine)},
-            pair_separator=separator, ax=ax, colors=[colors[labels.get(row["second"], row["second"])] for row in mine],
-            xticks=[0.0, 0.25, 0.5, 0.75, 1.0], xlabel=f"P(X better than Y), {metric}", left_ylabel="X",
-            right_ylabel="Y", labelsize="medium", ticklabelsize="small")
+            pair_separator=separator,
+            ax=ax,
+            colors=[colors[labels.get(row["second"], row["second"])] for row in mine],
+            xticks=[0.0, 0.25, 0.5, 0.75, 1.0],
+            xlabel=f"P(X better than Y), {metric}",
+            left_ylabel="X",
+            right_ylabel="Y",
+            labelsize="medium",
+            ticklabelsize="small",
+        )
         ax.axvline(0.5, color="0.4", lw=1, ls="--")
         ax.set_xlim(0, 1)
         ax.set_title(task)
@@ -407,6 +541,7 @@ def plot_improvement(rows: list, path, first: str, metric: str, colors: dict | N
 def read_curve(run_dir) -> tuple:
     """A run folder's eval/normalized_score curve (a step logged twice, as after a resume: the last value)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
     if SCORE_TAG not in events.Tags()["scalars"]:
@@ -425,8 +560,13 @@ def write_csv(path, rows: list):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", action="append", required=True, metavar="LABEL=GLOB",
-                        help="run folders of one method (task = the folder name's part before '__'); repeatable")
+    parser.add_argument(
+        "--runs",
+        action="append",
+        required=True,
+        metavar="LABEL=GLOB",
+        help="run folders of one method (task = the folder name's part before '__'); repeatable",
+    )
     parser.add_argument("--out-dir", type=Path, required=True)
     parser.add_argument("--first", help="the method compared with every other (default: the first --runs)")
     parser.add_argument("--metrics", nargs="+", default=list(INTERVAL_METRICS), choices=list(INTERVAL_METRICS))
@@ -457,15 +597,20 @@ def main(argv=None):
     args.out_dir.mkdir(parents=True, exist_ok=True)
     estimates = dict(reps=args.reps, confidence=args.confidence, seed=args.seed)
     curve_table = curve_rows(curves, **estimates)
-    tables = {"iqm.csv": iqm_rows(per_run, args.metrics, **estimates), "curves.csv": curve_table,
-              "comparisons.csv": [row for metric in args.metrics for row in comparison_rows(
-                  per_run, [(first, label) for label in labels if label != first], metric, **estimates)]}
+    tables = {
+        "iqm.csv": iqm_rows(per_run, args.metrics, **estimates),
+        "curves.csv": curve_table,
+        "comparisons.csv": [
+            row
+            for metric in args.metrics
+            for row in comparison_rows(per_run, [(first, label) for label in labels if label != first], metric, **estimates)
+        ],
+    }
     colors = colors_for(labels)
     plot_iqm_curves(curve_table, args.out_dir / "iqm_curves.png", colors)
     for metric in args.metrics if len(labels) > 1 else ():
         if any(row["p_improvement"] != "" and row["metric"] == metric for row in tables["comparisons.csv"]):
-            plot_improvement(tables["comparisons.csv"], args.out_dir / f"improvement_{metric}.png", first, metric,
-                             colors)
+            plot_improvement(tables["comparisons.csv"], args.out_dir / f"improvement_{metric}.png", first, metric, colors)
     for name, table in tables.items():
         if table:
             write_csv(args.out_dir / name, table)

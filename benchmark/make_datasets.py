@@ -33,6 +33,7 @@ are repository-relative, so the files' metadata and hashes do not depend on wher
 
     python benchmark/make_datasets.py --env hopper --datasets medium     # only what the medium dataset needs
 """
+
 import argparse
 import csv
 import hashlib
@@ -54,8 +55,12 @@ from repo import write_atomically, written
 ROOT = Path(__file__).resolve().parents[1]
 GYM_ID = {"hopper": "Hopper-v4", "walker2d": "Walker2d-v4", "halfcheetah": "HalfCheetah-v4"}
 REF_RETURNS = {"halfcheetah": (-280.178953, 12135.0), "hopper": (-20.272305, 3234.3), "walker2d": (1.629008, 4592.3)}
-D4RL_SIZE = {"medium": 1_000_000, "expert": 1_000_000, "medium-expert": 2_000_000,
-             "medium-replay": {"hopper": 402_000, "walker2d": 302_000, "halfcheetah": 202_000}}
+D4RL_SIZE = {
+    "medium": 1_000_000,
+    "expert": 1_000_000,
+    "medium-expert": 2_000_000,
+    "medium-replay": {"hopper": 402_000, "walker2d": 302_000, "halfcheetah": 202_000},
+}
 DATASETS = ("medium", "medium-replay", "expert", "medium-expert")
 KEYS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
 
@@ -128,8 +133,14 @@ def snapshot_table(snapshot_dir: Path) -> list[dict]:
         return rows
     for path in sorted(snapshot_dir.glob("step*.pt")):
         snapshot = torch.load(path, map_location="cpu", weights_only=True)
-        rows.append({"step": snapshot["step"], "eval_return": round(snapshot["eval_return"], 2),
-                     "normalized_score": round(snapshot["normalized_score"], 2), "path": path})
+        rows.append(
+            {
+                "step": snapshot["step"],
+                "eval_return": round(snapshot["eval_return"], 2),
+                "normalized_score": round(snapshot["normalized_score"], 2),
+                "path": path,
+            }
+        )
     return rows
 
 
@@ -203,11 +214,19 @@ def stats_row(env: str, name: str, path: Path) -> dict:
     returns = episode_returns(data["rewards"], data["terminals"].astype(bool), data["timeouts"].astype(bool))
     low, high = REF_RETURNS[env]
     d4rl_size = D4RL_SIZE[name][env] if isinstance(D4RL_SIZE[name], dict) else D4RL_SIZE[name]
-    return {"dataset": f"{env}-{name}", "file": shown(path), "imitates": f"{env}-{name}-v2",
-            "d4rl_transitions": d4rl_size, "transitions": len(data["rewards"]), "episodes": len(returns),
-            "mean_return": round(float(returns.mean()), 1), "std_return": round(float(returns.std()), 1),
-            "mean_normalized_score": round(float(100 * (returns.mean() - low) / (high - low)), 1),
-            "sha256": sha256(path), "made_on_cpu": made_on(path)}
+    return {
+        "dataset": f"{env}-{name}",
+        "file": shown(path),
+        "imitates": f"{env}-{name}-v2",
+        "d4rl_transitions": d4rl_size,
+        "transitions": len(data["rewards"]),
+        "episodes": len(returns),
+        "mean_return": round(float(returns.mean()), 1),
+        "std_return": round(float(returns.std()), 1),
+        "mean_normalized_score": round(float(100 * (returns.mean() - low) / (high - low)), 1),
+        "sha256": sha256(path),
+        "made_on_cpu": made_on(path),
+    }
 
 
 def main():
@@ -215,10 +234,15 @@ def main():
     parser.add_argument("--env", choices=sorted(GYM_ID), default="hopper", help="environment family")
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS), help="which datasets")
     parser.add_argument("--out-dir", type=Path, default=Path("data/cpu_d4rl"), help="where the HDF5 files go")
-    parser.add_argument("--policy-dir", type=Path, default=None,
-                        help="committed behaviour policies (default benchmark/datasets/<env>)")
-    parser.add_argument("--work-dir", type=Path, default=Path("checkpoints/datasets"),
-                        help="behaviour run's checkpoint and snapshots (not committed)")
+    parser.add_argument(
+        "--policy-dir", type=Path, default=None, help="committed behaviour policies (default benchmark/datasets/<env>)"
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path("checkpoints/datasets"),
+        help="behaviour run's checkpoint and snapshots (not committed)",
+    )
     parser.add_argument("--csv", type=Path, default=None, help="dataset statistics (default <out-dir>/datasets.csv)")
     args = parser.parse_args()
     env, gym_id = args.env, GYM_ID[args.env]
@@ -232,19 +256,41 @@ def main():
     # 1. behaviour policies: committed ones, else chosen from the behaviour run's snapshots (run it first)
     if any(committed_choice(policy_dir, name) is None for name in needs):
         finished_marker = work / "snapshots" / f"step{BEHAVIOUR_STEPS:07d}.pt"
-        decided = lambda: finished_marker.exists() or (
-            "expert" not in needs and choose_policies(env, snapshot_table(work / "snapshots"), False))
+        decided = lambda: (
+            finished_marker.exists()
+            or ("expert" not in needs and choose_policies(env, snapshot_table(work / "snapshots"), False))
+        )
         wait_for_other_behaviour_run(work / "behaviour.pid", decided)
         if not decided():
             lock = work / "behaviour.pid"
             lock.parent.mkdir(parents=True, exist_ok=True)
             lock.write_text(str(os.getpid()))
             behaviour_checkpoint = work / f"sac_seed{BEHAVIOUR_SEED}.pt"  # an interrupted run continues from it
-            run(sac("--env-id", gym_id, "--seed", BEHAVIOUR_SEED, "--total-timesteps", BEHAVIOUR_STEPS,
-                    "--eval-every", SNAPSHOT_EVERY, "--eval-episodes", 10, "--snapshot-dir", work / "snapshots",
-                    "--dataset-out", replay_file, "--run-dir", f"runs/datasets/{env}_sac_seed{BEHAVIOUR_SEED}",
-                    "--checkpoint", behaviour_checkpoint, "--checkpoint-every", 10_000,
-                    *(["--resume"] if behaviour_checkpoint.exists() else [])))
+            run(
+                sac(
+                    "--env-id",
+                    gym_id,
+                    "--seed",
+                    BEHAVIOUR_SEED,
+                    "--total-timesteps",
+                    BEHAVIOUR_STEPS,
+                    "--eval-every",
+                    SNAPSHOT_EVERY,
+                    "--eval-episodes",
+                    10,
+                    "--snapshot-dir",
+                    work / "snapshots",
+                    "--dataset-out",
+                    replay_file,
+                    "--run-dir",
+                    f"runs/datasets/{env}_sac_seed{BEHAVIOUR_SEED}",
+                    "--checkpoint",
+                    behaviour_checkpoint,
+                    "--checkpoint-every",
+                    10_000,
+                    *(["--resume"] if behaviour_checkpoint.exists() else []),
+                )
+            )
             lock.unlink()
         rows = snapshot_table(work / "snapshots")
         chosen = choose_policies(env, rows, finished_marker.exists())
@@ -259,18 +305,53 @@ def main():
     files = {name: out_dir / f"{env}_{name.replace('-', '_')}.hdf5" for name in DATASETS}
     for name in sorted(needs):
         if not files[name].exists():
-            run(sac("--env-id", gym_id, "--seed", ROLLOUT_SEED[name], "--total-timesteps", ROLLOUT_STEPS,
-                    "--rollout-actor", policy_dir / f"{name}_policy.pt", "--eval-every", ROLLOUT_STEPS,
-                    "--eval-episodes", 10, "--dataset-out", files[name], "--run-dir", f"runs/datasets/{env}_{name}",
-                    "--checkpoint", work / f"rollout_{name}.pt"))
+            run(
+                sac(
+                    "--env-id",
+                    gym_id,
+                    "--seed",
+                    ROLLOUT_SEED[name],
+                    "--total-timesteps",
+                    ROLLOUT_STEPS,
+                    "--rollout-actor",
+                    policy_dir / f"{name}_policy.pt",
+                    "--eval-every",
+                    ROLLOUT_STEPS,
+                    "--eval-episodes",
+                    10,
+                    "--dataset-out",
+                    files[name],
+                    "--run-dir",
+                    f"runs/datasets/{env}_{name}",
+                    "--checkpoint",
+                    work / f"rollout_{name}.pt",
+                )
+            )
             record_made_on(files[name], cpu_model())
 
     # 3. medium-replay: the behaviour run's first medium-step transitions (a rerun of that many steps)
     if "medium-replay" in args.datasets and not files["medium-replay"].exists():
         medium_step = committed_choice(policy_dir, "medium")
-        run(sac("--env-id", gym_id, "--seed", BEHAVIOUR_SEED, "--total-timesteps", medium_step, "--eval-every",
-                SNAPSHOT_EVERY, "--eval-episodes", 10, "--dataset-out", files["medium-replay"],
-                "--run-dir", f"runs/datasets/{env}_medium_replay", "--checkpoint", work / "medium_replay.pt"))
+        run(
+            sac(
+                "--env-id",
+                gym_id,
+                "--seed",
+                BEHAVIOUR_SEED,
+                "--total-timesteps",
+                medium_step,
+                "--eval-every",
+                SNAPSHOT_EVERY,
+                "--eval-episodes",
+                10,
+                "--dataset-out",
+                files["medium-replay"],
+                "--run-dir",
+                f"runs/datasets/{env}_medium_replay",
+                "--checkpoint",
+                work / "medium_replay.pt",
+            )
+        )
         record_made_on(files["medium-replay"], cpu_model())
         if replay_file.exists():  # same seed, same transitions as the behaviour run's first medium_step steps
             rerun, full = read(files["medium-replay"]), read(replay_file)
@@ -281,8 +362,11 @@ def main():
 
     # 4. medium-expert
     if "medium-expert" in args.datasets and not files["medium-expert"].exists():
-        concatenate([files["medium"], files["expert"]], files["medium-expert"],
-                    {"env_id": gym_id, "gym_env_id": gym_id, "policy": "medium rollouts, then expert rollouts"})
+        concatenate(
+            [files["medium"], files["expert"]],
+            files["medium-expert"],
+            {"env_id": gym_id, "gym_env_id": gym_id, "policy": "medium rollouts, then expert rollouts"},
+        )
         # the bytes are its parts' (the concatenation is exact on any CPU): the CPUs that made them
         record_made_on(files["medium-expert"], " + ".join(dict.fromkeys(made_on(files[n]) for n in ("medium", "expert"))))
 

@@ -35,6 +35,7 @@ Examples:
   python benchmark/plot.py --method "Ours=runs/*__ours__*" --method "SAC-ft=runs/*__sac-ft__*" --out-dir /tmp/figs
   python benchmark/plot.py runs/walker2d-* --figures fig4a fig4b --formats png
 """
+
 import argparse
 import csv
 import fnmatch
@@ -58,30 +59,52 @@ from repo import save_figure, written
 # figure key -> (tag, file stem, y-axis label, short figure title)
 FIGURES = {
     "fig3": ("eval/normalized_score", "fig3_score", "Normalized score (D4RL)", "Normalized score"),
-    "fig4a": ("balanced/offline_fraction", "fig4a_offline_fraction", "Offline share of the RL batch",
-              "Offline data in the balanced batch"),
-    "fig4b": ("balanced/auroc", "fig4b_auroc", "AUROC (online vs. random actions)",
-              "Q separating online from random actions"),
+    "fig4a": (
+        "balanced/offline_fraction",
+        "fig4a_offline_fraction",
+        "Offline share of the RL batch",
+        "Offline data in the balanced batch",
+    ),
+    "fig4b": ("balanced/auroc", "fig4b_auroc", "AUROC (online vs. random actions)", "Q separating online from random actions"),
 }
 SCORE_TAG = FIGURES["fig3"][0]
 DEFAULT_NAME_REGEX = r"^(?P<task>.+?)__(?P<method>.+?)__(?:seed)?(?P<seed>\d+)(?:__.*)?$"
 # Legend names of the method names benchmark/paper.sh gives its runs; any other name is shown as it is.
-LABELS = {"ours": "Ours (balanced replay + Q-ensemble)", "sac-ft": "SAC-ft", "awac": "AWAC", "bcq-ft": "BCQ-ft",
-          "sac": "SAC (from scratch)"}
+LABELS = {
+    "ours": "Ours (balanced replay + Q-ensemble)",
+    "sac-ft": "SAC-ft",
+    "awac": "AWAC",
+    "bcq-ft": "BCQ-ft",
+    "sac": "SAC (from scratch)",
+}
 # One colour per method in every figure of the project (plot.py, plot_offline.py, README): by legend label, the labels
 # benchmark/evidence.py and cpu_scale.sh give; other labels by the patterns below, then colours no method owns.
 METHOD_COLOURS = {
-    "Ours (balanced, N=5)": "#1f77b4", "SAC-ft": "#ff7f0e", "AWAC (N=5)": "#2ca02c", "BCQ-ft (N=1)": "#d62728",
-    "SAC (from scratch)": "#9467bd", "Uniform replay (N=5)": "#8c564b", "Online only (N=5)": "#e377c2",
-    "Ours, N=2": "#17becf", "Ours, N=1": "#7f7f7f", "Ours, FQE-init": "#bcbd22",
+    "Ours (balanced, N=5)": "#1f77b4",
+    "SAC-ft": "#ff7f0e",
+    "AWAC (N=5)": "#2ca02c",
+    "BCQ-ft (N=1)": "#d62728",
+    "SAC (from scratch)": "#9467bd",
+    "Uniform replay (N=5)": "#8c564b",
+    "Online only (N=5)": "#e377c2",
+    "Ours, N=2": "#17becf",
+    "Ours, N=1": "#7f7f7f",
+    "Ours, FQE-init": "#bcbd22",
     "CQL (offline)": "#1f77b4",  # plot_offline.py: the pretraining whose critics and policy "Ours" fine-tunes
 }
 METHOD_PATTERNS = [  # (regex on the lower-case label, the method whose colour it gets), first match wins; covers
     # paper.sh's LABELS, cpu_scale.sh's labels ("Balanced replay", "2 members", "CQL-init", ...) and demo.sh's
-    (r"fqe", "Ours, FQE-init"), (r"^ours.*\bn=2\b|^2 members", "Ours, N=2"), (r"^ours.*\bn=1\b|^1 member\b", "Ours, N=1"),
-    (r"^(ours|balanced replay|cql-init|5 members)", "Ours (balanced, N=5)"), (r"^sac-ft", "SAC-ft"), (r"^awac", "AWAC (N=5)"),
-    (r"^bcq", "BCQ-ft (N=1)"), (r"^sac\b", "SAC (from scratch)"), (r"^uniform", "Uniform replay (N=5)"),
-    (r"^online[ -]only", "Online only (N=5)")]
+    (r"fqe", "Ours, FQE-init"),
+    (r"^ours.*\bn=2\b|^2 members", "Ours, N=2"),
+    (r"^ours.*\bn=1\b|^1 member\b", "Ours, N=1"),
+    (r"^(ours|balanced replay|cql-init|5 members)", "Ours (balanced, N=5)"),
+    (r"^sac-ft", "SAC-ft"),
+    (r"^awac", "AWAC (N=5)"),
+    (r"^bcq", "BCQ-ft (N=1)"),
+    (r"^sac\b", "SAC (from scratch)"),
+    (r"^uniform", "Uniform replay (N=5)"),
+    (r"^online[ -]only", "Online only (N=5)"),
+]
 OTHER_COLOURS = ["#000000", "#b8860b", "#4b0082", "#006400", "#8b0000", "#00008b"]
 
 
@@ -119,8 +142,9 @@ def find_runs(patterns, exclude=()):
             for folder, _, files in os.walk(match):
                 if any("tfevents" in f for f in files):
                     runs.add(os.path.normpath(folder))
-    return sorted(r for r in runs if not any(fnmatch.fnmatch(r, g) or fnmatch.fnmatch(os.path.basename(r), g)
-                                             for g in exclude))
+    return sorted(
+        r for r in runs if not any(fnmatch.fnmatch(r, g) or fnmatch.fnmatch(os.path.basename(r), g) for g in exclude)
+    )
 
 
 def read_scalars(run_dir, tags):
@@ -237,8 +261,14 @@ def draw_figure(results, tag, figure, methods, out_stem, formats):
     ncols = len({m.group("dataset") for m in d4rl}) if all(d4rl) else min(4, len(panels))
     nrows = -(-len(panels) // ncols)
     one = len(panels) == 1
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6.4, 4.0) if one else (3.6 * ncols, 2.9 * nrows), squeeze=False,
-                             sharex=not one, layout="constrained")
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(6.4, 4.0) if one else (3.6 * ncols, 2.9 * nrows),
+        squeeze=False,
+        sharex=not one,
+        layout="constrained",
+    )
     labels = [LABELS.get(method, method) for method in methods]
     colours = method_colours(labels)
     handles = {}
@@ -248,8 +278,9 @@ def draw_figure(results, tag, figure, methods, out_stem, formats):
                 if m != method or not shown_in(panel, task):
                     continue
                 (line,) = ax.plot(agg["step"], agg["mean"], color=colours[label], lw=1.8, label=label)
-                ax.fill_between(agg["step"], agg["mean"] - agg["std"], agg["mean"] + agg["std"],
-                                color=colours[label], alpha=0.15, lw=0)
+                ax.fill_between(
+                    agg["step"], agg["mean"] - agg["std"], agg["mean"] + agg["std"], color=colours[label], alpha=0.15, lw=0
+                )
                 handles.setdefault(label, line)
         ax.set_title(textwrap.fill(panel, 70 if one else 34), fontsize=10)
         ax.margins(x=0.01)
@@ -259,14 +290,22 @@ def draw_figure(results, tag, figure, methods, out_stem, formats):
         ax.set_ylabel(ylabel)
     for ax in axes[-1, :]:
         ax.set_xlabel("Online environment steps")
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     seeds = sorted({agg["per_seed"].shape[0] for agg in entries.values()})
     seed_text = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
     fig.suptitle(f"{title} (mean ± std over {seed_text} seeds)", fontsize=11)
     width = max(len(label) for label in handles) * 0.075 + 0.6  # inches per legend entry at fontsize 9
-    fig.legend(handles.values(), handles.keys(), loc="outside lower center", fontsize=9, frameon=False,
-               ncol=max(1, min(len(handles), int(fig.get_figwidth() // width))), handlelength=1.5, columnspacing=1.2)
+    fig.legend(
+        handles.values(),
+        handles.keys(),
+        loc="outside lower center",
+        fontsize=9,
+        frameon=False,
+        ncol=max(1, min(len(handles), int(fig.get_figwidth() // width))),
+        handlelength=1.5,
+        columnspacing=1.2,
+    )
     paths = []
     for fmt in formats:
         paths.append(f"{out_stem}.{fmt}")
@@ -281,8 +320,9 @@ def write_curves_csv(results, methods, path):
     with written(path) as f:
         writer = csv.writer(f)
         writer.writerow(["tag", "task", "method", "step", "mean", "std", "n_seeds"])
-        for (tag, task, method), agg in sorted(results.items(),
-                                               key=lambda kv: (kv[0][0], task_sort_key(kv[0][1]), order[kv[0][2]])):
+        for (tag, task, method), agg in sorted(
+            results.items(), key=lambda kv: (kv[0][0], task_sort_key(kv[0][1]), order[kv[0][2]])
+        ):
             n = agg["per_seed"].shape[0]
             for step, mean, std in zip(agg["step"], agg["mean"], agg["std"]):
                 writer.writerow([tag, task, method, int(step), f"{mean:.6g}", f"{std:.6g}", n])
@@ -301,14 +341,22 @@ def final_scores(results, methods, window):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("runs", nargs="*", default=["runs"], help="run folders or globs, searched recursively")
-    parser.add_argument("--method", action="append", default=[], metavar="NAME=GLOB",
-                        help="a method made of the runs under GLOB (repeatable; replaces name parsing)")
-    parser.add_argument("--name-regex", default=DEFAULT_NAME_REGEX,
-                        help="regex on a run's folder name with groups task and method")
+    parser.add_argument(
+        "--method",
+        action="append",
+        default=[],
+        metavar="NAME=GLOB",
+        help="a method made of the runs under GLOB (repeatable; replaces name parsing)",
+    )
+    parser.add_argument(
+        "--name-regex", default=DEFAULT_NAME_REGEX, help="regex on a run's folder name with groups task and method"
+    )
     parser.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="drop runs matching GLOB")
     parser.add_argument("--one-panel", action="store_true", help="draw every run in one panel")
     parser.add_argument("--panel-title", default="all", help="title of that one panel (and its task in the CSVs)")
@@ -351,8 +399,7 @@ def main(argv=None):
     with written(os.path.join(args.out_dir, "summary.csv")) as f:
         writer = csv.writer(f)
         writer.writerow(["task", "method", "final_step", "mean", "std", "n_seeds"])
-        writer.writerows([task, method, step, f"{mean:.6g}", f"{std:.6g}", n] for task, method, step, mean, std, n
-                         in rows)
+        writer.writerows([task, method, step, f"{mean:.6g}", f"{std:.6g}", n] for task, method, step, mean, std, n in rows)
     print(f"wrote {os.path.join(args.out_dir, 'curves.csv')}, {os.path.join(args.out_dir, 'summary.csv')}")
     if args.summary:
         window = "last eval" if args.final_window == 1 else f"mean of the last {args.final_window} evals"

@@ -9,6 +9,7 @@ the spread of its members (eval/member_<i>_return, min to max) against offline g
 episode return of the dataset it was trained on (from benchmark/dataset_stats.py's CSV) as a dashed line, and
 writes the same numbers to OUT.csv (one row per run and evaluation step) next to OUT.png.
 """
+
 import argparse
 import csv
 import importlib.util
@@ -27,8 +28,7 @@ from repo import save_figure, written
 
 def method_colour(label: str) -> str:
     """The colour plot.py's METHOD_COLOURS gives a method (one colour per method in every figure of the project)."""
-    spec = importlib.util.spec_from_file_location("plot", os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                                       "plot.py"))
+    spec = importlib.util.spec_from_file_location("plot", os.path.join(os.path.dirname(os.path.abspath(__file__)), "plot.py"))
     plot = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(plot)
     return plot.method_colours([label])[label]
@@ -64,25 +64,41 @@ def main():
         steps = sorted(ensemble)
         low = [min(m[s] for m in members) for s in steps]
         high = [max(m[s] for m in members) for s in steps]
-        handles[f"ensemble policy (eq. 5), N={len(members)}"], = ax.plot(
-            steps, [ensemble[s] for s in steps], color=colour, marker="o", markersize=3, lw=1.8)
+        (handles[f"ensemble policy (eq. 5), N={len(members)}"],) = ax.plot(
+            steps, [ensemble[s] for s in steps], color=colour, marker="o", markersize=3, lw=1.8
+        )
         handles["its members (min to max)"] = ax.fill_between(steps, low, high, color=colour, alpha=0.2, lw=0)
         reference = dataset_mean.get(datasets.get(name, ""))
         if reference is not None:
             handles["the dataset's mean episode return"] = ax.axhline(reference, color="k", linestyle="--", lw=1.2)
-            ax.annotate(f"{reference:.0f}", (1.0, reference), xycoords=("axes fraction", "data"), xytext=(-3, 3),
-                        textcoords="offset points", ha="right", va="bottom", fontsize=9)
+            ax.annotate(
+                f"{reference:.0f}",
+                (1.0, reference),
+                xycoords=("axes fraction", "data"),
+                xytext=(-3, 3),
+                textcoords="offset points",
+                ha="right",
+                va="bottom",
+                fontsize=9,
+            )
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("Offline gradient steps")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x else "0"))
         ax.grid(alpha=0.3)
         for s, lo, hi in zip(steps, low, high):
-            rows.append({"run": name, "step": s, "ensemble_return": round(ensemble[s], 2), "member_min": round(lo, 2),
-                         "member_max": round(hi, 2), "dataset_mean_return": reference})
+            rows.append(
+                {
+                    "run": name,
+                    "step": s,
+                    "ensemble_return": round(ensemble[s], 2),
+                    "member_min": round(lo, 2),
+                    "member_max": round(hi, 2),
+                    "dataset_mean_return": reference,
+                }
+            )
     axes[0][0].set_ylabel("Evaluation return")
     fig.suptitle("CQL pretraining: return of the policy vs. its dataset's", fontsize=11)
-    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=len(handles), fontsize=9,
-               frameon=False)
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=len(handles), fontsize=9, frameon=False)
     save_figure(fig, f"{args.out}.png", dpi=150)
     with written(f"{args.out}.csv") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

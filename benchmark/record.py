@@ -29,6 +29,7 @@ e.g. apt install libegl1, Mesa's software renderer is enough) or OSMesa (MUJOCO_
 libosmesa6). GIF needs Pillow (installed with matplotlib); MP4 needs imageio-ffmpeg (pip install imageio-ffmpeg,
 which brings its own ffmpeg). Both are imported only when that format is written.
 """
+
 import argparse
 import functools
 import importlib.util
@@ -76,8 +77,10 @@ def read_checkpoint(path: str, env_id: str | None, scripts: dict) -> dict:
         fail(f"checkpoint {path} lacks field(s) {', '.join(missing)}")
     # the same environment: the same gymnasium id and version (equal names need no lookup)
     if env_id is not None and env_id != ckpt["env_id"] and bf.gym_env_id(env_id) != bf.gym_env_id(ckpt["env_id"]):
-        fail(f"checkpoint {path} was trained for {ckpt['env_id']!r} ({bf.gym_env_id(ckpt['env_id'])}), not for "
-             f"--env-id {env_id!r} ({bf.gym_env_id(env_id)})")
+        fail(
+            f"checkpoint {path} was trained for {ckpt['env_id']!r} ({bf.gym_env_id(ckpt['env_id'])}), not for "
+            f"--env-id {env_id!r} ({bf.gym_env_id(env_id)})"
+        )
     return ckpt
 
 
@@ -125,14 +128,17 @@ def make_envs(env_id: str, seed: int, render_size: int | None, scripts: dict):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # env.spec: the id, kwargs, time limit and wrappers of the env the scripts make
-            render_env = gym.make(env.spec, render_mode="rgb_array", width=render_size, height=render_size,
-                                  camera_name="track")
+            render_env = gym.make(
+                env.spec, render_mode="rgb_array", width=render_size, height=render_size, camera_name="track"
+            )
             render_env.reset(seed=seed)
             frame = render_env.render()
     except Exception as err:  # no GL library, no EGL device, no display for glfw, an env that cannot render
-        fail(f"cannot render {env.spec.id} (MUJOCO_GL={os.environ.get('MUJOCO_GL', '')}): "
-             f"{(str(err).strip() or type(err).__name__).splitlines()[0]}; headless MuJoCo needs EGL "
-             f"(apt install libegl1) or OSMesa (MUJOCO_GL=osmesa, apt install libosmesa6)")
+        fail(
+            f"cannot render {env.spec.id} (MUJOCO_GL={os.environ.get('MUJOCO_GL', '')}): "
+            f"{(str(err).strip() or type(err).__name__).splitlines()[0]}; headless MuJoCo needs EGL "
+            f"(apt install libegl1) or OSMesa (MUJOCO_GL=osmesa, apt install libosmesa6)"
+        )
     if not isinstance(frame, np.ndarray) or frame.ndim != 3:
         fail(f"{env.spec.id} renders no rgb_array frames")
     return env, render_env
@@ -159,6 +165,7 @@ def run_episode(env, policy, reset_seed: int, frame_every: int | None):
 @functools.cache
 def default_font(size: int):
     from PIL import ImageFont
+
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: one small bitmap font
@@ -176,6 +183,7 @@ def labelled(frame: np.ndarray, lines: list[str], bar: int, colours: list | None
     """The frame (darkened with dim) under a black bar of height `bar` holding the text lines, each fitted to the
     frame's width."""
     from PIL import Image, ImageDraw
+
     height, width = frame.shape[:2]
     image = Image.new("RGB", (width, height + bar))
     image.paste(Image.fromarray((frame * 0.5).astype(np.uint8) if dim else frame), (0, bar))
@@ -204,12 +212,17 @@ def video_library(fmt: str):
     try:
         if fmt == "mp4":
             import imageio_ffmpeg
+
             return imageio_ffmpeg
         import PIL.Image
+
         return PIL
     except ImportError:
-        fail("writing MP4 needs imageio-ffmpeg: pip install imageio-ffmpeg (or use --formats gif)" if fmt == "mp4"
-             else f"writing {fmt.upper()} needs Pillow: pip install pillow")
+        fail(
+            "writing MP4 needs imageio-ffmpeg: pip install imageio-ffmpeg (or use --formats gif)"
+            if fmt == "mp4"
+            else f"writing {fmt.upper()} needs Pillow: pip install pillow"
+        )
 
 
 def write_gif(frames: list, path: str, fps: float):
@@ -221,8 +234,15 @@ def write_gif(frames: list, path: str, fps: float):
 def write_mp4(frames: list, path: str, fps: float):
     imageio_ffmpeg = video_library("mp4")
     height, width = frames[0].shape[:2]
-    writer = imageio_ffmpeg.write_frames(path, (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
-                                         macro_block_size=1, output_params=["-loglevel", "error"])
+    writer = imageio_ffmpeg.write_frames(
+        path,
+        (width, height),
+        fps=fps,
+        codec="libx264",
+        pix_fmt_out="yuv420p",
+        macro_block_size=1,
+        output_params=["-loglevel", "error"],
+    )
     writer.send(None)  # start ffmpeg
     for frame in frames:
         writer.send(np.ascontiguousarray(frame))
@@ -237,8 +257,12 @@ def strip(clips: list[list], steps: list[int], frame_every: int, labels: list[st
     cell_bar = max(16, clips[0][0].shape[0] // 12)
     rows = []
     for frames, ended_at, label in zip(clips, steps, labels):
-        cells = [labelled(frames[i], [f"step {i * frame_every}"], cell_bar) if i < len(frames) else
-                 labelled(frames[-1], [f"ended at step {ended_at}"], cell_bar, [ENDED_COLOUR], dim=True) for i in picks]
+        cells = [
+            labelled(frames[i], [f"step {i * frame_every}"], cell_bar)
+            if i < len(frames)
+            else labelled(frames[-1], [f"ended at step {ended_at}"], cell_bar, [ENDED_COLOUR], dim=True)
+            for i in picks
+        ]
         rows.append(labelled(side_by_side(cells, 2), [label], 2 * cell_bar))
     return np.concatenate(rows, axis=0)
 
@@ -253,6 +277,7 @@ def write_clip(frames: list, stem: str, formats: list[str], fps: float, strip_im
             write_mp4([even(frame) for frame in frames], path, fps)
         else:
             from PIL import Image
+
             Image.fromarray(strip_image).save(path)
         paths.append(path)
     return paths
@@ -266,25 +291,37 @@ def evaluate_checkpoint(path: str, args, scripts: dict, render: bool, video_epis
     policy, k = make_policy(path, ckpt, args.n_ensemble, scripts)
     env, render_env = make_envs(env_id, args.seed + 10_000, args.size if render else None, scripts)
     if (env.observation_space.shape[0], env.action_space.shape[0]) != (ckpt["obs_dim"], ckpt["act_dim"]):
-        fail(f"checkpoint {path} has observation/action dims {ckpt['obs_dim']}/{ckpt['act_dim']} but "
-             f"{env.spec.id} has {env.observation_space.shape[0]}/{env.action_space.shape[0]}")
+        fail(
+            f"checkpoint {path} has observation/action dims {ckpt['obs_dim']}/{ckpt['act_dim']} but "
+            f"{env.spec.id} has {env.observation_space.shape[0]}/{env.action_space.shape[0]}"
+        )
     render_fps = env.metadata.get("render_fps") or TARGET_FPS
     frame_every = args.frame_every or max(1, round(render_fps / TARGET_FPS))
     torch.manual_seed(args.seed)  # bcq's VAE latents; the ensemble policies draw nothing
     returns, steps, clips = [], [], []
     for episode in range(args.episodes):
         recorded = render_env is not None and episode < video_episodes
-        episode_return, n_steps, frames = run_episode(render_env if recorded else env, policy,
-                                                      args.seed + 10_000 + episode, frame_every if recorded else None)
+        episode_return, n_steps, frames = run_episode(
+            render_env if recorded else env, policy, args.seed + 10_000 + episode, frame_every if recorded else None
+        )
         returns.append(episode_return)
         steps.append(n_steps)
         if recorded:
             clips.append(frames)
     scores = [scripts["balanced_finetune"].normalized_score(env_id, r) for r in [*returns, np.mean(returns)]]
-    return {"path": path, "env_id": env_id, "gym_id": env.spec.id, "returns": np.array(returns), "steps": steps,
-            "scores": scores[:-1], "score": scores[-1], "clips": clips, "frame_every": frame_every,
-            "fps": render_fps / frame_every,
-            "description": f"{ckpt['algo']}, N={k}" + (f", step {ckpt['step']}" if "step" in ckpt else "")}
+    return {
+        "path": path,
+        "env_id": env_id,
+        "gym_id": env.spec.id,
+        "returns": np.array(returns),
+        "steps": steps,
+        "scores": scores[:-1],
+        "score": scores[-1],
+        "clips": clips,
+        "frame_every": frame_every,
+        "fps": render_fps / frame_every,
+        "description": f"{ckpt['algo']}, N={k}" + (f", step {ckpt['step']}" if "step" in ckpt else ""),
+    }
 
 
 def score_text(score: float) -> str:
@@ -293,11 +330,15 @@ def score_text(score: float) -> str:
 
 def report(result: dict, seed: int, prefix: str = ""):
     for k, (episode_return, n_steps, score) in enumerate(zip(result["returns"], result["steps"], result["scores"])):
-        print(f"{prefix}episode {k} (reset seed {seed + 10_000 + k}): return {episode_return:.1f}, {n_steps} steps, "
-              f"normalized score {score_text(score)}")
+        print(
+            f"{prefix}episode {k} (reset seed {seed + 10_000 + k}): return {episode_return:.1f}, {n_steps} steps, "
+            f"normalized score {score_text(score)}"
+        )
     returns = result["returns"]
-    print(f"{prefix}mean return {returns.mean():.1f} ± {returns.std():.1f} over {len(returns)} episodes, "
-          f"normalized score {score_text(result['score'])} ({result['description']}, {result['env_id']})")
+    print(
+        f"{prefix}mean return {returns.mean():.1f} ± {returns.std():.1f} over {len(returns)} episodes, "
+        f"normalized score {score_text(result['score'])} ({result['description']}, {result['env_id']})"
+    )
 
 
 def write_episodes(result: dict, label: str, args) -> None:
@@ -307,18 +348,22 @@ def write_episodes(result: dict, label: str, args) -> None:
         text = f"{label}, episode {k}: score {score_text(result['scores'][k])}"
         image = None
         if "png" in args.formats:
-            image = strip([frames], result["steps"][k:k + 1], result["frame_every"], [text], args.strip_frames)
+            image = strip([frames], result["steps"][k : k + 1], result["frame_every"], [text], args.strip_frames)
         paths = write_clip(frames, f"{stem}_ep{k}", args.formats, result["fps"], image)
-        print(f"wrote {', '.join(paths)} ({len(frames)} frames of {frames[0].shape[1]}x{frames[0].shape[0]}, "
-              f"{result['fps']:g} fps)")
+        print(
+            f"wrote {', '.join(paths)} ({len(frames)} frames of {frames[0].shape[1]}x{frames[0].shape[0]}, "
+            f"{result['fps']:g} fps)"
+        )
 
 
 def write_side_by_side(results: list, labels: list, args) -> None:
     """One clip of every policy's episode 0 next to each other, each under its label, the env step and its
     episode's normalized score (and a strip with png)."""
     if len({result["gym_id"] for result in results}) > 1:
-        fail(f"--side-by-side checkpoints are for different environments: "
-             f"{', '.join(sorted({result['gym_id'] for result in results}))}")
+        fail(
+            f"--side-by-side checkpoints are for different environments: "
+            f"{', '.join(sorted({result['gym_id'] for result in results}))}"
+        )
     clips = [result["clips"][0] for result in results]
     steps = [result["steps"][0] for result in results]
     scores = [score_text(result["scores"][0]) for result in results]
@@ -330,22 +375,34 @@ def write_side_by_side(results: list, labels: list, args) -> None:
             if t < len(frames):
                 panels.append(labelled(frames[t], [label, f"step {t * frame_every}, score {score}"], bar))
             else:  # this episode is over: its last frame, darkened
-                panels.append(labelled(frames[-1], [label, f"ended at step {ended_at}, score {score}"], bar,
-                                       [LABEL_COLOUR, ENDED_COLOUR], dim=True))
+                panels.append(
+                    labelled(
+                        frames[-1],
+                        [label, f"ended at step {ended_at}, score {score}"],
+                        bar,
+                        [LABEL_COLOUR, ENDED_COLOUR],
+                        dim=True,
+                    )
+                )
         composed.append(side_by_side(panels))
     image = None
     if "png" in args.formats:
-        image = strip(clips, steps, frame_every, [f"{label}: score {score}" for label, score in zip(labels, scores)],
-                      args.strip_frames)
+        image = strip(
+            clips, steps, frame_every, [f"{label}: score {score}" for label, score in zip(labels, scores)], args.strip_frames
+        )
     paths = write_clip(composed, os.path.join(args.out_dir, args.name), args.formats, results[0]["fps"], image)
-    print(f"wrote {', '.join(paths)} ({len(composed)} frames of {composed[0].shape[1]}x{composed[0].shape[0]}, "
-          f"{results[0]['fps']:g} fps)")
+    print(
+        f"wrote {', '.join(paths)} ({len(composed)} frames of {composed[0].shape[1]}x{composed[0].shape[0]}, "
+        f"{results[0]['fps']:g} fps)"
+    )
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("checkpoint", nargs="?", help="checkpoint to evaluate (not with --side-by-side)")
     parser.add_argument("--side-by-side", nargs="+", metavar="CKPT", help="two or more checkpoints, one clip")
     parser.add_argument("--labels", nargs="+", help="their labels (default: file name and algorithm)")
@@ -355,8 +412,13 @@ def parse_args(argv=None):
     parser.add_argument("--n-ensemble", type=int, help="evaluate the first K members only (default: all)")
     parser.add_argument("--video", action="store_true", help="render the episodes and write them to --out-dir")
     parser.add_argument("--video-episodes", type=int, help="record only the first K episodes (default: all)")
-    parser.add_argument("--formats", nargs="+", choices=FORMATS, default=["gif"],
-                        help="gif (Pillow), mp4 (imageio-ffmpeg), png (a strip of frames)")
+    parser.add_argument(
+        "--formats",
+        nargs="+",
+        choices=FORMATS,
+        default=["gif"],
+        help="gif (Pillow), mp4 (imageio-ffmpeg), png (a strip of frames)",
+    )
     parser.add_argument("--out-dir", default="videos", help="folder for the clips")
     parser.add_argument("--name", default="side_by_side", help="file stem of the --side-by-side clip")
     parser.add_argument("--size", type=int, default=240, help="rendered frame width and height in pixels")
@@ -395,8 +457,11 @@ def main(argv=None):
     results, labels = [], []
     for i, path in enumerate(checkpoints):
         result = evaluate_checkpoint(path, args, scripts, render, video_episodes)
-        label = args.labels[i] if args.labels else \
-            f"{os.path.splitext(os.path.basename(path))[0]} ({result['description'].split(',')[0]})"
+        label = (
+            args.labels[i]
+            if args.labels
+            else f"{os.path.splitext(os.path.basename(path))[0]} ({result['description'].split(',')[0]})"
+        )
         report(result, args.seed, f"{label}: " if side_by_side else "")
         results.append(result)
         labels.append(label)

@@ -3,6 +3,7 @@ figures, datasets) so that a full disk or a missing folder ends with one `error:
 
 A tool imports it as `from repo import ...` (python puts benchmark/ first on sys.path when it runs benchmark/x.py).
 """
+
 import contextlib
 import importlib.util
 import io

@@ -8,6 +8,7 @@ Target (issue 4): under 0.5 ms per sample+update for the vectorized tree.
 
     python benchmark/sumtree_bench.py                # writes benchmark/results/sumtree_bench.csv
 """
+
 import argparse
 import csv
 import os
@@ -83,23 +84,38 @@ def main():
     time_steps(tree, 50, args.batch, args.capacity, rng)  # warm-up (page faults, caches)
 
     rows = []
-    for name, impl, steps in (("vectorized SumTree (balanced_finetune.py)", tree, args.steps),
-                              ("plain per-sample Python loop", plain, args.plain_steps)):
+    for name, impl, steps in (
+        ("vectorized SumTree (balanced_finetune.py)", tree, args.steps),
+        ("plain per-sample Python loop", plain, args.plain_steps),
+    ):
         ms = time_steps(impl, steps, args.batch, args.capacity, np.random.default_rng(1))
-        rows.append({"implementation": name, "leaves": tree.n_leaves, "capacity": args.capacity, "batch": args.batch,
-                     "steps": steps, "median_ms": round(float(np.median(ms)), 4), "mean_ms": round(float(ms.mean()), 4),
-                     "p90_ms": round(float(np.percentile(ms, 90)), 4)})
-        print(f"{name:45s} sample({args.batch})+update({args.batch}) at {tree.n_leaves} leaves: "
-              f"median {np.median(ms):.3f} ms, mean {ms.mean():.3f} ms, p90 {np.percentile(ms, 90):.3f} ms")
+        rows.append(
+            {
+                "implementation": name,
+                "leaves": tree.n_leaves,
+                "capacity": args.capacity,
+                "batch": args.batch,
+                "steps": steps,
+                "median_ms": round(float(np.median(ms)), 4),
+                "mean_ms": round(float(ms.mean()), 4),
+                "p90_ms": round(float(np.percentile(ms, 90)), 4),
+            }
+        )
+        print(
+            f"{name:45s} sample({args.batch})+update({args.batch}) at {tree.n_leaves} leaves: "
+            f"median {np.median(ms):.3f} ms, mean {ms.mean():.3f} ms, p90 {np.percentile(ms, 90):.3f} ms"
+        )
     # both trees stay consistent: internal nodes equal the sum of their children
     n = tree.n_leaves
-    assert np.allclose(tree.nodes[1:n], tree.nodes[2:2 * n:2] + tree.nodes[3:2 * n:2])
+    assert np.allclose(tree.nodes[1:n], tree.nodes[2 : 2 * n : 2] + tree.nodes[3 : 2 * n : 2])
     speedup = rows[1]["median_ms"] / rows[0]["median_ms"]
     print(f"speed-up {speedup:.1f}x; target < 0.5 ms: {'met' if rows[0]['median_ms'] < 0.5 else 'NOT met'}")
 
     with written(args.out) as f:
-        f.write(f"# command: python benchmark/sumtree_bench.py  (cpu: {platform.processor() or platform.machine()}, "
-                f"{os.cpu_count()} cores, numpy {np.__version__}, python {sys.version.split()[0]})\n")
+        f.write(
+            f"# command: python benchmark/sumtree_bench.py  (cpu: {platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} cores, numpy {np.__version__}, python {sys.version.split()[0]})\n"
+        )
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

@@ -49,6 +49,7 @@ whole loop >= 150 env steps/s.
 Writes a CSV (command, machine and sizes in '#' header lines; read with pandas.read_csv(path, comment="#")) and a
 PNG bar chart next to it.
 """
+
 import argparse
 import csv
 import os
@@ -69,8 +70,21 @@ from repo import REPO_ROOT, load_script, save_figure, written
 SCRIPTS = ("sac", "cql_pretrain", "fqe", "balanced_finetune", "awac", "bcq_ft")
 ITEMS = SCRIPTS + ("finetune_loop",)
 MALLOC_TUNED = ("cql_pretrain", "fqe", "bcq_ft")  # scripts whose main() calls keep_freed_memory_on_cpu() on the CPU
-COLUMNS = ("script", "device", "N", "hidden", "batch", "variant", "updates_per_s", "ms_per_update",
-           "gflop_per_update", "achieved_gflops", "peak_gflops", "share_of_peak", "notes")
+COLUMNS = (
+    "script",
+    "device",
+    "N",
+    "hidden",
+    "batch",
+    "variant",
+    "updates_per_s",
+    "ms_per_update",
+    "gflop_per_update",
+    "achieved_gflops",
+    "peak_gflops",
+    "share_of_peak",
+    "notes",
+)
 TARGET_SPEEDUP, TARGET_SPS = 3.0, 150.0  # issue 7, on a GPU
 
 
@@ -128,11 +142,13 @@ TRAIN_THROUGH = dict(weight_grad=True, input_grad_from=0)  # weight grads and gr
 def sac_update_flops(obs_dim, act_dim, hidden, batch) -> int:
     """sac.sac_update: one member. The actor step freezes the critic (critic.requires_grad_(False)): dQ/da only."""
     actor, critic = mlp(obs_dim, hidden, 2 * act_dim), mlp(obs_dim + act_dim, hidden, 1)
-    return (linear_flops(batch, actor, **FWD)  # a' ~ pi(s'), no grad
-            + 2 * linear_flops(batch, critic, **FWD)  # target twins at (s', a')
-            + 2 * linear_flops(batch, critic, **TRAIN)  # twins at (s, a_data)
-            + linear_flops(batch, actor, **TRAIN)  # actor at s
-            + 2 * linear_flops(batch, critic, **THROUGH))  # twins at (s, a~pi), weights frozen
+    return (
+        linear_flops(batch, actor, **FWD)  # a' ~ pi(s'), no grad
+        + 2 * linear_flops(batch, critic, **FWD)  # target twins at (s', a')
+        + 2 * linear_flops(batch, critic, **TRAIN)  # twins at (s, a_data)
+        + linear_flops(batch, actor, **TRAIN)  # actor at s
+        + 2 * linear_flops(batch, critic, **THROUGH)
+    )  # twins at (s, a~pi), weights frozen
 
 
 def cql_update_flops(n_ensemble, obs_dim, act_dim, hidden, batch, n_actions) -> int:
@@ -143,7 +159,8 @@ def cql_update_flops(n_ensemble, obs_dim, act_dim, hidden, batch, n_actions) -> 
         linear_flops(2 * batch, actor, **TRAIN)
         + 2 * linear_flops(batch, critic, **FWD)  # target twins on (s', a')
         + 2 * linear_flops(batch * (1 + 3 * n_actions), critic, **TRAIN)  # data action + 3 n_actions sampled
-        + 2 * linear_flops(batch, critic, **THROUGH))  # functional_call with detached weights on (s, a~pi(s))
+        + 2 * linear_flops(batch, critic, **THROUGH)
+    )  # functional_call with detached weights on (s, a~pi(s))
     return n_ensemble * per_member
 
 
@@ -156,11 +173,13 @@ def fqe_update_flops(n_ensemble, obs_dim, act_dim, hidden, batch) -> int:
 def balanced_update_flops(n_ensemble, obs_dim, act_dim, hidden, batch) -> int:
     """balanced_finetune.update_actor_critic: every member sees the same B states (expanded)."""
     actor, critic = mlp(obs_dim, hidden, 2 * act_dim), mlp(obs_dim + act_dim, hidden, 1)
-    per_member = (linear_flops(batch, actor, **FWD)  # eq. 5 policy at s', no grad
-                  + 2 * linear_flops(batch, critic, **FWD)  # target twins
-                  + 2 * linear_flops(batch, critic, **TRAIN)  # critic step
-                  + linear_flops(batch, actor, **TRAIN)  # eq. 5 policy at s, with grad
-                  + 2 * linear_flops(batch, critic, **THROUGH))  # critic.requires_grad_(False): dQ/da only
+    per_member = (
+        linear_flops(batch, actor, **FWD)  # eq. 5 policy at s', no grad
+        + 2 * linear_flops(batch, critic, **FWD)  # target twins
+        + 2 * linear_flops(batch, critic, **TRAIN)  # critic step
+        + linear_flops(batch, actor, **TRAIN)  # eq. 5 policy at s, with grad
+        + 2 * linear_flops(batch, critic, **THROUGH)
+    )  # critic.requires_grad_(False): dQ/da only
     return n_ensemble * per_member
 
 
@@ -173,11 +192,13 @@ def density_ratio_flops(obs_dim, act_dim, hidden_dim, batch, ratio_batch) -> int
 def awac_update_flops(n_ensemble, obs_dim, act_dim, hidden, batch) -> int:
     """awac.awac_update of N members."""
     actor, critic = mlp(obs_dim, hidden, 2 * act_dim), mlp(obs_dim + act_dim, hidden, 1)
-    per_member = (linear_flops(batch, actor, **FWD)  # a' ~ pi(s')
-                  + 2 * linear_flops(batch, critic, **FWD)  # target twins
-                  + 2 * linear_flops(batch, critic, **TRAIN)  # critic step
-                  + linear_flops(batch, actor, **TRAIN)  # log pi(a_data|s)
-                  + 2 * 2 * linear_flops(batch, critic, **FWD))  # no-grad twins at (s, a~pi) and (s, a_data)
+    per_member = (
+        linear_flops(batch, actor, **FWD)  # a' ~ pi(s')
+        + 2 * linear_flops(batch, critic, **FWD)  # target twins
+        + 2 * linear_flops(batch, critic, **TRAIN)  # critic step
+        + linear_flops(batch, actor, **TRAIN)  # log pi(a_data|s)
+        + 2 * 2 * linear_flops(batch, critic, **FWD)
+    )  # no-grad twins at (s, a~pi) and (s, a_data)
     return n_ensemble * per_member
 
 
@@ -188,15 +209,17 @@ def bcq_update_flops(n_ensemble, obs_dim, act_dim, vae_hidden, actor_hidden, cri
     encoder, decoder = mlp(obs_dim + act_dim, vae_hidden, 2 * latent), mlp(obs_dim + latent, vae_hidden, act_dim)
     actor, critic = mlp(obs_dim + act_dim, actor_hidden, act_dim), mlp(obs_dim + act_dim, critic_hidden, 1)
     bk = batch * n_samples
-    per_member = (linear_flops(batch, encoder, **TRAIN)  # VAE step: encoder on (s, a)
-                  + linear_flops(batch, decoder, **TRAIN_THROUGH)  # decoder on (s, z(encoder))
-                  + linear_flops(bk, decoder, **FWD)  # target: K candidates per s' from the VAE...
-                  + linear_flops(bk, actor, **FWD)  # ...perturbed by the target actor...
-                  + 2 * linear_flops(bk, critic, **FWD)  # ...scored by the target twins
-                  + 2 * linear_flops(batch, critic, **TRAIN)  # critic step
-                  + linear_flops(batch, decoder, **FWD)  # actor step: VAE action at s, no grad
-                  + linear_flops(batch, actor, **TRAIN)
-                  + 2 * linear_flops(batch, critic, **TRAIN_THROUGH))
+    per_member = (
+        linear_flops(batch, encoder, **TRAIN)  # VAE step: encoder on (s, a)
+        + linear_flops(batch, decoder, **TRAIN_THROUGH)  # decoder on (s, z(encoder))
+        + linear_flops(bk, decoder, **FWD)  # target: K candidates per s' from the VAE...
+        + linear_flops(bk, actor, **FWD)  # ...perturbed by the target actor...
+        + 2 * linear_flops(bk, critic, **FWD)  # ...scored by the target twins
+        + 2 * linear_flops(batch, critic, **TRAIN)  # critic step
+        + linear_flops(batch, decoder, **FWD)  # actor step: VAE action at s, no grad
+        + linear_flops(batch, actor, **TRAIN)
+        + 2 * linear_flops(batch, critic, **TRAIN_THROUGH)
+    )
     return n_ensemble * per_member
 
 
@@ -242,6 +265,7 @@ def benchmarks(name, mod, args, device, data, rng):
         return actor, critic, target
 
     if name == "sac":
+
         def make(n):
             actor, critic, target = actor_critic(1)
             log_alpha = torch.zeros(1, device=device, requires_grad=True)
@@ -251,9 +275,10 @@ def benchmarks(name, mod, args, device, data, rng):
                 idx = rng.integers(0, len(data["observations"]), size=B)
                 batch = {k: v[torch.from_numpy(idx).to(device)].unsqueeze(0) for k, v in data.items()}
                 mod.sac_update(batch, actor, critic, target, log_alpha, *opts, gamma=0.99, tau=5e-3, target_entropy=-float(A))
+
             return step
-        return [("sac.sac_update", hidden, make, lambda n: sac_update_flops(S, A, h, B),
-                 "sac.py trains one member", False)]
+
+        return [("sac.sac_update", hidden, make, lambda n: sac_update_flops(S, A, h, B), "sac.py trains one member", False)]
 
     if name == "cql_pretrain":
         hyper = dict(gamma=0.99, tau=5e-3, alpha_cql=5.0, n_actions=args.n_actions, target_entropy=-float(A))
@@ -263,18 +288,29 @@ def benchmarks(name, mod, args, device, data, rng):
             log_alpha = torch.zeros(n, device=device, requires_grad=True)
             opts = adam(actor.parameters(), lr=1e-4), adam(critic.parameters(), lr=3e-4), adam([log_alpha], lr=1e-4)
             return lambda: mod.cql_update(actor, critic, target, log_alpha, *opts, mod.sample_batch(data, rng, n, B), **hyper)
-        return [("cql_pretrain.cql_update", hidden, make,
-                 lambda n: cql_update_flops(n, S, A, h, B, args.n_actions), f"{args.n_actions} actions per kind", True)]
+
+        return [
+            (
+                "cql_pretrain.cql_update",
+                hidden,
+                make,
+                lambda n: cql_update_flops(n, S, A, h, B, args.n_actions),
+                f"{args.n_actions} actions per kind",
+                True,
+            )
+        ]
 
     if name == "fqe":
-        fqe_data = dict(data, next_policy_mean=torch.randn_like(data["actions"]),
-                        next_policy_std=torch.rand_like(data["actions"]) + 0.1)
+        fqe_data = dict(
+            data, next_policy_mean=torch.randn_like(data["actions"]), next_policy_std=torch.rand_like(data["actions"]) + 0.1
+        )
 
         def make(n):
             critic, target = mod.EnsembleCritic(S, A, h, n).to(device), mod.EnsembleCritic(S, A, h, n).to(device)
             target.load_state_dict(critic.state_dict())
             opt = adam(critic.parameters(), lr=3e-4)
             return lambda: mod.fqe_update(critic, target, opt, mod.sample_batch(fqe_data, rng, n, B), 0.99, 5e-3)
+
         return [("fqe.fqe_update", hidden, make, lambda n: fqe_update_flops(n, S, A, h, B), "", True)]
 
     if name == "balanced_finetune":
@@ -289,8 +325,9 @@ def benchmarks(name, mod, args, device, data, rng):
             actor, critic, target = actor_critic(n)
             log_alpha = torch.zeros((), device=device, requires_grad=True)
             opts = adam(actor.parameters(), lr=3e-4), adam(critic.parameters(), lr=3e-4), adam([log_alpha], lr=3e-4)
-            return lambda: mod.update_actor_critic(gather(B), actor, critic, target, log_alpha, *opts, -float(A), 0.99, 5e-3,
-                                                   n)
+            return lambda: mod.update_actor_critic(
+                gather(B), actor, critic, target, log_alpha, *opts, -float(A), 0.99, 5e-3, n
+            )
 
         def make_ratio(n):
             net = mod.DensityRatioNet(S, A, h[0]).to(device)
@@ -298,13 +335,30 @@ def benchmarks(name, mod, args, device, data, rng):
 
             def step():
                 obs, act = gather(2 * R + B)[:2]
-                mod.update_density_ratio(net, opt, (obs[:R], act[:R]), (obs[R:2 * R], act[R:2 * R]),
-                                         (obs[2 * R:], act[2 * R:]), 5.0)
+                mod.update_density_ratio(
+                    net, opt, (obs[:R], act[:R]), (obs[R : 2 * R], act[R : 2 * R]), (obs[2 * R :], act[2 * R :]), 5.0
+                )
+
             return step
-        return [("balanced_finetune.update_actor_critic", hidden, make, lambda n: balanced_update_flops(n, S, A, h, B),
-                 "vectorized: all members share one batch, coupled by eq. 5; loop: each member its own", True),
-                ("balanced_finetune.update_density_ratio", hidden, make_ratio,
-                 lambda n: density_ratio_flops(S, A, h[0], B, R), f"one net for any N; {R}+{R}+{B} rows", False)]
+
+        return [
+            (
+                "balanced_finetune.update_actor_critic",
+                hidden,
+                make,
+                lambda n: balanced_update_flops(n, S, A, h, B),
+                "vectorized: all members share one batch, coupled by eq. 5; loop: each member its own",
+                True,
+            ),
+            (
+                "balanced_finetune.update_density_ratio",
+                hidden,
+                make_ratio,
+                lambda n: density_ratio_flops(S, A, h[0], B, R),
+                f"one net for any N; {R}+{R}+{B} rows",
+                False,
+            ),
+        ]
 
     if name == "awac":
         awac_args = mod.Args()
@@ -313,12 +367,16 @@ def benchmarks(name, mod, args, device, data, rng):
             actor, critic, target = actor_critic(n)
             opts = adam(actor.parameters(), lr=3e-4), adam(critic.parameters(), lr=3e-4)
             return lambda: mod.awac_update(actor, critic, target, *opts, sample_tuple(data, rng, n, B), awac_args)
+
         return [("awac.awac_update", hidden, make, lambda n: awac_update_flops(n, S, A, h, B), "", True)]
 
     if name == "bcq_ft":
         bcq_args = mod.Args()
-        vae_h, actor_h, critic_h = ([args.hidden_dim] * 2,) * 3 if args.hidden_dim else (
-            list(bcq_args.vae_hidden_sizes), list(bcq_args.actor_hidden_sizes), list(bcq_args.critic_hidden_sizes))
+        vae_h, actor_h, critic_h = (
+            ([args.hidden_dim] * 2,) * 3
+            if args.hidden_dim
+            else (list(bcq_args.vae_hidden_sizes), list(bcq_args.actor_hidden_sizes), list(bcq_args.critic_hidden_sizes))
+        )
         k = bcq_args.n_action_samples
 
         def make(n):
@@ -330,11 +388,21 @@ def benchmarks(name, mod, args, device, data, rng):
             actor_target.load_state_dict(actor.state_dict())
             critic_target.load_state_dict(critic.state_dict())
             opts = tuple(adam(net.parameters(), lr=bcq_args.learning_rate) for net in (vae, actor, critic))
-            return lambda: mod.bcq_update(vae, actor, actor_target, critic, critic_target, opts, sample_tuple(data, rng, n, B),
-                                          bcq_args)
+            return lambda: mod.bcq_update(
+                vae, actor, actor_target, critic, critic_target, opts, sample_tuple(data, rng, n, B), bcq_args
+            )
+
         label = "vae{}/actor{}/critic{}".format(*("-".join(map(str, x)) for x in (vae_h, actor_h, critic_h)))
-        return [("bcq_ft.bcq_update", label, make,
-                 lambda n: bcq_update_flops(n, S, A, vae_h, actor_h, critic_h, B, k), f"{k} action samples", True)]
+        return [
+            (
+                "bcq_ft.bcq_update",
+                label,
+                make,
+                lambda n: bcq_update_flops(n, S, A, vae_h, actor_h, critic_h, B, k),
+                f"{k} action samples",
+                True,
+            )
+        ]
     raise ValueError(name)
 
 
@@ -363,7 +431,7 @@ def load_note(before: float) -> str:
 def update_section(name, mod, args, device, data, rng):
     rows = []
     for label, hidden, make, flops_of, note, n_dependent in benchmarks(name, mod, args, device, data, rng):
-        for n in (args.n_ensemble if n_dependent else [1]):
+        for n in args.n_ensemble if n_dependent else [1]:
             torch.manual_seed(0)
             load_before = os.getloadavg()[0]
             steps = {"vectorized" if label != "balanced_finetune.update_density_ratio" else "single": make(n)}
@@ -382,19 +450,47 @@ def update_section(name, mod, args, device, data, rng):
                     extra.insert(0, f"{n} separate 1-member networks" + independent)
                 if "loop" in best:
                     extra.insert(0, f"vectorized/loop speedup {best['loop'] / best['vectorized']:.2f}x")
-                rows.append(make_row(label, device, n, hidden, args.batch_size, variant, best[variant], flops, args.peak,
-                                     "; ".join(x for x in extra if x)))
+                rows.append(
+                    make_row(
+                        label,
+                        device,
+                        n,
+                        hidden,
+                        args.batch_size,
+                        variant,
+                        best[variant],
+                        flops,
+                        args.peak,
+                        "; ".join(x for x in extra if x),
+                    )
+                )
             msg = ", ".join(f"{v} {1 / best[v]:.2f} upd/s ({flops / best[v] / 1e9 / args.peak:.0%} of peak)" for v in best)
-            print(f"{label} N={n}: {msg}" + (f", speedup {best['loop'] / best['vectorized']:.2f}x" if "loop" in best else "")
-                  + f" [{check}]", flush=True)
+            print(
+                f"{label} N={n}: {msg}"
+                + (f", speedup {best['loop'] / best['vectorized']:.2f}x" if "loop" in best else "")
+                + f" [{check}]",
+                flush=True,
+            )
     return rows
 
 
 def make_row(script, device, n, hidden, batch, variant, seconds, flops, peak, notes):
     achieved = flops / seconds / 1e9
-    return {"script": script, "device": device.type, "N": n, "hidden": hidden, "batch": batch, "variant": variant,
-            "updates_per_s": 1.0 / seconds, "ms_per_update": 1e3 * seconds, "gflop_per_update": flops / 1e9,
-            "achieved_gflops": achieved, "peak_gflops": peak, "share_of_peak": achieved / peak, "notes": notes}
+    return {
+        "script": script,
+        "device": device.type,
+        "N": n,
+        "hidden": hidden,
+        "batch": batch,
+        "variant": variant,
+        "updates_per_s": 1.0 / seconds,
+        "ms_per_update": 1e3 * seconds,
+        "gflop_per_update": flops / 1e9,
+        "achieved_gflops": achieved,
+        "peak_gflops": peak,
+        "share_of_peak": achieved / peak,
+        "notes": notes,
+    }
 
 
 # ---------------------------------------------------------------------------------
@@ -418,17 +514,57 @@ def finetune_loop_section(args, device):
             f["terminals"] = gen.random(M) < 0.001
             f["timeouts"] = np.zeros(M, dtype=bool)
         torch.manual_seed(0)
-        torch.save({"format": bf.CHECKPOINT_FORMAT, "algo": "cql", "env_id": "Walker2d-v4", "obs_dim": S, "act_dim": A,
-                    "n_ensemble": n, "hidden_sizes": h, "actor": bf.EnsembleActor(S, A, h, n).state_dict(),
-                    "critic": bf.EnsembleCritic(S, A, h, n).state_dict(), "step": 0, "args": {}}, tmp / "cql.pt")
-        command = [sys.executable, str(REPO_ROOT / "balanced_finetune.py"), "--env-id", "Walker2d-v4",
-                   "--dataset-path", str(tmp / "walker_synthetic.hdf5"), "--cql-checkpoint", str(tmp / "cql.pt"),
-                   "--n-ensemble", str(n), "--hidden-dim", str(h[0]), "--batch-size", str(args.batch_size),
-                   "--ratio-batch-size", str(args.batch_size), "--online-steps", str(args.loop_steps),
-                   "--epoch-length", str(args.loop_epoch_length), "--first-epoch-multiplier", "1",
-                   "--eval-every-epochs", "1000000", "--eval-episodes", "1", "--checkpoint-every", "0",
-                   "--checkpoint", str(tmp / "out.pt"), "--run-dir", str(tmp / "run"),
-                   "--cuda" if device.type == "cuda" else "--no-cuda"]
+        torch.save(
+            {
+                "format": bf.CHECKPOINT_FORMAT,
+                "algo": "cql",
+                "env_id": "Walker2d-v4",
+                "obs_dim": S,
+                "act_dim": A,
+                "n_ensemble": n,
+                "hidden_sizes": h,
+                "actor": bf.EnsembleActor(S, A, h, n).state_dict(),
+                "critic": bf.EnsembleCritic(S, A, h, n).state_dict(),
+                "step": 0,
+                "args": {},
+            },
+            tmp / "cql.pt",
+        )
+        command = [
+            sys.executable,
+            str(REPO_ROOT / "balanced_finetune.py"),
+            "--env-id",
+            "Walker2d-v4",
+            "--dataset-path",
+            str(tmp / "walker_synthetic.hdf5"),
+            "--cql-checkpoint",
+            str(tmp / "cql.pt"),
+            "--n-ensemble",
+            str(n),
+            "--hidden-dim",
+            str(h[0]),
+            "--batch-size",
+            str(args.batch_size),
+            "--ratio-batch-size",
+            str(args.batch_size),
+            "--online-steps",
+            str(args.loop_steps),
+            "--epoch-length",
+            str(args.loop_epoch_length),
+            "--first-epoch-multiplier",
+            "1",
+            "--eval-every-epochs",
+            "1000000",
+            "--eval-episodes",
+            "1",
+            "--checkpoint-every",
+            "0",
+            "--checkpoint",
+            str(tmp / "out.pt"),
+            "--run-dir",
+            str(tmp / "run"),
+            "--cuda" if device.type == "cuda" else "--no-cuda",
+        ]
         env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
         load_before = os.getloadavg()[0]
         start = time.perf_counter()
@@ -442,16 +578,32 @@ def finetune_loop_section(args, device):
     if len(sps) < 2:
         raise SystemExit("error: the fine-tuning loop needs --loop-steps >= 2 * --loop-epoch-length for a steady-state rate")
     seconds = (sps[-1].wall_time - sps[0].wall_time) / (sps[-1].step - sps[0].step)  # per env step, epochs 2..E
-    flops = (balanced_update_flops(n, S, A, h, args.batch_size)
-             + density_ratio_flops(S, A, h[0], args.batch_size, args.batch_size))
-    notes = (f"env steps/s in updates_per_s (1 env step + 1 density-ratio step + 1 update_actor_critic each); "
-             f"steady state over {sps[-1].step - sps[0].step} steps (epochs 2-{len(sps)} of {args.loop_epoch_length}); "
-             f"script's own charts/SPS {sps[-1].value:.0f}; end-to-end {wall:.1f} s for {args.loop_steps} steps incl. startup "
-             f"and 2 evaluations; synthetic dataset M={M}; untrained policy; {load_note(load_before)}")
-    row = make_row("balanced_finetune.py (whole loop)", device, n, "-".join(map(str, h)), args.batch_size, "whole_loop",
-                   seconds, flops, args.peak, notes)
-    print(f"whole fine-tuning loop N={n}: {1 / seconds:.1f} env steps/s steady state "
-          f"(script's charts/SPS {sps[-1].value:.0f}, {wall:.1f} s end to end)", flush=True)
+    flops = balanced_update_flops(n, S, A, h, args.batch_size) + density_ratio_flops(
+        S, A, h[0], args.batch_size, args.batch_size
+    )
+    notes = (
+        f"env steps/s in updates_per_s (1 env step + 1 density-ratio step + 1 update_actor_critic each); "
+        f"steady state over {sps[-1].step - sps[0].step} steps (epochs 2-{len(sps)} of {args.loop_epoch_length}); "
+        f"script's own charts/SPS {sps[-1].value:.0f}; end-to-end {wall:.1f} s for {args.loop_steps} steps incl. startup "
+        f"and 2 evaluations; synthetic dataset M={M}; untrained policy; {load_note(load_before)}"
+    )
+    row = make_row(
+        "balanced_finetune.py (whole loop)",
+        device,
+        n,
+        "-".join(map(str, h)),
+        args.batch_size,
+        "whole_loop",
+        seconds,
+        flops,
+        args.peak,
+        notes,
+    )
+    print(
+        f"whole fine-tuning loop N={n}: {1 / seconds:.1f} env steps/s steady state "
+        f"(script's charts/SPS {sps[-1].value:.0f}, {wall:.1f} s end to end)",
+        flush=True,
+    )
     return [row]
 
 
@@ -467,13 +619,17 @@ def targets(rows, device) -> list:
     vec, loop = (by_key.get(("balanced_finetune.update_actor_critic", 5, v)) for v in ("vectorized", "loop"))
     if vec and loop:
         speedup = loop["ms_per_update"] / vec["ms_per_update"]
-        lines.append(f"{verdict(speedup >= TARGET_SPEEDUP)}: N=5 fine-tuning update (update_actor_critic) "
-                     f"{speedup:.2f}x faster vectorized than 5 independent single-member SAC updates "
-                     f"(target >= {TARGET_SPEEDUP:.0f}x)")
+        lines.append(
+            f"{verdict(speedup >= TARGET_SPEEDUP)}: N=5 fine-tuning update (update_actor_critic) "
+            f"{speedup:.2f}x faster vectorized than 5 independent single-member SAC updates "
+            f"(target >= {TARGET_SPEEDUP:.0f}x)"
+        )
     for r in rows:
         if r["variant"] == "whole_loop":
-            lines.append(f"{verdict(r['updates_per_s'] >= TARGET_SPS)}: whole fine-tuning loop N={r['N']} "
-                         f"{r['updates_per_s']:.1f} env steps/s (target >= {TARGET_SPS:.0f})")
+            lines.append(
+                f"{verdict(r['updates_per_s'] >= TARGET_SPS)}: whole fine-tuning loop N={r['N']} "
+                f"{r['updates_per_s']:.1f} env steps/s (target >= {TARGET_SPS:.0f})"
+            )
     return lines
 
 
@@ -481,14 +637,18 @@ def write_results(rows, args, device, out: Path, target_lines):
     gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else "none"
     with written(out) as f:
         f.write(f"# command: python benchmark/{Path(__file__).name} {' '.join(sys.argv[1:])}\n")
-        f.write(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, GPU {gpu}, torch "
-                f"{torch.__version__}, {torch.get_num_threads()} torch threads, OMP_NUM_THREADS="
-                f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, load avg at start {args.load_start}, at end "
-                f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
-        f.write(f"# matmul peak {args.peak:.1f} GFLOP/s (float32 torch.mm, best of start/end, same run); obs/act dims "
-                f"{args.obs_dim}/{args.act_dim}; {args.iters} timed blocks of {args.block} updates per variant (best "
-                f"reported, median in notes) after {args.warmup} warm-up; malloc "
-                f"{'default' if args.default_malloc or device.type != 'cpu' else 'tuned for ' + '/'.join(MALLOC_TUNED)}\n")
+        f.write(
+            f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, GPU {gpu}, torch "
+            f"{torch.__version__}, {torch.get_num_threads()} torch threads, OMP_NUM_THREADS="
+            f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, load avg at start {args.load_start}, at end "
+            f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}\n"
+        )
+        f.write(
+            f"# matmul peak {args.peak:.1f} GFLOP/s (float32 torch.mm, best of start/end, same run); obs/act dims "
+            f"{args.obs_dim}/{args.act_dim}; {args.iters} timed blocks of {args.block} updates per variant (best "
+            f"reported, median in notes) after {args.warmup} warm-up; malloc "
+            f"{'default' if args.default_malloc or device.type != 'cpu' else 'tuned for ' + '/'.join(MALLOC_TUNED)}\n"
+        )
         for line in target_lines:
             f.write(f"# {line}\n")
         if args.note:
@@ -499,20 +659,28 @@ def write_results(rows, args, device, out: Path, target_lines):
             writer.writerow({key: f"{value:.6g}" if isinstance(value, float) else value for key, value in row.items()})
     print(f"wrote {out}")
 
-    title = (f"Update throughput on {device.type}" + (f" ({gpu})" if device.type == "cuda" else
-             f", {torch.get_num_threads()} thread(s)") + f"; matmul peak {args.peak:.0f} GFLOP/s")
+    title = (
+        f"Update throughput on {device.type}"
+        + (f" ({gpu})" if device.type == "cuda" else f", {torch.get_num_threads()} thread(s)")
+        + f"; matmul peak {args.peak:.0f} GFLOP/s"
+    )
     draw_throughput(rows, title, out.with_suffix(".png"))
     print(f"wrote {out.with_suffix('.png')}")
 
 
 # variant -> (legend, colour): neutral colours, so no bar is read as one of plot.py's METHOD_COLOURS methods
-VARIANT_STYLE = {"vectorized": ("vectorized ensemble", "#3a3a3a"), "loop": ("per-member loop", "#a8a8a8"),
-                 "single": ("single network", "#6b8e8e"), "whole_loop": ("whole loop (env steps/s)", "#c7792b")}
+VARIANT_STYLE = {
+    "vectorized": ("vectorized ensemble", "#3a3a3a"),
+    "loop": ("per-member loop", "#a8a8a8"),
+    "single": ("single network", "#6b8e8e"),
+    "whole_loop": ("whole loop (env steps/s)", "#c7792b"),
+}
 
 
 def draw_throughput(rows, title: str, path: Path):
     """Horizontal bars, one group per (script, N) read top to bottom: updates/s (log) and % of the matmul peak."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -530,8 +698,13 @@ def draw_throughput(rows, title: str, path: Path):
     for variant, placed in bars.items():
         legend, colour = VARIANT_STYLE.get(variant, (variant, "C0"))
         for ax, column, scale in ((axes[0], "updates_per_s", 1), (axes[1], "share_of_peak", 100)):
-            ax.barh([y for y, _, _ in placed], [float(row[column]) * scale for _, row, _ in placed],
-                    height=[h for _, _, h in placed], color=colour, label=legend)
+            ax.barh(
+                [y for y, _, _ in placed],
+                [float(row[column]) * scale for _, row, _ in placed],
+                height=[h for _, _, h in placed],
+                color=colour,
+                label=legend,
+            )
     labels = [f"{s.replace('.py (', ' (').replace('.', ': ', 1)}, N={n}" for s, n in configs]
     axes[0].set_yticks(np.arange(len(configs)), labels, fontsize=9)
     axes[0].invert_yaxis()
@@ -557,28 +730,41 @@ def main():
     parser.add_argument("--block", type=int, default=None, help="updates per timed block (default cpu 1, cuda 10)")
     parser.add_argument("--quick", action="store_true", help="tiny iteration counts and a tiny whole-loop run (tests)")
     parser.add_argument("--batch-size", type=int, default=256, help="minibatch per member (every script's default)")
-    parser.add_argument("--hidden-dim", type=int, default=None,
-                        help="one hidden width for every network (default: each script's own, 256 / BCQ 750, 400-300)")
+    parser.add_argument(
+        "--hidden-dim",
+        type=int,
+        default=None,
+        help="one hidden width for every network (default: each script's own, 256 / BCQ 750, 400-300)",
+    )
     parser.add_argument("--obs-dim", type=int, default=17, help="observation dim (17: HalfCheetah/Walker2d)")
     parser.add_argument("--act-dim", type=int, default=6, help="action dim (6: HalfCheetah/Walker2d)")
     parser.add_argument("--n-actions", type=int, default=10, help="CQL sampled actions per state and kind")
     parser.add_argument("--loop-n-ensemble", type=int, default=5, help="N of the whole-loop run")
-    parser.add_argument("--loop-steps", type=int, default=None,
-                        help="env steps of the whole-loop run (default cpu 300, cuda 4000)")
-    parser.add_argument("--loop-epoch-length", type=int, default=None,
-                        help="env steps per epoch there (default cpu 100, cuda 1000)")
+    parser.add_argument(
+        "--loop-steps", type=int, default=None, help="env steps of the whole-loop run (default cpu 300, cuda 4000)"
+    )
+    parser.add_argument(
+        "--loop-epoch-length", type=int, default=None, help="env steps per epoch there (default cpu 100, cuda 1000)"
+    )
     parser.add_argument("--loop-dataset-size", type=int, default=None, help="synthetic dataset rows (default 1,000,000)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="skip the glibc malloc setting cql_pretrain.py/fqe.py apply on the CPU")
+    parser.add_argument(
+        "--default-malloc", action="store_true", help="skip the glibc malloc setting cql_pretrain.py/fqe.py apply on the CPU"
+    )
     parser.add_argument("--note", type=str, default="", help="free text written into the CSV header")
     parser.add_argument("--out", type=Path, default=None, help="CSV path (default benchmark/results/throughput_<device>.csv)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but torch sees no GPU")
     cuda = args.device == "cuda"
-    defaults = dict(iters=(2, 5, 30), warmup=(1, 1, 20), block=(1, 1, 10), loop_steps=(30, 300, 4000),
-                    loop_epoch_length=(10, 100, 1000), loop_dataset_size=(5000, 1_000_000, 1_000_000))
+    defaults = dict(
+        iters=(2, 5, 30),
+        warmup=(1, 1, 20),
+        block=(1, 1, 10),
+        loop_steps=(30, 300, 4000),
+        loop_epoch_length=(10, 100, 1000),
+        loop_dataset_size=(5000, 1_000_000, 1_000_000),
+    )
     for key, values in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, values[0] if args.quick else values[2 if cuda else 1])
@@ -589,8 +775,10 @@ def main():
     device = torch.device(args.device)
     args.load_start = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     peak = matmul_gflops(device, 2 if args.quick else 5)
-    print(f"matmul peak: {peak:.1f} GFLOP/s on {device} ({torch.get_num_threads()} threads); load avg {args.load_start}",
-          flush=True)
+    print(
+        f"matmul peak: {peak:.1f} GFLOP/s on {device} ({torch.get_num_threads()} threads); load avg {args.load_start}",
+        flush=True,
+    )
     args.peak = peak
 
     rng = np.random.default_rng(0)
@@ -615,8 +803,9 @@ def main():
     target_lines = targets(rows, device)
     for line in target_lines:
         print(line)
-    write_results(rows, args, device, args.out or REPO_ROOT / "benchmark" / "results" / f"throughput_{args.device}.csv",
-                  target_lines)
+    write_results(
+        rows, args, device, args.out or REPO_ROOT / "benchmark" / "results" / f"throughput_{args.device}.csv", target_lines
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 (its main() with patched argv), importing a script or benchmark tool as a module, reading the TensorBoard scalars a
 run logged; and two autouse fixtures: one torch thread per test, and the signal handlers restored after each test
 (a script's main() catches SIGTERM and SIGINT)."""
+
 import importlib.util
 import os
 import signal
@@ -55,8 +56,9 @@ def scalars(run_dir, sps: bool = False) -> dict:
     """tag -> [(step, value)] of every scalar a TensorBoard run logged (charts/SPS, the timing, only when asked)."""
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
-            if sps or tag != "charts/SPS"}
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"] if sps or tag != "charts/SPS"
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -125,7 +127,11 @@ def run_script(tmp_path):
         env.update(env_vars or {})
         return subprocess.run(
             [sys.executable, str(REPO_ROOT / script), *map(str, args)],
-            cwd=cwd or tmp_path, env=env, capture_output=True, text=True, timeout=timeout,
+            cwd=cwd or tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     return run

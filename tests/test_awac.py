@@ -1,5 +1,6 @@
 """awac.py: the actor loss against an independent computation (cap included), eq. 5 moments, a tiny
 offline-then-online run with N=2, data-path errors, SIGKILL + --resume, and same-seed determinism."""
+
 import signal
 import subprocess
 import sys
@@ -13,8 +14,22 @@ from conftest import REPO_ROOT, load_script, scalars, write_d4rl_file
 
 awac = load_script("awac")
 
-TINY = ["--env-id", "Hopper-v4", "--n-ensemble", "2", "--hidden-dim", "16", "--batch-size", "32",
-        "--eval-episodes", "1", "--log-every", "50", "--eval-every", "100"]
+TINY = [
+    "--env-id",
+    "Hopper-v4",
+    "--n-ensemble",
+    "2",
+    "--hidden-dim",
+    "16",
+    "--batch-size",
+    "32",
+    "--eval-episodes",
+    "1",
+    "--log-every",
+    "50",
+    "--eval-every",
+    "100",
+]
 
 
 def independent_actor_loss(mean, log_std, eps, q_data, critic_pi, actions, lam, cap):
@@ -74,7 +89,8 @@ def test_log_prob_of_boundary_action_is_finite_and_tanh_gaussian():
     a = torch.tensor([[[0.3, 1.0]]])
     lp = awac.tanh_gaussian_log_prob(mean, log_std, a)
     dist = torch.distributions.TransformedDistribution(
-        torch.distributions.Normal(mean.double(), log_std.exp().double()), [torch.distributions.TanhTransform()])
+        torch.distributions.Normal(mean.double(), log_std.exp().double()), [torch.distributions.TanhTransform()]
+    )
     a_clipped = a.clamp(-np.float32(1 - 1e-6), np.float32(1 - 1e-6)).double()
     np.testing.assert_allclose(lp.item(), dist.log_prob(a_clipped).sum().item(), rtol=1e-4)
 
@@ -93,13 +109,31 @@ def test_ensemble_moments_eq5():
 def test_tiny_offline_then_online_run_is_deterministic(run_script, tiny_hopper_dataset, tmp_path):
     runs = []
     for name in ("a", "b"):
-        result = run_script("awac.py", *TINY, "--dataset-path", tiny_hopper_dataset, "--offline-steps", "100",
-                            "--online-steps", "200", "--run-dir", f"runs/{name}", "--checkpoint", f"ck/{name}.pt")
+        result = run_script(
+            "awac.py",
+            *TINY,
+            "--dataset-path",
+            tiny_hopper_dataset,
+            "--offline-steps",
+            "100",
+            "--online-steps",
+            "200",
+            "--run-dir",
+            f"runs/{name}",
+            "--checkpoint",
+            f"ck/{name}.pt",
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         runs.append(scalars(tmp_path / "runs" / name, sps=True))
     first, second = runs
-    for tag in ("eval/normalized_score", "eval/return", "losses/critic_loss", "losses/actor_loss",
-                "losses/adv_weight_mean", "charts/SPS"):
+    for tag in (
+        "eval/normalized_score",
+        "eval/return",
+        "losses/critic_loss",
+        "losses/actor_loss",
+        "losses/adv_weight_mean",
+        "charts/SPS",
+    ):
         assert tag in first, tag
     # x-axis: offline steps negative, x = 0 is the end of the offline phase, online up to 200
     assert [s for s, _ in first["eval/return"]] == [0, 100, 200]
@@ -122,13 +156,13 @@ def _bad_file(kind, tmp_path):
     rewards = np.zeros(m)
     if kind == "nan":
         rewards[7] = np.nan
-    write_d4rl_file(path, np.zeros((m, obs_dim)), np.zeros((m, 3)), rewards, np.zeros(m),
-                    np.zeros(m), np.zeros((m, obs_dim)))
+    write_d4rl_file(path, np.zeros((m, obs_dim)), np.zeros((m, 3)), rewards, np.zeros(m), np.zeros(m), np.zeros((m, obs_dim)))
     return path
 
 
-@pytest.mark.parametrize("kind, message", [("missing", "does not exist"), ("dims", "dims 5/3"),
-                                           ("nan", "'rewards' contains NaN")])
+@pytest.mark.parametrize(
+    "kind, message", [("missing", "does not exist"), ("dims", "dims 5/3"), ("nan", "'rewards' contains NaN")]
+)
 @pytest.mark.slow
 def test_data_path_errors(kind, message, run_script, tmp_path):
     path = tmp_path / "nowhere.hdf5" if kind == "missing" else _bad_file(kind, tmp_path)
@@ -140,8 +174,23 @@ def test_data_path_errors(kind, message, run_script, tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_then_resume(tiny_hopper_dataset, tmp_path):
-    args = [*TINY, "--dataset-path", str(tiny_hopper_dataset), "--offline-steps", "100", "--online-steps", "1500",
-            "--checkpoint-every", "100", "--eval-every", "10000", "--checkpoint", "ck/run.pt", "--run-dir", "runs/r"]
+    args = [
+        *TINY,
+        "--dataset-path",
+        str(tiny_hopper_dataset),
+        "--offline-steps",
+        "100",
+        "--online-steps",
+        "1500",
+        "--checkpoint-every",
+        "100",
+        "--eval-every",
+        "10000",
+        "--checkpoint",
+        "ck/run.pt",
+        "--run-dir",
+        "runs/r",
+    ]
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     cmd = [sys.executable, str(REPO_ROOT / "awac.py"), *args]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -182,12 +231,27 @@ def test_sigkill_then_resume(tiny_hopper_dataset, tmp_path):
 @pytest.mark.slow
 def test_inf_loss_stops_with_named_loss_and_step(run_script, tiny_hopper_dataset, tmp_path):
     import h5py
+
     with h5py.File(tiny_hopper_dataset) as f:
         data = {key: f[key][()] for key in f}
     data["rewards"] = np.full_like(data["rewards"], 1e30)  # finite data, but the squared TD error overflows
     path = write_d4rl_file(tmp_path / "huge.hdf5", **data)
-    result = run_script("awac.py", *TINY, "--dataset-path", path, "--offline-steps", "100", "--online-steps", "0",
-                        "--log-every", "20", "--checkpoint-every", "10", "--checkpoint", "ck/x.pt")
+    result = run_script(
+        "awac.py",
+        *TINY,
+        "--dataset-path",
+        path,
+        "--offline-steps",
+        "100",
+        "--online-steps",
+        "0",
+        "--log-every",
+        "20",
+        "--checkpoint-every",
+        "10",
+        "--checkpoint",
+        "ck/x.pt",
+    )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "losses/critic_loss is inf at step -90" in result.stderr  # first check: the checkpoint at step 10
     assert not (tmp_path / "ck" / "x.pt").exists()  # a diverged state is never written
@@ -196,8 +260,17 @@ def test_inf_loss_stops_with_named_loss_and_step(run_script, tiny_hopper_dataset
 @pytest.mark.slow
 def test_unwritable_checkpoint_path_fails_at_startup(run_script, tiny_hopper_dataset, tmp_path):
     (tmp_path / "afile").write_text("")
-    result = run_script("awac.py", *TINY, "--dataset-path", tiny_hopper_dataset, "--offline-steps", "10",
-                        "--online-steps", "0", "--checkpoint", tmp_path / "afile" / "ck.pt")
+    result = run_script(
+        "awac.py",
+        *TINY,
+        "--dataset-path",
+        tiny_hopper_dataset,
+        "--offline-steps",
+        "10",
+        "--online-steps",
+        "0",
+        "--checkpoint",
+        tmp_path / "afile" / "ck.pt",
+    )
     assert result.returncode != 0 and "cannot write checkpoint" in result.stderr
     assert "Traceback" not in result.stderr
-

@@ -1,5 +1,6 @@
 """Tests of balanced_finetune.py: sum-tree, eq. (4)/(5) pieces against independent formulas, end-to-end runs
 from a cql_pretrain.py checkpoint in every sampling mode, error messages, SIGKILL + --resume, determinism."""
+
 import math
 import os
 import re
@@ -16,10 +17,35 @@ from conftest import REPO_ROOT, load_script, scalars
 
 bf = load_script("balanced_finetune")
 
-PAPER_TAGS = {"eval/normalized_score", "eval/return", "balanced/offline_fraction", "balanced/auroc",
-              "balanced/w_offline", "balanced/w_online", "charts/alpha", "charts/SPS"}
-TINY = ["--env-id", "Hopper-v4", "--n-ensemble", "2", "--epoch-length", "100", "--first-epoch-multiplier", "2",
-        "--batch-size", "32", "--ratio-batch-size", "32", "--hidden-dim", "32", "--eval-episodes", "1", "--no-cuda"]
+PAPER_TAGS = {
+    "eval/normalized_score",
+    "eval/return",
+    "balanced/offline_fraction",
+    "balanced/auroc",
+    "balanced/w_offline",
+    "balanced/w_online",
+    "charts/alpha",
+    "charts/SPS",
+}
+TINY = [
+    "--env-id",
+    "Hopper-v4",
+    "--n-ensemble",
+    "2",
+    "--epoch-length",
+    "100",
+    "--first-epoch-multiplier",
+    "2",
+    "--batch-size",
+    "32",
+    "--ratio-batch-size",
+    "32",
+    "--hidden-dim",
+    "32",
+    "--eval-episodes",
+    "1",
+    "--no-cuda",
+]
 
 
 def subprocess_env(tmp_path):
@@ -83,7 +109,7 @@ def test_sumtree_total_and_internal_nodes_after_many_updates():
     np.testing.assert_array_equal(tree.get(np.arange(capacity)), reference)
     assert tree.total == pytest.approx(reference.sum(), rel=1e-10)
     n = tree.n_leaves
-    np.testing.assert_allclose(tree.nodes[1:n], tree.nodes[2:2 * n:2] + tree.nodes[3:2 * n:2], rtol=1e-12)
+    np.testing.assert_allclose(tree.nodes[1:n], tree.nodes[2 : 2 * n : 2] + tree.nodes[3 : 2 * n : 2], rtol=1e-12)
     rebuilt = bf.SumTree(capacity)
     rebuilt.set_all(reference)  # the resume path rebuilds from leaves
     np.testing.assert_allclose(rebuilt.nodes, tree.nodes, rtol=1e-12)
@@ -101,7 +127,7 @@ def test_ensemble_moments_match_mixture_samples():
     assert mean.shape == (b, a) and mixture_std.shape == (b, a)
     # eq. (5) written as in the paper
     np.testing.assert_allclose(mean, mu.mean(0), atol=1e-6)
-    np.testing.assert_allclose(mixture_std ** 2, (std ** 2 + mu ** 2).mean(0) - mu.mean(0) ** 2, atol=1e-4)
+    np.testing.assert_allclose(mixture_std**2, (std**2 + mu**2).mean(0) - mu.mean(0) ** 2, atol=1e-4)
     # against samples of the mixture: pick a member uniformly, then draw from it
     n_samples = 400_000
     member = torch.randint(0, n, (n_samples,))
@@ -120,8 +146,9 @@ def test_ensemble_moments_std_clamped_like_a_members():
 
 def test_density_ratio_loss_formula():
     w_on, w_off = torch.tensor([0.5, 2.0, 0.0]), torch.tensor([1.0, 3.0])
-    expected = (-math.log(2 / 2.0 + 1e-10) - math.log(2 / 4.0 + 1e-10)) / 2 \
-        - (math.log(2 * 0.5 / 1.5 + 1e-10) + math.log(4.0 / 3.0 + 1e-10) + math.log(1e-10)) / 3
+    expected = (-math.log(2 / 2.0 + 1e-10) - math.log(2 / 4.0 + 1e-10)) / 2 - (
+        math.log(2 * 0.5 / 1.5 + 1e-10) + math.log(4.0 / 3.0 + 1e-10) + math.log(1e-10)
+    ) / 3
     assert bf.density_ratio_loss(w_on, w_off).item() == pytest.approx(expected, rel=1e-6)
     assert bf.density_ratio_loss(torch.ones(5), torch.ones(7)).item() == pytest.approx(0.0, abs=1e-6)
 
@@ -183,11 +210,37 @@ def cql_checkpoint(tmp_path_factory, tiny_hopper_dataset):
     folder = tmp_path_factory.mktemp("cql")
     path = folder / "cql_Hopper-v4_seed1.pt"
     done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "cql_pretrain.py"), "--env-id", "Hopper-v4", "--dataset-path",
-         str(tiny_hopper_dataset), "--n-ensemble", "2", "--offline-steps", "50", "--hidden-dim", "32",
-         "--batch-size", "32", "--eval-every", "50", "--eval-episodes", "1", "--checkpoint", str(path),
-         "--seed", "1", "--no-cuda"], cwd=folder, env=subprocess_env(folder), capture_output=True, text=True,
-        timeout=300)
+        [
+            sys.executable,
+            str(REPO_ROOT / "cql_pretrain.py"),
+            "--env-id",
+            "Hopper-v4",
+            "--dataset-path",
+            str(tiny_hopper_dataset),
+            "--n-ensemble",
+            "2",
+            "--offline-steps",
+            "50",
+            "--hidden-dim",
+            "32",
+            "--batch-size",
+            "32",
+            "--eval-every",
+            "50",
+            "--eval-episodes",
+            "1",
+            "--checkpoint",
+            str(path),
+            "--seed",
+            "1",
+            "--no-cuda",
+        ],
+        cwd=folder,
+        env=subprocess_env(folder),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return path
 
@@ -196,7 +249,8 @@ def cql_checkpoint(tmp_path_factory, tiny_hopper_dataset):
 def test_loader_errors(cql_checkpoint, tmp_path):
     ckpt = torch.load(cql_checkpoint, weights_only=True)
     load = lambda path, **kw: bf.load_ensemble_checkpoint(
-        str(path), "python cql_pretrain.py ...", kw.get("env", "Hopper-v4"), kw.get("obs", 11), 3, kw.get("k", 2))
+        str(path), "python cql_pretrain.py ...", kw.get("env", "Hopper-v4"), kw.get("obs", 11), 3, kw.get("k", 2)
+    )
     sliced = load(cql_checkpoint, k=1)  # first k of a larger stored ensemble: actor [:k], critic [:2k]
     actor, critic = bf.EnsembleActor(11, 3, [32, 32], 1), bf.EnsembleCritic(11, 3, [32, 32], 1)
     actor.load_state_dict(sliced["actor"], strict=True)
@@ -220,8 +274,10 @@ def test_loader_errors(cql_checkpoint, tmp_path):
 def test_missing_checkpoint_names_the_command(run_script, tiny_hopper_dataset):
     result = run_script("balanced_finetune.py", *TINY, "--dataset-path", tiny_hopper_dataset, "--online-steps", "100")
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "checkpoints/cql_Hopper-v4_seed1.pt not found; create it with: python cql_pretrain.py --env-id Hopper-v4 " \
-           "--n-ensemble 2 --seed 1" in result.stderr
+    assert (
+        "checkpoints/cql_Hopper-v4_seed1.pt not found; create it with: python cql_pretrain.py --env-id Hopper-v4 "
+        "--n-ensemble 2 --seed 1" in result.stderr
+    )
 
 
 def test_unwritable_checkpoint_path_fails_at_start(tmp_path):
@@ -232,9 +288,22 @@ def test_unwritable_checkpoint_path_fails_at_start(tmp_path):
 
 @pytest.mark.slow
 def test_nonfinite_loss_stops_with_loss_name_and_step(run_script, tiny_hopper_dataset, cql_checkpoint, tmp_path):
-    result = run_script("balanced_finetune.py", *TINY, "--dataset-path", tiny_hopper_dataset, "--online-steps", "200",
-                        "--cql-checkpoint", cql_checkpoint, "--first-epoch-multiplier", "1", "--gamma", "1e38",
-                        "--checkpoint", "out/ft.pt")
+    result = run_script(
+        "balanced_finetune.py",
+        *TINY,
+        "--dataset-path",
+        tiny_hopper_dataset,
+        "--online-steps",
+        "200",
+        "--cql-checkpoint",
+        cql_checkpoint,
+        "--first-epoch-multiplier",
+        "1",
+        "--gamma",
+        "1e38",
+        "--checkpoint",
+        "out/ft.pt",
+    )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert re.search(r"error: losses/qf_loss is (nan|inf) at online step 100 ", result.stderr), result.stderr[-500:]
     assert not (tmp_path / "out" / "ft.pt").exists()
@@ -242,12 +311,24 @@ def test_nonfinite_loss_stops_with_loss_name_and_step(run_script, tiny_hopper_da
 
 @pytest.mark.slow
 def test_missing_fqe_checkpoint_names_fqe(run_script, tiny_hopper_dataset, cql_checkpoint):
-    result = run_script("balanced_finetune.py", *TINY, "--dataset-path", tiny_hopper_dataset, "--online-steps", "100",
-                        "--cql-checkpoint", cql_checkpoint, "--q-init", "fqe")
+    result = run_script(
+        "balanced_finetune.py",
+        *TINY,
+        "--dataset-path",
+        tiny_hopper_dataset,
+        "--online-steps",
+        "100",
+        "--cql-checkpoint",
+        cql_checkpoint,
+        "--q-init",
+        "fqe",
+    )
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "checkpoints/fqe_Hopper-v4_seed1.pt not found; create it with: python fqe.py --env-id Hopper-v4 " \
-           f"--n-ensemble 2 --seed 1 --policy-checkpoint {cql_checkpoint} --checkpoint checkpoints/fqe_Hopper-v4_seed1.pt" \
-           in result.stderr
+    assert (
+        "checkpoints/fqe_Hopper-v4_seed1.pt not found; create it with: python fqe.py --env-id Hopper-v4 "
+        f"--n-ensemble 2 --seed 1 --policy-checkpoint {cql_checkpoint} --checkpoint checkpoints/fqe_Hopper-v4_seed1.pt"
+        in result.stderr
+    )
 
 
 @pytest.mark.slow
@@ -255,20 +336,73 @@ def test_q_init_fqe_takes_critics_from_fqe_and_policy_from_cql(tmp_path, tiny_ho
     """fqe.py writes the critics; with zero learning rates nothing moves, so the saved networks show their source."""
     cql = torch.load(cql_checkpoint, weights_only=True)
     made = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "fqe.py"), "--env-id", "Hopper-v4", "--dataset-path", str(tiny_hopper_dataset),
-         "--policy-checkpoint", str(cql_checkpoint), "--checkpoint", str(tmp_path / "fqe.pt"), "--n-ensemble", "2",
-         "--steps", "20", "--batch-size", "32", "--eval-every", "20", "--eval-episodes", "1", "--no-cuda"],
-        cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(REPO_ROOT / "fqe.py"),
+            "--env-id",
+            "Hopper-v4",
+            "--dataset-path",
+            str(tiny_hopper_dataset),
+            "--policy-checkpoint",
+            str(cql_checkpoint),
+            "--checkpoint",
+            str(tmp_path / "fqe.pt"),
+            "--n-ensemble",
+            "2",
+            "--steps",
+            "20",
+            "--batch-size",
+            "32",
+            "--eval-every",
+            "20",
+            "--eval-episodes",
+            "1",
+            "--no-cuda",
+        ],
+        cwd=tmp_path,
+        env=subprocess_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert made.returncode == 0, made.stderr[-2000:]
     fqe = torch.load(tmp_path / "fqe.pt", weights_only=True)
     assert fqe["algo"] == "fqe"
     assert not torch.equal(fqe["critic"]["net.0.weight"], cql["critic"]["net.0.weight"])
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "balanced_finetune.py"), *TINY, "--n-ensemble", "1", "--dataset-path",
-         str(tiny_hopper_dataset), "--cql-checkpoint", str(cql_checkpoint), "--q-init", "fqe", "--fqe-checkpoint",
-         str(tmp_path / "fqe.pt"), "--online-steps", "100", "--first-epoch-multiplier", "1", "--q-lr", "0",
-         "--policy-lr", "0", "--checkpoint", "out/ft.pt", "--run-dir", "run"],
-        cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(REPO_ROOT / "balanced_finetune.py"),
+            *TINY,
+            "--n-ensemble",
+            "1",
+            "--dataset-path",
+            str(tiny_hopper_dataset),
+            "--cql-checkpoint",
+            str(cql_checkpoint),
+            "--q-init",
+            "fqe",
+            "--fqe-checkpoint",
+            str(tmp_path / "fqe.pt"),
+            "--online-steps",
+            "100",
+            "--first-epoch-multiplier",
+            "1",
+            "--q-lr",
+            "0",
+            "--policy-lr",
+            "0",
+            "--checkpoint",
+            "out/ft.pt",
+            "--run-dir",
+            "run",
+        ],
+        cwd=tmp_path,
+        env=subprocess_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     saved = torch.load(tmp_path / "out" / "ft.pt", weights_only=True)
     for key, value in saved["critic"].items():  # first member of the FQE critics: rows [:2]
@@ -277,9 +411,23 @@ def test_q_init_fqe_takes_critics_from_fqe_and_policy_from_cql(tmp_path, tiny_ho
         torch.testing.assert_close(value, cql["actor"][key][:1])
     # and an fqe checkpoint given as the policy source is refused
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "balanced_finetune.py"), *TINY, "--dataset-path", str(tiny_hopper_dataset),
-         "--cql-checkpoint", str(tmp_path / "fqe.pt"), "--online-steps", "100"],
-        cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(REPO_ROOT / "balanced_finetune.py"),
+            *TINY,
+            "--dataset-path",
+            str(tiny_hopper_dataset),
+            "--cql-checkpoint",
+            str(tmp_path / "fqe.pt"),
+            "--online-steps",
+            "100",
+        ],
+        cwd=tmp_path,
+        env=subprocess_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode != 0 and "Traceback" not in result.stderr and "is an fqe.py checkpoint" in result.stderr
 
 
@@ -295,10 +443,31 @@ def tiny_runs(tmp_path_factory, tiny_hopper_dataset, cql_checkpoint):
         if name not in cache:
             folder = tmp_path_factory.mktemp(name)
             result = subprocess.run(
-                [sys.executable, str(REPO_ROOT / "balanced_finetune.py"), *TINY, "--dataset-path",
-                 str(tiny_hopper_dataset), "--cql-checkpoint", str(cql_checkpoint), "--sampling", sampling,
-                 "--online-steps", "300", "--seed", "3", "--run-dir", "run", "--checkpoint", "out/ft.pt"],
-                cwd=folder, env=subprocess_env(folder), capture_output=True, text=True, timeout=300)
+                [
+                    sys.executable,
+                    str(REPO_ROOT / "balanced_finetune.py"),
+                    *TINY,
+                    "--dataset-path",
+                    str(tiny_hopper_dataset),
+                    "--cql-checkpoint",
+                    str(cql_checkpoint),
+                    "--sampling",
+                    sampling,
+                    "--online-steps",
+                    "300",
+                    "--seed",
+                    "3",
+                    "--run-dir",
+                    "run",
+                    "--checkpoint",
+                    "out/ft.pt",
+                ],
+                cwd=folder,
+                env=subprocess_env(folder),
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             assert result.returncode == 0, result.stderr[-3000:]
             cache[name] = (folder, result)
         return cache[name]
@@ -354,12 +523,27 @@ def test_same_seed_gives_identical_logged_values(tiny_runs):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, tiny_hopper_dataset, cql_checkpoint):
-    args = [sys.executable, str(REPO_ROOT / "balanced_finetune.py"), *TINY, "--dataset-path", str(tiny_hopper_dataset),
-            "--cql-checkpoint", str(cql_checkpoint), "--online-steps", "600", "--checkpoint-every", "100",
-            "--run-dir", "run", "--checkpoint", "out/ft.pt"]
+    args = [
+        sys.executable,
+        str(REPO_ROOT / "balanced_finetune.py"),
+        *TINY,
+        "--dataset-path",
+        str(tiny_hopper_dataset),
+        "--cql-checkpoint",
+        str(cql_checkpoint),
+        "--online-steps",
+        "600",
+        "--checkpoint-every",
+        "100",
+        "--run-dir",
+        "run",
+        "--checkpoint",
+        "out/ft.pt",
+    ]
     save_path = tmp_path / "out" / "ft.pt"
-    process = subprocess.Popen(args, cwd=tmp_path, env=subprocess_env(tmp_path),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        args, cwd=tmp_path, env=subprocess_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 240
     while not save_path.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -370,8 +554,9 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, tiny_hopper_
     k = killed["step"]
     assert 0 < k < 600 and len(killed["resume"]["online"]["observations"]) == k
 
-    result = subprocess.run(args + ["--resume"], cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        args + ["--resume"], cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     final = torch.load(save_path, weights_only=True)
     online = final["resume"]["online"]

@@ -1,6 +1,7 @@
 """bcq_ft.py: soft clipped double-Q target, critic loss and VAE loss against independent computations,
 ensemble action selection, a tiny offline-then-online run with N=2, data-path errors, SIGKILL + --resume,
 and same-seed determinism."""
+
 import signal
 import subprocess
 import sys
@@ -15,8 +16,22 @@ from conftest import REPO_ROOT, load_script, scalars, write_d4rl_file
 
 bcq_ft = load_script("bcq_ft")
 
-TINY = ["--env-id", "Hopper-v4", "--n-ensemble", "2", "--hidden-dim", "16", "--batch-size", "32",
-        "--eval-episodes", "1", "--log-every", "50", "--eval-every", "100"]
+TINY = [
+    "--env-id",
+    "Hopper-v4",
+    "--n-ensemble",
+    "2",
+    "--hidden-dim",
+    "16",
+    "--batch-size",
+    "32",
+    "--eval-episodes",
+    "1",
+    "--log-every",
+    "50",
+    "--eval-every",
+    "100",
+]
 N, B, K, S, A = 2, 5, 4, 6, 3
 
 
@@ -33,8 +48,9 @@ def test_soft_clipped_double_q_target_loops():
     rng = np.random.default_rng(0)
     next_q = rng.normal(size=(N, 2, B * K))
     rewards, dones = rng.normal(size=(N, B)), (rng.uniform(size=(N, B)) < 0.3).astype(np.float64)
-    y = bcq_ft.soft_clipped_double_q_target(torch.tensor(next_q), torch.tensor(rewards), torch.tensor(dones),
-                                            0.9, 0.75, K).numpy()
+    y = bcq_ft.soft_clipped_double_q_target(
+        torch.tensor(next_q), torch.tensor(rewards), torch.tensor(dones), 0.9, 0.75, K
+    ).numpy()
     for i in range(N):
         for b in range(B):
             best = -np.inf
@@ -85,8 +101,9 @@ def test_vae_loss_matches_reconstruction_plus_half_kl():
         std = log_std.clamp(-4, 15).exp()
         z = mean + std * torch.randn_like(std)
         reconstruction = torch.tanh(vae.decoder(torch.cat([obs, z], -1)))
-        kl_terms = torch.distributions.kl_divergence(torch.distributions.Normal(mean, std),
-                                                     torch.distributions.Normal(0.0, 1.0))
+        kl_terms = torch.distributions.kl_divergence(
+            torch.distributions.Normal(mean, std), torch.distributions.Normal(0.0, 1.0)
+        )
     expected = sum(((reconstruction[i] - actions[i]) ** 2).mean() + 0.5 * kl_terms[i].mean() for i in range(N))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert kl.item() == pytest.approx(kl_terms.mean().item(), rel=1e-5)
@@ -120,13 +137,31 @@ def test_select_action_takes_best_pooled_candidate_by_mean_q1():
 def test_tiny_offline_then_online_run_is_deterministic(run_script, tiny_hopper_dataset, tmp_path):
     runs = []
     for name in ("a", "b"):
-        result = run_script("bcq_ft.py", *TINY, "--dataset-path", tiny_hopper_dataset, "--offline-steps", "100",
-                            "--online-steps", "200", "--run-dir", f"runs/{name}", "--checkpoint", f"ck/{name}.pt")
+        result = run_script(
+            "bcq_ft.py",
+            *TINY,
+            "--dataset-path",
+            tiny_hopper_dataset,
+            "--offline-steps",
+            "100",
+            "--online-steps",
+            "200",
+            "--run-dir",
+            f"runs/{name}",
+            "--checkpoint",
+            f"ck/{name}.pt",
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         runs.append(scalars(tmp_path / "runs" / name, sps=True))
     first, second = runs
-    for tag in ("eval/normalized_score", "eval/return", "losses/critic_loss", "losses/actor_loss",
-                "losses/vae_loss", "charts/SPS"):
+    for tag in (
+        "eval/normalized_score",
+        "eval/return",
+        "losses/critic_loss",
+        "losses/actor_loss",
+        "losses/vae_loss",
+        "charts/SPS",
+    ):
         assert tag in first, tag
     assert [s for s, _ in first["eval/return"]] == [0, 100, 200]
     assert [s for s, _ in first["losses/critic_loss"]] == [-50, 0, 50, 100, 150, 200]
@@ -148,13 +183,13 @@ def _bad_file(kind, tmp_path):
     actions = np.zeros((m, 3))
     if kind == "nan":
         actions[3, 1] = np.inf
-    write_d4rl_file(path, np.zeros((m, obs_dim)), actions, np.zeros(m), np.zeros(m), np.zeros(m),
-                    np.zeros((m, obs_dim)))
+    write_d4rl_file(path, np.zeros((m, obs_dim)), actions, np.zeros(m), np.zeros(m), np.zeros(m), np.zeros((m, obs_dim)))
     return path
 
 
-@pytest.mark.parametrize("kind, message", [("missing", "does not exist"), ("dims", "dims 5/3"),
-                                           ("nan", "'actions' contains NaN or inf")])
+@pytest.mark.parametrize(
+    "kind, message", [("missing", "does not exist"), ("dims", "dims 5/3"), ("nan", "'actions' contains NaN or inf")]
+)
 @pytest.mark.slow
 def test_data_path_errors(kind, message, run_script, tmp_path):
     path = tmp_path / "nowhere.hdf5" if kind == "missing" else _bad_file(kind, tmp_path)
@@ -166,8 +201,23 @@ def test_data_path_errors(kind, message, run_script, tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_then_resume(tiny_hopper_dataset, tmp_path):
-    args = [*TINY, "--dataset-path", str(tiny_hopper_dataset), "--offline-steps", "100", "--online-steps", "1200",
-            "--checkpoint-every", "100", "--eval-every", "10000", "--checkpoint", "ck/run.pt", "--run-dir", "runs/r"]
+    args = [
+        *TINY,
+        "--dataset-path",
+        str(tiny_hopper_dataset),
+        "--offline-steps",
+        "100",
+        "--online-steps",
+        "1200",
+        "--checkpoint-every",
+        "100",
+        "--eval-every",
+        "10000",
+        "--checkpoint",
+        "ck/run.pt",
+        "--run-dir",
+        "runs/r",
+    ]
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     cmd = [sys.executable, str(REPO_ROOT / "bcq_ft.py"), *args]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -207,4 +257,3 @@ def test_sigkill_then_resume(tiny_hopper_dataset, tmp_path):
     other_n = [arg if arg != "2" else "3" for arg in cmd]  # "--n-ensemble 2" is the only "2" in cmd
     result = subprocess.run(other_n + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "n_ensemble=2" in result.stderr and "Traceback" not in result.stderr
-

@@ -3,6 +3,7 @@
 The shell scripts are exercised with a stub in place of python (--python STUB) that records its arguments, so the
 commands are checked as they would really be executed, without training anything.
 """
+
 import csv
 import itertools
 import os
@@ -27,11 +28,20 @@ GYM_IDS = {"halfcheetah": "HalfCheetah-v4", "hopper": "Hopper-v4", "walker2d": "
 
 def bash(repo_root, script, *args, env_extra=None, cwd=None):
     """Run a benchmark script with a clean environment (no ENVS/SEEDS/... defaults leaking in from outside)."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"ENVS", "DATASETS", "SEEDS", "METHODS", "STUDIES", "PYTHON", "OUT_DIR", "CKPT_DIR", "WORKERS"}}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"ENVS", "DATASETS", "SEEDS", "METHODS", "STUDIES", "PYTHON", "OUT_DIR", "CKPT_DIR", "WORKERS"}
+    }
     env.update(env_extra or {})
-    return subprocess.run(["bash", str(repo_root / "benchmark" / script), *map(str, args)], capture_output=True,
-                          text=True, env=env, cwd=cwd or repo_root, timeout=60)
+    return subprocess.run(
+        ["bash", str(repo_root / "benchmark" / script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd or repo_root,
+        timeout=60,
+    )
 
 
 def dry_run_stages(output):
@@ -94,8 +104,9 @@ def test_paper_dry_run_prints_the_full_grid(repo_root):
     assert all(flag(c, "n-ensemble") == "1" for c in sac_ft)
     assert all(flag(c, "total-timesteps") == "250000" for c in sac)
     assert all(flag(c, "offline-steps") == "1000000" and flag(c, "online-steps") == "250000" for c in awac + bcq)
-    assert {(flag(c, "env-id"), flag(c, "awac-lambda")) for c in awac if flag(c, "awac-lambda") != "1.0"} == \
-        {("walker2d-medium-expert-v2", "0.3333")}
+    assert {(flag(c, "env-id"), flag(c, "awac-lambda")) for c in awac if flag(c, "awac-lambda") != "1.0"} == {
+        ("walker2d-medium-expert-v2", "0.3333")
+    }
     # every fine-tune reads the checkpoint its own task/seed pretraining writes, and ours and SAC-ft share it
     written = {(flag(c, "env-id"), flag(c, "seed")): flag(c, "checkpoint") for c in pretrain}
     for c in ours + sac_ft:
@@ -109,9 +120,25 @@ def test_paper_dry_run_prints_the_full_grid(repo_root):
 
 
 def test_paper_subsets_options_and_errors(repo_root, tmp_path):
-    result = bash(repo_root, "paper.sh", "--dry-run", "--envs", "hopper", "--datasets", "medium,random",
-                  "--seeds", "3", "--methods", "ours", "--python", "/opt/py", "--out-dir", tmp_path / "r",
-                  "--checkpoint-dir", tmp_path / "c")
+    result = bash(
+        repo_root,
+        "paper.sh",
+        "--dry-run",
+        "--envs",
+        "hopper",
+        "--datasets",
+        "medium,random",
+        "--seeds",
+        "3",
+        "--methods",
+        "ours",
+        "--python",
+        "/opt/py",
+        "--out-dir",
+        tmp_path / "r",
+        "--checkpoint-dir",
+        tmp_path / "c",
+    )
     assert result.returncode == 0, result.stderr
     stages = dry_run_stages(result.stdout)
     assert {k: len(v) for k, v in stages.items()} == {0: 2, 1: 2, 2: 2}
@@ -119,21 +146,47 @@ def test_paper_subsets_options_and_errors(repo_root, tmp_path):
     assert f"--cql-checkpoint {tmp_path}/c/cql_hopper-medium-v2_seed3.pt" in stages[2][0]
     assert f"--run-dir {tmp_path}/r/hopper-medium-v2__ours__seed3" in stages[2][0]
     # SEEDS from the environment is the default; --skip-pretrain reuses checkpoints
-    result = bash(repo_root, "paper.sh", "--dry-run", "--envs", "walker2d", "--datasets", "medium", "--methods",
-                  "sac-ft", "--skip-pretrain", env_extra={"SEEDS": "7 8"})
+    result = bash(
+        repo_root,
+        "paper.sh",
+        "--dry-run",
+        "--envs",
+        "walker2d",
+        "--datasets",
+        "medium",
+        "--methods",
+        "sac-ft",
+        "--skip-pretrain",
+        env_extra={"SEEDS": "7 8"},
+    )
     stages = dry_run_stages(result.stdout)
     assert sorted(stages) == [0, 2] and [flag(c, "seed") for c in stages[2]] == ["7", "8"]
-    for bad_args, message in [(["--methods", "ours,ppo"], "unknown method 'ppo'"), (["--envs", "ant"], "unknown env"),
-                              (["--workers", "0"], "--workers"), (["--frobnicate"], "unknown option"),
-                              (["--slurm"], "--slurm needs a value"), (["--envs", "--seeds", "1"], "--envs needs a value")]:
+    for bad_args, message in [
+        (["--methods", "ours,ppo"], "unknown method 'ppo'"),
+        (["--envs", "ant"], "unknown env"),
+        (["--workers", "0"], "--workers"),
+        (["--frobnicate"], "unknown option"),
+        (["--slurm"], "--slurm needs a value"),
+        (["--envs", "--seeds", "1"], "--envs needs a value"),
+    ]:
         result = bash(repo_root, "paper.sh", "--dry-run", *bad_args)
         assert result.returncode != 0 and message in result.stderr, (bad_args, result.stderr)
 
 
 def test_paper_slurm_files_dispatch_the_right_command(repo_root, tmp_path, stub_python):
     stub, log = stub_python
-    options = ["--envs", "hopper,walker2d", "--datasets", "medium", "--seeds", "0,1", "--python", stub,
-               "--out-dir", tmp_path / "runs"]
+    options = [
+        "--envs",
+        "hopper,walker2d",
+        "--datasets",
+        "medium",
+        "--seeds",
+        "0,1",
+        "--python",
+        stub,
+        "--out-dir",
+        tmp_path / "runs",
+    ]
     stages = dry_run_stages(bash(repo_root, "paper.sh", "--dry-run", *options).stdout)
     sbatch = tmp_path / "slurm" / "paper.sbatch"
     result = bash(repo_root, "paper.sh", "--slurm", sbatch, *options)
@@ -152,9 +205,13 @@ def test_paper_slurm_files_dispatch_the_right_command(repo_root, tmp_path, stub_
         # execute the array task's script as Slurm would, for the first and the last task id
         for task_id in (0, n - 1):
             log.unlink(missing_ok=True)
-            run = subprocess.run(["bash", str(path)], env=dict(os.environ, SLURM_ARRAY_TASK_ID=str(task_id),
-                                                                 SLURM_ARRAY_JOB_ID="7"), capture_output=True, text=True,
-                                 timeout=30)
+            run = subprocess.run(
+                ["bash", str(path)],
+                env=dict(os.environ, SLURM_ARRAY_TASK_ID=str(task_id), SLURM_ARRAY_JOB_ID="7"),
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             assert run.returncode == 0, run.stderr
             expected = stages[stage][task_id]
             assert run.stdout.splitlines()[0] == f"+ {expected}"  # printed before it runs
@@ -184,8 +241,24 @@ while true; do sleep 0.05; done
     for path in (job, bin_dir / "scontrol"):
         path.chmod(0o755)
     sbatch = tmp_path / "slurm" / "paper.sbatch"
-    result = bash(repo_root, "paper.sh", "--slurm", sbatch, "--envs", "hopper", "--datasets", "medium", "--seeds", "0",
-                  "--methods", "sac", "--python", job, "--out-dir", tmp_path / "runs")
+    result = bash(
+        repo_root,
+        "paper.sh",
+        "--slurm",
+        sbatch,
+        "--envs",
+        "hopper",
+        "--datasets",
+        "medium",
+        "--seeds",
+        "0",
+        "--methods",
+        "sac",
+        "--python",
+        job,
+        "--out-dir",
+        tmp_path / "runs",
+    )
     assert result.returncode == 0, result.stderr
     text = sbatch.read_text()
     assert "#SBATCH --signal=B:TERM@120\n" in text and "#SBATCH --requeue\n" in text
@@ -206,12 +279,40 @@ while true; do sleep 0.05; done
 
 def test_paper_local_run_prints_then_runs_each_stage_in_order(repo_root, tmp_path, stub_python):
     stub, log = stub_python
-    result = bash(repo_root, "paper.sh", "--workers", "3", "--envs", "hopper", "--datasets", "medium,random",
-                  "--seeds", "0,1", "--python", stub, "--out-dir", tmp_path / "runs")
+    result = bash(
+        repo_root,
+        "paper.sh",
+        "--workers",
+        "3",
+        "--envs",
+        "hopper",
+        "--datasets",
+        "medium,random",
+        "--seeds",
+        "0,1",
+        "--python",
+        stub,
+        "--out-dir",
+        tmp_path / "runs",
+    )
     assert result.returncode == 0, result.stderr
-    stages = dry_run_stages(bash(repo_root, "paper.sh", "--dry-run", "--envs", "hopper", "--datasets",
-                                 "medium,random", "--seeds", "0,1", "--python", stub,
-                                 "--out-dir", tmp_path / "runs").stdout)
+    stages = dry_run_stages(
+        bash(
+            repo_root,
+            "paper.sh",
+            "--dry-run",
+            "--envs",
+            "hopper",
+            "--datasets",
+            "medium,random",
+            "--seeds",
+            "0,1",
+            "--python",
+            stub,
+            "--out-dir",
+            tmp_path / "runs",
+        ).stdout
+    )
     printed = [line[2:] for line in result.stdout.splitlines() if line.startswith("+ ")]
     assert sorted(printed) == sorted(c for s in stages.values() for c in s)
     calls = log.read_text().splitlines()
@@ -225,8 +326,22 @@ def test_paper_local_run_prints_then_runs_each_stage_in_order(repo_root, tmp_pat
     failing = tmp_path / "failing.sh"
     failing.write_text("#!/usr/bin/env bash\n[[ $1 == cql_pretrain.py ]] && exit 3\nexit 0\n")
     failing.chmod(0o755)
-    result = bash(repo_root, "paper.sh", "--envs", "hopper", "--datasets", "medium", "--seeds", "0",
-                  "--methods", "ours", "--python", failing, "--out-dir", tmp_path / "runs2")
+    result = bash(
+        repo_root,
+        "paper.sh",
+        "--envs",
+        "hopper",
+        "--datasets",
+        "medium",
+        "--seeds",
+        "0",
+        "--methods",
+        "ours",
+        "--python",
+        failing,
+        "--out-dir",
+        tmp_path / "runs2",
+    )
     assert result.returncode != 0 and "stage 1 had failures" in result.stderr
     assert "FAILED: hopper-medium-v2__cql-pretrain__seed0" in result.stdout
     assert "balanced_finetune.py" not in result.stdout
@@ -244,38 +359,43 @@ def test_paper_minari_suite_dry_run(repo_root):
     assert {k: len(v) for k, v in stages.items()} == {0: 9, 1: 120, 2: 72}
     commands = [c for stage in sorted(stages) for c in stages[stage]]
     grid = {(t, str(s)) for t, s in itertools.product(MINARI_TASKS, SEEDS)}
-    by_script = {name: [c for c in commands if c.startswith(f"python {name}.py ")]
-                 for name in ("cql_pretrain", "awac", "bcq_ft", "sac")}
+    by_script = {
+        name: [c for c in commands if c.startswith(f"python {name}.py ")] for name in ("cql_pretrain", "awac", "bcq_ft", "sac")
+    }
     ours = [c for c in commands if re.search(r"balanced_finetune\.py .*--sampling balanced", c)]
     sac_ft = [c for c in commands if re.search(r"balanced_finetune\.py .*--sampling uniform", c)]
     for group in (by_script["cql_pretrain"], by_script["awac"], by_script["bcq_ft"], ours, sac_ft):
         assert {(flag(c, "env-id"), flag(c, "seed")) for c in group} == grid and len(group) == 36
     # SAC from scratch runs in the env of the first dataset (-v5, its reference scores), named per env
-    assert {(flag(c, "env-id"), flag(c, "run-dir")) for c in by_script["sac"]} == \
-        {(f"mujoco/{e}/simple-v0", f"runs/mujoco-{e}__sac__seed{s}") for e in ENVS for s in SEEDS}
+    assert {(flag(c, "env-id"), flag(c, "run-dir")) for c in by_script["sac"]} == {
+        (f"mujoco/{e}/simple-v0", f"runs/mujoco-{e}__sac__seed{s}") for e in ENVS for s in SEEDS
+    }
     assert all(flag(c, "awac-lambda") == "1.0" for c in by_script["awac"])  # no walker2d-medium-expert here
     # one file name per task: '/' of the id is '-' in run, checkpoint and log names
     for c in commands:
         for name in ("run-dir", "checkpoint", "cql-checkpoint"):
             if flag(c, name):
                 assert flag(c, name).count("/") == 1, c
-    assert {flag(c, "run-dir") for c in ours} == {f"runs/mujoco-{e}-{d}-v0__ours__seed{s}"
-                                                  for e in ENVS for d in MINARI_DATASETS for s in SEEDS}
+    assert {flag(c, "run-dir") for c in ours} == {
+        f"runs/mujoco-{e}-{d}-v0__ours__seed{s}" for e in ENVS for d in MINARI_DATASETS for s in SEEDS
+    }
     written = {(flag(c, "env-id"), flag(c, "seed")): flag(c, "checkpoint") for c in by_script["cql_pretrain"]}
     assert written[("mujoco/hopper/medium-v0", "2")] == "checkpoints/cql_mujoco-hopper-medium-v0_seed2.pt"
     for c in ours + sac_ft:
         assert flag(c, "cql-checkpoint") == written[(flag(c, "env-id"), flag(c, "seed"))]
     assert len({flag(c, "run-dir") for c in commands if "--run-dir" in c}) == 192
-    assert stages[0] == [f"python -c 'import cql_pretrain; cql_pretrain.minari_dataset(\"{t}\")'"
-                         for t in MINARI_TASKS]
+    assert stages[0] == [f"python -c 'import cql_pretrain; cql_pretrain.minari_dataset(\"{t}\")'" for t in MINARI_TASKS]
     # SUITE from the environment, a subset, and the paper's datasets that have no Minari counterpart
-    result = bash(repo_root, "paper.sh", "--dry-run", "--datasets", "expert", "--methods", "sac",
-                  env_extra={"SUITE": "minari"})
+    result = bash(
+        repo_root, "paper.sh", "--dry-run", "--datasets", "expert", "--methods", "sac", env_extra={"SUITE": "minari"}
+    )
     stages = dry_run_stages(result.stdout)
     assert [flag(c, "env-id") for c in stages[1]][:1] == ["mujoco/halfcheetah/expert-v0"] and len(stages[0]) == 3
-    for bad_args, message in [(["--datasets", "random"], "the nearest is 'simple'"),
-                              (["--datasets", "medium,medium-replay"], "'medium-replay' has no Minari counterpart"),
-                              (["--datasets", "medium-expert"], "'medium-expert' has no Minari counterpart")]:
+    for bad_args, message in [
+        (["--datasets", "random"], "the nearest is 'simple'"),
+        (["--datasets", "medium,medium-replay"], "'medium-replay' has no Minari counterpart"),
+        (["--datasets", "medium-expert"], "'medium-expert' has no Minari counterpart"),
+    ]:
         result = bash(repo_root, "paper.sh", "--dry-run", "--suite", "minari", *bad_args)
         assert result.returncode != 0 and message in result.stderr, (bad_args, result.stderr)
     result = bash(repo_root, "paper.sh", "--dry-run", "--suite", "d4rl5")
@@ -284,22 +404,36 @@ def test_paper_minari_suite_dry_run(repo_root):
 
 def test_paper_minari_suite_runs_locally_and_ablations_take_it(repo_root, tmp_path, stub_python):
     stub, log = stub_python
-    options = ["--suite", "minari", "--envs", "hopper", "--datasets", "medium", "--seeds", "0", "--python", stub,
-               "--out-dir", tmp_path / "runs"]
+    options = [
+        "--suite",
+        "minari",
+        "--envs",
+        "hopper",
+        "--datasets",
+        "medium",
+        "--seeds",
+        "0",
+        "--python",
+        stub,
+        "--out-dir",
+        tmp_path / "runs",
+    ]
     result = bash(repo_root, "paper.sh", "--workers", "2", *options)
     assert result.returncode == 0, result.stdout + result.stderr
     stages = dry_run_stages(bash(repo_root, "paper.sh", "--dry-run", *options).stdout)
     assert sorted(log.read_text().splitlines()) == sorted(args_seen_by_python(c) for s in stages.values() for c in s)
     logs = sorted(p.name for p in (tmp_path / "runs" / "logs").iterdir())  # one flat log file per job
     assert len(logs) == 7 and "mujoco-hopper-medium-v0__ours__seed0.log" in logs  # download, cql, awac, bcq, sac, ours, sac-ft
-    result = bash(repo_root, "ablations.sh", "--dry-run", "--suite", "minari", "--envs", "walker2d", "--seeds", "1",
-                  "--studies", "fig1c")
+    result = bash(
+        repo_root, "ablations.sh", "--dry-run", "--suite", "minari", "--envs", "walker2d", "--seeds", "1", "--studies", "fig1c"
+    )
     stages = dry_run_stages(result.stdout)
     assert {k: len(v) for k, v in stages.items()} == {0: 3, 1: 3, 2: 6, 3: 3}
     fqe = [c for c in stages[2] if " fqe.py " in c]
     assert {flag(c, "env-id") for c in fqe} == {f"mujoco/walker2d/{d}-v0" for d in MINARI_DATASETS}
-    assert {flag(c, "checkpoint") for c in fqe} == \
-        {f"checkpoints/fqe_mujoco-walker2d-{d}-v0_seed1.pt" for d in MINARI_DATASETS}
+    assert {flag(c, "checkpoint") for c in fqe} == {
+        f"checkpoints/fqe_mujoco-walker2d-{d}-v0_seed1.pt" for d in MINARI_DATASETS
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -318,9 +452,17 @@ def test_ablations_dry_run_and_slurm(repo_root, tmp_path):
             key = (flag(c, "sampling"), flag(c, "n-ensemble"), flag(c, "q-init"))
             arms.setdefault(key, set()).add((flag(c, "env-id"), flag(c, "seed")))
     grid = {(t, str(s)) for t, s in itertools.product(TASKS, SEEDS)}
-    assert arms == {key: grid for key in [("balanced", "5", "cql"), ("uniform", "5", "cql"),
-                                          ("online-only", "5", "cql"), ("balanced", "1", "cql"),
-                                          ("balanced", "2", "cql"), ("balanced", "5", "fqe")]}
+    assert arms == {
+        key: grid
+        for key in [
+            ("balanced", "5", "cql"),
+            ("uniform", "5", "cql"),
+            ("online-only", "5", "cql"),
+            ("balanced", "1", "cql"),
+            ("balanced", "2", "cql"),
+            ("balanced", "5", "fqe"),
+        ]
+    }
     fqe_written = {(flag(c, "env-id"), flag(c, "seed")): flag(c, "checkpoint") for c in stages[2] if " fqe.py " in c}
     cql_written = {(flag(c, "env-id"), flag(c, "seed")): flag(c, "checkpoint") for c in stages[1]}
     assert len(fqe_written) == 48
@@ -357,8 +499,10 @@ def write_runs(root):
 
     rng = np.random.default_rng(0)
     logged = {}
-    for method, schedules in {"ours": [range(0, 5001, 1000)] * 2,
-                              "awac": [range(0, 5001, 1000), range(0, 6001, 1500)]}.items():
+    for method, schedules in {
+        "ours": [range(0, 5001, 1000)] * 2,
+        "awac": [range(0, 5001, 1000), range(0, 6001, 1500)],
+    }.items():
         logged[method] = []
         for seed, steps in enumerate(schedules):
             steps = np.array(steps)
@@ -387,9 +531,21 @@ def read_csv(path):
 def test_plot_writes_figures_and_exact_aggregates(repo_root, tmp_path):
     logged = write_runs(tmp_path / "runs")
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, str(repo_root / "benchmark" / "plot.py"), str(tmp_path / "runs"),
-                             "--exclude", "*cql-pretrain*", "--out-dir", str(out), "--summary"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(repo_root / "benchmark" / "plot.py"),
+            str(tmp_path / "runs"),
+            "--exclude",
+            "*cql-pretrain*",
+            "--out-dir",
+            str(out),
+            "--summary",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     for stem in ("fig3_score", "fig4a_offline_fraction", "fig4b_auroc"):
         assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -420,16 +576,29 @@ def test_plot_writes_figures_and_exact_aggregates(repo_root, tmp_path):
     assert summary["ours"]["final_step"] == "5000" and summary["ours"]["n_seeds"] == "2"
     np.testing.assert_allclose(float(summary["ours"]["mean"]), final.mean(), rtol=1e-5)
     np.testing.assert_allclose(float(summary["ours"]["std"]), final.std(), rtol=1e-5, atol=1e-4)
-    assert f"| hopper-medium-v2 | Ours (balanced replay + Q-ensemble) | 5000 | {final.mean():.1f} ± {final.std():.1f} | 2 |" \
+    assert (
+        f"| hopper-medium-v2 | Ours (balanced replay + Q-ensemble) | 5000 | {final.mean():.1f} ± {final.std():.1f} | 2 |"
         in result.stdout
+    )
 
 
 def test_plot_explicit_method_globs(repo_root, tmp_path, capsys):
     logged = write_runs(tmp_path / "runs")
     plot = load_script("benchmark/plot")
     out = tmp_path / "out"
-    plot.main([f"--method=Ours, seed 0 only={tmp_path}/runs/*__ours__seed0", f"--method=AWAC (N=5)={tmp_path}/runs/*awac*",
-               "--figures", "fig3", "--formats", "png", "--include-offline", "--out-dir", str(out)])
+    plot.main(
+        [
+            f"--method=Ours, seed 0 only={tmp_path}/runs/*__ours__seed0",
+            f"--method=AWAC (N=5)={tmp_path}/runs/*awac*",
+            "--figures",
+            "fig3",
+            "--formats",
+            "png",
+            "--include-offline",
+            "--out-dir",
+            str(out),
+        ]
+    )
     rows = read_csv(out / "curves.csv")
     assert {r["method"] for r in rows} == {"Ours, seed 0 only", "AWAC (N=5)"}  # a name may hold "="
     ours = [r for r in rows if r["method"] == "Ours, seed 0 only"]

@@ -10,6 +10,7 @@
 Speed: the scripts' main() run in-process at tiny sizes (fail() raises SystemExit("error: ..."), exit status 1, as
 in test_reliability.py); real processes check the stderr and exit status of a refused checkpoint and a short download.
 """
+
 import http.server
 import os
 import pickle
@@ -73,9 +74,22 @@ def policy(tmp_path_factory, mods):
     path = tmp_path_factory.mktemp("policy") / "cql.pt"
     torch.manual_seed(0)
     c = mods["cql_pretrain"]
-    torch.save({"format": FORMAT, "algo": "cql", "env_id": "Hopper-v4", "obs_dim": 11, "act_dim": 3, "n_ensemble": 2,
-                "hidden_sizes": [HIDDEN, HIDDEN], "actor": c.EnsembleActor(11, 3, [HIDDEN] * 2, 2).state_dict(),
-                "critic": c.EnsembleCritic(11, 3, [HIDDEN] * 2, 2).state_dict(), "step": 0, "args": {}}, path)
+    torch.save(
+        {
+            "format": FORMAT,
+            "algo": "cql",
+            "env_id": "Hopper-v4",
+            "obs_dim": 11,
+            "act_dim": 3,
+            "n_ensemble": 2,
+            "hidden_sizes": [HIDDEN, HIDDEN],
+            "actor": c.EnsembleActor(11, 3, [HIDDEN] * 2, 2).state_dict(),
+            "critic": c.EnsembleCritic(11, 3, [HIDDEN] * 2, 2).state_dict(),
+            "step": 0,
+            "args": {},
+        },
+        path,
+    )
     return path
 
 
@@ -83,24 +97,119 @@ def tiny_argv(script, data, policy) -> list:
     """A tiny run of each script writing ck.pt (relative) with a checkpoint before its end, logging to runs/r."""
     common = ["--env-id", "Hopper-v4", "--no-cuda", "--run-dir", "runs/r"]
     if script == "sac":
-        return [*common, "--total-timesteps", "300", "--learning-starts", "50", "--batch-size", "16", "--hidden-dim",
-                HIDDEN, "--log-every", "25", "--eval-every", "150", "--eval-episodes", "1", "--checkpoint-every", "100",
-                "--checkpoint", "ck.pt"]
+        return [
+            *common,
+            "--total-timesteps",
+            "300",
+            "--learning-starts",
+            "50",
+            "--batch-size",
+            "16",
+            "--hidden-dim",
+            HIDDEN,
+            "--log-every",
+            "25",
+            "--eval-every",
+            "150",
+            "--eval-episodes",
+            "1",
+            "--checkpoint-every",
+            "100",
+            "--checkpoint",
+            "ck.pt",
+        ]
     common += ["--dataset-path", data]
     if script == "cql_pretrain":
-        return [*common, "--n-ensemble", "2", "--hidden-dim", HIDDEN, "--batch-size", "16", "--offline-steps", "60",
-                "--log-every", "10", "--eval-every", "30", "--eval-episodes", "1", "--checkpoint-every", "20",
-                "--checkpoint", "ck.pt"]
+        return [
+            *common,
+            "--n-ensemble",
+            "2",
+            "--hidden-dim",
+            HIDDEN,
+            "--batch-size",
+            "16",
+            "--offline-steps",
+            "60",
+            "--log-every",
+            "10",
+            "--eval-every",
+            "30",
+            "--eval-episodes",
+            "1",
+            "--checkpoint-every",
+            "20",
+            "--checkpoint",
+            "ck.pt",
+        ]
     if script == "fqe":
-        return [*common, "--policy-checkpoint", policy, "--steps", "60", "--batch-size", "16", "--log-every", "10",
-                "--eval-every", "30", "--eval-episodes", "1", "--checkpoint-every", "20", "--checkpoint", "ck.pt"]
+        return [
+            *common,
+            "--policy-checkpoint",
+            policy,
+            "--steps",
+            "60",
+            "--batch-size",
+            "16",
+            "--log-every",
+            "10",
+            "--eval-every",
+            "30",
+            "--eval-episodes",
+            "1",
+            "--checkpoint-every",
+            "20",
+            "--checkpoint",
+            "ck.pt",
+        ]
     if script == "balanced_finetune":
-        return [*common, "--cql-checkpoint", policy, "--n-ensemble", "2", "--online-steps", "150", "--epoch-length",
-                "50", "--first-epoch-multiplier", "1", "--batch-size", "16", "--ratio-batch-size", "16", "--hidden-dim",
-                HIDDEN, "--eval-episodes", "1", "--checkpoint-every", "50", "--checkpoint", "ck.pt"]
-    return [*common, "--n-ensemble", "2", "--hidden-dim", HIDDEN, "--batch-size", "16", "--offline-steps", "20",
-            "--online-steps", "120", "--log-every", "10", "--eval-every", "60", "--eval-episodes", "1",
-            "--checkpoint-every", "60", "--checkpoint", "ck.pt"]  # awac, bcq_ft
+        return [
+            *common,
+            "--cql-checkpoint",
+            policy,
+            "--n-ensemble",
+            "2",
+            "--online-steps",
+            "150",
+            "--epoch-length",
+            "50",
+            "--first-epoch-multiplier",
+            "1",
+            "--batch-size",
+            "16",
+            "--ratio-batch-size",
+            "16",
+            "--hidden-dim",
+            HIDDEN,
+            "--eval-episodes",
+            "1",
+            "--checkpoint-every",
+            "50",
+            "--checkpoint",
+            "ck.pt",
+        ]
+    return [
+        *common,
+        "--n-ensemble",
+        "2",
+        "--hidden-dim",
+        HIDDEN,
+        "--batch-size",
+        "16",
+        "--offline-steps",
+        "20",
+        "--online-steps",
+        "120",
+        "--log-every",
+        "10",
+        "--eval-every",
+        "60",
+        "--eval-episodes",
+        "1",
+        "--checkpoint-every",
+        "60",
+        "--checkpoint",
+        "ck.pt",
+    ]  # awac, bcq_ft
 
 
 # ---------------------------------------------------------------------------------
@@ -153,8 +262,12 @@ REFUSING_FLAGS = {  # case -> (script, the flag given the crafted file, other ar
 
 # Without --resume a script reads its output path only when it is a torch.save zip (to keep another algorithm's
 # checkpoint): a bare pickle there is overwritten unread, so those pairs are not refusal cases.
-REFUSAL_CASES = [(case, kind) for case in REFUSING_FLAGS for kind in ("open", "system", "raw_pickle")
-                 if not (case.endswith(" --checkpoint") and kind == "raw_pickle")]
+REFUSAL_CASES = [
+    (case, kind)
+    for case in REFUSING_FLAGS
+    for kind in ("open", "system", "raw_pickle")
+    if not (case.endswith(" --checkpoint") and kind == "raw_pickle")
+]
 
 
 @pytest.mark.parametrize("case, kind", REFUSAL_CASES, ids=[f"{case}-{kind}" for case, kind in REFUSAL_CASES])
@@ -180,16 +293,24 @@ def test_real_process_refuses_with_one_line(tiny_hopper_dataset, policy, tmp_pat
     (balanced_finetune.py's CQL input, --cql-checkpoint) and fqe.py's policy; every flag of every script is checked
     in-process above, and load_checkpoint is one function copied verbatim (test_reliability's identity test)."""
     env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
-    cases = {script: REFUSING_FLAGS[case] for script, case in (("balanced_finetune", "balanced_finetune --cql-checkpoint"),
-                                                                ("fqe", "fqe --policy-checkpoint"))}
+    cases = {
+        script: REFUSING_FLAGS[case]
+        for script, case in (("balanced_finetune", "balanced_finetune --cql-checkpoint"), ("fqe", "fqe --policy-checkpoint"))
+    }
     procs = {}
     for script, (_, flag, extra) in cases.items():
         folder = tmp_path / script
         folder.mkdir()
         evil = write_payload(folder / "evil.pt", "system", folder / "marker")
         argv = tiny_argv(script, tiny_hopper_dataset, policy) + [flag, evil, *extra]
-        procs[script] = subprocess.Popen([sys.executable, str(REPO_ROOT / f"{script}.py"), *map(str, argv)], cwd=folder,
-                                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs[script] = subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / f"{script}.py"), *map(str, argv)],
+            cwd=folder,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     for script, proc in procs.items():
         _, stderr = proc.communicate(timeout=180)
         assert proc.returncode == 1, (script, stderr[-2000:])
@@ -204,12 +325,20 @@ def test_real_process_refuses_with_one_line(tiny_hopper_dataset, policy, tmp_pat
 # ---------------------------------------------------------------------------------
 # What the code before issue 14 (commit 7402653) stored as numpy arrays: the replay contents. Everything else in
 # its checkpoints was already tensors or plain Python values, so those files equal this format otherwise.
-OLD_NUMPY = {"balanced_finetune": [("resume", "online"), ("resume", "tree_leaves")],
-             "awac": [("resume", "online_transitions")], "bcq_ft": [("resume", "online_transitions")],
-             "sac": [("resume", "buffer")], "cql_pretrain": [], "fqe": []}
-REPLAY_DTYPES = {"balanced_finetune": {"online": torch.float32, "tree_leaves": torch.float64},
-                 "awac": {"online_transitions": torch.float32}, "bcq_ft": {"online_transitions": torch.float32},
-                 "sac": {"buffer": None}}  # sac: float32, and bool terminals/timeouts
+OLD_NUMPY = {
+    "balanced_finetune": [("resume", "online"), ("resume", "tree_leaves")],
+    "awac": [("resume", "online_transitions")],
+    "bcq_ft": [("resume", "online_transitions")],
+    "sac": [("resume", "buffer")],
+    "cql_pretrain": [],
+    "fqe": [],
+}
+REPLAY_DTYPES = {
+    "balanced_finetune": {"online": torch.float32, "tree_leaves": torch.float64},
+    "awac": {"online_transitions": torch.float32},
+    "bcq_ft": {"online_transitions": torch.float32},
+    "sac": {"buffer": None},
+}  # sac: float32, and bool terminals/timeouts
 
 
 def as_written_before_issue_14(ckpt, script):
@@ -217,8 +346,11 @@ def as_written_before_issue_14(ckpt, script):
     old = pickle.loads(pickle.dumps(ckpt))
     for outer, inner in OLD_NUMPY[script]:
         value = old[outer][inner]
-        old[outer][inner] = (value.numpy() if isinstance(value, torch.Tensor) else
-                             {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in value.items()})
+        old[outer][inner] = (
+            value.numpy()
+            if isinstance(value, torch.Tensor)
+            else {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in value.items()}
+        )
     return old
 
 
@@ -242,8 +374,9 @@ def as_written_before_issue_21(ckpt, script):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_every_checkpoint_kind_loads_restricted_converts_and_resumes_exactly(script, mods, tiny_hopper_dataset,
-                                                                             policy, tmp_path, monkeypatch):
+def test_every_checkpoint_kind_loads_restricted_converts_and_resumes_exactly(
+    script, mods, tiny_hopper_dataset, policy, tmp_path, monkeypatch
+):
     module, argv = mods[script], tiny_argv(script, tiny_hopper_dataset, policy)
     full = tmp_path / "uninterrupted"
     full.mkdir()
@@ -267,8 +400,11 @@ def test_every_checkpoint_kind_loads_restricted_converts_and_resumes_exactly(scr
     assert not any(isinstance(leaf, (np.ndarray, np.generic)) for leaf in leaves(mid))
     for field, dtype in REPLAY_DTYPES.get(script, {}).items():
         stored = mid["resume"][field]
-        dtypes = {stored.dtype} if isinstance(stored, torch.Tensor) else {v.dtype for v in stored.values()
-                                                                          if isinstance(v, torch.Tensor)}
+        dtypes = (
+            {stored.dtype}
+            if isinstance(stored, torch.Tensor)
+            else {v.dtype for v in stored.values() if isinstance(v, torch.Tensor)}
+        )
         assert dtypes == ({dtype} if dtype else {torch.float32, torch.bool}), (field, dtypes)
 
     # the older format: refused with the converter's command (cql_pretrain and fqe never held numpy arrays)
@@ -281,11 +417,18 @@ def test_every_checkpoint_kind_loads_restricted_converts_and_resumes_exactly(scr
     resume = argv + ["--resume"]
     if OLD_NUMPY[script]:
         message = run_main(module, resume, monkeypatch, converted)
-        assert message == ("error: checkpoint ck.pt holds numpy arrays: it was written by an older version of this "
-                           "project and was not loaded; if you trust the file, convert it once with: "
-                           "python benchmark/convert_checkpoint.py ck.pt"), message
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmark" / "convert_checkpoint.py"), "ck.pt"],
-                          cwd=converted, capture_output=True, text=True, timeout=120)
+        assert message == (
+            "error: checkpoint ck.pt holds numpy arrays: it was written by an older version of this "
+            "project and was not loaded; if you trust the file, convert it once with: "
+            "python benchmark/convert_checkpoint.py ck.pt"
+        ), message
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmark" / "convert_checkpoint.py"), "ck.pt"],
+        cwd=converted,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert ("converted ck.pt" if OLD_NUMPY[script] else "already in the current format") in done.stdout
     assert differences(torch.load(converted / "ck.pt", weights_only=True), mid) == []
@@ -295,8 +438,9 @@ def test_every_checkpoint_kind_loads_restricted_converts_and_resumes_exactly(scr
         run_to_end(module, resume, monkeypatch, folder)
     for folder in (converted, old_rng):
         assert scalars(native / "runs" / "r") == scalars(folder / "runs" / "r")
-        assert differences(torch.load(native / "ck.pt", weights_only=True),
-                           torch.load(folder / "ck.pt", weights_only=True)) == []
+        assert (
+            differences(torch.load(native / "ck.pt", weights_only=True), torch.load(folder / "ck.pt", weights_only=True)) == []
+        )
     assert torch.load(native / "ck.pt", weights_only=True)["step"] == final_step
     if script in ("cql_pretrain", "fqe"):  # offline: a resumed run is the uninterrupted run (online ones restart the env)
         after = {tag: [(s, v) for s, v in values if s > mid["step"]] for tag, values in scalars(full / "runs" / "r").items()}
@@ -308,8 +452,12 @@ def test_converter_leaves_other_files_alone(tmp_path):
     not_ours = tmp_path / "other.pt"
     torch.save({"weights": np.zeros(3, np.float32)}, not_ours)  # numpy inside, but no checkpoint of this project
     before = not_ours.read_bytes()
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmark" / "convert_checkpoint.py"), not_ours],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmark" / "convert_checkpoint.py"), not_ours],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert f"error: {not_ours} is not an {FORMAT} checkpoint of this project; not converted" in done.stderr
     assert not_ours.read_bytes() == before and not (tmp_path / "other.pt.tmp").exists()
@@ -357,9 +505,12 @@ def test_short_download_is_deleted_and_reported(script, mods, server, tmp_path, 
     with pytest.raises(SystemExit) as stop:
         module.download_d4rl_file("hopper-medium-v2")
     message = stop.value.code
-    assert re.fullmatch(rf"error: download of http://127\.0\.0\.1:\d+/gym_mujoco_v2/hopper_medium-v2\.hdf5 ended after "
-                        rf"4096 of the {len(BODY)} bytes announced; the partial file was deleted and {re.escape(str(final))}"
-                        rf" not written: run again, or download it there by hand", message), message
+    assert re.fullmatch(
+        rf"error: download of http://127\.0\.0\.1:\d+/gym_mujoco_v2/hopper_medium-v2\.hdf5 ended after "
+        rf"4096 of the {len(BODY)} bytes announced; the partial file was deleted and {re.escape(str(final))}"
+        rf" not written: run again, or download it there by hand",
+        message,
+    ), message
     assert os.listdir(tmp_path) == []  # neither the final name nor a .part file
     Server.short = False  # the same server sending everything: the file is complete under its final name
     assert module.download_d4rl_file("hopper-medium-v2") == str(final)
@@ -370,11 +521,24 @@ def test_short_download_is_deleted_and_reported(script, mods, server, tmp_path, 
 def test_short_download_real_process(server, tmp_path):
     """cql_pretrain.py with a D4RL name, its request sent to the loopback server as an HTTP proxy: one line, exit 1."""
     proxy = f"http://127.0.0.1:{server.server_address[1]}"
-    env = dict(os.environ, OMP_NUM_THREADS="1", D4RL_DATASET_DIR=str(tmp_path / "d4rl"), http_proxy=proxy,
-               HTTP_PROXY=proxy, no_proxy="", NO_PROXY="")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        D4RL_DATASET_DIR=str(tmp_path / "d4rl"),
+        http_proxy=proxy,
+        HTTP_PROXY=proxy,
+        no_proxy="",
+        NO_PROXY="",
+    )
     argv = ["--env-id", "hopper-medium-v2", "--no-cuda", "--n-ensemble", "1", "--eval-episodes", "1", "--checkpoint", "ck.pt"]
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "cql_pretrain.py"), *argv], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "cql_pretrain.py"), *argv],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and f"ended after 4096 of the {len(BODY)} bytes announced" in lines[0], done.stderr[-2000:]

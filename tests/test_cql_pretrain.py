@@ -1,5 +1,6 @@
 """cql_pretrain.py: eq. (3) against a plain per-state computation, member independence, the D4RL loader and its
 errors, checkpoints, determinism, and resume after a real SIGKILL."""
+
 import math
 import os
 import signal
@@ -57,7 +58,8 @@ def test_critic_loss_matches_unvectorized_eq3():
             s, a = batch["observations"][0, b], batch["actions"][0, b]
             s_next, a_next = batch["next_observations"][0, b], samples["target_actions"][0, b]
             y = float(batch["rewards"][0, b]) + gamma * (1 - float(batch["terminals"][0, b])) * min(
-                plain_q(target, 0, s_next, a_next), plain_q(target, 1, s_next, a_next))
+                plain_q(target, 0, s_next, a_next), plain_q(target, 1, s_next, a_next)
+            )
             values = []
             for k in range(n_actions):
                 j = b * n_actions + k
@@ -121,8 +123,9 @@ def test_members_have_own_weights_and_own_minibatches():
     single, single_target = cql.EnsembleCritic(obs_dim, act_dim, [8, 8], 1), cql.EnsembleCritic(obs_dim, act_dim, [8, 8], 1)
     single.load_state_dict({k: v[:2] for k, v in critic.state_dict().items()}, strict=True)
     single_target.load_state_dict({k: v[:2] for k, v in target.state_dict().items()}, strict=True)
-    single_loss, _ = cql.cql_critic_loss(single, single_target, {k: v[:1] for k, v in batch.items()},
-                                         {k: v[:1] for k, v in samples.items()}, 0.99, 5.0)
+    single_loss, _ = cql.cql_critic_loss(
+        single, single_target, {k: v[:1] for k, v in batch.items()}, {k: v[:1] for k, v in samples.items()}, 0.99, 5.0
+    )
     assert float(single_loss) == pytest.approx(loss_a, rel=1e-5)
 
 
@@ -133,8 +136,11 @@ def test_update_moves_every_member():
     target = cql.EnsembleCritic(obs_dim, act_dim, [8, 8], n)
     target.load_state_dict(critic.state_dict())
     log_alpha = torch.zeros(n, requires_grad=True)
-    opts = [torch.optim.Adam(actor.parameters(), 1e-3), torch.optim.Adam(critic.parameters(), 1e-3),
-            torch.optim.Adam([log_alpha], 1e-3)]
+    opts = [
+        torch.optim.Adam(actor.parameters(), 1e-3),
+        torch.optim.Adam(critic.parameters(), 1e-3),
+        torch.optim.Adam([log_alpha], 1e-3),
+    ]
     before = [p.detach().clone() for p in [*actor.parameters(), *critic.parameters()]]
     batch = random_batch(n, 16, obs_dim, act_dim)
     info = cql.cql_update(actor, critic, target, log_alpha, *opts, batch, 0.99, 5e-3, 5.0, 3, -2.0)
@@ -188,18 +194,22 @@ def test_loader_v0_uses_next_row_and_drops_episode_ends(tmp_path):
     np.testing.assert_array_equal(data["next_observations"][:, 0], data["rewards"] + 1)
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing_key", "no 'actions' key"),
-    ("lengths", "'rewards' has 3 rows but 'observations' has 4"),
-    ("nan", "'rewards' contains NaN or inf"),
-    ("not_hdf5", "not a readable HDF5 file"),
-    ("no_file", "does not exist"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing_key", "no 'actions' key"),
+        ("lengths", "'rewards' has 3 rows but 'observations' has 4"),
+        ("nan", "'rewards' contains NaN or inf"),
+        ("not_hdf5", "not a readable HDF5 file"),
+        ("no_file", "does not exist"),
+    ],
+)
 def test_loader_errors(tmp_path, case, message):
     path = tmp_path / f"{case}.hdf5"
     obs, act, rew, term = np.zeros((4, 2)), np.zeros((4, 1)), np.zeros(4), np.zeros(4)
     if case == "missing_key":
         import h5py
+
         with h5py.File(path, "w") as f:
             f["observations"], f["rewards"], f["terminals"] = obs, rew, term
     elif case == "lengths":
@@ -238,15 +248,41 @@ def test_dataset_dims_must_match_env(run_script, tmp_path):
 @pytest.mark.slow
 def test_unwritable_checkpoint_fails_at_startup(run_script, tmp_path, tiny_hopper_dataset):
     (tmp_path / "a_file").write_text("x")
-    proc = run_script("cql_pretrain.py", "--env-id", "Hopper-v4", "--dataset-path", tiny_hopper_dataset,
-                      "--checkpoint", tmp_path / "a_file" / "cql.pt")
+    proc = run_script(
+        "cql_pretrain.py",
+        "--env-id",
+        "Hopper-v4",
+        "--dataset-path",
+        tiny_hopper_dataset,
+        "--checkpoint",
+        tmp_path / "a_file" / "cql.pt",
+    )
     assert_clean_error(proc, "cannot write checkpoint")
 
 
 # ---- runs: checkpoint, determinism, NaN, SIGKILL + resume ----
-TINY = ["--env-id", "Hopper-v4", "--n-ensemble", "2", "--hidden-dim", "32", "--batch-size", "32",
-        "--offline-steps", "600", "--log-every", "50", "--eval-every", "300", "--eval-episodes", "2",
-        "--checkpoint-every", "150", "--seed", "3"]
+TINY = [
+    "--env-id",
+    "Hopper-v4",
+    "--n-ensemble",
+    "2",
+    "--hidden-dim",
+    "32",
+    "--batch-size",
+    "32",
+    "--offline-steps",
+    "600",
+    "--log-every",
+    "50",
+    "--eval-every",
+    "300",
+    "--eval-episodes",
+    "2",
+    "--checkpoint-every",
+    "150",
+    "--seed",
+    "3",
+]
 
 
 def script_command(*args):
@@ -284,8 +320,20 @@ def runs(tmp_path_factory, tiny_hopper_dataset):
 def test_checkpoint_has_spec_fields_and_loads_strict(runs):
     root = runs[0]
     ckpt = torch.load(root / "a.pt", weights_only=True)
-    for key in ("format", "algo", "env_id", "obs_dim", "act_dim", "n_ensemble", "hidden_sizes", "actor", "critic", "step",
-                "args", "resume"):
+    for key in (
+        "format",
+        "algo",
+        "env_id",
+        "obs_dim",
+        "act_dim",
+        "n_ensemble",
+        "hidden_sizes",
+        "actor",
+        "critic",
+        "step",
+        "args",
+        "resume",
+    ):
         assert key in ckpt
     assert (ckpt["format"], ckpt["algo"], ckpt["env_id"]) == ("o2o-ensemble-v1", "cql", "Hopper-v4")
     dims = (ckpt["obs_dim"], ckpt["act_dim"], ckpt["n_ensemble"], ckpt["hidden_sizes"], ckpt["step"])
@@ -294,8 +342,16 @@ def test_checkpoint_has_spec_fields_and_loads_strict(runs):
     actor, critic = cql.EnsembleActor(11, 3, [32, 32], 2), cql.EnsembleCritic(11, 3, [32, 32], 2)
     actor.load_state_dict(ckpt["actor"], strict=True)
     critic.load_state_dict(ckpt["critic"], strict=True)
-    for key in ("critic_target", "actor_optimizer", "critic_optimizer", "alpha_optimizer", "log_alpha", "rng", "step",
-                "run_dir"):
+    for key in (
+        "critic_target",
+        "actor_optimizer",
+        "critic_optimizer",
+        "alpha_optimizer",
+        "log_alpha",
+        "rng",
+        "step",
+        "run_dir",
+    ):
         assert key in ckpt["resume"]
     assert set(ckpt["resume"]["rng"]) == {"torch", "cuda", "numpy", "python"}  # resume_state: every RNG
     one = cql.EnsembleCritic(11, 3, [32, 32], 1)  # the first n members: critic rows [:2n]
@@ -305,8 +361,17 @@ def test_checkpoint_has_spec_fields_and_loads_strict(runs):
 @pytest.mark.slow
 def test_logged_tags(runs):
     logged = scalars(runs[0] / "runs" / "a")
-    for tag in ("eval/normalized_score", "eval/return", "eval/member_0_normalized_score", "eval/member_1_normalized_score",
-                "losses/qf", "losses/cql", "losses/actor", "charts/alpha", "charts/q_data"):
+    for tag in (
+        "eval/normalized_score",
+        "eval/return",
+        "eval/member_0_normalized_score",
+        "eval/member_1_normalized_score",
+        "losses/qf",
+        "losses/cql",
+        "losses/actor",
+        "charts/alpha",
+        "charts/q_data",
+    ):
         assert tag in logged
     assert [s for s, _ in logged["eval/return"]] == [300, 600]
     assert [s for s, _ in logged["losses/qf"]] == list(range(50, 601, 50))
@@ -331,8 +396,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(runs):
 @pytest.mark.slow
 def test_resume_with_other_n_is_an_error(runs, tiny_hopper_dataset):
     root = runs[0]
-    cmd, env = script_command(*TINY, "--dataset-path", tiny_hopper_dataset, "--checkpoint", "a.pt", "--resume",
-                              "--n-ensemble", "3")
+    cmd, env = script_command(
+        *TINY, "--dataset-path", tiny_hopper_dataset, "--checkpoint", "a.pt", "--resume", "--n-ensemble", "3"
+    )
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=120)
     assert_clean_error(proc, "n_ensemble=2", "n_ensemble=3")
 
@@ -343,8 +409,24 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(runs, tmp_path):
     huge = write_d4rl_file(tmp_path / "huge.hdf5", np.zeros((50, 11)), np.zeros((50, 3)), np.full(50, 3e38), np.zeros(50))
     good = (root / "a.pt").read_bytes()
     (tmp_path / "keep.pt").write_bytes(good)
-    cmd, env = script_command("--env-id", "Hopper-v4", "--dataset-path", huge, "--n-ensemble", "2", "--hidden-dim", "16",
-                              "--batch-size", "8", "--offline-steps", "100", "--log-every", "5", "--checkpoint", "keep.pt")
+    cmd, env = script_command(
+        "--env-id",
+        "Hopper-v4",
+        "--dataset-path",
+        huge,
+        "--n-ensemble",
+        "2",
+        "--hidden-dim",
+        "16",
+        "--batch-size",
+        "8",
+        "--offline-steps",
+        "100",
+        "--log-every",
+        "5",
+        "--checkpoint",
+        "keep.pt",
+    )
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert_clean_error(proc, "losses/qf = ", "at step 5", "keep.pt")
     assert (tmp_path / "keep.pt").read_bytes() == good
@@ -357,8 +439,11 @@ def test_bc_warmup_clones_the_data_actions():
     actor, critic = cql.EnsembleActor(obs_dim, act_dim, [16, 16], n), cql.EnsembleCritic(obs_dim, act_dim, [16, 16], n)
     target = cql.EnsembleCritic(obs_dim, act_dim, [16, 16], n)
     log_alpha = torch.full((n,), -5.0, requires_grad=True)  # small alpha: the clone is sharp
-    opts = [torch.optim.Adam(actor.parameters(), 1e-2), torch.optim.Adam(critic.parameters(), 1e-3),
-            torch.optim.Adam([log_alpha], 0.0)]
+    opts = [
+        torch.optim.Adam(actor.parameters(), 1e-2),
+        torch.optim.Adam(critic.parameters(), 1e-3),
+        torch.optim.Adam([log_alpha], 0.0),
+    ]
     batch = random_batch(n, 32, obs_dim, act_dim)
     batch["actions"] = torch.tensor([0.5, -0.3]).expand(n, 32, act_dim).clone()
     for _ in range(300):
@@ -367,4 +452,3 @@ def test_bc_warmup_clones_the_data_actions():
         mean, _ = actor(batch["observations"])
     error = (torch.tanh(mean) - batch["actions"]).abs()
     assert float(error.mean()) < 0.03 and float(error.max()) < 0.1
-

@@ -1,4 +1,5 @@
 """benchmark/diagnose.py: Q against Monte-Carlo returns, and the runs' own diagnostics averaged over seeds."""
+
 import csv
 
 import numpy as np
@@ -32,9 +33,20 @@ def constant_q_checkpoint(path, q_value, members=2):
     with torch.no_grad():
         critic.net[-1].weight.zero_()
         critic.net[-1].bias.fill_(q_value)
-    bf.save_checkpoint(str(path), {"format": bf.CHECKPOINT_FORMAT, "algo": "cql", "env_id": "Hopper-v4", "obs_dim": 11,
-                                   "act_dim": 3, "n_ensemble": members, "hidden_sizes": [8, 8],
-                                   "actor": actor.state_dict(), "critic": critic.state_dict()})
+    bf.save_checkpoint(
+        str(path),
+        {
+            "format": bf.CHECKPOINT_FORMAT,
+            "algo": "cql",
+            "env_id": "Hopper-v4",
+            "obs_dim": 11,
+            "act_dim": 3,
+            "n_ensemble": members,
+            "hidden_sizes": [8, 8],
+            "actor": actor.state_dict(),
+            "critic": critic.state_dict(),
+        },
+    )
     return path
 
 
@@ -48,8 +60,7 @@ def test_q_against_monte_carlo_with_known_q_and_returns(tmp_path):
     """Q is 3 everywhere; returns are geometric sums; states within `tail` of a time-limit cut are left out."""
     path = constant_q_checkpoint(tmp_path / "c.pt", 3.0)
     actor, critic, k = diagnose.load_policy_and_critics(str(path), "Hopper-v4", 11, 3)
-    stats = diagnose.q_against_monte_carlo(actor, critic, k, ConstantRewardEnv(5), episodes=2, seed=0, gamma=0.9,
-                                           tail=2)
+    stats = diagnose.q_against_monte_carlo(actor, critic, k, ConstantRewardEnv(5), episodes=2, seed=0, gamma=0.9, tail=2)
     g = [sum(0.9**j for j in range(5 - t)) for t in range(5)]
     assert stats["states"] == 2 * 3
     assert stats["q_mean"] == pytest.approx(3.0) and stats["q_start"] == pytest.approx(3.0)

@@ -1,4 +1,5 @@
 """benchmark/make_datasets.py (D4RL recipes at CPU scale) and benchmark/evidence.py (the restartable campaign)."""
+
 import os
 import sys
 from pathlib import Path
@@ -22,8 +23,9 @@ evidence = load("evidence")
 # make_datasets.py
 # ---------------------------------------------------------------------------------
 def rows_of(returns):
-    return [{"step": 5000 * (i + 1), "eval_return": r, "normalized_score": 0.0, "path": f"s{i}"}
-            for i, r in enumerate(returns)]
+    return [
+        {"step": 5000 * (i + 1), "eval_return": r, "normalized_score": 0.0, "path": f"s{i}"} for i, r in enumerate(returns)
+    ]
 
 
 def test_medium_is_the_first_snapshot_at_a_third_of_the_expert_reference():
@@ -39,11 +41,14 @@ def test_medium_is_the_first_snapshot_at_a_third_of_the_expert_reference():
 
 def write_part(path, n, seed, last_terminal):
     rng = np.random.default_rng(seed)
-    arrays = {"observations": rng.normal(size=(n, 3)).astype(np.float32),
-              "actions": rng.uniform(-1, 1, size=(n, 2)).astype(np.float32),
-              "rewards": rng.normal(size=n).astype(np.float32),
-              "next_observations": rng.normal(size=(n, 3)).astype(np.float32),
-              "terminals": np.zeros(n, dtype=bool), "timeouts": np.zeros(n, dtype=bool)}
+    arrays = {
+        "observations": rng.normal(size=(n, 3)).astype(np.float32),
+        "actions": rng.uniform(-1, 1, size=(n, 2)).astype(np.float32),
+        "rewards": rng.normal(size=n).astype(np.float32),
+        "next_observations": rng.normal(size=(n, 3)).astype(np.float32),
+        "terminals": np.zeros(n, dtype=bool),
+        "timeouts": np.zeros(n, dtype=bool),
+    }
     arrays["terminals"][3] = True
     arrays["terminals"][-1] = last_terminal
     with h5py.File(path, "w") as f:
@@ -73,9 +78,14 @@ def test_stats_row_counts_episodes_and_scores(tmp_path):
         rewards = np.ones(n, dtype=np.float32)
         timeouts = np.zeros(n, dtype=bool)
         timeouts[999] = timeouts[1999] = True
-        for key, value in {"observations": np.zeros((n, 11)), "actions": np.zeros((n, 3)), "rewards": rewards,
-                           "next_observations": np.zeros((n, 11)), "terminals": np.zeros(n, dtype=bool),
-                           "timeouts": timeouts}.items():
+        for key, value in {
+            "observations": np.zeros((n, 11)),
+            "actions": np.zeros((n, 3)),
+            "rewards": rewards,
+            "next_observations": np.zeros((n, 11)),
+            "terminals": np.zeros(n, dtype=bool),
+            "timeouts": timeouts,
+        }.items():
             f[key] = value
     row = make_datasets.stats_row("hopper", "medium", tmp_path / "d.hdf5")
     low, high = make_datasets.REF_RETURNS["hopper"]
@@ -123,9 +133,15 @@ def fake_jobs(tmp_path):
     """Jobs that write what they were called with; 'bad' fails, 'after_bad' depends on it."""
     record = "import sys, pathlib; pathlib.Path(sys.argv[1]).write_text(' '.join(sys.argv[2:]))"
     job = lambda name, *deps, code=record, ckpt=None: evidence.Job(
-        name, ["python", "-c", code, str(tmp_path / f"{name}.args")], ckpt, None, list(deps))
-    return [job("first"), job("second", "first", ckpt=tmp_path / "second.ckpt"),
-            job("bad", code="raise SystemExit(3)"), job("after_bad", "bad"), job("third", "second")]
+        name, ["python", "-c", code, str(tmp_path / f"{name}.args")], ckpt, None, list(deps)
+    )
+    return [
+        job("first"),
+        job("second", "first", ckpt=tmp_path / "second.ckpt"),
+        job("bad", code="raise SystemExit(3)"),
+        job("after_bad", "bad"),
+        job("third", "second"),
+    ]
 
 
 def test_runner_resumes_skips_and_stops_at_failures(tmp_path, monkeypatch, capsys):
@@ -174,8 +190,12 @@ def test_report_summary_from_finished_runs(tmp_path, monkeypatch):
     out = tmp_path / "out"
     (out / "status").mkdir(parents=True)
     steps = list(range(0, 5001, 1000))
-    curves = {("balanced-N5", 1): [40, 42, 45, 50, 55, 60], ("balanced-N5", 2): [40, 30, 35, 52, 58, 64],
-              ("balanced-N5", 3): [40, 0, 0, 0, 0, 0], ("sac-ft", 1): [40, 10, 20, 30, 40, 50]}
+    curves = {
+        ("balanced-N5", 1): [40, 42, 45, 50, 55, 60],
+        ("balanced-N5", 2): [40, 30, 35, 52, 58, 64],
+        ("balanced-N5", 3): [40, 0, 0, 0, 0, 0],
+        ("sac-ft", 1): [40, 10, 20, 30, 40, 50],
+    }
     for (arm, seed), scores in curves.items():
         with SummaryWriter(str(out / "runs" / f"hopper-medium__{arm}__seed{seed}")) as writer:
             for step, score in zip(steps, scores):
@@ -193,6 +213,7 @@ def test_report_summary_from_finished_runs(tmp_path, monkeypatch):
     assert [c.rsplit("=", 1)[0] for c in diagnose[0] if "__seed" in c] == ["Ours (balanced, N=5)", "SAC-ft"]
     assert any(c.endswith("hopper-medium__balanced-N5__seed[12]") for c in diagnose[0])
     import csv as csv_module
+
     rows = {row["arm"]: row for row in csv_module.DictReader(open(out / "summary.csv"))}
     finals = [np.mean([50, 55, 60]), np.mean([52, 58, 64])]
     assert float(rows["balanced-N5"]["final_mean"]) == pytest.approx(np.mean(finals), abs=0.01)
@@ -204,8 +225,11 @@ def test_report_summary_from_finished_runs(tmp_path, monkeypatch):
     table = (out / "tables.md").read_text()  # the README's table carries the same numbers
     assert f"| Ours (balanced, N=5) | 2 | {np.mean(finals):.1f} ± {np.std(finals):.1f} | 40.0 | 36.0 ± 6.0 |" in table
     assert "| SAC-ft | 1 | 40.0 ± 0.0 |" in table
-    iqm = {(r["arm"], r["metric"]): r for r in csv_module.DictReader(open(out / "intervals" / "iqm.csv"))
-           if r["task"] == "hopper-medium"}
+    iqm = {
+        (r["arm"], r["metric"]): r
+        for r in csv_module.DictReader(open(out / "intervals" / "iqm.csv"))
+        if r["task"] == "hopper-medium"
+    }
     assert float(iqm[("balanced-N5", "late")]["iqm"]) == pytest.approx(np.mean([55, 58]))  # 2 runs: nothing trimmed
     assert iqm[("balanced-N5", "late")]["pretraining"] == "shared CQL ensemble (seed 1)"
     auc_seed1 = np.trapezoid([40, 42, 45, 50, 55, 60], steps) / 5000
@@ -219,8 +243,10 @@ def test_jobs_with_outputs_are_done_when_their_files_exist(tmp_path, monkeypatch
     monkeypatch.setattr(evidence, "ROOT", tmp_path)
     monkeypatch.setattr(evidence, "POLL_SECONDS", 0.05)
     write = "import sys, pathlib; pathlib.Path(sys.argv[1]).write_text('x')"
-    jobs = [evidence.Job("data", ["python", "-c", write, str(tmp_path / "d.hdf5")], outputs=[tmp_path / "d.hdf5"]),
-            evidence.Job("train", ["python", "-c", write, str(tmp_path / "t.txt")], deps=["data"])]
+    jobs = [
+        evidence.Job("data", ["python", "-c", write, str(tmp_path / "d.hdf5")], outputs=[tmp_path / "d.hdf5"]),
+        evidence.Job("train", ["python", "-c", write, str(tmp_path / "t.txt")], deps=["data"]),
+    ]
     monkeypatch.setattr(evidence, "jobs", lambda out: jobs)
     out = tmp_path / "out"
     (out / "status").mkdir(parents=True)
@@ -261,6 +287,7 @@ def test_report_study_folder_stands_alone(tmp_path, monkeypatch):
     assert sum("--seed 2" in line and "--n-ensemble 1" in line for line in runs) == 0
     assert "benchmark/plot.py" in lines[-1] and lines[-1].endswith(str(out / "hopper-medium" / "fig3_methods"))
     import shlex  # the plot command's labels hold spaces: quoted, so the line runs as written
+
     assert shlex.split(lines[-1])[1:] == calls[0][1:]
     assert all(str(tmp_path) not in line for line in lines)  # repository-relative paths only
     assert (study / "datasets.csv").read_text().splitlines() == ["dataset,transitions", "hopper-medium,100"]
@@ -283,24 +310,34 @@ def test_claim_comparisons_and_verdicts():
         return rows[0]["result"]
 
     n5, n2, n1 = seeds(50, 52, 54), seeds(30, 31, 32), seeds(10, 11, 12)
-    assert verdict({("medium", "balanced-N5"): n5, ("medium", "balanced-N2"): n2, ("medium", "balanced-N1"): n1}) \
+    assert (
+        verdict({("medium", "balanced-N5"): n5, ("medium", "balanced-N2"): n2, ("medium", "balanced-N1"): n1})
         == "verdict: reproduced (2/2 comparisons run)"
-    assert verdict({("medium", "balanced-N5"): n5, ("medium", "balanced-N2"): n2,
-                    ("medium", "balanced-N1"): seeds(29, 31, 33)}).startswith("verdict: inconclusive")
-    assert verdict({("medium", "balanced-N5"): n1, ("medium", "balanced-N2"): n2,
-                    ("medium", "balanced-N1"): n1}).startswith("verdict: not reproduced")
-    assert verdict({("medium", "balanced-N5"): n5, ("medium", "balanced-N2"): n2}) \
+    )
+    assert verdict(
+        {("medium", "balanced-N5"): n5, ("medium", "balanced-N2"): n2, ("medium", "balanced-N1"): seeds(29, 31, 33)}
+    ).startswith("verdict: inconclusive")
+    assert verdict({("medium", "balanced-N5"): n1, ("medium", "balanced-N2"): n2, ("medium", "balanced-N1"): n1}).startswith(
+        "verdict: not reproduced"
+    )
+    assert (
+        verdict({("medium", "balanced-N5"): n5, ("medium", "balanced-N2"): n2})
         == "verdict: inconclusive (1/2 comparisons run)"
+    )
 
 
 def test_smaller_drop_holds():
     """On the drop (lower is better) the claim holds when the first arm drops less; the difference stays first-second."""
-    per_seed = {("medium", "balanced-N5"): [{"drop": d} for d in (2.0, 3.0, 4.0)],
-                ("medium", "fqe-init-N5"): [{"drop": d} for d in (30.0, 35.0, 40.0)]}
+    per_seed = {
+        ("medium", "balanced-N5"): [{"drop": d} for d in (2.0, 3.0, 4.0)],
+        ("medium", "fqe-init-N5"): [{"drop": d} for d in (30.0, 35.0, 40.0)],
+    }
     row = [r for r in evidence.claim_rows(per_seed) if r["claim"].startswith("(d)")][0]
     assert row["result"] == "holds" and row["difference"] == pytest.approx(3.0 - 35.0)
-    per_seed[("medium", "balanced-N5")], per_seed[("medium", "fqe-init-N5")] = \
-        per_seed[("medium", "fqe-init-N5")], per_seed[("medium", "balanced-N5")]
+    per_seed[("medium", "balanced-N5")], per_seed[("medium", "fqe-init-N5")] = (
+        per_seed[("medium", "fqe-init-N5")],
+        per_seed[("medium", "balanced-N5")],
+    )
     assert [r for r in evidence.claim_rows(per_seed) if r["claim"].startswith("(d)")][0]["result"] == "reversed"
 
 
@@ -337,13 +374,45 @@ def test_fill_readme_replaces_only_the_study_block(tmp_path, monkeypatch, capsys
     (tmp_path / out / "hopper-medium" / "fig3_methods").mkdir(parents=True)
     (tmp_path / out / "hopper-medium" / "fig3_methods" / "fig3_score.png").write_bytes(b"png")
     score_tables = "**hopper-medium** (normalized)\n\n| method | seeds |\n|---|---|\n| Ours | 3 |"
-    verdict = {"first": "", "second": "", "first_mean": "", "second_mean": "", "n_first": "", "n_second": "",
-               "difference": "", "se": "", "result": "verdict: inconclusive (2/2 comparisons run)"}
-    claims = [dict(claim="(c) N", task="hopper-medium", metric="final", **row) for row in (
-        dict(first="balanced-N5", second="balanced-N2", first_mean=44.1, second_mean=32.3, n_first=3, n_second=3,
-             difference=11.78, se=5.1, result="holds"),
-        dict(first="balanced-N2", second="balanced-N1", first_mean=32.3, second_mean=56.2, n_first=3, n_second=1,
-             difference=np.nan, se=np.nan, result="n/a (fewer than 2 seeds)"), verdict)]
+    verdict = {
+        "first": "",
+        "second": "",
+        "first_mean": "",
+        "second_mean": "",
+        "n_first": "",
+        "n_second": "",
+        "difference": "",
+        "se": "",
+        "result": "verdict: inconclusive (2/2 comparisons run)",
+    }
+    claims = [
+        dict(claim="(c) N", task="hopper-medium", metric="final", **row)
+        for row in (
+            dict(
+                first="balanced-N5",
+                second="balanced-N2",
+                first_mean=44.1,
+                second_mean=32.3,
+                n_first=3,
+                n_second=3,
+                difference=11.78,
+                se=5.1,
+                result="holds",
+            ),
+            dict(
+                first="balanced-N2",
+                second="balanced-N1",
+                first_mean=32.3,
+                second_mean=56.2,
+                n_first=3,
+                n_second=1,
+                difference=np.nan,
+                se=np.nan,
+                result="n/a (fewer than 2 seeds)",
+            ),
+            verdict,
+        )
+    ]
     start, end = evidence.README_MARKERS
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{start}\nold numbers 12.3\n{end}\n| claim | verdict |\nafter\n")
@@ -354,8 +423,10 @@ def test_fill_readme_replaces_only_the_study_block(tmp_path, monkeypatch, capsys
     assert "old numbers" not in block and "| Ours | 3 |" in block
     assert "![hopper-medium, Fig. 3 arms](out/hopper-medium/fig3_methods/fig3_score.png)" in block
     assert "hopper-medium-replay" not in block  # no figure there yet
-    assert ("| (c) N (final) | hopper-medium | **inconclusive (2/2 comparisons run)** | Ours (balanced, N=5) − Ours, "
-            "N=2: +11.8 ± 5.1 (3/3) → holds; Ours, N=2 − Ours, N=1: n/a (3/1) → n/a |") in block
+    assert (
+        "| (c) N (final) | hopper-medium | **inconclusive (2/2 comparisons run)** | Ours (balanced, N=5) − Ours, "
+        "N=2: +11.8 ± 5.1 (3/3) → holds; Ours, N=2 − Ours, N=1: n/a (3/1) → n/a |"
+    ) in block
     readme.write_text("no markers here\n")
     evidence.fill_readme(out, readme, score_tables, claims)
     assert readme.read_text() == "no markers here\n" and "left as it is" in capsys.readouterr().out
@@ -373,13 +444,16 @@ def test_a_second_sitting_never_starts_a_running_job_and_counts_it_against_worke
     out = tmp_path / "out"
     (out / "status").mkdir(parents=True)
     record = "import sys, pathlib, time; pathlib.Path(sys.argv[1]).write_text(str(time.time()))"
-    jobs = [evidence.Job("long", ["python", "-c", "pass", str(tmp_path / "long.args")]),
-            evidence.Job("after", ["python", "-c", record, str(tmp_path / "after.args")], deps=["long"]),
-            evidence.Job("free", ["python", "-c", record, str(tmp_path / "free.args")])]
+    jobs = [
+        evidence.Job("long", ["python", "-c", "pass", str(tmp_path / "long.args")]),
+        evidence.Job("after", ["python", "-c", record, str(tmp_path / "after.args")], deps=["long"]),
+        evidence.Job("free", ["python", "-c", record, str(tmp_path / "free.args")]),
+    ]
     monkeypatch.setattr(evidence, "jobs", lambda out: jobs)
     # 'long' runs in another sitting: a process holding its lock, which marks it done when it ends after 1 s
-    holder = subprocess.Popen(["flock", str(out / "status" / "long.lock"), "sh", "-c",
-                               f"sleep 1; touch {out / 'status' / 'long.done'}"])
+    holder = subprocess.Popen(
+        ["flock", str(out / "status" / "long.lock"), "sh", "-c", f"sleep 1; touch {out / 'status' / 'long.done'}"]
+    )
     while not evidence.lock_is_held(out / "status" / "long.lock"):
         time.sleep(0.01)
     started = time.time()
@@ -400,8 +474,12 @@ def test_a_continuation_starts_from_a_copy_of_the_finished_run(tmp_path, monkeyp
     monkeypatch.setattr(evidence, "POLL_SECONDS", 0.05)
     (tmp_path / "short.pt").write_text("step 30000")
     record = "import sys, pathlib; pathlib.Path(sys.argv[1]).write_text(' '.join(sys.argv[2:]))"
-    job = evidence.Job("deeper", ["python", "-c", record, str(tmp_path / "deeper.args")], tmp_path / "deeper.pt",
-                       init_from=tmp_path / "short.pt")
+    job = evidence.Job(
+        "deeper",
+        ["python", "-c", record, str(tmp_path / "deeper.args")],
+        tmp_path / "deeper.pt",
+        init_from=tmp_path / "short.pt",
+    )
     monkeypatch.setattr(evidence, "jobs", lambda out: [job])
     evidence.run_campaign(tmp_path / "out", workers=1, dry_run=False, only=[])
     assert (tmp_path / "deeper.args").read_text() == "--resume"
@@ -419,8 +497,12 @@ def test_depth_report_reads_the_pre_registered_verdict(tmp_path, monkeypatch):
     out = tmp_path / "out"
     (out / "status").mkdir(parents=True)
     start = {1: 40.0, 2: 50.0, 3: 60.0}
-    after = {(30_000, "balanced-N5"): (0.2, 0.3, 0.25), (150_000, "balanced-N5"): (0.85, 0.9, 0.95),
-             (30_000, "sac-ft"): (0.2, 0.2, 0.3), (150_000, "sac-ft"): (0.3, 0.1, 0.2)}
+    after = {
+        (30_000, "balanced-N5"): (0.2, 0.3, 0.25),
+        (150_000, "balanced-N5"): (0.85, 0.9, 0.95),
+        (30_000, "sac-ft"): (0.2, 0.2, 0.3),
+        (150_000, "sac-ft"): (0.3, 0.1, 0.2),
+    }
     for (steps, arm), fractions in after.items():
         for seed, fraction in zip(evidence.SEEDS, fractions):
             run = out / "depth" / "runs" / f"hopper-medium__{arm}__cql{steps // 1000}k__seed{seed}"

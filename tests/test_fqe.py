@@ -1,4 +1,5 @@
 """fqe.py: convergence to closed-form values, the TD target, bad policy checkpoints, and resume after SIGKILL."""
+
 import os
 import signal
 import subprocess
@@ -22,18 +23,37 @@ def write_policy(path, n_ensemble=2, hidden=16, env_id="Hopper-v4", obs_dim=OBS_
     torch.manual_seed(0)
     actor = fqe.EnsembleActor(obs_dim, act_dim, [hidden, hidden], n_ensemble)
     critic = fqe.EnsembleCritic(obs_dim, act_dim, [hidden, hidden], n_ensemble)
-    torch.save({"format": fqe.CHECKPOINT_FORMAT, "algo": algo, "env_id": env_id, "obs_dim": obs_dim, "act_dim": act_dim,
-                "n_ensemble": n_ensemble, "hidden_sizes": [hidden, hidden], "actor": actor.state_dict(),
-                "critic": critic.state_dict(), "step": 0, "args": {}}, path)
+    torch.save(
+        {
+            "format": fqe.CHECKPOINT_FORMAT,
+            "algo": algo,
+            "env_id": env_id,
+            "obs_dim": obs_dim,
+            "act_dim": act_dim,
+            "n_ensemble": n_ensemble,
+            "hidden_sizes": [hidden, hidden],
+            "actor": actor.state_dict(),
+            "critic": critic.state_dict(),
+            "step": 0,
+            "args": {},
+        },
+        path,
+    )
     return path
 
 
 def constant_reward_dataset(path, terminal: bool, rows=400, seed=0):
     """Random states and actions, reward 1 everywhere; every transition terminal, or none (and no timeouts)."""
     rng = np.random.default_rng(seed)
-    return write_d4rl_file(path, rng.normal(size=(rows, OBS_DIM)), rng.uniform(-1, 1, size=(rows, ACT_DIM)),
-                           np.ones(rows), np.full(rows, terminal), np.zeros(rows, dtype=bool),
-                           rng.normal(size=(rows, OBS_DIM)))
+    return write_d4rl_file(
+        path,
+        rng.normal(size=(rows, OBS_DIM)),
+        rng.uniform(-1, 1, size=(rows, ACT_DIM)),
+        np.ones(rows),
+        np.full(rows, terminal),
+        np.zeros(rows, dtype=bool),
+        rng.normal(size=(rows, OBS_DIM)),
+    )
 
 
 def critic_values(ckpt_path, dataset_path):
@@ -50,17 +70,43 @@ def critic_values(ckpt_path, dataset_path):
 
 # stated tolerances, over every member, twin, dataset (s, a) and (s, random a): the mean within 3% of the value,
 # the mean absolute error within 5% and the largest error within 20% (SGD noise at lr 1e-3)
-@pytest.mark.parametrize("terminal, gamma, expected, extra", [
-    (True, 0.99, 1.0, []),  # reward 1, every transition terminal: Q = 1
-    (False, 0.5, 2.0, ["--tau", "0.05"]),  # reward 1 forever, gamma 0.5: Q = 1 / (1 - 0.5) = 2
-])
+@pytest.mark.parametrize(
+    "terminal, gamma, expected, extra",
+    [
+        (True, 0.99, 1.0, []),  # reward 1, every transition terminal: Q = 1
+        (False, 0.5, 2.0, ["--tau", "0.05"]),  # reward 1 forever, gamma 0.5: Q = 1 / (1 - 0.5) = 2
+    ],
+)
 @pytest.mark.slow
 def test_converges_to_closed_form_value(run_script, tmp_path, terminal, gamma, expected, extra):
     dataset = constant_reward_dataset(tmp_path / "data.hdf5", terminal)
     policy = write_policy(tmp_path / "policy.pt")
-    proc = run_script("fqe.py", "--env-id", "Hopper-v4", "--dataset-path", dataset, "--policy-checkpoint", policy,
-                      "--steps", "1500", "--batch-size", "64", "--hidden-dim", "32", "--lr", "1e-3", "--gamma", gamma,
-                      "--eval-every", "1500", "--eval-episodes", "1", "--log-every", "500", *extra)
+    proc = run_script(
+        "fqe.py",
+        "--env-id",
+        "Hopper-v4",
+        "--dataset-path",
+        dataset,
+        "--policy-checkpoint",
+        policy,
+        "--steps",
+        "1500",
+        "--batch-size",
+        "64",
+        "--hidden-dim",
+        "32",
+        "--lr",
+        "1e-3",
+        "--gamma",
+        gamma,
+        "--eval-every",
+        "1500",
+        "--eval-episodes",
+        "1",
+        "--log-every",
+        "500",
+        *extra,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     q = critic_values(tmp_path / "checkpoints" / "fqe_Hopper-v4_seed1.pt", dataset)
     assert abs(float(q.mean()) - expected) < 0.03 * expected, float(q.mean())
@@ -71,8 +117,13 @@ def test_converges_to_closed_form_value(run_script, tmp_path, terminal, gamma, e
 def test_td_target_per_twin_without_min_or_entropy():
     torch.manual_seed(0)
     critic, target = fqe.EnsembleCritic(3, 2, [8, 8], 2), fqe.EnsembleCritic(3, 2, [8, 8], 2)
-    batch = {"observations": torch.randn(2, 5, 3), "actions": torch.rand(2, 5, 2) * 2 - 1, "rewards": torch.randn(2, 5),
-             "next_observations": torch.randn(2, 5, 3), "terminals": torch.tensor([[0, 1, 0, 0, 1]] * 2).float()}
+    batch = {
+        "observations": torch.randn(2, 5, 3),
+        "actions": torch.rand(2, 5, 2) * 2 - 1,
+        "rewards": torch.randn(2, 5),
+        "next_observations": torch.randn(2, 5, 3),
+        "terminals": torch.tensor([[0, 1, 0, 0, 1]] * 2).float(),
+    }
     next_actions = torch.rand(2, 5, 2) * 2 - 1
     loss, info = fqe.fqe_loss(critic, target, batch, next_actions, 0.9)
     with torch.no_grad():
@@ -104,13 +155,16 @@ def test_episode_start_states():
     np.testing.assert_array_equal(starts[:, 0], [0, 3, 4])
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "policy checkpoint {path} does not exist"),
-    ("not_a_checkpoint", "cannot read policy checkpoint"),
-    ("other_env", "is for 'HalfCheetah-v4' (dims 17/6), not for --env-id 'Hopper-v4' (dims 11/3)"),
-    ("too_many_members", "--n-ensemble 3 but policy checkpoint {path} holds 2 member(s)"),
-    ("fqe_as_policy", "has algo 'fqe'"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "policy checkpoint {path} does not exist"),
+        ("not_a_checkpoint", "cannot read policy checkpoint"),
+        ("other_env", "is for 'HalfCheetah-v4' (dims 17/6), not for --env-id 'Hopper-v4' (dims 11/3)"),
+        ("too_many_members", "--n-ensemble 3 but policy checkpoint {path} holds 2 member(s)"),
+        ("fqe_as_policy", "has algo 'fqe'"),
+    ],
+)
 @pytest.mark.slow
 def test_bad_policy_checkpoint(run_script, tmp_path, monkeypatch, tiny_hopper_dataset, case, message):
     path = tmp_path / "policy.pt"
@@ -124,8 +178,17 @@ def test_bad_policy_checkpoint(run_script, tmp_path, monkeypatch, tiny_hopper_da
         extra = ["--n-ensemble", "3"]
     elif case == "fqe_as_policy":
         write_policy(path, algo="fqe")
-    args = ["--env-id", "Hopper-v4", "--dataset-path", tiny_hopper_dataset, "--policy-checkpoint", path, "--steps", "10",
-            *extra]
+    args = [
+        "--env-id",
+        "Hopper-v4",
+        "--dataset-path",
+        tiny_hopper_dataset,
+        "--policy-checkpoint",
+        path,
+        "--steps",
+        "10",
+        *extra,
+    ]
     if case == "not_a_checkpoint":  # one case as a user sees it: one line, no traceback
         proc = run_script("fqe.py", *args)
         assert proc.returncode != 0
@@ -142,16 +205,48 @@ def test_bad_policy_checkpoint(run_script, tmp_path, monkeypatch, tiny_hopper_da
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_hopper_dataset):
     policy = write_policy(tmp_path / "policy.pt")
-    common = [sys.executable, str(REPO_ROOT / "fqe.py"), "--env-id", "Hopper-v4", "--dataset-path", str(tiny_hopper_dataset),
-              "--policy-checkpoint", str(policy), "--steps", "2000", "--batch-size", "32", "--hidden-dim", "16",
-              "--log-every", "100", "--eval-every", "1000", "--eval-episodes", "2", "--checkpoint-every", "200"]
+    common = [
+        sys.executable,
+        str(REPO_ROOT / "fqe.py"),
+        "--env-id",
+        "Hopper-v4",
+        "--dataset-path",
+        str(tiny_hopper_dataset),
+        "--policy-checkpoint",
+        str(policy),
+        "--steps",
+        "2000",
+        "--batch-size",
+        "32",
+        "--hidden-dim",
+        "16",
+        "--log-every",
+        "100",
+        "--eval-every",
+        "1000",
+        "--eval-episodes",
+        "2",
+        "--checkpoint-every",
+        "200",
+    ]
     env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
-    done = subprocess.run([*common, "--checkpoint", "a.pt", "--run-dir", "runs/a"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [*common, "--checkpoint", "a.pt", "--run-dir", "runs/a"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
 
-    proc = subprocess.Popen([*common, "--checkpoint", "b.pt", "--run-dir", "runs/b"], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*common, "--checkpoint", "b.pt", "--run-dir", "runs/b"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while not (tmp_path / "b.pt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
@@ -159,8 +254,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_hopper_dat
     proc.wait()
     killed_at = torch.load(tmp_path / "b.pt", weights_only=True)["step"]
     assert 200 <= killed_at < 2000
-    resumed = subprocess.run([*common, "--checkpoint", "b.pt", "--resume"], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run(
+        [*common, "--checkpoint", "b.pt", "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     final = torch.load(tmp_path / "b.pt", weights_only=True)
     assert final["step"] == 2000 and final["algo"] == "fqe" and final["n_ensemble"] == 2
@@ -173,8 +269,22 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_hopper_dat
 def test_default_paths_chain_cql_fqe_balanced_finetune(run_script, tmp_path, tiny_hopper_dataset):
     """cql_pretrain.py -> fqe.py -> balanced_finetune.py --q-init fqe with default checkpoint paths only."""
     data = ["--env-id", "Hopper-v4", "--dataset-path", tiny_hopper_dataset]
-    proc = run_script("cql_pretrain.py", *data, "--n-ensemble", "2", "--hidden-dim", "32", "--batch-size", "32",
-                      "--offline-steps", "100", "--eval-episodes", "1", "--log-every", "50")
+    proc = run_script(
+        "cql_pretrain.py",
+        *data,
+        "--n-ensemble",
+        "2",
+        "--hidden-dim",
+        "32",
+        "--batch-size",
+        "32",
+        "--offline-steps",
+        "100",
+        "--eval-episodes",
+        "1",
+        "--log-every",
+        "50",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = run_script("fqe.py", *data, "--steps", "100", "--batch-size", "32", "--eval-episodes", "1", "--log-every", "50")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -183,30 +293,85 @@ def test_default_paths_chain_cql_fqe_balanced_finetune(run_script, tmp_path, tin
     assert (ckpt["algo"], ckpt["n_ensemble"], ckpt["hidden_sizes"]) == ("fqe", 2, [32, 32])  # N and size from the policy
     for key, value in ckpt["actor"].items():  # the actor stored is the policy evaluated
         torch.testing.assert_close(value, cql_ckpt["actor"][key])
-    proc = run_script("balanced_finetune.py", *data, "--n-ensemble", "2", "--q-init", "fqe", "--online-steps", "100",
-                      "--epoch-length", "100", "--first-epoch-multiplier", "1", "--batch-size", "32",
-                      "--ratio-batch-size", "32", "--hidden-dim", "32", "--eval-episodes", "1")
+    proc = run_script(
+        "balanced_finetune.py",
+        *data,
+        "--n-ensemble",
+        "2",
+        "--q-init",
+        "fqe",
+        "--online-steps",
+        "100",
+        "--epoch-length",
+        "100",
+        "--first-epoch-multiplier",
+        "1",
+        "--batch-size",
+        "32",
+        "--ratio-batch-size",
+        "32",
+        "--hidden-dim",
+        "32",
+        "--eval-episodes",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(monkeypatch, tmp_path):
     rows = 64
-    data = write_d4rl_file(tmp_path / "huge.hdf5", np.zeros((rows, OBS_DIM)), np.zeros((rows, ACT_DIM)),
-                           np.full(rows, 3e38), np.zeros(rows), next_observations=np.zeros((rows, OBS_DIM)))
+    data = write_d4rl_file(
+        tmp_path / "huge.hdf5",
+        np.zeros((rows, OBS_DIM)),
+        np.zeros((rows, ACT_DIM)),
+        np.full(rows, 3e38),
+        np.zeros(rows),
+        next_observations=np.zeros((rows, OBS_DIM)),
+    )
     policy = write_policy(tmp_path / "policy.pt")
     (tmp_path / "keep.pt").write_bytes(b"previous checkpoint")
-    message = run_main(fqe, ["--env-id", "Hopper-v4", "--dataset-path", data, "--policy-checkpoint", policy,
-                       "--steps", "50", "--batch-size", "8", "--log-every", "5", "--checkpoint", "keep.pt"],
-                       monkeypatch, tmp_path)
+    message = run_main(
+        fqe,
+        [
+            "--env-id",
+            "Hopper-v4",
+            "--dataset-path",
+            data,
+            "--policy-checkpoint",
+            policy,
+            "--steps",
+            "50",
+            "--batch-size",
+            "8",
+            "--log-every",
+            "5",
+            "--checkpoint",
+            "keep.pt",
+        ],
+        monkeypatch,
+        tmp_path,
+    )
     assert message.startswith("error: losses/qf = ") and "at step 5" in message and "keep.pt" in message
     assert (tmp_path / "keep.pt").read_bytes() == b"previous checkpoint"
 
 
 def test_unwritable_checkpoint_fails_at_startup(monkeypatch, tmp_path, tiny_hopper_dataset):
     (tmp_path / "a_file").write_text("x")
-    message = run_main(fqe, ["--env-id", "Hopper-v4", "--dataset-path", tiny_hopper_dataset,
-                       "--policy-checkpoint", write_policy(tmp_path / "policy.pt"),
-                       "--checkpoint", tmp_path / "a_file" / "fqe.pt"], monkeypatch, tmp_path)
+    message = run_main(
+        fqe,
+        [
+            "--env-id",
+            "Hopper-v4",
+            "--dataset-path",
+            tiny_hopper_dataset,
+            "--policy-checkpoint",
+            write_policy(tmp_path / "policy.pt"),
+            "--checkpoint",
+            tmp_path / "a_file" / "fqe.pt",
+        ],
+        monkeypatch,
+        tmp_path,
+    )
     assert message.startswith("error: cannot write checkpoint")
 
 
@@ -214,10 +379,27 @@ def test_refuses_to_overwrite_another_algorithms_checkpoint(monkeypatch, tmp_pat
     policy = write_policy(tmp_path / "policy.pt")
     other = write_policy(tmp_path / "my_cql.pt")
     before = other.read_bytes()
-    message = run_main(fqe, ["--env-id", "Hopper-v4", "--dataset-path", tiny_hopper_dataset,
-                       "--policy-checkpoint", policy, "--checkpoint", other], monkeypatch, tmp_path)
+    message = run_main(
+        fqe,
+        ["--env-id", "Hopper-v4", "--dataset-path", tiny_hopper_dataset, "--policy-checkpoint", policy, "--checkpoint", other],
+        monkeypatch,
+        tmp_path,
+    )
     assert "holds a 'cql' checkpoint; refusing to overwrite it" in message
     assert other.read_bytes() == before
-    message = run_main(fqe, ["--env-id", "Hopper-v4", "--dataset-path", tiny_hopper_dataset,
-                       "--policy-checkpoint", policy, "--checkpoint", policy], monkeypatch, tmp_path)
+    message = run_main(
+        fqe,
+        [
+            "--env-id",
+            "Hopper-v4",
+            "--dataset-path",
+            tiny_hopper_dataset,
+            "--policy-checkpoint",
+            policy,
+            "--checkpoint",
+            policy,
+        ],
+        monkeypatch,
+        tmp_path,
+    )
     assert "would overwrite the policy checkpoint" in message

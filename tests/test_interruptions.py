@@ -10,6 +10,7 @@
   the same values as an uninterrupted run. sac.py's resumed run starts a new episode, so there only the transitions
   before the stop are compared.
 """
+
 import contextlib
 import os
 import re
@@ -34,18 +35,78 @@ def tiny_argv(script, data, policy, long=False) -> list:
     common = ["--env-id", "Hopper-v4", "--no-cuda", "--run-dir", "runs/r", "--checkpoint", "ck.pt"]
     steps = 2000 if long else 20
     if script == "sac":
-        return [*common, "--total-timesteps", steps, "--learning-starts", 10, "--batch-size", 16, "--hidden-dim", HIDDEN,
-                "--log-every", 50, "--eval-every", 1000, "--eval-episodes", 1, "--checkpoint-every", 100]
+        return [
+            *common,
+            "--total-timesteps",
+            steps,
+            "--learning-starts",
+            10,
+            "--batch-size",
+            16,
+            "--hidden-dim",
+            HIDDEN,
+            "--log-every",
+            50,
+            "--eval-every",
+            1000,
+            "--eval-episodes",
+            1,
+            "--checkpoint-every",
+            100,
+        ]
     common += ["--dataset-path", data, "--batch-size", 16]
     if script == "fqe":
-        return [*common, "--policy-checkpoint", policy, "--steps", steps, "--log-every", 50, "--eval-every", 1000,
-                "--eval-episodes", 1, "--checkpoint-every", 100]
+        return [
+            *common,
+            "--policy-checkpoint",
+            policy,
+            "--steps",
+            steps,
+            "--log-every",
+            50,
+            "--eval-every",
+            1000,
+            "--eval-episodes",
+            1,
+            "--checkpoint-every",
+            100,
+        ]
     if script == "balanced_finetune":
-        return [*common, "--cql-checkpoint", policy, "--n-ensemble", 2, "--online-steps", 600 if long else 20,
-                "--epoch-length", 100 if long else 10, "--first-epoch-multiplier", 2, "--ratio-batch-size", 16,
-                "--hidden-dim", HIDDEN, "--eval-episodes", 1, "--checkpoint-every", 100]
-    common += ["--n-ensemble", 2, "--hidden-dim", HIDDEN, "--log-every", 50, "--eval-every", 1000, "--eval-episodes", 1,
-               "--checkpoint-every", 100]
+        return [
+            *common,
+            "--cql-checkpoint",
+            policy,
+            "--n-ensemble",
+            2,
+            "--online-steps",
+            600 if long else 20,
+            "--epoch-length",
+            100 if long else 10,
+            "--first-epoch-multiplier",
+            2,
+            "--ratio-batch-size",
+            16,
+            "--hidden-dim",
+            HIDDEN,
+            "--eval-episodes",
+            1,
+            "--checkpoint-every",
+            100,
+        ]
+    common += [
+        "--n-ensemble",
+        2,
+        "--hidden-dim",
+        HIDDEN,
+        "--log-every",
+        50,
+        "--eval-every",
+        1000,
+        "--eval-episodes",
+        1,
+        "--checkpoint-every",
+        100,
+    ]
     if script == "cql_pretrain":
         return [*common, "--offline-steps", steps]
     return [*common, "--offline-steps", steps, "--online-steps", 0]  # awac, bcq_ft: stopped in the offline phase
@@ -58,16 +119,36 @@ def policy(tmp_path_factory):
     torch.manual_seed(0)
     c = load_script("cql_pretrain", "interruptions_cql_pretrain")
     hidden = [HIDDEN, HIDDEN]
-    torch.save({"format": "o2o-ensemble-v1", "algo": "cql", "env_id": "Hopper-v4", "obs_dim": 11, "act_dim": 3,
-                "n_ensemble": 2, "hidden_sizes": hidden, "actor": c.EnsembleActor(11, 3, hidden, 2).state_dict(),
-                "critic": c.EnsembleCritic(11, 3, hidden, 2).state_dict(), "step": 0, "args": {}}, path)
+    torch.save(
+        {
+            "format": "o2o-ensemble-v1",
+            "algo": "cql",
+            "env_id": "Hopper-v4",
+            "obs_dim": 11,
+            "act_dim": 3,
+            "n_ensemble": 2,
+            "hidden_sizes": hidden,
+            "actor": c.EnsembleActor(11, 3, hidden, 2).state_dict(),
+            "critic": c.EnsembleCritic(11, 3, hidden, 2).state_dict(),
+            "step": 0,
+            "args": {},
+        },
+        path,
+    )
     return path
 
 
 def start(script, argv, cwd, **kwargs):
     env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, str(REPO_ROOT / f"{script}.py"), *map(str, argv)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / f"{script}.py"), *map(str, argv)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 # ---------------------------------------------------------------------------------
@@ -79,8 +160,9 @@ def disk(tmp_path):
     links each path's temp file (path.tmp, what every write goes through) to /dev/full."""
     folder = tmp_path / "disk"
     folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)],
-                             capture_output=True).returncode == 0
+    mounted = (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True).returncode == 0
+    )
 
     def fill(paths):
         if mounted:
@@ -102,8 +184,7 @@ def leftovers(folder) -> list:
 
 
 @pytest.mark.slow
-def test_full_disk_stops_every_write_with_one_line_and_keeps_the_last_good_file(disk, tiny_hopper_dataset, policy,
-                                                                                tmp_path):
+def test_full_disk_stops_every_write_with_one_line_and_keeps_the_last_good_file(disk, tiny_hopper_dataset, policy, tmp_path):
     folder, fill = disk
     # the last good files: a checkpoint of each script, sac.py's dataset, a CSV and a figure of the benchmark tools
     runs = {script: tmp_path / script for script in SCRIPTS}
@@ -114,20 +195,40 @@ def test_full_disk_stops_every_write_with_one_line_and_keeps_the_last_good_file(
             argv += ["--dataset-out", folder / "dataset.hdf5"]
         done = start(script, argv, cwd)
         assert done.wait(timeout=300) == 0, done.communicate()[1][-2000:]
-    stats = [sys.executable, str(REPO_ROOT / "benchmark" / "dataset_stats.py"), str(tiny_hopper_dataset),
-             "--csv", str(folder / "stats.csv")]
-    figure = [sys.executable, "-c", "import sys, matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt; "
-              "sys.path.insert(0, sys.argv[2]); from repo import save_figure; save_figure(plt.figure(), sys.argv[1])",
-              str(folder / "figure.png"), str(REPO_ROOT / "benchmark")]
+    stats = [
+        sys.executable,
+        str(REPO_ROOT / "benchmark" / "dataset_stats.py"),
+        str(tiny_hopper_dataset),
+        "--csv",
+        str(folder / "stats.csv"),
+    ]
+    figure = [
+        sys.executable,
+        "-c",
+        "import sys, matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt; "
+        "sys.path.insert(0, sys.argv[2]); from repo import save_figure; save_figure(plt.figure(), sys.argv[1])",
+        str(folder / "figure.png"),
+        str(REPO_ROOT / "benchmark"),
+    ]
     for command in (stats, figure):
         assert subprocess.run(command, capture_output=True, timeout=120).returncode == 0
     good = {path: path.read_bytes() for path in folder.iterdir()}
     fill(good)
 
     # the same runs again: each write fails
-    procs = {script: start(script, tiny_argv(script, tiny_hopper_dataset, policy) + [
-        "--checkpoint", folder / f"{script}.pt" if script != "sac" else tmp_path / "sac.pt",
-        *(["--dataset-out", folder / "dataset.hdf5"] if script == "sac" else [])], runs[script]) for script in SCRIPTS}
+    procs = {
+        script: start(
+            script,
+            tiny_argv(script, tiny_hopper_dataset, policy)
+            + [
+                "--checkpoint",
+                folder / f"{script}.pt" if script != "sac" else tmp_path / "sac.pt",
+                *(["--dataset-out", folder / "dataset.hdf5"] if script == "sac" else []),
+            ],
+            runs[script],
+        )
+        for script in SCRIPTS
+    }
     expected = {script: f"error: cannot write checkpoint {folder / f'{script}.pt'}: {ENOSPC}" for script in SCRIPTS}
     expected["sac"] = f"error: cannot write dataset {folder / 'dataset.hdf5'}: {ENOSPC}"
     for script, proc in procs.items():
@@ -136,8 +237,9 @@ def test_full_disk_stops_every_write_with_one_line_and_keeps_the_last_good_file(
         assert [line for line in stderr.splitlines() if line.startswith("error:")] == [expected[script]], stderr[-2000:]
     for command, what in ((stats, f"CSV file {folder / 'stats.csv'}"), (figure, f"figure {folder / 'figure.png'}")):
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 1 and done.stderr.strip().splitlines() == [f"error: cannot write {what}: {ENOSPC}"], \
+        assert done.returncode == 1 and done.stderr.strip().splitlines() == [f"error: cannot write {what}: {ENOSPC}"], (
             done.stderr[-2000:]
+        )
     assert {path: path.read_bytes() for path in good} == good  # the last good files, untouched
     assert leftovers(folder) == []  # and no temp file left
 
@@ -151,8 +253,10 @@ def test_unwritable_or_vanished_folder(tmp_path):
         module.save_checkpoint(str(tmp_path / "a_file" / "sub" / "ck.pt"), {"step": 1})
     read_only = tmp_path / "ro"
     read_only.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(read_only)],
-                      capture_output=True).returncode == 0:
+    if (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(read_only)], capture_output=True).returncode
+        == 0
+    ):
         try:
             with pytest.raises(SystemExit, match=r"^error: cannot write checkpoint .*ro/ck\.pt: Read-only file system$"):
                 module.save_checkpoint(str(read_only / "ck.pt"), {"step": 1})
@@ -173,9 +277,17 @@ STOP_LINE = re.compile(r"^stopped by (SIG\w+) after step (\d+): checkpoint ck\.p
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script, sig", [("cql_pretrain", signal.SIGTERM), ("balanced_finetune", signal.SIGTERM),
-                                         ("fqe", signal.SIGINT), ("awac", signal.SIGTERM), ("bcq_ft", signal.SIGINT),
-                                         ("sac", signal.SIGTERM)])
+@pytest.mark.parametrize(
+    "script, sig",
+    [
+        ("cql_pretrain", signal.SIGTERM),
+        ("balanced_finetune", signal.SIGTERM),
+        ("fqe", signal.SIGINT),
+        ("awac", signal.SIGTERM),
+        ("bcq_ft", signal.SIGINT),
+        ("sac", signal.SIGTERM),
+    ],
+)
 def test_a_signal_stops_with_a_checkpoint_and_the_run_continues(script, sig, tiny_hopper_dataset, policy, tmp_path):
     argv = tiny_argv(script, tiny_hopper_dataset, policy, long=True)
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
@@ -195,8 +307,14 @@ def test_a_signal_stops_with_a_checkpoint_and_the_run_continues(script, sig, tin
     step, command = int(match.group(2)), shlex.split(match.group(3))
     saved = torch.load(stopped / "ck.pt", weights_only=True)
     assert saved["step"] == step and command[-1] == "--resume" and command[2:-1] == list(map(str, argv))
-    resumed = subprocess.run([sys.executable, *command[1:]], cwd=stopped, capture_output=True, text=True, timeout=300,
-                             env=dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1"))
+    resumed = subprocess.run(
+        [sys.executable, *command[1:]],
+        cwd=stopped,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1"),
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert uninterrupted.wait(timeout=300) == 0, uninterrupted.communicate()[1][-2000:]
     final, reference = (torch.load(folder / "ck.pt", weights_only=True) for folder in (stopped, whole))
@@ -204,7 +322,7 @@ def test_a_signal_stops_with_a_checkpoint_and_the_run_continues(script, sig, tin
     if script == "sac":  # the resumed run starts a new episode: the transitions before the stop are the same
         for key, values in final["resume"]["buffer"].items():
             if key != "size":
-                assert torch.equal(values[:step - 1], reference["resume"]["buffer"][key][:step - 1]), key
+                assert torch.equal(values[: step - 1], reference["resume"]["buffer"][key][: step - 1]), key
         return
     assert scalars(stopped / "runs" / "r") == scalars(whole / "runs" / "r")
     for net in ("actor", "critic"):

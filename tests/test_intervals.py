@@ -1,5 +1,6 @@
 """benchmark/intervals.py: the pre-registered interval estimates (late, AUC, IQM with stratified bootstrap intervals,
 probability of improvement, the verdict on intervals) and their figures. Needs rliable (requirements-test.txt)."""
+
 import sys
 
 import numpy as np
@@ -52,7 +53,7 @@ def hand_iqm(values):
     less, never a fraction of a value), the mean of the rest."""
     values = sorted(np.ravel(values))
     k = len(values) // 4
-    kept = values[k:len(values) - k]
+    kept = values[k : len(values) - k]
     return sum(kept) / len(kept)
 
 
@@ -133,8 +134,9 @@ def test_intervals_cover_the_truth_on_synthetic_data():
         covered_iqm.append(low <= 60.0 <= high)
         widths.append(high - low)
     for trial in range(20):
-        c = intervals.compare_intervals([rng.normal(70.0, 10.0, size=8)], [rng.normal(60.0, 10.0, size=5)], reps=400,
-                                        seed=trial)
+        c = intervals.compare_intervals(
+            [rng.normal(70.0, 10.0, size=8)], [rng.normal(60.0, 10.0, size=5)], reps=400, seed=trial
+        )
         covered_difference.append(c["ci_low"] <= 10.0 <= c["ci_high"])
     assert np.mean(covered_iqm) >= 0.8 and np.mean(covered_difference) >= 0.8 and 8 < np.mean(widths) < 20
 
@@ -176,10 +178,22 @@ def test_verdict_holds_reversed_and_tie():
 
 
 def test_claim_rows_per_task_and_across_tasks():
-    per_run = per_run_of({("medium", "ours"): OURS, ("medium", "base"): BASE, ("medium", "twin"): OURS + 0.5,
-                          ("replay", "ours"): OURS - 10, ("replay", "base"): BASE + 5, ("replay", "twin"): OURS - 10.5})
-    claims = [("beats base", "late", [("ours", "base")]), ("beats both", "late", [("ours", "base"), ("ours", "twin")]),
-              ("base best", "late", [("base", "ours")]), ("missing arm", "late", [("ours", "base"), ("ours", "awac")])]
+    per_run = per_run_of(
+        {
+            ("medium", "ours"): OURS,
+            ("medium", "base"): BASE,
+            ("medium", "twin"): OURS + 0.5,
+            ("replay", "ours"): OURS - 10,
+            ("replay", "base"): BASE + 5,
+            ("replay", "twin"): OURS - 10.5,
+        }
+    )
+    claims = [
+        ("beats base", "late", [("ours", "base")]),
+        ("beats both", "late", [("ours", "base"), ("ours", "twin")]),
+        ("base best", "late", [("base", "ours")]),
+        ("missing arm", "late", [("ours", "base"), ("ours", "awac")]),
+    ]
     rows = intervals.claim_interval_rows(per_run, claims, reps=300)
     verdicts = {(r["claim"], r["task"]): r["result"] for r in rows if not r["first"]}
     assert verdicts == {
@@ -194,7 +208,8 @@ def test_claim_rows_per_task_and_across_tasks():
         ("base best", "all tasks"): "verdict: not reproduced (1/1 comparisons run)",
         ("missing arm", "medium"): "verdict: inconclusive (1/2 comparisons run)",
         ("missing arm", "replay"): "verdict: inconclusive (1/2 comparisons run)",
-        ("missing arm", "all tasks"): "verdict: inconclusive (1/2 comparisons run)"}
+        ("missing arm", "all tasks"): "verdict: inconclusive (1/2 comparisons run)",
+    }
     row = next(r for r in rows if r["first"] == "ours" and r["second"] == "base" and r["task"] == "all tasks")
     assert set(row) == set(intervals.COMPARISON_COLUMNS) and row["tasks"] == "medium+replay"
     assert (row["n_first"], row["n_second"]) == (10, 6) and row["result"] == "holds"
@@ -205,8 +220,9 @@ def test_claim_rows_per_task_and_across_tasks():
 
 
 def test_lower_is_better_and_too_few_runs():
-    per_run = per_run_of({("t", "ours"): [1.0, 2.0, 1.5], ("t", "sac-ft"): [30.0, 35.0, 40.0], ("t", "one"): [1.0]},
-                         metric="drop")
+    per_run = per_run_of(
+        {("t", "ours"): [1.0, 2.0, 1.5], ("t", "sac-ft"): [30.0, 35.0, 40.0], ("t", "one"): [1.0]}, metric="drop"
+    )
     row = intervals.comparison_row(per_run, "t", ["t"], "ours", "sac-ft", "drop", reps=REPS)
     assert row["result"] == "holds" and row["iqm_difference"] < 0 and row["ci_low"] <= row["ci_high"] < 0
     assert row["p_improvement"] == 1.0  # P(ours' drop smaller)
@@ -215,8 +231,10 @@ def test_lower_is_better_and_too_few_runs():
 
 
 def test_iqm_rows_skip_non_finite_values():
-    per_run = {("a", "ours"): [{"late": 1.0, "auc": np.nan}, {"late": 3.0, "auc": np.nan}],
-               ("b", "ours"): [{"late": 5.0, "auc": 2.0}, {"late": 7.0, "auc": 4.0}]}
+    per_run = {
+        ("a", "ours"): [{"late": 1.0, "auc": np.nan}, {"late": 3.0, "auc": np.nan}],
+        ("b", "ours"): [{"late": 5.0, "auc": 2.0}, {"late": 7.0, "auc": 4.0}],
+    }
     rows = intervals.iqm_rows(per_run, reps=200)
     late = [r for r in rows if r["metric"] == "late"]
     assert [(r["task"], r["n_runs"], r["iqm"]) for r in late] == [("a", 2, 2.0), ("b", 2, 6.0), ("all tasks", 4, 4.0)]
@@ -238,12 +256,23 @@ def test_curve_rows_on_the_steps_every_run_has():
 # figures, command line, missing rliable
 # ---------------------------------------------------------------------------------
 def test_figures_give_a_label_the_same_colour_everywhere(tmp_path):
-    per_run = per_run_of({("medium", "ours"): OURS, ("medium", "base"): BASE, ("replay", "ours"): OURS,
-                          ("replay", "base"): BASE, ("replay", "twin"): OURS})
+    per_run = per_run_of(
+        {
+            ("medium", "ours"): OURS,
+            ("medium", "base"): BASE,
+            ("replay", "ours"): OURS,
+            ("replay", "base"): BASE,
+            ("replay", "twin"): OURS,
+        }
+    )
     rows = intervals.comparison_rows(per_run, [("ours", "base"), ("ours", "twin")], "late", reps=200)
-    curves = intervals.curve_rows({(t, a): [(STEPS[:5], np.full(5, v)) for v in values[:3]]
-                                   for (t, a), values in {k: [r["late"] for r in v] for k, v in per_run.items()}.items()},
-                                  reps=200)
+    curves = intervals.curve_rows(
+        {
+            (t, a): [(STEPS[:5], np.full(5, v)) for v in values[:3]]
+            for (t, a), values in {k: [r["late"] for r in v] for k, v in per_run.items()}.items()
+        },
+        reps=200,
+    )
     labels = {"ours": "Ours (balanced, N=5)", "base": "SAC-ft", "twin": "Twin"}
     colors = {"SAC-ft": "tab:orange"}
     figure = intervals.plot_iqm_curves(curves, tmp_path / "curves.png", colors, labels)
@@ -253,19 +282,32 @@ def test_figures_give_a_label_the_same_colour_everywhere(tmp_path):
     bars = [patch for ax in figure.axes for patch in ax.patches if patch.get_alpha() > 0]
     assert len(figure.axes) == 2 * 3  # a twin axis per panel: medium, replay, all tasks (twin: on replay only)
     default = intervals.colors_for(["Twin", "Ours (balanced, N=5)"])  # assigned while drawing: kept
-    assert [to_rgba(bar.get_facecolor(), 1) for bar in bars] == [to_rgba(c) for c in (  # each bar: the baseline's
-        "tab:orange", "tab:orange", default["Twin"], "tab:orange")]
+    assert [to_rgba(bar.get_facecolor(), 1) for bar in bars] == [
+        to_rgba(c)
+        for c in (  # each bar: the baseline's
+            "tab:orange",
+            "tab:orange",
+            default["Twin"],
+            "tab:orange",
+        )
+    ]
     assert to_rgba(lines["Twin"]) == to_rgba(default["Twin"]) and to_rgba(lines["Ours (balanced, N=5)"]) == to_rgba(
-        default["Ours (balanced, N=5)"])
+        default["Ours (balanced, N=5)"]
+    )
     assert (tmp_path / "curves.png").stat().st_size > 0 and (tmp_path / "poi.png").stat().st_size > 0
 
 
 def test_command_line_reads_tensorboard_runs(tmp_path, capsys):
     from tensorboard.compat.proto import event_pb2, summary_pb2
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
     rng = np.random.default_rng(6)
-    for task, method, level, seeds in (("hopper-medium", "ours", 70, 3), ("hopper-medium", "sac-ft", 30, 4),
-                                       ("hopper-medium-replay", "ours", 80, 3), ("hopper-medium-replay", "sac-ft", 40, 3)):
+    for task, method, level, seeds in (
+        ("hopper-medium", "ours", 70, 3),
+        ("hopper-medium", "sac-ft", 30, 4),
+        ("hopper-medium-replay", "ours", 80, 3),
+        ("hopper-medium-replay", "sac-ft", 40, 3),
+    ):
         for seed in range(1, seeds + 1):
             writer = EventFileWriter(str(tmp_path / "runs" / f"{task}__{method}__seed{seed}"))
             for step in range(0, 6001, 1000):
@@ -273,8 +315,20 @@ def test_command_line_reads_tensorboard_runs(tmp_path, capsys):
                 writer.add_event(event_pb2.Event(step=step, wall_time=1.0 + step, summary=summary_pb2.Summary(value=[value])))
             writer.close()
     runs = tmp_path / "runs"
-    intervals.main(["--runs", f"Ours (N=5)={runs}/*__ours__seed*", "--runs", f"SAC-ft={runs}/*__sac-ft__seed*",
-                    "--late-from", "3000", "--reps", "100", "--out-dir", str(tmp_path / "out")])
+    intervals.main(
+        [
+            "--runs",
+            f"Ours (N=5)={runs}/*__ours__seed*",
+            "--runs",
+            f"SAC-ft={runs}/*__sac-ft__seed*",
+            "--late-from",
+            "3000",
+            "--reps",
+            "100",
+            "--out-dir",
+            str(tmp_path / "out"),
+        ]
+    )
     assert "comparisons.csv" in capsys.readouterr().out
     names = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"iqm.csv", "curves.csv", "comparisons.csv", "iqm_curves.png", "improvement_late.png"} <= names
@@ -282,7 +336,10 @@ def test_command_line_reads_tensorboard_runs(tmp_path, capsys):
         rows = list(intervals.csv.DictReader(f))
     late = [r for r in rows if r["metric"] == "late"]
     assert sorted((r["task"], r["n_first"], r["n_second"], r["result"]) for r in late) == [
-        ("all tasks", "6", "7", "holds"), ("hopper-medium", "3", "4", "holds"), ("hopper-medium-replay", "3", "3", "holds")]
+        ("all tasks", "6", "7", "holds"),
+        ("hopper-medium", "3", "4", "holds"),
+        ("hopper-medium-replay", "3", "3", "holds"),
+    ]
     with pytest.raises(SystemExit, match="no run folder matches"):
         intervals.main(["--runs", f"X={runs}/nothing*", "--out-dir", str(tmp_path / "out")])
 

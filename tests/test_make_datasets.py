@@ -1,5 +1,6 @@
 """benchmark/make_datasets.py's reproducibility records (issue 22): datasets.csv gives each file's SHA-256 and the
 CPU that made it after the columns it always had, and what it hands sac.py holds no machine path."""
+
 import csv
 import hashlib
 import os
@@ -13,8 +14,17 @@ import pytest
 from conftest import REPO_ROOT, load_script
 
 make_datasets = load_script("benchmark/make_datasets", "make_datasets_for_provenance_tests")
-OLD_COLUMNS = ["dataset", "file", "imitates", "d4rl_transitions", "transitions", "episodes", "mean_return", "std_return",
-               "mean_normalized_score"]
+OLD_COLUMNS = [
+    "dataset",
+    "file",
+    "imitates",
+    "d4rl_transitions",
+    "transitions",
+    "episodes",
+    "mean_return",
+    "std_return",
+    "mean_normalized_score",
+]
 
 
 def write_dataset(path, n=300, seed=0):
@@ -22,9 +32,14 @@ def write_dataset(path, n=300, seed=0):
     timeouts = np.zeros(n, dtype=bool)
     timeouts[n // 2 - 1] = timeouts[-1] = True
     with h5py.File(path, "w") as f:
-        for key, value in {"observations": rng.normal(size=(n, 11)), "actions": rng.uniform(-1, 1, (n, 3)),
-                           "rewards": rng.normal(size=n), "next_observations": rng.normal(size=(n, 11)),
-                           "terminals": np.zeros(n, dtype=bool), "timeouts": timeouts}.items():
+        for key, value in {
+            "observations": rng.normal(size=(n, 11)),
+            "actions": rng.uniform(-1, 1, (n, 3)),
+            "rewards": rng.normal(size=n),
+            "next_observations": rng.normal(size=(n, 11)),
+            "terminals": np.zeros(n, dtype=bool),
+            "timeouts": timeouts,
+        }.items():
             f[key] = value
     return path
 
@@ -68,9 +83,23 @@ def test_main_records_hash_and_cpu_and_passes_relative_paths(tmp_path, monkeypat
     """--datasets medium-expert: the medium and expert rollouts (fake sac.py) from the committed policies, then the
     concatenation; the CSV rows carry the files' hashes and this CPU, the commands no absolute repository path."""
     out_dir = tmp_path / "cpu_d4rl"
-    monkeypatch.setattr(sys, "argv", ["make_datasets.py", "--env", "hopper", "--datasets", "medium-expert",
-                                      "--out-dir", str(out_dir), "--work-dir", str(tmp_path / "work"),
-                                      "--csv", str(tmp_path / "datasets.csv")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "make_datasets.py",
+            "--env",
+            "hopper",
+            "--datasets",
+            "medium-expert",
+            "--out-dir",
+            str(out_dir),
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--csv",
+            str(tmp_path / "datasets.csv"),
+        ],
+    )
     make_datasets.main()
     rollouts = {command[command.index("--rollout-actor") + 1]: command for command in fake_sac}
     assert sorted(rollouts) == ["benchmark/datasets/hopper/expert_policy.pt", "benchmark/datasets/hopper/medium_policy.pt"]

@@ -8,6 +8,7 @@ MINARI_DATASETS_PATH; the download test replaces minari's download function by o
 in-process where that is enough (a SystemExit carrying one 'error: ...' line is what the real process prints with exit
 status 1, see test_reliability.py); subprocesses check the real runs and the real exit.
 """
+
 import dataclasses
 import json
 import os
@@ -67,8 +68,16 @@ def write_minari_dataset(root, dataset_id, episodes, refs=(REF_MIN, REF_MAX), **
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            minari.create_dataset_from_buffers(dataset_id, buffers, env=spec, eval_env=spec, ref_min_score=refs[0],
-                                               ref_max_score=refs[1], algorithm_name="random", **options)
+            minari.create_dataset_from_buffers(
+                dataset_id,
+                buffers,
+                env=spec,
+                eval_env=spec,
+                ref_min_score=refs[0],
+                ref_max_score=refs[1],
+                algorithm_name="random",
+                **options,
+            )
     finally:
         if old_root is None:
             del os.environ["MINARI_DATASETS_PATH"]
@@ -136,7 +145,8 @@ def test_env_and_scores_come_from_the_dataset(mods, use_root):
     assert c.normalized_score(DATASET_ID, REF_MIN) == 0.0 and c.normalized_score(DATASET_ID, REF_MAX) == 100.0
     assert c.normalized_score(DATASET_ID, 1000.0) == pytest.approx(100 * 1020 / 3020)
     assert c.normalized_score(DATASET_ID, 1490.0) == pytest.approx(
-        100 * float(minari.get_normalized_score(minari.load_dataset(DATASET_ID), np.array(1490.0))))
+        100 * float(minari.get_normalized_score(minari.load_dataset(DATASET_ID), np.array(1490.0)))
+    )
     # D4RL names keep D4RL's environments and reference returns
     assert c.gym_env_id("hopper-medium-v2") == "Hopper-v4"
     assert c.normalized_score("hopper-medium-v2", 1000.0) == pytest.approx(100 * (1000 + 20.272305) / (3234.3 + 20.272305))
@@ -147,11 +157,18 @@ def test_env_and_scores_come_from_the_dataset(mods, use_root):
 
 
 def test_minari_is_imported_only_for_a_minari_id(tmp_path, tiny_hopper_dataset):
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import cql_pretrain as c; "
-            "c.load_d4rl_dataset('Hopper-v4', sys.argv[2]); c.make_env('hopper-medium-v2', 0); "
-            "c.normalized_score('hopper-medium-v2', 1.0); print('minari' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code, str(REPO_ROOT), str(tiny_hopper_dataset)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import cql_pretrain as c; "
+        "c.load_d4rl_dataset('Hopper-v4', sys.argv[2]); c.make_env('hopper-medium-v2', 0); "
+        "c.normalized_score('hopper-medium-v2', 1.0); print('minari' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(REPO_ROOT), str(tiny_hopper_dataset)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-2000:]
 
 
@@ -175,8 +192,11 @@ def test_download_through_minari(mods, tmp_path, monkeypatch, episodes):
         raise ConnectionError("Couldn't reach the remote Farama server")
 
     monkeypatch.setattr(minari.storage.hosting, "download_dataset", offline)
-    with pytest.raises(SystemExit, match=r"^error: cannot load Minari dataset mujoco/hopper/nope-v0: ConnectionError: "
-                                         r"Couldn't reach the remote Farama server$"):
+    with pytest.raises(
+        SystemExit,
+        match=r"^error: cannot load Minari dataset mujoco/hopper/nope-v0: ConnectionError: "
+        r"Couldn't reach the remote Farama server$",
+    ):
         mods["awac"].load_d4rl_dataset("mujoco/hopper/nope-v0")
 
 
@@ -190,16 +210,47 @@ def pretrained(minari_root, tmp_path_factory):
     env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1", MINARI_DATASETS_PATH=str(minari_root))
     common = ["--env-id", DATASET_ID, "--n-ensemble", "2", "--hidden-dim", "32", "--batch-size", "32", "--no-cuda"]
     runs = {
-        "cql": ["cql_pretrain.py", *common, "--offline-steps", "40", "--log-every", "20", "--eval-every", "40",
-                "--eval-episodes", "2", "--run-dir", "cql_run"],
-        "balanced": ["balanced_finetune.py", *common, "--ratio-batch-size", "32", "--online-steps", "200",
-                     "--epoch-length", "100", "--first-epoch-multiplier", "1", "--eval-episodes", "2",
-                     "--run-dir", "ft_run"],
+        "cql": [
+            "cql_pretrain.py",
+            *common,
+            "--offline-steps",
+            "40",
+            "--log-every",
+            "20",
+            "--eval-every",
+            "40",
+            "--eval-episodes",
+            "2",
+            "--run-dir",
+            "cql_run",
+        ],
+        "balanced": [
+            "balanced_finetune.py",
+            *common,
+            "--ratio-batch-size",
+            "32",
+            "--online-steps",
+            "200",
+            "--epoch-length",
+            "100",
+            "--first-epoch-multiplier",
+            "1",
+            "--eval-episodes",
+            "2",
+            "--run-dir",
+            "ft_run",
+        ],
     }
     results = {}
     for name, argv in runs.items():
-        results[name] = subprocess.run([sys.executable, str(REPO_ROOT / argv[0]), *argv[1:]], cwd=work, env=env,
-                                       capture_output=True, text=True, timeout=300)
+        results[name] = subprocess.run(
+            [sys.executable, str(REPO_ROOT / argv[0]), *argv[1:]],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert results[name].returncode == 0, results[name].stderr[-3000:]
     return work, results
 
@@ -231,9 +282,30 @@ def test_sac_from_scratch_in_a_minari_datasets_env(use_root, tmp_path, monkeypat
     """paper.sh --suite minari runs sac.py with a Minari id: the dataset's env (-v5, its time limit) and scores."""
     sac = own_copies("minari", ["sac"])["sac"]
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["sac.py", "--env-id", DATASET_ID, "--total-timesteps", "60", "--learning-starts",
-                                      "20", "--batch-size", "8", "--hidden-dim", "16", "--eval-every", "60",
-                                      "--eval-episodes", "1", "--run-dir", "sac_run", "--no-cuda"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "sac.py",
+            "--env-id",
+            DATASET_ID,
+            "--total-timesteps",
+            "60",
+            "--learning-starts",
+            "20",
+            "--batch-size",
+            "8",
+            "--hidden-dim",
+            "16",
+            "--eval-every",
+            "60",
+            "--eval-episodes",
+            "1",
+            "--run-dir",
+            "sac_run",
+            "--no-cuda",
+        ],
+    )
     sac.main()
     ckpt = torch.load(tmp_path / "checkpoints" / f"sac_{DATASET_ID}_seed1.pt", weights_only=False)
     buffer = ckpt["resume"]["buffer"]
@@ -242,34 +314,73 @@ def test_sac_from_scratch_in_a_minari_datasets_env(use_root, tmp_path, monkeypat
     assert np.diff(np.concatenate([[-1], ends])).max() <= MAX_EPISODE_STEPS  # the dataset's time limit, not 1000
     logged = scalars(tmp_path / "sac_run")
     returns = np.array([v for _, v in logged["eval/return"]])
-    np.testing.assert_allclose([v for _, v in logged["eval/normalized_score"]],
-                               100 * (returns - REF_MIN) / (REF_MAX - REF_MIN), rtol=1e-5)
+    np.testing.assert_allclose(
+        [v for _, v in logged["eval/normalized_score"]], 100 * (returns - REF_MIN) / (REF_MAX - REF_MIN), rtol=1e-5
+    )
 
 
 # ---------------------------------------------------------------------------------
 # the checkpoint's environment: Minari (Hopper-v5) and D4RL (Hopper-v4) tasks do not mix
 # ---------------------------------------------------------------------------------
-def test_checkpoint_of_another_environment_is_refused(mods, pretrained, use_root, tmp_path, tiny_hopper_dataset,
-                                                      monkeypatch):
+def test_checkpoint_of_another_environment_is_refused(mods, pretrained, use_root, tmp_path, tiny_hopper_dataset, monkeypatch):
     work, _ = pretrained
     minari_ckpt = work / "checkpoints" / f"cql_{DATASET_ID}_seed1.pt"
-    tiny = ["--n-ensemble", "2", "--online-steps", "10", "--epoch-length", "5", "--batch-size", "8",
-            "--ratio-batch-size", "8", "--eval-episodes", "1", "--no-cuda", "--run-dir", tmp_path / "r",
-            "--checkpoint", tmp_path / "out.pt"]
-    message = run_main(mods["balanced_finetune"], ["--env-id", "hopper-medium-v2", "--dataset-path", tiny_hopper_dataset,
-                                                   "--cql-checkpoint", minari_ckpt, *tiny], monkeypatch, tmp_path)
-    assert f"checkpoint {minari_ckpt} was trained for '{DATASET_ID}', not for --env-id 'hopper-medium-v2' " \
-           f"(environments Hopper-v5 and Hopper-v4 differ)" in message
-    message = run_main(mods["fqe"], ["--env-id", "hopper-medium-v2", "--dataset-path", tiny_hopper_dataset,
-                                     "--policy-checkpoint", minari_ckpt, "--steps", "2", "--no-cuda",
-                                     "--checkpoint", tmp_path / "fqe.pt", "--run-dir", tmp_path / "f"],
-                       monkeypatch, tmp_path)
+    tiny = [
+        "--n-ensemble",
+        "2",
+        "--online-steps",
+        "10",
+        "--epoch-length",
+        "5",
+        "--batch-size",
+        "8",
+        "--ratio-batch-size",
+        "8",
+        "--eval-episodes",
+        "1",
+        "--no-cuda",
+        "--run-dir",
+        tmp_path / "r",
+        "--checkpoint",
+        tmp_path / "out.pt",
+    ]
+    message = run_main(
+        mods["balanced_finetune"],
+        ["--env-id", "hopper-medium-v2", "--dataset-path", tiny_hopper_dataset, "--cql-checkpoint", minari_ckpt, *tiny],
+        monkeypatch,
+        tmp_path,
+    )
+    assert (
+        f"checkpoint {minari_ckpt} was trained for '{DATASET_ID}', not for --env-id 'hopper-medium-v2' "
+        f"(environments Hopper-v5 and Hopper-v4 differ)" in message
+    )
+    message = run_main(
+        mods["fqe"],
+        [
+            "--env-id",
+            "hopper-medium-v2",
+            "--dataset-path",
+            tiny_hopper_dataset,
+            "--policy-checkpoint",
+            minari_ckpt,
+            "--steps",
+            "2",
+            "--no-cuda",
+            "--checkpoint",
+            tmp_path / "fqe.pt",
+            "--run-dir",
+            tmp_path / "f",
+        ],
+        monkeypatch,
+        tmp_path,
+    )
     assert f"policy checkpoint {minari_ckpt} is for '{DATASET_ID}'" in message
     # the other way round: a Hopper-v4 checkpoint is not fine-tuned on the Minari (Hopper-v5) dataset
     d4rl_ckpt = tmp_path / "cql_v4.pt"
     torch.save(dict(torch.load(minari_ckpt, weights_only=False), env_id="hopper-medium-replay-v2"), d4rl_ckpt)
-    message = run_main(mods["balanced_finetune"], ["--env-id", DATASET_ID, "--cql-checkpoint", d4rl_ckpt, *tiny],
-                       monkeypatch, tmp_path)
+    message = run_main(
+        mods["balanced_finetune"], ["--env-id", DATASET_ID, "--cql-checkpoint", d4rl_ckpt, *tiny], monkeypatch, tmp_path
+    )
     assert "(environments Hopper-v4 and Hopper-v5 differ)" in message
     assert not (tmp_path / "out.pt").exists()
     # same environment, other dataset: allowed (a gymnasium id with --dataset-path, or another Minari dataset of v5)
@@ -297,8 +408,9 @@ def bad_dataset(root, dataset_id, episodes, case):
         return f"dataset {dataset_id} has observation/action dims 12/3 but Hopper-v5 has 11/3"
     if case == "dict_observations":
         space = gym.spaces.Dict({"x": gym.spaces.Box(-np.inf, np.inf, (11,), np.float64)})
-        write_minari_dataset(root, dataset_id, [dict(e, observations={"x": e["observations"]}) for e in episodes],
-                             observation_space=space)
+        write_minari_dataset(
+            root, dataset_id, [dict(e, observations={"x": e["observations"]}) for e in episodes], observation_space=space
+        )
         return f"Minari dataset {dataset_id}: its observation space is Dict("
     data_dir = write_minari_dataset(root, dataset_id, episodes)
     metadata = json.loads((data_dir / "metadata.json").read_text())
@@ -319,8 +431,15 @@ def no_network(dataset_id, force_download=False):
     raise OSError("no network in this test")
 
 
-BAD_CASES = ("not_cached_and_no_network", "nan_rewards", "dims_disagree_with_env", "dict_observations", "unknown_env",
-             "corrupt_metadata", "no_main_data")
+BAD_CASES = (
+    "not_cached_and_no_network",
+    "nan_rewards",
+    "dims_disagree_with_env",
+    "dict_observations",
+    "unknown_env",
+    "corrupt_metadata",
+    "no_main_data",
+)
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -330,8 +449,25 @@ def test_bad_minari_dataset(case, mods, episodes, tmp_path, monkeypatch):
     monkeypatch.setattr(minari.storage.hosting, "download_dataset", no_network)
     dataset_id = f"mujoco/hopper/{case.replace('_', '-')}-v0"
     phrase = bad_dataset(root, dataset_id, episodes[:6], case)
-    argv = ["--env-id", dataset_id, "--n-ensemble", "1", "--hidden-dim", "8", "--batch-size", "8", "--offline-steps",
-            "2", "--eval-episodes", "1", "--checkpoint", tmp_path / "out.pt", "--run-dir", tmp_path / "runs", "--no-cuda"]
+    argv = [
+        "--env-id",
+        dataset_id,
+        "--n-ensemble",
+        "1",
+        "--hidden-dim",
+        "8",
+        "--batch-size",
+        "8",
+        "--offline-steps",
+        "2",
+        "--eval-episodes",
+        "1",
+        "--checkpoint",
+        tmp_path / "out.pt",
+        "--run-dir",
+        tmp_path / "runs",
+        "--no-cuda",
+    ]
     message = run_main(mods["cql_pretrain"], argv, monkeypatch, tmp_path)
     assert phrase in message, message
     assert not (tmp_path / "out.pt").exists()
@@ -354,10 +490,20 @@ def test_minari_missing_in_a_real_process(tmp_path):
     hide_minari = tmp_path / "no_minari"
     hide_minari.mkdir()
     (hide_minari / "minari.py").write_text("raise ImportError('minari is hidden in this test')\n")
-    env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1", MINARI_DATASETS_PATH=str(tmp_path / "empty"),
-               PYTHONPATH=str(hide_minari))
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "balanced_finetune.py"), "--env-id", DATASET_ID, "--no-cuda"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    env = dict(
+        os.environ,
+        PYTHONHASHSEED="0",
+        OMP_NUM_THREADS="1",
+        MINARI_DATASETS_PATH=str(tmp_path / "empty"),
+        PYTHONPATH=str(hide_minari),
+    )
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "balanced_finetune.py"), "--env-id", DATASET_ID, "--no-cuda"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert [line for line in proc.stderr.splitlines() if line.strip()] == [INSTALL.format(id=DATASET_ID)], \
-        proc.stderr[-2000:]
+    assert [line for line in proc.stderr.splitlines() if line.strip()] == [INSTALL.format(id=DATASET_ID)], proc.stderr[-2000:]

@@ -1,5 +1,6 @@
 """benchmark/record.py: a checkpoint's score against an independent evaluation (and the script's own logged one),
 the video files (frame count and size), the side-by-side clip, and one-line errors on bad input."""
+
 import os
 import re
 import subprocess
@@ -21,18 +22,96 @@ bcq = load_script("bcq_ft", "bcq_for_record_tests")
 
 SEED, EPISODES = 3, 2
 HOPPER_RANDOM, HOPPER_EXPERT = -20.272305, 3234.3  # D4RL's reference returns
-COMMON = ["--env-id", "Hopper-v4", "--n-ensemble", "2", "--hidden-dim", "16", "--batch-size", "32", "--seed", str(SEED),
-          "--no-cuda"]
+COMMON = [
+    "--env-id",
+    "Hopper-v4",
+    "--n-ensemble",
+    "2",
+    "--hidden-dim",
+    "16",
+    "--batch-size",
+    "32",
+    "--seed",
+    str(SEED),
+    "--no-cuda",
+]
 TRAIN = {  # a few updates of each script: tiny checkpoints in each script's own format
-    "cql": ["cql_pretrain.py", *COMMON, "--offline-steps", "20", "--log-every", "10", "--eval-every", "20",
-            "--eval-episodes", str(EPISODES), "--checkpoint", "cql.pt", "--run-dir", "runs/cql"],
-    "awac": ["awac.py", *COMMON, "--offline-steps", "10", "--online-steps", "0", "--log-every", "10", "--eval-every", "10",
-             "--eval-episodes", "1", "--save-checkpoint", "awac.pt", "--run-dir", "runs/awac"],
-    "bcq": ["bcq_ft.py", *COMMON, "--offline-steps", "10", "--online-steps", "0", "--log-every", "10", "--eval-every", "10",
-            "--eval-episodes", "1", "--save-checkpoint", "bcq.pt", "--run-dir", "runs/bcq"],
-    "sac": ["sac.py", "--env-id", "Hopper-v4", "--hidden-dim", "16", "--batch-size", "32", "--seed", str(SEED), "--no-cuda",
-            "--total-timesteps", "150", "--learning-starts", "100", "--eval-every", "150", "--eval-episodes", "1",
-            "--checkpoint", "sac.pt", "--run-dir", "runs/sac"],
+    "cql": [
+        "cql_pretrain.py",
+        *COMMON,
+        "--offline-steps",
+        "20",
+        "--log-every",
+        "10",
+        "--eval-every",
+        "20",
+        "--eval-episodes",
+        str(EPISODES),
+        "--checkpoint",
+        "cql.pt",
+        "--run-dir",
+        "runs/cql",
+    ],
+    "awac": [
+        "awac.py",
+        *COMMON,
+        "--offline-steps",
+        "10",
+        "--online-steps",
+        "0",
+        "--log-every",
+        "10",
+        "--eval-every",
+        "10",
+        "--eval-episodes",
+        "1",
+        "--save-checkpoint",
+        "awac.pt",
+        "--run-dir",
+        "runs/awac",
+    ],
+    "bcq": [
+        "bcq_ft.py",
+        *COMMON,
+        "--offline-steps",
+        "10",
+        "--online-steps",
+        "0",
+        "--log-every",
+        "10",
+        "--eval-every",
+        "10",
+        "--eval-episodes",
+        "1",
+        "--save-checkpoint",
+        "bcq.pt",
+        "--run-dir",
+        "runs/bcq",
+    ],
+    "sac": [
+        "sac.py",
+        "--env-id",
+        "Hopper-v4",
+        "--hidden-dim",
+        "16",
+        "--batch-size",
+        "32",
+        "--seed",
+        str(SEED),
+        "--no-cuda",
+        "--total-timesteps",
+        "150",
+        "--learning-starts",
+        "100",
+        "--eval-every",
+        "150",
+        "--eval-episodes",
+        "1",
+        "--checkpoint",
+        "sac.pt",
+        "--run-dir",
+        "runs/sac",
+    ],
 }
 
 
@@ -50,23 +129,38 @@ def trained(tmp_path_factory, tiny_hopper_dataset):
     for algo, (script, *args) in TRAIN.items():
         data = [] if algo == "sac" else ["--dataset-path", str(tiny_hopper_dataset)]
         with open(root / f"{algo}.log", "w") as log:  # a file, not a pipe: nothing blocks on a full pipe
-            procs[algo] = subprocess.Popen([sys.executable, str(REPO_ROOT / script), *args, *data], cwd=root,
-                                           env=env_vars(), stdout=subprocess.DEVNULL, stderr=log)
+            procs[algo] = subprocess.Popen(
+                [sys.executable, str(REPO_ROOT / script), *args, *data],
+                cwd=root,
+                env=env_vars(),
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
     for algo, proc in procs.items():
         assert proc.wait(timeout=300) == 0, f"{algo}: {(root / f'{algo}.log').read_text()[-2000:]}"
     return {algo: root / f"{algo}.pt" for algo in TRAIN}
 
 
 def run_record(*args, cwd, **extra_env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO_ROOT / "benchmark" / "record.py"), *map(str, args)], cwd=cwd,
-                          env=env_vars(**extra_env), capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmark" / "record.py"), *map(str, args)],
+        cwd=cwd,
+        env=env_vars(**extra_env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def printed(stdout: str, prefix: str = "") -> tuple[list[str], str, str]:
     """(per-episode returns, mean return, normalized score) as record.py printed them."""
     episodes = re.findall(rf"^{re.escape(prefix)}episode \d+ \(reset seed \d+\): return (-?[\d.]+), ", stdout, re.M)
-    mean, score = re.search(rf"^{re.escape(prefix)}mean return (-?[\d.]+) ± [\d.]+ over \d+ episodes, normalized score "
-                            r"(-?[\d.]+) ", stdout, re.M).groups()
+    mean, score = re.search(
+        rf"^{re.escape(prefix)}mean return (-?[\d.]+) ± [\d.]+ over \d+ episodes, normalized score "
+        r"(-?[\d.]+) ",
+        stdout,
+        re.M,
+    ).groups()
     return episodes, mean, score
 
 
@@ -147,9 +241,27 @@ def test_score_is_the_one_the_script_logged_and_members_can_be_sliced(trained, c
 def test_video_files_have_every_kth_frame_at_the_chosen_size(trained, tmp_path):
     import imageio_ffmpeg
 
-    result = run_record(trained["cql"], "--episodes", EPISODES, "--seed", SEED, "--video", "--video-episodes", 1,
-                        "--formats", "gif", "mp4", "png", "--size", 64, "--frame-every", 2, "--out-dir", "videos",
-                        cwd=tmp_path)
+    result = run_record(
+        trained["cql"],
+        "--episodes",
+        EPISODES,
+        "--seed",
+        SEED,
+        "--video",
+        "--video-episodes",
+        1,
+        "--formats",
+        "gif",
+        "mp4",
+        "png",
+        "--size",
+        64,
+        "--frame-every",
+        2,
+        "--out-dir",
+        "videos",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     returns, lengths = independent_returns(trained["cql"])
     episodes, _, _ = printed(result.stdout)
@@ -172,9 +284,30 @@ def test_video_files_have_every_kth_frame_at_the_chosen_size(trained, tmp_path):
 
 @pytest.mark.slow
 def test_side_by_side_clip_holds_both_policies(trained, tmp_path):
-    result = run_record("--side-by-side", trained["cql"], trained["sac"], "--labels", "CQL", "SAC", "--episodes", 1,
-                        "--seed", SEED, "--formats", "gif", "png", "--size", 64, "--frame-every", 2,
-                        "--name", "before_after", "--out-dir", "figures", cwd=tmp_path)
+    result = run_record(
+        "--side-by-side",
+        trained["cql"],
+        trained["sac"],
+        "--labels",
+        "CQL",
+        "SAC",
+        "--episodes",
+        1,
+        "--seed",
+        SEED,
+        "--formats",
+        "gif",
+        "png",
+        "--size",
+        64,
+        "--frame-every",
+        2,
+        "--name",
+        "before_after",
+        "--out-dir",
+        "figures",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     lengths = [independent_returns(trained[algo], episodes=1)[1][0] for algo in ("cql", "sac")]
     for label, algo in (("CQL", "cql"), ("SAC", "sac")):
@@ -200,9 +333,22 @@ def assert_one_error_line(result, *fragments):
 @pytest.mark.slow
 def test_rendering_impossible_is_one_line(trained, tmp_path):
     env = {key: value for key, value in os.environ.items() if key not in ("DISPLAY", "WAYLAND_DISPLAY")}
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmark" / "record.py"), str(trained["cql"]), "--video",
-                             "--episodes", "1", "--out-dir", str(tmp_path / "v")], capture_output=True, text=True,
-                            env=dict(env, MUJOCO_GL="glfw", OMP_NUM_THREADS="1"), timeout=300)  # glfw: needs a display
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "benchmark" / "record.py"),
+            str(trained["cql"]),
+            "--video",
+            "--episodes",
+            "1",
+            "--out-dir",
+            str(tmp_path / "v"),
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(env, MUJOCO_GL="glfw", OMP_NUM_THREADS="1"),
+        timeout=300,
+    )  # glfw: needs a display
     assert_one_error_line(result, "cannot render Hopper-v4 (MUJOCO_GL=glfw)", "MUJOCO_GL=osmesa")
 
 
@@ -219,17 +365,23 @@ def test_missing_checkpoint_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args, message", [
-    (["{cql}", "--env-id", "HalfCheetah-v4"], "was trained for 'Hopper-v4' (Hopper-v4), not for --env-id 'HalfCheetah-v4'"),
-    (["{cql}", "--env-id", "walker2d-medium-v2"], "not for --env-id 'walker2d-medium-v2' (Walker2d-v4)"),
-    (["{cql}", "--env-id", "NoSuchEnv-v0"], "unknown --env-id 'NoSuchEnv-v0'"),
-    (["{cql}", "--n-ensemble", "3"], "--n-ensemble 3 but checkpoint"),
-    (["{text}"], "not a file written by torch.save"),
-    (["{cql}", "--episodes", "0"], "--episodes must be at least 1"),
-    (["--side-by-side", "{cql}"], "two or more"),
-    (["{cql}", "--side-by-side", "{cql}", "{sac}"], "give one checkpoint, or --side-by-side"),
-    (["--side-by-side", "{cql}", "{sac}", "--labels", "one"], "--labels has 1 label(s) for 2 checkpoint(s)"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["{cql}", "--env-id", "HalfCheetah-v4"],
+            "was trained for 'Hopper-v4' (Hopper-v4), not for --env-id 'HalfCheetah-v4'",
+        ),
+        (["{cql}", "--env-id", "walker2d-medium-v2"], "not for --env-id 'walker2d-medium-v2' (Walker2d-v4)"),
+        (["{cql}", "--env-id", "NoSuchEnv-v0"], "unknown --env-id 'NoSuchEnv-v0'"),
+        (["{cql}", "--n-ensemble", "3"], "--n-ensemble 3 but checkpoint"),
+        (["{text}"], "not a file written by torch.save"),
+        (["{cql}", "--episodes", "0"], "--episodes must be at least 1"),
+        (["--side-by-side", "{cql}"], "two or more"),
+        (["{cql}", "--side-by-side", "{cql}", "{sac}"], "give one checkpoint, or --side-by-side"),
+        (["--side-by-side", "{cql}", "{sac}", "--labels", "one"], "--labels has 1 label(s) for 2 checkpoint(s)"),
+    ],
+)
 def test_bad_input_stops_with_one_message(trained, tmp_path, args, message):
     (tmp_path / "notes.txt").write_text("not a checkpoint\n")
     paths = {"cql": trained["cql"], "sac": trained["sac"], "text": tmp_path / "notes.txt"}

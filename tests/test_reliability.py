@@ -10,6 +10,7 @@ Covered elsewhere, not repeated here: a NaN/inf loss stopping the run (tests of 
 awac; bcq_ft and sac are covered below), same seed -> identical logged values (tests of every script; fqe's through
 its SIGKILL test, which compares a resumed run with a same-seed uninterrupted one), SIGKILL + --resume (every script).
 """
+
 import ast
 import os
 import re
@@ -41,8 +42,9 @@ def mods():
 @pytest.fixture(scope="module")
 def base_arrays(tiny_hopper_dataset):
     with h5py.File(tiny_hopper_dataset, "r") as f:
-        return {key: f[key][:300] for key in ("observations", "actions", "rewards", "terminals", "timeouts",
-                                                "next_observations")}
+        return {
+            key: f[key][:300] for key in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
+        }
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +60,12 @@ def files(tmp_path_factory, tiny_hopper_dataset, base_arrays):
     out["no_actions_key"] = write_d4rl_file(folder / "no_actions.hdf5", **base_arrays)
     with h5py.File(out["no_actions_key"], "a") as f:
         del f["actions"]
-    out["short_rewards"] = write_d4rl_file(folder / "short_rewards.hdf5",
-                                           **dict(base_arrays, rewards=base_arrays["rewards"][:-7]))
-    out["two_column_rewards"] = write_d4rl_file(folder / "two_column_rewards.hdf5",
-                                                **dict(base_arrays, rewards=np.zeros((300, 2))))
+    out["short_rewards"] = write_d4rl_file(
+        folder / "short_rewards.hdf5", **dict(base_arrays, rewards=base_arrays["rewards"][:-7])
+    )
+    out["two_column_rewards"] = write_d4rl_file(
+        folder / "two_column_rewards.hdf5", **dict(base_arrays, rewards=np.zeros((300, 2)))
+    )
     for key in ("observations", "actions", "rewards"):
         for bad in ("nan", "inf"):
             values = base_arrays[key].astype(np.float32).copy()
@@ -76,9 +80,32 @@ def ckpts(tmp_path_factory, mods, files):
     """A real cql_pretrain.py checkpoint (N=2, hidden 16, Hopper-v4, run in-process) and foreign ones derived from it."""
     folder = tmp_path_factory.mktemp("ckpts")
     cql_path = folder / "cql.pt"
-    argv = ["cql_pretrain.py", "--env-id", "Hopper-v4", "--dataset-path", files["good"], "--n-ensemble", "2",
-            "--hidden-dim", HIDDEN, "--batch-size", "16", "--offline-steps", "5", "--log-every", "5", "--eval-every", "5",
-            "--eval-episodes", "1", "--checkpoint", cql_path, "--run-dir", folder / "runs", "--no-cuda"]
+    argv = [
+        "cql_pretrain.py",
+        "--env-id",
+        "Hopper-v4",
+        "--dataset-path",
+        files["good"],
+        "--n-ensemble",
+        "2",
+        "--hidden-dim",
+        HIDDEN,
+        "--batch-size",
+        "16",
+        "--offline-steps",
+        "5",
+        "--log-every",
+        "5",
+        "--eval-every",
+        "5",
+        "--eval-episodes",
+        "1",
+        "--checkpoint",
+        cql_path,
+        "--run-dir",
+        folder / "runs",
+        "--no-cuda",
+    ]
     cwd, threads = os.getcwd(), torch.get_num_threads()
     old_argv, sys.argv = sys.argv, [str(a) for a in argv]
     try:
@@ -98,8 +125,11 @@ def ckpts(tmp_path_factory, mods, files):
         return path
 
     def first(k):  # the first k members of the real checkpoint (actor [:k], critic [:2k])
-        return {"n_ensemble": k, "actor": {key: v[:k] for key, v in cql["actor"].items()},
-                "critic": {key: v[:2 * k] for key, v in cql["critic"].items()}}
+        return {
+            "n_ensemble": k,
+            "actor": {key: v[:k] for key, v in cql["actor"].items()},
+            "critic": {key: v[: 2 * k] for key, v in cql["critic"].items()},
+        }
 
     c = mods["cql_pretrain"]
     cheetah_actor = c.EnsembleActor(17, 6, [HIDDEN, HIDDEN], 2).state_dict()
@@ -110,10 +140,13 @@ def ckpts(tmp_path_factory, mods, files):
     torch.save(cql["actor"], raw)
     run_dir = str(folder / "resumed_run")
     return {
-        "cql": cql_path, "text": text, "raw": raw,
+        "cql": cql_path,
+        "text": text,
+        "raw": raw,
         "cql_walker": forge("cql_walker", env_id="Walker2d-v4"),
-        "cql_cheetah": forge("cql_cheetah", env_id="HalfCheetah-v4", obs_dim=17, act_dim=6, actor=cheetah_actor,
-                             critic=cheetah_critic),
+        "cql_cheetah": forge(
+            "cql_cheetah", env_id="HalfCheetah-v4", obs_dim=17, act_dim=6, actor=cheetah_actor, critic=cheetah_critic
+        ),
         "fqe": forge("fqe", algo="fqe"),
         "fqe_walker": forge("fqe_walker", algo="fqe", env_id="Walker2d-v4"),
         "fqe_n1": forge("fqe_n1", algo="fqe", **first(1)),
@@ -131,21 +164,98 @@ def argv_of(script, tmp_path, ckpts, data=None, env="Hopper-v4", n=None, policy=
     out = tmp_path / "out.pt"
     common = ["--env-id", env, "--run-dir", tmp_path / "runs", "--no-cuda"]
     if script == "sac":
-        return [*common, "--total-timesteps", "30", "--learning-starts", "10", "--batch-size", "8", "--hidden-dim",
-                HIDDEN, "--log-every", "10", "--eval-every", "1000", "--eval-episodes", "1", "--checkpoint", out]
+        return [
+            *common,
+            "--total-timesteps",
+            "30",
+            "--learning-starts",
+            "10",
+            "--batch-size",
+            "8",
+            "--hidden-dim",
+            HIDDEN,
+            "--log-every",
+            "10",
+            "--eval-every",
+            "1000",
+            "--eval-episodes",
+            "1",
+            "--checkpoint",
+            out,
+        ]
     common += ["--dataset-path", data]
     if script == "cql_pretrain":
-        return [*common, "--n-ensemble", n or 1, "--hidden-dim", HIDDEN, "--batch-size", "8", "--offline-steps", "2",
-                "--eval-episodes", "1", "--checkpoint", out]
+        return [
+            *common,
+            "--n-ensemble",
+            n or 1,
+            "--hidden-dim",
+            HIDDEN,
+            "--batch-size",
+            "8",
+            "--offline-steps",
+            "2",
+            "--eval-episodes",
+            "1",
+            "--checkpoint",
+            out,
+        ]
     if script == "fqe":
-        return [*common, "--policy-checkpoint", policy or ckpts["cql"], "--steps", "2", "--batch-size", "8",
-                "--eval-episodes", "1", "--checkpoint", out, *(["--n-ensemble", n] if n else [])]
+        return [
+            *common,
+            "--policy-checkpoint",
+            policy or ckpts["cql"],
+            "--steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--eval-episodes",
+            "1",
+            "--checkpoint",
+            out,
+            *(["--n-ensemble", n] if n else []),
+        ]
     if script == "balanced_finetune":
-        return [*common, "--cql-checkpoint", policy or ckpts["cql"], "--n-ensemble", n or 2, "--online-steps", "10",
-                "--epoch-length", "5", "--first-epoch-multiplier", "1", "--batch-size", "8", "--ratio-batch-size", "8",
-                "--hidden-dim", HIDDEN, "--eval-episodes", "1", "--checkpoint", out]
-    return [*common, "--n-ensemble", n or 1, "--hidden-dim", HIDDEN, "--offline-steps", "2", "--online-steps", "0",
-            "--batch-size", "8", "--eval-episodes", "1", "--checkpoint", out]  # awac, bcq_ft
+        return [
+            *common,
+            "--cql-checkpoint",
+            policy or ckpts["cql"],
+            "--n-ensemble",
+            n or 2,
+            "--online-steps",
+            "10",
+            "--epoch-length",
+            "5",
+            "--first-epoch-multiplier",
+            "1",
+            "--batch-size",
+            "8",
+            "--ratio-batch-size",
+            "8",
+            "--hidden-dim",
+            HIDDEN,
+            "--eval-episodes",
+            "1",
+            "--checkpoint",
+            out,
+        ]
+    return [
+        *common,
+        "--n-ensemble",
+        n or 1,
+        "--hidden-dim",
+        HIDDEN,
+        "--offline-steps",
+        "2",
+        "--online-steps",
+        "0",
+        "--batch-size",
+        "8",
+        "--eval-episodes",
+        "1",
+        "--checkpoint",
+        out,
+    ]  # awac, bcq_ft
 
 
 # ---------------------------------------------------------------------------------
@@ -158,8 +268,11 @@ DATASET_CASES = {  # case -> phrase the message must contain ({path}: the file g
     "no_actions_key": "dataset {path} has no 'actions' key",
     "short_rewards": "'rewards' has 293 rows but 'observations' has 300",
     "two_column_rewards": "'rewards' must have one value per row, got shape (300, 2)",
-    **{f"{bad}_{key}": f"dataset {{path}}: '{key}' contains NaN or inf"
-       for key in ("observations", "actions", "rewards") for bad in ("nan", "inf")},
+    **{
+        f"{bad}_{key}": f"dataset {{path}}: '{key}' contains NaN or inf"
+        for key in ("observations", "actions", "rewards")
+        for bad in ("nan", "inf")
+    },
 }
 
 
@@ -185,23 +298,46 @@ def test_dataset_dims_must_match_env(script, mods, files, ckpts, tmp_path, monke
 # ---------------------------------------------------------------------------------
 FORMAT_MSG = rf"checkpoint {{p}} is not an {FORMAT} checkpoint"
 RESUME_CASES = {  # script -> {checkpoint at the resume path: regex the message must match ({p}: that path)}
-    "cql_pretrain": {"fqe": r"{p} has algo='fqe'", "cql_walker": r"{p} has env_id='Walker2d-v4'",
-                     "cql": r"{p} has n_ensemble=2 but this run has n_ensemble=1"},
-    "fqe": {"cql": r"{p} has algo='cql'", "fqe_walker": r"{p} has env_id='Walker2d-v4'",
-            "fqe_n1": r"{p} has n_ensemble=1 but this run has n_ensemble=2"},
-    "balanced_finetune": {"cql": r"{p} has algo='cql' but this run has algo='balanced'",
-                          "balanced_walker": r"{p} has env_id='Walker2d-v4' but this run has env_id='Hopper-v4'",
-                          "balanced_n3": r"{p} has n_ensemble=3 but this run has n_ensemble=2"},
-    "awac": {"cql": r"{p} has algo='cql'", "awac_walker": r"{p} has env_id='Walker2d-v4'",
-             "awac_n2": r"{p} has n_ensemble=2 but this run has n_ensemble=1"},
-    "bcq_ft": {"cql": r"{p} has algo='cql'", "bcq_walker": r"{p} has env_id='Walker2d-v4'",
-               "bcq_n2": r"{p} has n_ensemble=2 but this run has n_ensemble=1"},
-    "sac": {"cql": r"{p} has algo='cql'", "sac_walker": r"{p} has env_id='Walker2d-v4'",
-            "sac_n2": r"{p} has n_ensemble=2 but this run has n_ensemble=1"},
+    "cql_pretrain": {
+        "fqe": r"{p} has algo='fqe'",
+        "cql_walker": r"{p} has env_id='Walker2d-v4'",
+        "cql": r"{p} has n_ensemble=2 but this run has n_ensemble=1",
+    },
+    "fqe": {
+        "cql": r"{p} has algo='cql'",
+        "fqe_walker": r"{p} has env_id='Walker2d-v4'",
+        "fqe_n1": r"{p} has n_ensemble=1 but this run has n_ensemble=2",
+    },
+    "balanced_finetune": {
+        "cql": r"{p} has algo='cql' but this run has algo='balanced'",
+        "balanced_walker": r"{p} has env_id='Walker2d-v4' but this run has env_id='Hopper-v4'",
+        "balanced_n3": r"{p} has n_ensemble=3 but this run has n_ensemble=2",
+    },
+    "awac": {
+        "cql": r"{p} has algo='cql'",
+        "awac_walker": r"{p} has env_id='Walker2d-v4'",
+        "awac_n2": r"{p} has n_ensemble=2 but this run has n_ensemble=1",
+    },
+    "bcq_ft": {
+        "cql": r"{p} has algo='cql'",
+        "bcq_walker": r"{p} has env_id='Walker2d-v4'",
+        "bcq_n2": r"{p} has n_ensemble=2 but this run has n_ensemble=1",
+    },
+    "sac": {
+        "cql": r"{p} has algo='cql'",
+        "sac_walker": r"{p} has env_id='Walker2d-v4'",
+        "sac_n2": r"{p} has n_ensemble=2 but this run has n_ensemble=1",
+    },
 }
 for cases in RESUME_CASES.values():  # the same shared load_resume_checkpoint in every script
-    cases.update({"text": r"cannot read checkpoint {p}", "raw": FORMAT_MSG, "missing": r"--resume: no checkpoint at {p} "
-                  r"\(give the run's --checkpoint\)$"})
+    cases.update(
+        {
+            "text": r"cannot read checkpoint {p}",
+            "raw": FORMAT_MSG,
+            "missing": r"--resume: no checkpoint at {p} "
+            r"\(give the run's --checkpoint\)$",
+        }
+    )
 
 
 @pytest.mark.parametrize("script, foreign", [(s, c) for s, cases in RESUME_CASES.items() for c in cases])
@@ -216,12 +352,15 @@ def test_resume_of_a_foreign_checkpoint(script, foreign, mods, files, ckpts, tmp
     assert (path.read_bytes() if path.exists() else None) == before  # a refused resume leaves the file alone
 
 
-@pytest.mark.parametrize("script, change, pattern", [
-    ("sac", ["--total-timesteps", "20"], r"{p} holds 30 steps, more than --total-timesteps 20"),
-    ("balanced_finetune", ["--hidden-dim", "32"], r"checkpoint {p}: its ratio_net does not fit this run"),
-    ("awac", ["--online-steps", "2"], r"checkpoint {p} holds 5 online transitions but --online-steps is 2"),
-    ("bcq_ft", ["--online-steps", "2"], r"checkpoint {p} holds 5 online transitions but --online-steps is 2"),
-])
+@pytest.mark.parametrize(
+    "script, change, pattern",
+    [
+        ("sac", ["--total-timesteps", "20"], r"{p} holds 30 steps, more than --total-timesteps 20"),
+        ("balanced_finetune", ["--hidden-dim", "32"], r"checkpoint {p}: its ratio_net does not fit this run"),
+        ("awac", ["--online-steps", "2"], r"checkpoint {p} holds 5 online transitions but --online-steps is 2"),
+        ("bcq_ft", ["--online-steps", "2"], r"checkpoint {p} holds 5 online transitions but --online-steps is 2"),
+    ],
+)
 def test_resume_own_checkpoint_with_other_sizes(script, change, pattern, mods, files, ckpts, tmp_path, monkeypatch):
     """A real checkpoint of the script itself, resumed with a size that no longer fits its buffers or networks."""
     argv = argv_of(script, tmp_path, ckpts, data=files["good"])
@@ -239,29 +378,51 @@ LOADED_CASES = [  # (script, flag, checkpoint, extra args, regex ({p}: the check
     ("fqe", "--policy-checkpoint", "text", [], r"cannot read policy checkpoint {p}"),
     ("fqe", "--policy-checkpoint", "raw", [], r"policy checkpoint {p} is not an " + FORMAT),
     ("fqe", "--policy-checkpoint", "fqe", [], r"policy checkpoint {p} has algo 'fqe'"),
-    ("fqe", "--policy-checkpoint", "cql_walker", [],
-     r"policy checkpoint {p} is for 'Walker2d-v4'.*not for --env-id 'Hopper-v4'"),
+    (
+        "fqe",
+        "--policy-checkpoint",
+        "cql_walker",
+        [],
+        r"policy checkpoint {p} is for 'Walker2d-v4'.*not for --env-id 'Hopper-v4'",
+    ),
     ("fqe", "--policy-checkpoint", "cql", ["--n-ensemble", "3"], r"--n-ensemble 3 but policy checkpoint {p} holds 2"),
     ("balanced_finetune", "--cql-checkpoint", "text", [], r"cannot read checkpoint {p}"),
     ("balanced_finetune", "--cql-checkpoint", "raw", [], r"checkpoint {p} has format None, expected '" + FORMAT),
     ("balanced_finetune", "--cql-checkpoint", "fqe", [], r"--cql-checkpoint {p} is an fqe\.py checkpoint"),
-    ("balanced_finetune", "--cql-checkpoint", "cql_walker", [],
-     r"checkpoint {p} was trained for 'Walker2d-v4', not for --env-id 'Hopper-v4'"),
+    (
+        "balanced_finetune",
+        "--cql-checkpoint",
+        "cql_walker",
+        [],
+        r"checkpoint {p} was trained for 'Walker2d-v4', not for --env-id 'Hopper-v4'",
+    ),
     ("balanced_finetune", "--cql-checkpoint", "cql", ["--n-ensemble", "3"], r"--n-ensemble 3 but checkpoint {p} holds 2"),
     ("balanced_finetune", "--fqe-checkpoint", "text", ["--q-init", "fqe"], r"cannot read checkpoint {p}"),
     ("balanced_finetune", "--fqe-checkpoint", "raw", ["--q-init", "fqe"], r"checkpoint {p} has format None"),
-    ("balanced_finetune", "--fqe-checkpoint", "cql", ["--q-init", "fqe"],
-     r"--fqe-checkpoint {p} has algo 'cql', expected 'fqe'"),
-    ("balanced_finetune", "--fqe-checkpoint", "fqe_walker", ["--q-init", "fqe"],
-     r"checkpoint {p} was trained for 'Walker2d-v4'"),
+    (
+        "balanced_finetune",
+        "--fqe-checkpoint",
+        "cql",
+        ["--q-init", "fqe"],
+        r"--fqe-checkpoint {p} has algo 'cql', expected 'fqe'",
+    ),
+    (
+        "balanced_finetune",
+        "--fqe-checkpoint",
+        "fqe_walker",
+        ["--q-init", "fqe"],
+        r"checkpoint {p} was trained for 'Walker2d-v4'",
+    ),
     ("balanced_finetune", "--fqe-checkpoint", "fqe_n1", ["--q-init", "fqe"], r"--n-ensemble 2 but checkpoint {p} holds 1"),
 ]
 
 
-@pytest.mark.parametrize("script, flag, foreign, extra, pattern", LOADED_CASES,
-                         ids=[f"{s}{f}={c}{''.join(e)}" for s, f, c, e, _ in LOADED_CASES])
-def test_loaded_checkpoint_of_another_format_algo_env_or_n(script, flag, foreign, extra, pattern, mods, files, ckpts,
-                                                          tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "script, flag, foreign, extra, pattern", LOADED_CASES, ids=[f"{s}{f}={c}{''.join(e)}" for s, f, c, e, _ in LOADED_CASES]
+)
+def test_loaded_checkpoint_of_another_format_algo_env_or_n(
+    script, flag, foreign, extra, pattern, mods, files, ckpts, tmp_path, monkeypatch
+):
     argv = argv_of(script, tmp_path, ckpts, data=files["good"]) + [flag, ckpts[foreign], *extra]
     message = run_main(mods[script], argv, monkeypatch, tmp_path)
     assert re.search(pattern.format(p=re.escape(str(ckpts[foreign]))), message), message
@@ -284,15 +445,18 @@ def test_old_spellings_parse_to_the_same_paths(mods, capsys):
     new = parsed(bf, ["--cql-checkpoint", "CQL.pt", "--checkpoint", "OUT.pt", "--resume"])
     assert (old.cql_checkpoint, old.checkpoint, old.resume) == ("CQL.pt", "OUT.pt", True)
     assert {**vars(old), "old_save_checkpoint": None} == vars(new)
-    assert capsys.readouterr().err == ("note: old spellings: --checkpoint CQL.pt --save-checkpoint OUT.pt now read "
-                                       "--cql-checkpoint CQL.pt --checkpoint OUT.pt\n")
+    assert capsys.readouterr().err == (
+        "note: old spellings: --checkpoint CQL.pt --save-checkpoint OUT.pt now read "
+        "--cql-checkpoint CQL.pt --checkpoint OUT.pt\n"
+    )
     alone = parsed(bf, ["--save-checkpoint", "OUT.pt"])  # the output; the CQL input keeps its default
     assert (alone.cql_checkpoint, alone.checkpoint) == ("checkpoints/cql_walker2d-medium-expert-v2_seed1.pt", "OUT.pt")
     with pytest.raises(SystemExit, match="give --cql-checkpoint CQL.pt --checkpoint OUT.pt$"):
         parsed(bf, ["--cql-checkpoint", "A.pt", "--checkpoint", "B.pt", "--save-checkpoint", "C.pt"])
     for script in ("awac", "bcq_ft"):
-        assert parsed(mods[script], ["--save-checkpoint", "OUT.pt", "--resume"]) == \
-            parsed(mods[script], ["--checkpoint", "OUT.pt", "--resume"])
+        assert parsed(mods[script], ["--save-checkpoint", "OUT.pt", "--resume"]) == parsed(
+            mods[script], ["--checkpoint", "OUT.pt", "--resume"]
+        )
     for script in ("cql_pretrain", "fqe", "sac"):  # their output was always --checkpoint
         assert parsed(mods[script], ["--checkpoint", "OUT.pt", "--resume"]).checkpoint == "OUT.pt"
 
@@ -312,8 +476,9 @@ def test_old_spellings_run_and_resume(mods, files, ckpts, tmp_path, monkeypatch)
     assert torch.load(tmp_path / "out.pt", weights_only=True)["algo"] == "balanced"
     copy = tmp_path / "my_cql.pt"
     copy.write_bytes(cql_before)
-    message = run_main(mods["balanced_finetune"], new[:new.index("--checkpoint")] + ["--checkpoint", copy],
-                       monkeypatch, tmp_path)
+    message = run_main(
+        mods["balanced_finetune"], new[: new.index("--checkpoint")] + ["--checkpoint", copy], monkeypatch, tmp_path
+    )
     assert message.startswith(f"error: --checkpoint {copy} holds a 'cql' checkpoint; refusing to overwrite it"), message
     assert copy.read_bytes() == cql_before
 
@@ -394,7 +559,7 @@ def top_level_definitions(script: str) -> dict:
         else:
             continue
         first_line = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
-        text = "\n".join(source.splitlines()[first_line - 1:node.end_lineno])
+        text = "\n".join(source.splitlines()[first_line - 1 : node.end_lineno])
         for name in names:
             assert name not in definitions, f"{script}.py defines {name} twice"
             definitions[name] = text
@@ -423,16 +588,28 @@ def test_shared_error_path_is_identical_in_every_script():
 @pytest.mark.slow
 def test_real_process_prints_one_line_and_no_traceback(files, ckpts, tmp_path):
     env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
-    cases = {script: (argv_of(script, tmp_path / script, ckpts, data=files["nan_rewards"]),
-                      f"dataset {files['nan_rewards']}: 'rewards' contains NaN or inf") for script in DATASET_SCRIPTS}
-    cases["sac"] = (argv_of("sac", tmp_path / "sac", ckpts) + ["--checkpoint", ckpts["text"], "--resume"],
-                    f"cannot read checkpoint {ckpts['text']}")
+    cases = {
+        script: (
+            argv_of(script, tmp_path / script, ckpts, data=files["nan_rewards"]),
+            f"dataset {files['nan_rewards']}: 'rewards' contains NaN or inf",
+        )
+        for script in DATASET_SCRIPTS
+    }
+    cases["sac"] = (
+        argv_of("sac", tmp_path / "sac", ckpts) + ["--checkpoint", ckpts["text"], "--resume"],
+        f"cannot read checkpoint {ckpts['text']}",
+    )
     procs = {}
     for script, (argv, _) in cases.items():
         (tmp_path / script).mkdir()
-        procs[script] = subprocess.Popen([sys.executable, str(REPO_ROOT / f"{script}.py"), *map(str, argv)],
-                                         cwd=tmp_path / script, env=env, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, text=True)
+        procs[script] = subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / f"{script}.py"), *map(str, argv)],
+            cwd=tmp_path / script,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     for script, proc in procs.items():
         _, stderr = proc.communicate(timeout=180)
         assert proc.returncode == 1, (script, stderr[-2000:])

@@ -1,4 +1,5 @@
 """sac.py: TensorBoard tags, the D4RL-format dataset it writes, time-limit handling, scores, errors, resume."""
+
 import os
 import signal
 import subprocess
@@ -15,19 +16,41 @@ from conftest import REPO_ROOT, load_script, scalars
 TINY = ["--batch-size", "32", "--hidden-dim", "16", "--eval-episodes", "1", "--no-cuda"]
 
 
-
-
 sac = load_script("sac.py")
 
 
 @pytest.mark.slow
 def test_tiny_run_writes_tags_and_dataset(run_script, tmp_path):
-    result = run_script("sac.py", "--env-id", "Hopper-v4", "--total-timesteps", "300", "--learning-starts", "100",
-                        "--eval-every", "150", "--log-every", "50", "--dataset-out", "d.hdf5", "--run-dir", "run", *TINY)
+    result = run_script(
+        "sac.py",
+        "--env-id",
+        "Hopper-v4",
+        "--total-timesteps",
+        "300",
+        "--learning-starts",
+        "100",
+        "--eval-every",
+        "150",
+        "--log-every",
+        "50",
+        "--dataset-out",
+        "d.hdf5",
+        "--run-dir",
+        "run",
+        *TINY,
+    )
     assert result.returncode == 0, result.stderr
     logged = scalars(tmp_path / "run", sps=True)
-    for tag in ("eval/return", "eval/normalized_score", "charts/episodic_return", "charts/SPS",
-                "losses/qf", "losses/actor", "losses/alpha", "charts/alpha"):
+    for tag in (
+        "eval/return",
+        "eval/normalized_score",
+        "charts/episodic_return",
+        "charts/SPS",
+        "losses/qf",
+        "losses/actor",
+        "losses/alpha",
+        "charts/alpha",
+    ):
         assert tag in logged, f"missing tag {tag}; have {sorted(logged)}"
     assert [step for step, _ in logged["eval/return"]] == [150, 300]
     ret = logged["eval/return"][-1][1]
@@ -50,8 +73,20 @@ def test_tiny_run_writes_tags_and_dataset(run_script, tmp_path):
 @pytest.mark.slow
 def test_time_limit_is_a_timeout_not_a_terminal(run_script, tmp_path):
     """HalfCheetah never terminates: step 1000 is truncated, and s' is the real last state, not the reset one."""
-    result = run_script("sac.py", "--env-id", "HalfCheetah-v4", "--total-timesteps", "1002", "--learning-starts", "5000",
-                        "--eval-every", "100000", "--dataset-out", "cheetah.hdf5", *TINY)
+    result = run_script(
+        "sac.py",
+        "--env-id",
+        "HalfCheetah-v4",
+        "--total-timesteps",
+        "1002",
+        "--learning-starts",
+        "5000",
+        "--eval-every",
+        "100000",
+        "--dataset-out",
+        "cheetah.hdf5",
+        *TINY,
+    )
     assert result.returncode == 0, result.stderr
     with h5py.File(tmp_path / "cheetah.hdf5") as f:
         terminals, timeouts = f["terminals"][()], f["timeouts"][()]
@@ -64,8 +99,10 @@ def test_time_limit_is_a_timeout_not_a_terminal(run_script, tmp_path):
     assert np.abs(obs[1000]).max() < 0.5 and np.abs(next_obs[999]).max() > 0.5
 
 
-@pytest.mark.parametrize("family,task", [("hopper", "hopper-medium-v2"), ("halfcheetah", "halfcheetah-random-v0"),
-                                         ("walker2d", "walker2d-medium-expert-v2")])
+@pytest.mark.parametrize(
+    "family,task",
+    [("hopper", "hopper-medium-v2"), ("halfcheetah", "halfcheetah-random-v0"), ("walker2d", "walker2d-medium-expert-v2")],
+)
 def test_normalized_score_reference_points(family, task):
     low, high = {"hopper": (-20.272305, 3234.3), "halfcheetah": (-280.178953, 12135.0), "walker2d": (1.629008, 4592.3)}[family]
     assert sac.normalized_score(task, low) == pytest.approx(0.0, abs=1e-9)
@@ -83,10 +120,13 @@ def test_d4rl_names_map_to_v4_envs():
         sac.gym_env_id("hopper-fancy-v2")
 
 
-@pytest.mark.parametrize("bad_args,message", [
-    (["--env-id", "Hoper-v4"], "unknown --env-id 'Hoper-v4'"),
-    (["--env-id", "Hopper-v4", "--dataset-out", "afile/d.hdf5"], "cannot write --dataset-out afile/d.hdf5"),
-])
+@pytest.mark.parametrize(
+    "bad_args,message",
+    [
+        (["--env-id", "Hoper-v4"], "unknown --env-id 'Hoper-v4'"),
+        (["--env-id", "Hopper-v4", "--dataset-out", "afile/d.hdf5"], "cannot write --dataset-out afile/d.hdf5"),
+    ],
+)
 @pytest.mark.slow
 def test_bad_input_one_clear_message(run_script, tmp_path, bad_args, message):
     (tmp_path / "afile").write_text("a file, not a folder")
@@ -108,9 +148,25 @@ def test_same_seed_same_run_on_cpu(run_script, tmp_path):
 
 @pytest.mark.slow
 def test_killed_run_resumes_without_losing_transitions(tmp_path):
-    args = [sys.executable, str(REPO_ROOT / "sac.py"), "--total-timesteps", "3000", "--learning-starts", "200",
-            "--eval-every", "100000", "--checkpoint-every", "500", "--checkpoint", "ck.pt", "--dataset-out", "d.hdf5",
-            "--run-dir", "run", *TINY]
+    args = [
+        sys.executable,
+        str(REPO_ROOT / "sac.py"),
+        "--total-timesteps",
+        "3000",
+        "--learning-starts",
+        "200",
+        "--eval-every",
+        "100000",
+        "--checkpoint-every",
+        "500",
+        "--checkpoint",
+        "ck.pt",
+        "--dataset-out",
+        "d.hdf5",
+        "--run-dir",
+        "run",
+        *TINY,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -140,8 +196,22 @@ def test_killed_run_resumes_without_losing_transitions(tmp_path):
 @pytest.mark.slow
 def test_snapshots_then_rollouts_of_a_saved_actor(run_script, tmp_path):
     """--snapshot-dir saves the actor at every evaluation; --rollout-actor collects with it and never learns."""
-    result = run_script("sac.py", "--env-id", "Hopper-v4", "--total-timesteps", "300", "--learning-starts", "100",
-                        "--eval-every", "150", "--snapshot-dir", "snaps", "--run-dir", "run", *TINY)
+    result = run_script(
+        "sac.py",
+        "--env-id",
+        "Hopper-v4",
+        "--total-timesteps",
+        "300",
+        "--learning-starts",
+        "100",
+        "--eval-every",
+        "150",
+        "--snapshot-dir",
+        "snaps",
+        "--run-dir",
+        "run",
+        *TINY,
+    )
     assert result.returncode == 0, result.stderr
     snapshots = sorted(p.name for p in (tmp_path / "snaps").iterdir())
     assert snapshots == ["step0000150.pt", "step0000300.pt"]
@@ -154,8 +224,22 @@ def test_snapshots_then_rollouts_of_a_saved_actor(run_script, tmp_path):
     snapshot["actor"]["net.4.weight"][..., act_dim:] = 0.0
     snapshot["actor"]["net.4.bias"][..., act_dim:] = -20.0
     torch.save(snapshot, tmp_path / "sharp.pt")
-    result = run_script("sac.py", "--env-id", "Hopper-v4", "--total-timesteps", "400", "--rollout-actor", "sharp.pt",
-                        "--eval-every", "400", "--dataset-out", "rollouts.hdf5", "--checkpoint", "r.pt", *TINY)
+    result = run_script(
+        "sac.py",
+        "--env-id",
+        "Hopper-v4",
+        "--total-timesteps",
+        "400",
+        "--rollout-actor",
+        "sharp.pt",
+        "--eval-every",
+        "400",
+        "--dataset-out",
+        "rollouts.hdf5",
+        "--checkpoint",
+        "r.pt",
+        *TINY,
+    )
     assert result.returncode == 0, result.stderr
     with h5py.File(tmp_path / "rollouts.hdf5", "r") as f:
         observations, actions = f["observations"][()], f["actions"][()]
@@ -172,10 +256,23 @@ def test_snapshots_then_rollouts_of_a_saved_actor(run_script, tmp_path):
 
 @pytest.mark.slow
 def test_rollout_actor_with_other_dims_is_a_clear_error(run_script, tmp_path):
-    result = run_script("sac.py", "--env-id", "Hopper-v4", "--total-timesteps", "200", "--learning-starts", "100",
-                        "--eval-every", "200", "--snapshot-dir", "snaps", *TINY)
+    result = run_script(
+        "sac.py",
+        "--env-id",
+        "Hopper-v4",
+        "--total-timesteps",
+        "200",
+        "--learning-starts",
+        "100",
+        "--eval-every",
+        "200",
+        "--snapshot-dir",
+        "snaps",
+        *TINY,
+    )
     assert result.returncode == 0, result.stderr
-    result = run_script("sac.py", "--env-id", "Walker2d-v4", "--total-timesteps", "100",
-                        "--rollout-actor", "snaps/step0000200.pt", *TINY)
+    result = run_script(
+        "sac.py", "--env-id", "Walker2d-v4", "--total-timesteps", "100", "--rollout-actor", "snaps/step0000200.pt", *TINY
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "has dims 11/3 but Walker2d-v4 has 17/6" in result.stderr

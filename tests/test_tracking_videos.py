@@ -1,6 +1,7 @@
 """--track (Weights & Biases, offline here: no network) and --capture-video (evaluation episodes as MP4): the run's
 config and TensorBoard scalars reach the offline W&B run, a missing wandb is one error line, videos are written at the
 chosen evaluations with frames of the chosen size, and rendering changes no logged number."""
+
 import glob
 import os
 import struct
@@ -16,28 +17,45 @@ HOPPER = ["--env-id", "Hopper-v4", "--no-cuda", "--hidden-dim", "16", "--batch-s
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory, tiny_hopper_dataset):
     import h5py
+
     with h5py.File(tiny_hopper_dataset, "r") as f:
         arrays = {key: f[key][:300] for key in f}
     return write_d4rl_file(tmp_path_factory.mktemp("data") / "small.hdf5", **arrays)
 
 
 def cql_argv(data, tmp_path, name, steps=20):
-    return [*HOPPER, "--dataset-path", data, "--n-ensemble", "1", "--offline-steps", steps, "--log-every", "5",
-            "--eval-every", "5", "--run-dir", tmp_path / "runs" / name, "--checkpoint", tmp_path / f"{name}.pt"]
+    return [
+        *HOPPER,
+        "--dataset-path",
+        data,
+        "--n-ensemble",
+        "1",
+        "--offline-steps",
+        steps,
+        "--log-every",
+        "5",
+        "--eval-every",
+        "5",
+        "--run-dir",
+        tmp_path / "runs" / name,
+        "--checkpoint",
+        tmp_path / f"{name}.pt",
+    ]
 
 
 def wandb_records(path):
     """The protobuf Records of a .wandb file (LevelDB log format: a 7-byte file header, then 32 KiB blocks of chunks,
     each with a 7-byte header: crc32, length, type 1 full / 2 first / 3 middle / 4 last)."""
     from wandb.proto import wandb_internal_pb2
+
     data, pos, block, chunks = open(path, "rb").read(), 7, 32768, b""
     while pos + 7 <= len(data):
         left = block - pos % block
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7]) if left >= 7 else (0, 0, 0)
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7]) if left >= 7 else (0, 0, 0)
         if kind == 0:  # the zero padding at the end of a block
             pos += left
             continue
-        chunks, pos = chunks + data[pos + 7:pos + 7 + length], pos + 7 + length
+        chunks, pos = chunks + data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind in (1, 4):
             record = wandb_internal_pb2.Record()
             record.ParseFromString(chunks)
@@ -47,9 +65,16 @@ def wandb_records(path):
 
 def test_track_offline_run_holds_the_config_and_the_tensorboard_scalars(run_script, small_data, tmp_path):
     pytest.importorskip("wandb")
-    result = run_script("cql_pretrain.py", *cql_argv(small_data, tmp_path, "tracked", steps=10), "--seed", "7",
-                        "--track", "--wandb-project-name", "o2o-test",
-                        env_vars={"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"})
+    result = run_script(
+        "cql_pretrain.py",
+        *cql_argv(small_data, tmp_path, "tracked", steps=10),
+        "--seed",
+        "7",
+        "--track",
+        "--wandb-project-name",
+        "o2o-test",
+        env_vars={"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run_file,) = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "*.wandb"))
     records = list(wandb_records(run_file))
@@ -77,6 +102,7 @@ def test_track_without_wandb_is_one_error_line(small_data, tmp_path, monkeypatch
 
 def video_frames(path):
     import imageio_ffmpeg
+
     reader = imageio_ffmpeg.read_frames(str(path))
     meta = next(reader)
     return meta["size"], sum(1 for _ in reader)
@@ -90,8 +116,21 @@ def test_capture_video_writes_chosen_evaluations_and_changes_no_number(script, s
 
     def run(name, *extra):
         if script == "sac":  # evaluations at env steps 20, 40, 60 and 80
-            argv = [*HOPPER, "--total-timesteps", "80", "--learning-starts", "20", "--log-every", "10", "--eval-every",
-                    "20", "--run-dir", tmp_path / "runs" / name, "--checkpoint", tmp_path / f"{name}.pt"]
+            argv = [
+                *HOPPER,
+                "--total-timesteps",
+                "80",
+                "--learning-starts",
+                "20",
+                "--log-every",
+                "10",
+                "--eval-every",
+                "20",
+                "--run-dir",
+                tmp_path / "runs" / name,
+                "--checkpoint",
+                tmp_path / f"{name}.pt",
+            ]
         else:  # evaluations at updates 5, 10, 15 and 20
             argv = cql_argv(small_data, tmp_path, name)
         monkeypatch.chdir(tmp_path)

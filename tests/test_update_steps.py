@@ -13,6 +13,7 @@ passes: the actor's log-std output is pushed below LOG_STD_MIN, hence clamped to
 float32 precision (|mu| >= 0.25 is checked) and log pi(a|s) = sum_d [20 - log(2 pi)/2 - log(1 - tanh(mu_d)^2)].
 benchmark/mutation_check.py plants single-line bugs in the update code and runs these tests against each.
 """
+
 import math
 from types import SimpleNamespace
 
@@ -109,8 +110,9 @@ def polyak(target: dict, source: dict, tau: float) -> dict:
 
 def assert_params(net, expected: dict, what: str):
     for name, p in net.named_parameters():
-        torch.testing.assert_close(p.detach().double(), expected[name].detach(), rtol=1e-5, atol=2e-6,
-                                   msg=lambda m, name=name: f"{what} {name}: {m}")
+        torch.testing.assert_close(
+            p.detach().double(), expected[name].detach(), rtol=1e-5, atol=2e-6, msg=lambda m, name=name: f"{what} {name}: {m}"
+        )
 
 
 def scalar(x) -> float:
@@ -163,15 +165,21 @@ def test_sac_update_matches_reference():
     critic, critic_target = critics(sac, S, A, 1, seed=1)
     log_alpha = torch.tensor([-1.2], requires_grad=True)
     g = torch.Generator().manual_seed(2)
-    batch = {"observations": torch.randn(1, B, S, generator=g) * 0.5,
-             "actions": torch.rand(1, B, A, generator=g) * 1.8 - 0.9,
-             "rewards": torch.tensor([[1.0, -2.0, 0.5, 3.0]]),
-             "next_observations": torch.randn(1, B, S, generator=g) * 0.5,
-             "terminals": DONE[None].clone()}
+    batch = {
+        "observations": torch.randn(1, B, S, generator=g) * 0.5,
+        "actions": torch.rand(1, B, A, generator=g) * 1.8 - 0.9,
+        "rewards": torch.tensor([[1.0, -2.0, 0.5, 3.0]]),
+        "next_observations": torch.randn(1, B, S, generator=g) * 0.5,
+        "terminals": DONE[None].clone(),
+    }
     lr_q, lr_pi, lr_alpha, target_entropy = 0.05, 0.05, 0.01, -float(A)
 
-    Pa, Pc, Pt, la = leaf64(actor), leaf64(critic), leaf64(critic_target), torch.tensor(-1.2, dtype=torch.float64,
-                                                                                          requires_grad=True)
+    Pa, Pc, Pt, la = (
+        leaf64(actor),
+        leaf64(critic),
+        leaf64(critic_target),
+        torch.tensor(-1.2, dtype=torch.float64, requires_grad=True),
+    )
     alpha = math.exp(-1.2)
     # critic: y = r + gamma (1 - d) (min_j Q'_j(s', a') - alpha log pi(a'|s')), a' ~ pi(s'); loss MSE(Q1) + MSE(Q2)
     qf_loss, q_data = 0.0, []
@@ -219,8 +227,13 @@ def balanced_setup():
     actor = deterministic_actor(bf, S, A, N, seed=3, identical=True)
     critic, target_critic = critics(bf, S, A, N, seed=4)
     g = torch.Generator().manual_seed(5)
-    batch = (torch.randn(B, S, generator=g) * 0.5, torch.rand(B, A, generator=g) * 1.8 - 0.9,
-             torch.tensor([1.0, -2.0, 0.5, 3.0]), torch.randn(B, S, generator=g) * 0.5, DONE.clone())
+    batch = (
+        torch.randn(B, S, generator=g) * 0.5,
+        torch.rand(B, A, generator=g) * 1.8 - 0.9,
+        torch.tensor([1.0, -2.0, 0.5, 3.0]),
+        torch.randn(B, S, generator=g) * 0.5,
+        DONE.clone(),
+    )
     return actor, critic, target_critic, batch
 
 
@@ -250,8 +263,9 @@ def test_balanced_update_actor_critic_matches_reference():
             entropy_term = alpha * tiny_std_log_prob(mu2, log_std2)
         for i in range(N):
             with torch.no_grad():
-                y = rew[b] + GAMMA * (1 - done[b]) * (min(q_ref(Pt, i, j, next_obs[b], torch.tanh(mu2))
-                                                          for j in range(2)) - entropy_term)
+                y = rew[b] + GAMMA * (1 - done[b]) * (
+                    min(q_ref(Pt, i, j, next_obs[b], torch.tanh(mu2)) for j in range(2)) - entropy_term
+                )
             for j in range(2):
                 qf_loss = qf_loss + (q_ref(Pc, i, j, obs[b], act[b]) - y) ** 2 / B
     Pc_new = sgd(Pc, qf_loss, lr_q)
@@ -320,8 +334,10 @@ def test_balanced_density_ratio_step_matches_reference():
     w_rl = [scalar(ratio_ref(P, s, a)) for s, a in zip(*rl_batch)]
     assert min(map(scalar, w_on + w_off)) > 0.05 and max(w_rl) / min(w_rl) > 1.5  # the setup's promise
     # eq. (4), Jensen-Shannon: mean_off[-log(2 / (w + 1))] - mean_on[log(2 w / (w + 1))]
-    loss = sum(-torch.log(2 / (w + 1) + 1e-10) for w in w_off) / n_off - sum(torch.log(2 * w / (w + 1) + 1e-10)
-                                                                            for w in w_on) / n_on
+    loss = (
+        sum(-torch.log(2 / (w + 1) + 1e-10) for w in w_off) / n_off
+        - sum(torch.log(2 * w / (w + 1) + 1e-10) for w in w_on) / n_on
+    )
     P_new = sgd(P, loss, lr)
     # priorities of the RL batch, from w before this step: w^(1/T) / mean_off(w^(1/T)), clamped to [1e-3, 1e3]
     normalizer = np.mean([scalar(w) ** (1 / temperature) for w in w_off]) + 1e-10
@@ -367,18 +383,21 @@ def test_cql_sampled_actions_come_from_the_right_states():
         for row in range(B * n_actions):
             b = row // n_actions
             for key, state in (("pi", b), ("next_pi", B + b)):
-                expected = tanh_gaussian_log_density(samples[f"{key}_actions"][i, row], mean[i, state].double(),
-                                                     log_std[i, state].double())
+                expected = tanh_gaussian_log_density(
+                    samples[f"{key}_actions"][i, row], mean[i, state].double(), log_std[i, state].double()
+                )
                 assert float(samples[f"{key}_log_probs"][i, row]) == pytest.approx(float(expected), abs=2e-3)
 
 
 def cql_batch(seed):
     g = torch.Generator().manual_seed(seed)
-    return {"observations": torch.randn(N, B, S, generator=g) * 0.5,
-            "actions": torch.rand(N, B, A, generator=g) * 1.8 - 0.9,
-            "rewards": torch.tensor([[1.0, -2.0, 0.5, 3.0], [-1.0, 0.25, 2.0, -0.5]]),
-            "next_observations": torch.randn(N, B, S, generator=g) * 0.5,
-            "terminals": torch.stack([DONE, 1 - DONE])}
+    return {
+        "observations": torch.randn(N, B, S, generator=g) * 0.5,
+        "actions": torch.rand(N, B, A, generator=g) * 1.8 - 0.9,
+        "rewards": torch.tensor([[1.0, -2.0, 0.5, 3.0], [-1.0, 0.25, 2.0, -0.5]]),
+        "next_observations": torch.randn(N, B, S, generator=g) * 0.5,
+        "terminals": torch.stack([DONE, 1 - DONE]),
+    }
 
 
 def test_cql_update_matches_reference_without_the_conservative_term():
@@ -403,7 +422,8 @@ def test_cql_update_matches_reference_without_the_conservative_term():
             with torch.no_grad():
                 mu2, _ = actor_ref(Pa, i, s2, A)
                 y = batch["rewards"][i, b] + GAMMA * (1 - batch["terminals"][i, b]) * min(
-                    q_ref(Pt, i, j, s2, torch.tanh(mu2)) for j in range(2))
+                    q_ref(Pt, i, j, s2, torch.tanh(mu2)) for j in range(2)
+                )
             for j in range(2):
                 q = q_ref(Pc, i, j, s, a)
                 q_data.append(float(q.detach()))
@@ -440,12 +460,14 @@ def test_cql_critic_loss_sums_members_and_twins():
     critic, critic_target = critics(cql, S, A, N, seed=11)
     batch, n_actions, alpha_cql = cql_batch(12), 2, 3.0
     g = torch.Generator().manual_seed(13)
-    samples = {"random_actions": torch.rand(N, B * n_actions, A, generator=g) * 2 - 1,
-               "pi_actions": torch.rand(N, B * n_actions, A, generator=g) * 2 - 1,
-               "pi_log_probs": torch.randn(N, B * n_actions, generator=g),
-               "next_pi_actions": torch.rand(N, B * n_actions, A, generator=g) * 2 - 1,
-               "next_pi_log_probs": torch.randn(N, B * n_actions, generator=g),
-               "target_actions": torch.rand(N, B, A, generator=g) * 2 - 1}
+    samples = {
+        "random_actions": torch.rand(N, B * n_actions, A, generator=g) * 2 - 1,
+        "pi_actions": torch.rand(N, B * n_actions, A, generator=g) * 2 - 1,
+        "pi_log_probs": torch.randn(N, B * n_actions, generator=g),
+        "next_pi_actions": torch.rand(N, B * n_actions, A, generator=g) * 2 - 1,
+        "next_pi_log_probs": torch.randn(N, B * n_actions, generator=g),
+        "target_actions": torch.rand(N, B, A, generator=g) * 2 - 1,
+    }
     loss, info = cql.cql_critic_loss(critic, critic_target, batch, samples, GAMMA, alpha_cql)
     Pc, Pt = leaf64(critic), leaf64(critic_target)
     expected = 0.0
@@ -456,14 +478,16 @@ def test_cql_critic_loss_sums_members_and_twins():
                 for b in range(B):
                     s = batch["observations"][i, b]
                     y = batch["rewards"][i, b] + GAMMA * (1 - batch["terminals"][i, b]) * min(
-                        q_ref(Pt, i, t, batch["next_observations"][i, b], samples["target_actions"][i, b]) for t in range(2))
+                        q_ref(Pt, i, t, batch["next_observations"][i, b], samples["target_actions"][i, b]) for t in range(2)
+                    )
                     values = []
                     for k in range(n_actions):
                         r = b * n_actions + k
-                        values += [float(q_ref(Pc, i, j, s, samples["random_actions"][i, r])) - A * math.log(0.5),
-                                   float(q_ref(Pc, i, j, s, samples["pi_actions"][i, r]) - samples["pi_log_probs"][i, r]),
-                                   float(q_ref(Pc, i, j, s, samples["next_pi_actions"][i, r])
-                                         - samples["next_pi_log_probs"][i, r])]
+                        values += [
+                            float(q_ref(Pc, i, j, s, samples["random_actions"][i, r])) - A * math.log(0.5),
+                            float(q_ref(Pc, i, j, s, samples["pi_actions"][i, r]) - samples["pi_log_probs"][i, r]),
+                            float(q_ref(Pc, i, j, s, samples["next_pi_actions"][i, r]) - samples["next_pi_log_probs"][i, r]),
+                        ]
                     lse.append(math.log(sum(math.exp(v) for v in values)))
                     q_data.append(float(q_ref(Pc, i, j, s, batch["actions"][i, b])))
                     sq.append((q_data[-1] - float(y)) ** 2)
@@ -511,7 +535,8 @@ def test_fqe_update_matches_reference():
             for j in range(2):
                 with torch.no_grad():
                     y = batch["rewards"][i, b] + GAMMA * (1 - batch["terminals"][i, b]) * q_ref(
-                        Pt, i, j, batch["next_observations"][i, b], a2)
+                        Pt, i, j, batch["next_observations"][i, b], a2
+                    )
                 q = q_ref(Pc, i, j, batch["observations"][i, b], batch["actions"][i, b])
                 q_data.append(float(q.detach()))
                 loss = loss + (q - y) ** 2 / B
@@ -532,10 +557,15 @@ def test_fqe_next_action_is_a_sample_of_the_stochastic_policy():
         for p in [*critic.parameters(), *critic_target.parameters()]:
             p.zero_()
         critic_target.net[0].weight[:, 1:, 0] = w  # rows: [s, a1, a2] -> Q'
-    batch = {"observations": torch.zeros(1, n_rows, 1), "actions": torch.zeros(1, n_rows, A),
-             "rewards": torch.zeros(1, n_rows), "next_observations": torch.zeros(1, n_rows, 1),
-             "terminals": torch.zeros(1, n_rows), "next_policy_mean": mean.expand(1, n_rows, A).clone(),
-             "next_policy_std": std.expand(1, n_rows, A).clone()}
+    batch = {
+        "observations": torch.zeros(1, n_rows, 1),
+        "actions": torch.zeros(1, n_rows, A),
+        "rewards": torch.zeros(1, n_rows),
+        "next_observations": torch.zeros(1, n_rows, 1),
+        "terminals": torch.zeros(1, n_rows),
+        "next_policy_mean": mean.expand(1, n_rows, A).clone(),
+        "next_policy_std": std.expand(1, n_rows, A).clone(),
+    }
     nodes, weights = np.polynomial.hermite_e.hermegauss(60)
     weights = weights / weights.sum()
     first = [np.sum(weights * np.tanh(m + s * nodes)) for m, s in zip(mean.numpy(), std.numpy())]
@@ -582,8 +612,9 @@ def awac_critic_reference(Pa, Pc, Pt, batch):
             with torch.no_grad():  # y = r + gamma (1 - d) min_j Q'_ij(s', a'), a' ~ pi_i(s'), no entropy
                 mu2, log_std2 = actor_ref(Pa, i, next_obs[i, b], A)
                 assert float(log_std2.max()) == LOG_STD_FLOOR and float(mu2.abs().min()) > 0.25
-                y = rewards[i, b] + GAMMA * (1 - dones[i, b]) * min(q_ref(Pt, i, j, next_obs[i, b], torch.tanh(mu2))
-                                                                    for j in range(2))
+                y = rewards[i, b] + GAMMA * (1 - dones[i, b]) * min(
+                    q_ref(Pt, i, j, next_obs[i, b], torch.tanh(mu2)) for j in range(2)
+                )
             for j in range(2):
                 loss = loss + (q_ref(Pc, i, j, obs[i, b], actions[i, b]) - y) ** 2 / B
     return loss
@@ -610,8 +641,9 @@ def test_awac_update_matches_reference():
             nll = nll - tanh_gaussian_log_density(actions[i, b], mu, log_std) / B
     Pa_new = sgd(Pa, nll, lr)
     args = SimpleNamespace(gamma=GAMMA, tau=TAU, awac_lambda=1e9, exp_adv_max=100.0)
-    info = awac.awac_update(actor, critic, critic_target, *optimizers(lr, actor.parameters(), critic.parameters()),
-                            batch, args)
+    info = awac.awac_update(
+        actor, critic, critic_target, *optimizers(lr, actor.parameters(), critic.parameters()), batch, args
+    )
     assert_value(info["losses/critic_loss"], critic_loss, "critic loss")
     assert_value(info["losses/actor_loss"], nll, "actor loss", rel=1e-4)
     assert_value(info["losses/adv_weight_mean"], 1.0, "advantage weights")
@@ -646,8 +678,9 @@ def test_bcq_perturbation_moves_an_action_by_at_most_phi_and_stays_in_range():
     for i in range(N):
         for b in range(6):
             f = row_mlp(layers(P), i, torch.cat([obs[i, b], actions[i, b]]))
-            torch.testing.assert_close(got[i, b].double(), (actions[i, b].double() + 0.3 * torch.tanh(f)).clamp(-1, 1),
-                                       rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(
+                got[i, b].double(), (actions[i, b].double() + 0.3 * torch.tanh(f)).clamp(-1, 1), rtol=1e-5, atol=1e-6
+            )
     assert (got - actions).abs().max() <= 0.3 + 1e-6 and got.abs().max() <= 1.0
 
 
@@ -662,8 +695,8 @@ def bcq_nets(seed):
     critic, critic_target = critics(bcq, S, A, N, seed=seed + 1)
     with torch.no_grad():
         vae.decoder[0].weight[:, S:] = 0.0
-        vae.encoder[-1].bias[:, 0, latent:latent + A] = -7.0  # log-std -7 + small: clamped to -4
-        vae.encoder[-1].bias[:, 0, latent + A:] = 0.5
+        vae.encoder[-1].bias[:, 0, latent : latent + A] = -7.0  # log-std -7 + small: clamped to -4
+        vae.encoder[-1].bias[:, 0, latent + A :] = 0.5
         actor.net[-1].weight.mul_(3.0)
         actor_target.net[-1].weight.mul_(3.0)
     return vae, actor, actor_target, critic, critic_target
