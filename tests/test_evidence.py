@@ -114,19 +114,55 @@ def test_campaign_arms_share_every_setting(tmp_path):
     for every_arm in ("medium-replay", "medium-expert"):  # every arm of claims (a) and (b) on every dataset
         for arm in ("balanced-N5", "sac-ft", "uniform-N5", "online-only-N5", "awac-N5", "bcq-ft-N1"):
             assert {f"{every_arm}_{arm}_s{s}" for s in evidence.SEEDS} <= set(names)
-    chain = [job for job in all_jobs if job.name.startswith("cql_medium_")]
+    chain = [job for job in all_jobs if job.name.startswith("cql_medium_") and job.name.endswith("k")]
     assert [job.name for job in chain] == ["cql_medium_60k", "cql_medium_100k", "cql_medium_150k"]
     for job, previous in zip(chain, ["cql_medium", "cql_medium_60k", "cql_medium_100k"]):
         assert job.deps == [previous] and job.init_from == next(j.checkpoint for j in all_jobs if j.name == previous)
-    for arm in evidence.FINETUNE_ARMS:
-        assert {n for n in names if n.startswith(f"medium_{arm}_s")} == {f"medium_{arm}_s{s}" for s in evidence.SEEDS}
-    for arm in ("awac-N5", "bcq-ft-N1"):
-        assert {n for n in names if n.startswith(f"medium_{arm}_s")} == {f"medium_{arm}_s{s}" for s in evidence.SEEDS}
+    independent = {"balanced-N5": range(1, 8), "sac-ft": range(1, 8), "awac-N5": range(1, 6), "bcq-ft-N1": range(1, 6)}
+    for arm in [*evidence.FINETUNE_ARMS, "awac-N5", "bcq-ft-N1"]:
+        seeds = independent.get(arm, evidence.SEEDS)
+        assert {n for n in names if n.startswith(f"medium_{arm}_s")} == {f"medium_{arm}_s{s}" for s in seeds}
     for job in all_jobs:  # one width for every actor and critic
         if "--hidden-dim" in job.command and "balanced_finetune.py" not in job.command:
             assert job.command[job.command.index("--hidden-dim") + 1] == "128", job.name
     cql = next(job for job in all_jobs if job.name == "cql_medium")
-    assert all(cql.checkpoint.as_posix() in " ".join(job.command) for job in finetune if job.name.startswith("medium_"))
+    shared = [job for job in finetune if job.name.startswith("medium_") and int(job.name.split("_s")[-1]) <= 3]
+    assert all(cql.checkpoint.as_posix() in " ".join(job.command) for job in shared)
+    by_name = {job.name: job for job in all_jobs}
+
+    def swap(command, pairs, seed=None):  # the command with these parts replaced (and --seed's value set to seed)
+        command = [dict(pairs).get(part, part) for part in command]
+        if seed is not None:
+            command[command.index("--seed") + 1] = seed
+        return command
+
+    for d in evidence.DATASETS:  # independent pretraining: seeds 2 and 3 differ from the shared run in seed and files
+        base = by_name[f"cql_{d}"]
+        for seed in (2, 3):
+            job = by_name[f"cql_{d}_seed{seed}"]
+            files = [(str(job.checkpoint), str(base.checkpoint)), (str(job.run_dir), str(base.run_dir))]
+            assert swap(job.command, files, "1") == base.command and job.checkpoint.name == f"cql_hopper-{d}_N5_seed{seed}.pt"
+            for finetune_seed in {2: (4, 5), 3: (6, 7)}[seed]:
+                for arm in ("balanced-N5", "sac-ft"):  # fine-tuned from their own pretraining, else as seed 1's runs
+                    run, seed1 = by_name[f"{d}_{arm}_s{finetune_seed}"], by_name[f"{d}_{arm}_s1"]
+                    assert run.deps == [job.name]
+                    files = [
+                        (str(job.checkpoint), str(base.checkpoint)),
+                        (str(run.checkpoint), str(seed1.checkpoint)),
+                        (str(run.run_dir), str(seed1.run_dir)),
+                    ]
+                    assert swap(run.command, files, "1") == seed1.command
+                    assert run.command[run.command.index("--seed") + 1] == str(finetune_seed)
+    deepest = evidence.depth_checkpoint(tmp_path, evidence.DEPTHS[-1])
+    for arm in ("balanced-N5", "uniform-N5", "online-only-N5", "sac-ft"):  # full runs at the deepest checkpoint
+        for seed in evidence.SEEDS:
+            run, base = by_name[f"full150k_{arm}_s{seed}"], by_name[f"medium_{arm}_s{seed}"]
+            files = [
+                (str(deepest), str(cql.checkpoint)),
+                (str(run.checkpoint), str(base.checkpoint)),
+                (str(run.run_dir), str(base.run_dir)),
+            ]
+            assert swap(run.command, files) == base.command and run.deps == ["cql_medium_150k"]
 
 
 def fake_jobs(tmp_path):
