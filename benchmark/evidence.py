@@ -17,7 +17,8 @@ Reductions from the paper (paper value in brackets):
     [5] (at N=5 its update costs 5x AWAC's); FQE 100k steps [fqe.py default: 250k]: at 20k, the first choice, its
     estimate of the CQL policy's value (132) was still rising by ~30 per 5k steps toward the policy's Monte-Carlo
     return (231), so FQE-init would not have been an evaluation of the policy (raised before any fine-tuning run);
-  * 3 seeds [4] (ours and SAC-ft 7, AWAC and BCQ-ft 5 in the independent-pretraining check); evaluation: 10 deterministic episodes at the start of every epoch (and sac.py every 1000 steps);
+  * 3 seeds [4] (ours and SAC-ft 7, AWAC and BCQ-ft 5 in the independent-pretraining check); evaluation: 10
+    deterministic episodes at the start of every epoch (and sac.py every 1000 steps);
   * on medium-replay and medium-expert only ours, SAC-ft and SAC from scratch [every arm on every dataset].
 
     python benchmark/evidence.py                # run (or continue) the campaign, 2 jobs at a time
@@ -1255,6 +1256,8 @@ def report(out: Path):
             write_study_files(study, dataset, [by_name[name] for name in runs], by_name, command, out)
     write_fqe_convergence(out)
     first_epoch_report(out)
+    deep_full_report(out)
+    independent_report(out)
     showcase_reproducibility(out)
     # diagnostics (benchmark/diagnose.py): the pretrained critics' Q against Monte-Carlo returns of the CQL policy,
     # and alpha, Qbar and the offline fraction along the runs, on the dataset that has every arm
@@ -1300,15 +1303,99 @@ PRETRAINING = {arm: "shared CQL ensemble (seed 1)" for arm in FINETUNE_ARMS} | {
 }
 
 
+def benchmark_module(name: str):
+    """A tool of benchmark/ (intervals, plot) as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_numbers(run_dir: Path) -> dict:
+    """One finished run's numbers: seed_metrics and intervals.py's late and auc."""
+    steps, scores = eval_curve(run_dir)
+    return {**benchmark_module("intervals").run_metrics(steps, scores, LATE_FROM), **seed_metrics(steps, scores)}
+
+
+def independent_report(out: Path):
+    """The independent-pretraining check (block above): intervals/independent/runs.csv (every run of the set with its
+    pretraining) and claims.csv (the interval rule with the two-stage bootstrap over pretrainings). A pretraining
+    enters when all its fine-tuning runs of the set have finished."""
+    intervals, rows, per_group = benchmark_module("intervals"), [], {}
+    for dataset in DATASETS:
+        sets = {arm: FINETUNE_SEEDS_OF for arm in INDEPENDENT_CQL_ARMS}
+        sets |= {arm: {seed: (seed,) for seed in OWN_PRETRAINING_SEEDS} for arm in OWN_PRETRAINING_ARMS}
+        for arm, groups in sets.items():
+            for pretraining, seeds in groups.items():
+                if not all((ROOT / out / "status" / f"{job_name(dataset, arm, s)}.done").exists() for s in seeds):
+                    continue
+                group = [run_numbers(Path(run_dir_of(out, dataset, arm, [s]))) for s in seeds]
+                per_group.setdefault((f"hopper-{dataset}", arm), []).append(group)
+                for seed, numbers in zip(seeds, group):
+                    row = {"task": f"hopper-{dataset}", "arm": arm, "pretraining_seed": pretraining, "seed": seed}
+                    rows.append(row | {key: round(numbers[key], 2) for key in ("late", "auc", "final", "drop")})
+    if not rows:
+        return
+    folder = ROOT / out / "intervals" / "independent"
+    write_csv(folder / "runs.csv", rows)
+    claims = [(claim, metric, pairs) for claim, metrics, pairs in INDEPENDENT_CLAIMS for metric in metrics]
+    settings = dict(reps=INTERVAL_RESAMPLES, confidence=INTERVAL_CONFIDENCE, seed=0)
+    write_csv(
+        folder / "claims.csv", intervals.two_stage_claim_rows(per_group, claims, across="all Hopper datasets", **settings)
+    )
+    print(f"wrote {out / 'intervals' / 'independent'}")
+
+
+def deep_full_report(out: Path):
+    """Full runs at the deepest checkpoint beside the 30k ones (block "4." above): depth/full/summary.csv (per depth
+    and arm) and claims.csv (claim (b) on hopper-medium at each depth, by the 2-SE rule and by the interval rule)."""
+    intervals, k = benchmark_module("intervals"), f"{DEPTHS[-1] // 1000}k"
+    per_seed, summary = {}, []
+    for steps, name, folder in ((CQL_STEPS, "medium_{arm}_s{seed}", "runs"), (DEPTHS[-1], f"full{k}_{{arm}}_s{{seed}}", None)):
+        for arm in DEEP_FULL_ARMS:
+            seeds = [s for s in SEEDS if (ROOT / out / "status" / f"{name.format(arm=arm, seed=s)}.done").exists()]
+            if not seeds:
+                continue
+            runs = [
+                Path(run_dir_of(out, "medium", arm, [s]))
+                if folder
+                else out / "depth" / "full" / "runs" / f"hopper-medium__{arm}__cql{k}__seed{s}"
+                for s in seeds
+            ]
+            numbers = per_seed[(steps, arm)] = [run_numbers(run) for run in runs]
+            mean = lambda key, numbers=numbers: round(float(np.mean([n[key] for n in numbers])), 2)
+            std = lambda key, numbers=numbers: round(float(np.std([n[key] for n in numbers])), 2)
+            summary.append(
+                {"cql_steps": steps, "arm": arm, "n_seeds": len(seeds)}
+                | {f"{key}_mean": mean(key) for key in ("start", "after_first_epoch", "min_1k_10k", "drop", "late", "final")}
+                | {"drop_std": std("drop"), "final_std": std("final")}
+            )
+    if not any(steps == DEPTHS[-1] for steps, _ in per_seed):
+        return
+    claim, _, pairs = next(c for c in CLAIMS if c[0].startswith("(b)"))
+    pairs = [(first, second) for first, second in pairs if second in DEEP_FULL_ARMS]
+    claims = []
+    for steps in (CQL_STEPS, DEPTHS[-1]):
+        mine = {("medium", arm): numbers for (at, arm), numbers in per_seed.items() if at == steps}
+        claims += [{"cql_steps": steps, "rule": "2 SE"} | row for row in claim_rows(mine) if row["claim"] == claim]
+        per_run = {("hopper-medium", arm): numbers for (_, arm), numbers in mine.items()}
+        settings = dict(reps=INTERVAL_RESAMPLES, confidence=INTERVAL_CONFIDENCE, seed=0, across=None)
+        claims += [
+            {"cql_steps": steps, "rule": "interval (IQM, 95%)"} | row
+            for row in intervals.claim_interval_rows(per_run, [(claim, "drop", pairs)], **settings)
+        ]
+    write_csv(ROOT / out / "depth" / "full" / "summary.csv", summary)
+    write_csv(ROOT / out / "depth" / "full" / "claims.csv", claims)
+    print(f"wrote {out / 'depth' / 'full'}")
+
+
 def interval_report(out: Path, curves_of: dict):
     """The interval estimates pre-registered above (benchmark/intervals.py): intervals/iqm.csv (IQM and interval per
     arm, dataset and metric, and across datasets), intervals/claims.csv (every claim on late and auc, and (b), (d),
     (e) also on their own metric, by the interval rule), intervals/curves.csv and the figures."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("intervals", Path(__file__).resolve().parent / "intervals.py")
-    intervals = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(intervals)
+    intervals = benchmark_module("intervals")
     per_run = {
         key: [{**intervals.run_metrics(steps, scores, LATE_FROM), **seed_metrics(steps, scores)} for steps, scores in curves]
         for key, curves in curves_of.items()
@@ -1327,10 +1414,7 @@ def interval_report(out: Path, curves_of: dict):
     curve_rows = intervals.curve_rows(curves_of, **settings)
     write_csv(folder / "curves.csv", curve_rows)
     labels = {arm: LABELS[arm] for arm in LABELS}
-    spec = importlib.util.spec_from_file_location("plot", Path(__file__).resolve().parent / "plot.py")
-    plot = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plot)  # its method -> colour map: the same colour for a method in every figure
-    colours = plot.METHOD_COLOURS
+    colours = benchmark_module("plot").METHOD_COLOURS  # the same colour for a method in every figure
     methods = FIGURES.get("fig3_methods", ("", list(LABELS)))[1]
     intervals.plot_iqm_curves([r for r in curve_rows if r["arm"] in methods], folder / "iqm_curves.png", colours, labels)
     comparisons = [
@@ -1483,7 +1567,8 @@ def first_epoch_report(out: Path):
 def write_csv(path: Path, rows: list):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["empty"])
+        columns = list(dict.fromkeys(key for row in rows for key in row)) or ["empty"]  # every row's, in order
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(rows)
 

@@ -420,6 +420,150 @@ def curve_rows(
     return rows
 
 
+# ---- two-stage bootstrap: the pretraining as the unit ----
+def two_stage_resample(groups, reps: int, rng: np.random.Generator) -> np.ndarray:
+    """groups: one arm's runs on one task grouped by their pretraining, G groups of m run values each -> (reps, G m)
+    resampled run values: in each resample G groups drawn with replacement, then m runs drawn with replacement within
+    each drawn group (a hierarchical bootstrap: the spread between pretrainings counts, not only the spread between
+    fine-tuning seeds of one pretraining)."""
+    sizes = {len(group) for group in groups}
+    if len(sizes) != 1 or 0 in sizes:
+        raise ValueError(f"every pretraining needs the same number of runs (at least one), got sizes {sorted(sizes)}")
+    values = np.asarray(groups, dtype=float)
+    n_groups, m = values.shape
+    drawn_groups = rng.integers(0, n_groups, size=(reps, n_groups))
+    drawn_runs = rng.integers(0, m, size=(reps, n_groups, m))
+    return values[drawn_groups[:, :, None], drawn_runs].reshape(reps, n_groups * m)
+
+
+def _pairwise_improvement(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """x (reps, n_x), y (reps, n_y) -> P(X > Y) + P(X = Y) / 2 within each resample: (reps,)."""
+    x, y = x[:, :, None], y[:, None, :]
+    return (np.count_nonzero(x > y, axis=(1, 2)) + 0.5 * np.count_nonzero(x == y, axis=(1, 2))) / (x.shape[1] * y.shape[2])
+
+
+def two_stage_compare(
+    first: list, second: list, reps: int = INTERVAL_RESAMPLES, confidence: float = INTERVAL_CONFIDENCE, seed: int = SEED
+) -> dict:
+    """first[t], second[t]: two arms' runs on task t, grouped by pretraining -> the IQM of each arm over all its runs
+    and IQM(first) - IQM(second), P(first > second) (averaged over tasks), each with a percentile interval from
+    two_stage_resample (each arm and task on its own, numpy's default_rng(seed): the first arm's tasks in order, then
+    the second's), and the result by the interval rule."""
+    rng = np.random.default_rng(seed)
+    a = [two_stage_resample(groups, reps, rng) for groups in first]
+    b = [two_stage_resample(groups, reps, rng) for groups in second]
+    flat = lambda arm: np.concatenate([np.ravel(groups) for groups in arm])
+    iqm_a, iqm_b = _iqm_columns(np.concatenate(a, axis=1).T), _iqm_columns(np.concatenate(b, axis=1).T)
+    improvement = np.mean([_pairwise_improvement(x, y) for x, y in zip(a, b)], axis=0)
+    tail = 100 * (1 - confidence) / 2
+    interval = lambda draws: np.percentile(draws, [tail, 100 - tail])
+    (a_low, a_high), (b_low, b_high) = interval(iqm_a), interval(iqm_b)
+    low, high = interval(iqm_a - iqm_b)
+    p_low, p_high = interval(improvement)
+    return {
+        "iqm_first": iqm(flat(first)),
+        "ci_first_low": float(a_low),
+        "ci_first_high": float(a_high),
+        "iqm_second": iqm(flat(second)),
+        "ci_second_low": float(b_low),
+        "ci_second_high": float(b_high),
+        "iqm_difference": iqm(flat(first)) - iqm(flat(second)),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "p_improvement": probability_of_improvement([np.ravel(g) for g in first], [np.ravel(g) for g in second]),
+        "p_low": float(p_low),
+        "p_high": float(p_high),
+        "result": verdict(low, high),
+    }
+
+
+def two_stage_claim_rows(
+    per_group: dict,
+    claims: list,
+    tasks=None,
+    across: str | None = ACROSS,
+    reps: int = INTERVAL_RESAMPLES,
+    confidence: float = INTERVAL_CONFIDENCE,
+    seed: int = SEED,
+    lower_is_better=LOWER_IS_BETTER,
+) -> list:
+    """per_group[(task, arm)] = [[one dict of metric values per run] per pretraining]; claims: [(claim, metric,
+    [(first, second), ...])] -> as claim_interval_rows (COMPARISON_COLUMNS plus n_pretrainings_first/second), the
+    intervals from two_stage_compare. A pretraining with a non-finite value of the metric in any run is left out."""
+    tasks = _tasks_of(per_group, tasks)
+    labels = tasks + ([across] if across is not None else [])
+
+    def groups(task: str, arm: str, metric: str) -> list:
+        out = [[run[metric] for run in group] for group in per_group.get((task, arm), [])]
+        return [group for group in out if group and np.all(np.isfinite(group))]
+
+    rows = []
+    for claim, metric, pairs in claims:
+        by_task = {}
+        for first, second in pairs:
+            run = [t for t in tasks if groups(t, first, metric) and groups(t, second, metric)]
+            held = [t for t in run if min(len(groups(t, first, metric)), len(groups(t, second, metric))) >= 2]
+            for label, task_set in [(t, [t]) for t in run] + (
+                [(across, held)] if across is not None and len(held) > 1 else []
+            ):
+                a = [groups(t, first, metric) for t in task_set]
+                b = [groups(t, second, metric) for t in task_set]
+                row = dict.fromkeys(COMPARISON_COLUMNS, "")
+                row.update(
+                    claim=claim,
+                    task=label,
+                    tasks="+".join(task_set),
+                    metric=metric,
+                    first=first,
+                    second=second,
+                    n_first=sum(np.size(g) for g in a),
+                    n_second=sum(np.size(g) for g in b),
+                    n_pretrainings_first=sum(map(len, a)),
+                    n_pretrainings_second=sum(map(len, b)),
+                )
+                if min(map(len, a + b)) < 2:
+                    row["result"] = "n/a (fewer than 2 pretrainings)"
+                else:
+                    sign = -1.0 if metric in lower_is_better else 1.0
+                    flip = lambda arm, sign=sign: [[[sign * v for v in group] for group in t] for t in arm]
+                    c = two_stage_compare(flip(a), flip(b), reps, confidence, seed)
+                    for key in ("first", "second"):  # each arm's IQM and interval in the metric's own units
+                        ends = sorted((sign * c[f"ci_{key}_low"], sign * c[f"ci_{key}_high"]))
+                        row.update(
+                            {
+                                f"iqm_{key}": _r(sign * c[f"iqm_{key}"]),
+                                f"ci_{key}_low": _r(ends[0]),
+                                f"ci_{key}_high": _r(ends[1]),
+                            }
+                        )
+                    low, high = sorted((sign * c["ci_low"], sign * c["ci_high"]))
+                    row.update(
+                        iqm_difference=_r(sign * c["iqm_difference"]),
+                        ci_low=_r(low),
+                        ci_high=_r(high),
+                        p_improvement=_r(c["p_improvement"], 3),
+                        p_low=_r(c["p_low"], 3),
+                        p_high=_r(c["p_high"], 3),
+                        result=c["result"],
+                    )
+                by_task.setdefault(label, []).append(row)
+        for label in labels:
+            if label in by_task:
+                results = [row["result"] for row in by_task[label]]
+                result = f"verdict: {claim_verdict(results, len(pairs))} ({len(results)}/{len(pairs)} comparisons run)"
+                rows += by_task[label]
+                rows.append(
+                    {
+                        **dict.fromkeys([*COMPARISON_COLUMNS, "n_pretrainings_first", "n_pretrainings_second"], ""),
+                        "claim": claim,
+                        "task": label,
+                        "metric": metric,
+                        "result": result,
+                    }
+                )
+    return rows
+
+
 # ---- figures ----
 _DEFAULT_COLORS: dict = {}
 

@@ -573,3 +573,73 @@ def test_depth_report_reads_the_pre_registered_verdict(tmp_path, monkeypatch):
     evidence.first_epoch_report(out)
     verdict = {r["arm"]: r for r in csv_module.DictReader(open(out / "depth" / "depth_verdict.csv"))}
     assert verdict["balanced-N5"]["verdict"].startswith("partly supported")
+
+
+def write_curve(run_dir, scores, steps=None):
+    from torch.utils.tensorboard import SummaryWriter
+
+    steps = steps if steps is not None else range(0, 1000 * len(scores), 1000)
+    with SummaryWriter(str(run_dir)) as writer:
+        for step, score in zip(steps, scores):
+            writer.add_scalar("eval/normalized_score", score, step)
+
+
+def test_independent_report_groups_runs_by_pretraining(tmp_path, monkeypatch):
+    """intervals/independent/: ours and SAC-ft grouped by their CQL pretraining (1: seeds 1-2, 2: 4-5, 3: 6-7; seed
+    3 left out), AWAC one pretraining per seed; a pretraining with an unfinished run is left out; the claim rows
+    count pretrainings."""
+    import csv as csv_module
+
+    monkeypatch.setattr(evidence, "ROOT", tmp_path)
+    monkeypatch.setattr(evidence, "INTERVAL_RESAMPLES", 300)
+    monkeypatch.setattr(evidence, "LATE_FROM", 3000)
+    out = tmp_path / "out"
+    (out / "status").mkdir(parents=True)
+    level = {"balanced-N5": 60.0, "sac-ft": 30.0, "awac-N5": 40.0}
+    seeds = {"balanced-N5": (1, 2, 3, 4, 5, 6, 7), "sac-ft": (1, 2, 3, 4, 5, 6), "awac-N5": (1, 2, 3, 4, 5)}
+    for arm, arm_seeds in seeds.items():
+        for seed in arm_seeds:
+            write_curve(out / "runs" / f"hopper-medium-replay__{arm}__seed{seed}", [level[arm] + seed] * 6)
+            (out / "status" / f"medium-replay_{arm}_s{seed}.done").touch()
+    evidence.independent_report(out)
+    runs = list(csv_module.DictReader(open(out / "intervals" / "independent" / "runs.csv")))
+    of = lambda arm: [(int(r["pretraining_seed"]), int(r["seed"])) for r in runs if r["arm"] == arm]
+    assert of("balanced-N5") == [(1, 1), (1, 2), (2, 4), (2, 5), (3, 6), (3, 7)]
+    assert of("sac-ft") == [(1, 1), (1, 2), (2, 4), (2, 5)]  # seed 7 missing: pretraining 3 left out
+    assert of("awac-N5") == [(s, s) for s in (1, 2, 3, 4, 5)]
+    assert float(next(r for r in runs if r["arm"] == "balanced-N5" and r["seed"] == "4")["late"]) == 64.0
+    claims = list(csv_module.DictReader(open(out / "intervals" / "independent" / "claims.csv")))
+    sac = next(r for r in claims if r["second"] == "sac-ft" and r["metric"] == "late")
+    assert (sac["n_first"], sac["n_pretrainings_first"], sac["n_second"], sac["n_pretrainings_second"]) == ("6", "3", "4", "2")
+    assert sac["result"] == "holds" and float(sac["iqm_first"]) == pytest.approx(np.mean([62, 64, 65, 66]))
+    awac = next(r for r in claims if r["second"] == "awac-N5" and r["metric"] == "late")
+    assert awac["n_pretrainings_second"] == "5" and awac["result"] == "holds"
+
+
+def test_deep_full_report_puts_claim_b_at_both_depths(tmp_path, monkeypatch):
+    """depth/full/: claim (b) on hopper-medium (drop = score at 0 - lowest over 1k-10k) at 30k and at the deepest
+    checkpoint, by the 2-SE rule and the interval rule, from the full runs of each depth."""
+    import csv as csv_module
+
+    monkeypatch.setattr(evidence, "ROOT", tmp_path)
+    monkeypatch.setattr(evidence, "INTERVAL_RESAMPLES", 300)
+    out = tmp_path / "out"
+    (out / "status").mkdir(parents=True)
+    for seed in evidence.SEEDS:
+        for arm in evidence.DEEP_FULL_ARMS:
+            ours = arm == "balanced-N5"
+            fall30 = [50, 10 + seed, 12, 15] + [30] * 8  # everyone falls at 30k
+            fall150 = [50, 48 - seed, 50, 52] + [50] * 8 if ours else fall30  # ours keeps its start at 150k
+            write_curve(out / "runs" / f"hopper-medium__{arm}__seed{seed}", fall30)
+            write_curve(out / "depth" / "full" / "runs" / f"hopper-medium__{arm}__cql150k__seed{seed}", fall150)
+            (out / "status" / f"medium_{arm}_s{seed}.done").touch()
+            (out / "status" / f"full150k_{arm}_s{seed}.done").touch()
+    evidence.deep_full_report(out)
+    summary = {(r["cql_steps"], r["arm"]): r for r in csv_module.DictReader(open(out / "depth" / "full" / "summary.csv"))}
+    assert float(summary[("150000", "balanced-N5")]["drop_mean"]) == pytest.approx(np.mean([50 - 47, 50 - 46, 50 - 45]))
+    assert float(summary[("30000", "balanced-N5")]["drop_mean"]) == pytest.approx(np.mean([39, 38, 38]), abs=0.01)
+    claims = list(csv_module.DictReader(open(out / "depth" / "full" / "claims.csv")))
+    verdicts = {(r["cql_steps"], r["rule"]): r["result"] for r in claims if r["result"].startswith("verdict")}
+    assert verdicts[("150000", "2 SE")] == "verdict: reproduced (3/3 comparisons run)"
+    assert verdicts[("150000", "interval (IQM, 95%)")] == "verdict: reproduced (3/3 comparisons run)"
+    assert not verdicts[("30000", "2 SE")].startswith("verdict: reproduced")

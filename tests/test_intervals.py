@@ -349,3 +349,91 @@ def test_missing_rliable_says_how_to_install(monkeypatch):
         monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
     with pytest.raises(SystemExit, match=r"rliable.*pip install -r requirements-test.txt"):
         intervals.compare_intervals([OURS], [BASE], reps=10)
+
+
+# ---------------------------------------------------------------------------------
+# two-stage bootstrap: the pretraining as the unit (evidence.py's independent-pretraining check)
+# ---------------------------------------------------------------------------------
+def test_two_stage_resample_frequencies_match_the_enumerated_distribution():
+    """Two pretrainings of two runs each: the exact distribution of a resample's mean, enumerated over every choice
+    of groups and then of runs within them (4 x 16 equally likely outcomes), against 40,000 resamples."""
+    import itertools
+
+    groups = [[0.0, 1.0], [10.0, 12.0]]
+    exact = {}
+    for chosen in itertools.product(range(2), repeat=2):
+        for picks in itertools.product(range(2), repeat=4):
+            runs = [
+                groups[chosen[0]][picks[0]],
+                groups[chosen[0]][picks[1]],
+                groups[chosen[1]][picks[2]],
+                groups[chosen[1]][picks[3]],
+            ]
+            exact[np.mean(runs)] = exact.get(np.mean(runs), 0) + 1 / 64
+    reps = 40_000
+    resampled = intervals.two_stage_resample(groups, reps, np.random.default_rng(0))
+    assert resampled.shape == (reps, 4)
+    means = resampled.mean(axis=1)
+    for value, p in exact.items():
+        frequency = np.mean(np.isclose(means, value))
+        assert abs(frequency - p) < 4 * np.sqrt(p * (1 - p) / reps) + 1e-9, (value, frequency, p)
+    assert sum(exact.values()) == pytest.approx(1.0) and set(np.round(means, 9)) <= set(np.round(list(exact), 9))
+    # a resample keeps pairs from one pretraining: both runs of a drawn group come from that group
+    halves = resampled.reshape(reps, 2, 2)
+    assert np.all((halves < 5).all(axis=2) | (halves > 5).all(axis=2))
+
+
+def test_two_stage_needs_equal_pretraining_sizes():
+    with pytest.raises(ValueError, match="same number of runs"):
+        intervals.two_stage_resample([[1.0, 2.0], [3.0]], 10, np.random.default_rng(0))
+
+
+def test_two_stage_compare_by_hand_and_wider_than_the_run_level_bootstrap():
+    """Point estimates are the IQMs and P(improvement) of all runs; the intervals are the percentiles of the
+    statistics over resamples drawn in the documented order; a spread between pretrainings (3 pretrainings far apart,
+    runs within each close) makes the two-stage interval wider than resampling the 6 runs as if independent."""
+    first = [[[40.0, 41.0], [60.0, 62.0], [80.0, 79.0]]]  # one task, 3 pretrainings x 2 runs
+    second = [[[55.0], [58.0], [61.0], [57.0], [59.0]]]  # 5 pretrainings of one run
+    c = intervals.two_stage_compare(first, second, reps=REPS)
+    rng = np.random.default_rng(0)
+    a, b = intervals.two_stage_resample(first[0], REPS, rng), intervals.two_stage_resample(second[0], REPS, rng)
+    differences = [hand_iqm(x) - hand_iqm(y) for x, y in zip(a, b)]
+    improvement = [np.mean([(u > v) + 0.5 * (u == v) for u in x for v in y]) for x, y in zip(a, b)]
+    flat_a, flat_b = np.ravel(first[0]), np.ravel(second[0])
+    assert c["iqm_difference"] == pytest.approx(hand_iqm(flat_a) - hand_iqm(flat_b))
+    assert c["p_improvement"] == pytest.approx(np.mean([(u > v) + 0.5 * (u == v) for u in flat_a for v in flat_b]))
+    assert (c["ci_low"], c["ci_high"]) == pytest.approx(tuple(np.percentile(differences, [2.5, 97.5])), rel=1e-12)
+    assert (c["p_low"], c["p_high"]) == pytest.approx(tuple(np.percentile(improvement, [2.5, 97.5])), rel=1e-12)
+    intervals._iqm_interval.cache_clear()
+    _, run_low, run_high = intervals.iqm_interval([flat_a], reps=REPS)
+    assert c["ci_first_high"] - c["ci_first_low"] > run_high - run_low
+    assert c["result"] == intervals.verdict(c["ci_low"], c["ci_high"])
+
+
+def test_two_stage_claim_rows_verdicts_lower_is_better_and_too_few_pretrainings():
+    runs = lambda *values: [{"late": v, "drop": -v} for v in values]
+    per_group = {
+        ("t1", "ours"): [runs(80, 82), runs(85, 84), runs(90, 88)],
+        ("t1", "base"): [runs(30), runs(35), runs(32), runs(31), runs(36)],
+        ("t2", "ours"): [runs(70, 71), runs(72, 73), runs(69, 70)],
+        ("t2", "base"): [runs(20)],  # one pretraining: no interval on t2, and t2 stays out of "all"
+        ("t3", "ours"): [runs(60, 61), runs(62, 64)],
+        ("t3", "base"): [runs(50), runs(52)],
+    }
+    claims = [("(a)", "late", [("ours", "base")]), ("(b)", "drop", [("ours", "base")])]
+    rows = intervals.two_stage_claim_rows(per_group, claims, reps=REPS)
+    row = lambda claim, task, result=None: next(
+        r for r in rows if r["claim"] == claim and r["task"] == task and (r["first"] == "ours") == (result is None)
+    )
+    assert row("(a)", "t1")["result"] == "holds" and row("(a)", "t1")["n_pretrainings_first"] == 3
+    assert row("(a)", "t1")["n_first"] == 6 and row("(a)", "t1")["n_second"] == 5
+    assert row("(a)", "t1", "v")["result"] == "verdict: reproduced (1/1 comparisons run)"
+    assert row("(a)", "t2")["result"] == "n/a (fewer than 2 pretrainings)"
+    across = [r for r in rows if r["task"] == intervals.ACROSS and r["first"] == "ours"]
+    assert [(r["claim"], r["tasks"], r["n_pretrainings_first"], r["n_second"]) for r in across] == [
+        ("(a)", "t1+t3", 5, 7),
+        ("(b)", "t1+t3", 5, 7),
+    ]
+    drop = row("(b)", "t1")  # drop: lower is better; ours' drop (-85) is lower, so the comparison holds
+    assert drop["result"] == "holds" and drop["iqm_difference"] < 0 and drop["ci_high"] < 0
+    assert drop["ci_first_low"] <= drop["iqm_first"] <= drop["ci_first_high"]
