@@ -150,6 +150,18 @@ INDEPENDENT_CLAIMS = [
 ]
 INDEPENDENT_ORDER = ("medium-replay", "medium", "medium-expert")  # the order their jobs run: the headline success first
 
+# ---- walker2d-medium-expert, the README's first command (fixed 2026-12-01, before any of its jobs ran) ----
+# The Hopper study's settings and verdict rules on Walker2d-v4: the datasets by make_datasets.py --env walker2d (the
+# behaviour run, the medium and expert rollouts, the medium-expert mixture; statistics in WALKER/datasets.csv); one
+# N=5 CQL ensemble (seed 1) at CQL_STEPS: the first-epoch study's depth verdict needs its 150k stage, which ends after
+# these datasets are ready, so the Hopper depth is kept (as the issue allows); then ours (balanced, N=5), SAC-ft, AWAC
+# (N=5), BCQ-ft (N=1) and SAC from scratch (Walker2d-v4), seeds 1-3, ONLINE_STEPS; claims (a), (b) as far as these
+# arms go (SAC-ft), (e); the first-epoch drop as for Hopper. Queued after the missing Hopper arms, before the
+# independent-pretraining runs (so that the issue can close sooner); the datasets right after the first-epoch study.
+WALKER = "walker2d-medium-expert"
+WALKER_ENV_ID = "Walker2d-v4"
+WALKER_ARMS = ("balanced-N5", "sac-ft", "awac-N5", "bcq-ft-N1", "sac")
+
 
 @dataclass
 class Job:
@@ -163,7 +175,9 @@ class Job:
 
 
 def dataset_file(dataset: str) -> str:
-    return f"data/cpu_d4rl/hopper_{dataset.replace('-', '_')}.hdf5"
+    """A Hopper dataset by its short name (medium, ...), or a task by its full name (walker2d-medium-expert)."""
+    task = dataset if dataset.startswith("walker2d-") else f"hopper-{dataset}"
+    return f"data/cpu_d4rl/{task.replace('-', '_')}.hdf5"
 
 
 def jobs(out: Path) -> list[Job]:
@@ -346,6 +360,7 @@ def jobs(out: Path) -> list[Job]:
                     command = offline_online_command(arm, data_args(d), seed, ck / f"{name}.pt", run_dir)
                     job = Job(name, command, ck / f"{name}.pt", run_dir, ["data_all"])
                 out_jobs.append(job)
+    out_jobs += walker_jobs(out)
     out_jobs += independent_pretraining_jobs(out, data_args, cql_job)
     for job in out_jobs:
         job.command = [str(part) for part in job.command]
@@ -384,6 +399,35 @@ def finetune_job(
         run_dir,
     ]
     return Job(name, command, checkpoint, run_dir)
+
+
+def walker_jobs(out: Path) -> list[Job]:
+    """walker2d-medium-expert (block above): its CQL ensemble, then every arm, seed by seed."""
+    runs, ck = out / "runs", Path("checkpoints/evidence")
+    data_args = ["--env-id", WALKER_ENV_ID, "--dataset-path", dataset_file(WALKER), "--no-cuda"]
+    cql = out / "pretrained" / f"cql_{WALKER}_N5.pt"
+    cql_run = runs / f"{WALKER}__cql-pretrain__seed1"
+    cql_command = [PY, "cql_pretrain.py", *data_args, "--n-ensemble", 5, "--hidden-dim", WIDTH, "--offline-steps", CQL_STEPS]
+    cql_command += ["--bc-steps", BC_STEPS, "--eval-every", 2500, "--eval-episodes", EVAL_EPISODES, "--checkpoint", cql]
+    cql_command += ["--checkpoint-every", 2500, "--run-dir", cql_run, "--seed", 1]
+    out_jobs = [Job(f"cql_{WALKER}", cql_command, cql, cql_run, ["data_walker2d"])]
+    for seed in SEEDS:
+        for arm in WALKER_ARMS:
+            name = job_name(WALKER, arm, seed)
+            run_dir = runs / (f"walker2d__sac__seed{seed}" if arm == "sac" else f"{WALKER}__{arm}__seed{seed}")
+            if arm in FINETUNE_ARMS:
+                job = finetune_job(name, data_args, cql, arm, seed, ck / f"{name}.pt", run_dir)
+                job.deps = [f"cql_{WALKER}"]
+            elif arm == "sac":
+                command = [PY, "sac.py", "--env-id", WALKER_ENV_ID, "--seed", seed, "--total-timesteps", ONLINE_STEPS]
+                command += ["--hidden-dim", WIDTH, "--eval-every", 1000, "--eval-episodes", EVAL_EPISODES]
+                command += ["--checkpoint", ck / f"{name}.pt", "--checkpoint-every", 5000, "--run-dir", run_dir, "--no-cuda"]
+                job = Job(name, command, ck / f"{name}.pt", run_dir)
+            else:
+                command = offline_online_command(arm, data_args, seed, ck / f"{name}.pt", run_dir)
+                job = Job(name, command, ck / f"{name}.pt", run_dir, ["data_walker2d"])
+            out_jobs.append(job)
+    return out_jobs
 
 
 def independent_pretraining_jobs(out: Path, data_args, cql_job) -> list[Job]:
@@ -592,7 +636,14 @@ def first_epoch_jobs(out: Path, data_args, cql: dict) -> list[Job]:
             deep_full.append(job)
     probes_30k = [job for job in probes if job.name.startswith("depth30k_")]
     later = [job for job in probes if not job.name.startswith("depth30k_")]
-    return chain + q_jobs + probes_30k + diag + [diag_q] + showcase_jobs(out, data_args, cql) + later + deep_full
+    walker_data = Job(
+        "data_walker2d",
+        [PY, "benchmark/make_datasets.py", "--env", "walker2d", "--csv", str(out / WALKER / "datasets.csv")],
+        outputs=[Path(dataset_file(WALKER))],
+    )
+    return (
+        chain + q_jobs + probes_30k + diag + [diag_q] + showcase_jobs(out, data_args, cql) + later + deep_full + [walker_data]
+    )
 
 
 def showcase_jobs(out: Path, data_args, cql: dict) -> list[Job]:
@@ -838,7 +889,9 @@ FIGURES = {  # folder -> (plot.py figures, arms)
 
 def job_name(dataset: str, arm: str, seed: int) -> str:
     """The job of one run: SAC from scratch has no dataset (one run serves every dataset's figure)."""
-    return f"sac_s{seed}" if arm == "sac" else f"{dataset}_{arm}_s{seed}"
+    if arm == "sac":
+        return f"walker2d_sac_s{seed}" if dataset.startswith("walker2d") else f"sac_s{seed}"
+    return f"{dataset}_{arm}_s{seed}"
 
 
 def finished_seeds(out: Path, dataset: str, arm: str) -> list[int]:

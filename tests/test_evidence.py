@@ -153,6 +153,27 @@ def test_campaign_arms_share_every_setting(tmp_path):
                     ]
                     assert swap(run.command, files, "1") == seed1.command
                     assert run.command[run.command.index("--seed") + 1] == str(finetune_seed)
+    walker = "walker2d-medium-expert"  # every arm of the Hopper study, as on hopper-medium but for env and files
+    hopper_args = ["Hopper-v4", "data/cpu_d4rl/hopper_medium.hdf5"]
+    walker_args = ["Walker2d-v4", "data/cpu_d4rl/walker2d_medium_expert.hdf5"]
+    for arm in ("balanced-N5", "sac-ft", "awac-N5", "bcq-ft-N1", "sac"):
+        for seed in evidence.SEEDS:
+            prefix = "walker2d_" if arm == "sac" else f"{walker}_"
+            run = by_name[f"{prefix}{arm}_s{seed}"]
+            base = by_name[f"sac_s{seed}" if arm == "sac" else f"medium_{arm}_s{seed}"]
+            files = [*zip(walker_args, hopper_args), (str(run.checkpoint), str(base.checkpoint))]
+            files += [(str(run.run_dir), str(base.run_dir))]
+            if arm in ("balanced-N5", "sac-ft"):
+                files.append((str(tmp_path / "pretrained" / f"cql_{walker}_N5.pt"), str(cql.checkpoint)))
+            assert swap(run.command, files) == base.command, run.name
+    walker_cql, hopper_cql = by_name[f"cql_{walker}"], by_name["cql_medium"]
+    files = [*zip(walker_args, hopper_args), (str(walker_cql.checkpoint), str(hopper_cql.checkpoint))]
+    assert swap(walker_cql.command, files + [(str(walker_cql.run_dir), str(hopper_cql.run_dir))]) == hopper_cql.command
+    assert walker_cql.deps == ["data_walker2d"] and by_name["data_walker2d"].outputs == [Path(walker_args[1])]
+    order = [job.name for job in all_jobs]  # the Walker2d arms after the missing Hopper arms, before the new seeds
+    assert (
+        order.index("medium-expert_bcq-ft-N1_s3") < order.index(f"{walker}_balanced-N5_s1") < order.index("cql_medium_seed2")
+    )
     deepest = evidence.depth_checkpoint(tmp_path, evidence.DEPTHS[-1])
     for arm in ("balanced-N5", "uniform-N5", "online-only-N5", "sac-ft"):  # full runs at the deepest checkpoint
         for seed in evidence.SEEDS:
