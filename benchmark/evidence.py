@@ -176,8 +176,7 @@ class Job:
 
 def dataset_file(dataset: str) -> str:
     """A Hopper dataset by its short name (medium, ...), or a task by its full name (walker2d-medium-expert)."""
-    task = dataset if dataset.startswith("walker2d-") else f"hopper-{dataset}"
-    return f"data/cpu_d4rl/{task.replace('-', '_')}.hdf5"
+    return f"data/cpu_d4rl/{task_of(dataset).replace('-', '_')}.hdf5"
 
 
 def jobs(out: Path) -> list[Job]:
@@ -887,6 +886,18 @@ FIGURES = {  # folder -> (plot.py figures, arms)
 }
 
 
+REPORT_DATASETS = (*DATASETS, WALKER)  # the report's datasets: the Hopper ones by short name, then Walker2d's
+
+
+def task_of(dataset: str) -> str:
+    """A dataset's task name: hopper-<short name>, or the Walker2d task as it is."""
+    return dataset if dataset.startswith("walker2d-") else f"hopper-{dataset}"
+
+
+def env_of(dataset: str) -> str:
+    return WALKER_ENV_ID if dataset.startswith("walker2d-") else ENV_ID
+
+
 def job_name(dataset: str, arm: str, seed: int) -> str:
     """The job of one run: SAC from scratch has no dataset (one run serves every dataset's figure)."""
     if arm == "sac":
@@ -900,7 +911,7 @@ def finished_seeds(out: Path, dataset: str, arm: str) -> list[int]:
 
 def run_dir_of(out: Path, dataset: str, arm: str, seeds: list[int]) -> str:
     """The run folder of one seed, or a glob over several (what plot.py --method takes)."""
-    task = "hopper" if arm == "sac" else f"hopper-{dataset}"
+    task = task_of(dataset).split("-")[0] if arm == "sac" else task_of(dataset)
     seed = seeds[0] if len(seeds) == 1 else "[" + "".join(map(str, seeds)) + "]"
     return str(out / "runs" / f"{task}__{arm}__seed{seed}")
 
@@ -958,6 +969,11 @@ CLAIMS = [  # (claim, metric, [(first arm, second arm), ...]): the first arm bet
 ]
 
 
+def ran(results: list) -> int:
+    """How many comparisons had enough seeds to be made (a comparison short of seeds is "n/a ...")."""
+    return sum(not result.startswith("n/a") for result in results)
+
+
 def seed_metrics(steps: np.ndarray, scores: np.ndarray) -> dict:
     """One seed's curve -> the numbers the summary and the claims use (NaN where the curve has no such point)."""
     at = lambda x: float(scores[np.searchsorted(steps, x)]) if x in steps else np.nan
@@ -987,7 +1003,7 @@ def claim_rows(per_seed: dict) -> list:
     """per_seed[(dataset, arm)] = list of seed_metrics -> one row per comparison and one verdict row per claim."""
     rows = []
     for claim, metric, pairs in CLAIMS:
-        for dataset in DATASETS:
+        for dataset in REPORT_DATASETS:
             results = []
             for first, second in pairs:
                 if (dataset, first) not in per_seed or (dataset, second) not in per_seed:
@@ -1001,7 +1017,7 @@ def claim_rows(per_seed: dict) -> list:
                 rows.append(
                     {
                         "claim": claim,
-                        "task": f"hopper-{dataset}",
+                        "task": task_of(dataset),
                         "metric": metric,
                         "first": first,
                         "second": second,
@@ -1026,7 +1042,7 @@ def claim_rows(per_seed: dict) -> list:
             rows.append(
                 {
                     "claim": claim,
-                    "task": f"hopper-{dataset}",
+                    "task": task_of(dataset),
                     "metric": metric,
                     "first": "",
                     "second": "",
@@ -1036,7 +1052,7 @@ def claim_rows(per_seed: dict) -> list:
                     "n_second": "",
                     "difference": "",
                     "se": "",
-                    "result": f"verdict: {verdict} ({len(results)}/{len(pairs)} comparisons run)",
+                    "result": f"verdict: {verdict} ({ran(results)}/{len(pairs)} comparisons run)",
                 }
             )
     return rows
@@ -1046,12 +1062,12 @@ def write_tables(out: Path, rows: list, claims: list):
     """tables.md: the README's tables, from the same numbers as summary.csv and claims.csv."""
     lines = []
     num = lambda x: "—" if np.isnan(x) else f"{x:.1f}"
-    for dataset in DATASETS:
-        task_rows = [row for row in rows if row["task"] == f"hopper-{dataset}"]
+    for dataset in REPORT_DATASETS:
+        task_rows = [row for row in rows if row["task"] == task_of(dataset)]
         if all(row["arm"] == "sac" for row in task_rows):  # SAC from scratch alone: nothing of this dataset yet
             continue
         lines += [
-            f"**hopper-{dataset}** (normalized score; mean ± std over seeds)",
+            f"**{task_of(dataset)}** (normalized score; mean ± std over seeds)",
             "",
             "| method | seeds | final (48k-50k) | at 0 | after the first epoch | lowest 1k-10k | mean 1k-10k |",
             "|---|---|---|---|---|---|---|",
@@ -1121,10 +1137,10 @@ def fill_readme(out: Path, readme: Path, score_tables: str, claims: list):
                     f"| {c['claim']} ({c['metric']}) | {c['task']} | **{verdict}** | " + "; ".join(comparisons) + " |"
                 )
                 comparisons = []
-    for dataset in DATASETS:
-        figure = out / f"hopper-{dataset}" / "fig3_methods" / "fig3_score.png"
+    for dataset in REPORT_DATASETS:
+        figure = out / task_of(dataset) / "fig3_methods" / "fig3_score.png"
         if (ROOT / figure).exists():
-            block += ["", f"![hopper-{dataset}, Fig. 3 arms]({figure})"]
+            block += ["", f"![{task_of(dataset)}, Fig. 3 arms]({figure})"]
     head, rest = text.split(start, 1)
     readme.write_text(head + start + "\n" + "\n".join(block) + "\n" + end + rest.split(end, 1)[1])
     print(f"wrote {readme.name}'s study tables")
@@ -1142,12 +1158,13 @@ def headline(out: Path, claims: list) -> list:
     """The README's first screen: claims x datasets with both verdicts, and the first-epoch finding in numbers."""
     interval_rows = read_csv(ROOT / out / "intervals" / "claims.csv")
     short = lambda text: text.removeprefix("verdict: ").replace(" comparisons run", "")
-    lines = ["| claim | " + " | ".join(f"hopper-{d}" for d in DATASETS) + " |", "|---|" + "---|" * len(DATASETS)]
+    datasets = [d for d in REPORT_DATASETS if d in DATASETS or any(c["task"] == task_of(d) for c in claims)]
+    lines = ["| claim | " + " | ".join(map(task_of, datasets)) + " |", "|---|" + "---|" * len(datasets)]
     for claim, metric, _ in CLAIMS:
         cells = []
-        for dataset in DATASETS:
+        for dataset in datasets:
             rule = next(
-                (c["result"] for c in claims if c["claim"] == claim and c["task"] == f"hopper-{dataset}" and not c["first"]),
+                (c["result"] for c in claims if c["claim"] == claim and c["task"] == task_of(dataset) and not c["first"]),
                 None,
             )
             interval = next(
@@ -1156,7 +1173,7 @@ def headline(out: Path, claims: list) -> list:
                     for r in interval_rows
                     if r["claim"] == claim
                     and not r["first"]
-                    and r["task"] == f"hopper-{dataset}"
+                    and r["task"] == task_of(dataset)
                     and r["metric"] == INTERVAL_METRIC_OF[claim[:3]]
                 ),
                 None,
@@ -1213,12 +1230,12 @@ def fill_headline(out: Path, readme: Path, claims: list):
 
 def report(out: Path):
     rows, per_seed, curves_of = [], {}, {}
-    for dataset in DATASETS:
+    for dataset in REPORT_DATASETS:
         for arm in LABELS:
             seeds = finished_seeds(out, dataset, arm)
             if not seeds:
                 continue
-            curves = curves_of[(f"hopper-{dataset}", arm)] = [
+            curves = curves_of[(task_of(dataset), arm)] = [
                 eval_curve(Path(run_dir_of(out, dataset, arm, [seed]))) for seed in seeds
             ]
             metrics = per_seed[(dataset, arm)] = [seed_metrics(steps, scores) for steps, scores in curves]
@@ -1227,7 +1244,7 @@ def report(out: Path):
             )
             rows.append(
                 {
-                    "task": f"hopper-{dataset}",
+                    "task": task_of(dataset),
                     "method": LABELS[arm],
                     "arm": arm,
                     "final_mean": mean["final"],
@@ -1257,27 +1274,22 @@ def report(out: Path):
         print(f"wrote {out / name}")
     commands = []
     # CQL pretraining curves (ensemble policy of eq. 5 and the members' range) against each dataset's mean return
-    cql_runs = [d for d in DATASETS if logs_tag(out / "runs" / f"hopper-{d}__cql-pretrain__seed1", "eval/return")]
-    if cql_runs and (ROOT / out / "datasets.csv").exists():
-        command = [
-            PY,
-            "benchmark/plot_offline.py",
-            "--datasets-csv",
-            str(out / "datasets.csv"),
-            "--out",
-            str(out / "cql_offline"),
+    for datasets, datasets_csv, figure in (
+        (DATASETS, out / "datasets.csv", out / "cql_offline"),
+        ((WALKER,), out / WALKER / "datasets.csv", out / WALKER / "cql_offline"),
+    ):
+        cql_runs = [
+            task_of(d) for d in datasets if logs_tag(out / "runs" / f"{task_of(d)}__cql-pretrain__seed1", "eval/return")
         ]
-        for d in cql_runs:
-            command += [
-                "--run",
-                f"hopper-{d}={out / 'runs' / f'hopper-{d}__cql-pretrain__seed1'}",
-                "--dataset",
-                f"hopper-{d}=hopper-{d}",
-            ]
+        if not cql_runs or not (ROOT / datasets_csv).exists():
+            continue
+        command = [PY, "benchmark/plot_offline.py", "--datasets-csv", str(datasets_csv), "--out", str(figure)]
+        for task in cql_runs:
+            command += ["--run", f"{task}={out / 'runs' / f'{task}__cql-pretrain__seed1'}", "--dataset", f"{task}={task}"]
         commands.append(command)
         subprocess.run([sys.executable, *command[1:]], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     by_name = {job.name: job for job in jobs(out)}
-    for dataset in DATASETS:
+    for dataset in REPORT_DATASETS:
         for folder, (figures, arms) in FIGURES.items():
             methods, runs = [], []
             for arm in arms:
@@ -1287,14 +1299,14 @@ def report(out: Path):
                     runs += [job_name(dataset, arm, seed) for seed in seeds]
             if len(methods) < 4:  # a comparison needs two methods
                 continue
-            study = out / f"hopper-{dataset}" / folder
+            study = out / task_of(dataset) / folder
             command = [
                 PY,
                 "benchmark/plot.py",
                 *methods,
                 "--one-panel",
                 "--panel-title",
-                f"{ENV_ID}, hopper-{dataset} (CPU-scale D4RL recipe), {ONLINE_STEPS // 1000}k online steps",
+                f"{env_of(dataset)}, {task_of(dataset)} (CPU-scale D4RL recipe), {ONLINE_STEPS // 1000}k online steps",
                 "--figures",
                 *figures.split(),
                 "--final-window",
@@ -1457,13 +1469,19 @@ def interval_report(out: Path, curves_of: dict):
         return
     folder = ROOT / out / "intervals"
     settings = dict(reps=INTERVAL_RESAMPLES, confidence=INTERVAL_CONFIDENCE, seed=0)
-    iqm = intervals.iqm_rows(per_run, INTERVAL_METRICS, across="all Hopper datasets", **settings)
+    tasks = list(dict.fromkeys(task for task, _ in per_run))
+    hopper = dict(tasks=[t for t in tasks if t.startswith("hopper-")], across="all Hopper datasets")
+    alone = [dict(tasks=[t], across=None) for t in tasks if not t.startswith("hopper-")]  # Walker2d: on its own
+    iqm = [row for scope in (hopper, *alone) for row in intervals.iqm_rows(per_run, INTERVAL_METRICS, **scope, **settings)]
     for row in iqm:
         row["pretraining"] = PRETRAINING[row["arm"]]
     write_csv(folder / "iqm.csv", iqm)
     claims = [(claim, metric, pairs) for claim, _, pairs in CLAIMS for metric in INTERVAL_METRICS]
     claims += [(claim, metric, pairs) for claim, metric, pairs in CLAIMS if metric not in ("final",)]
-    write_csv(folder / "claims.csv", intervals.claim_interval_rows(per_run, claims, across="all Hopper datasets", **settings))
+    interval_claims = [
+        row for scope in (hopper, *alone) for row in intervals.claim_interval_rows(per_run, claims, **scope, **settings)
+    ]
+    write_csv(folder / "claims.csv", interval_claims)
     curve_rows = intervals.curve_rows(curves_of, **settings)
     write_csv(folder / "curves.csv", curve_rows)
     labels = {arm: LABELS[arm] for arm in LABELS}
@@ -1472,7 +1490,8 @@ def interval_report(out: Path, curves_of: dict):
     intervals.plot_iqm_curves([r for r in curve_rows if r["arm"] in methods], folder / "iqm_curves.png", colours, labels)
     comparisons = [
         r
-        for r in intervals.claim_interval_rows(per_run, claims[:1], across="all Hopper datasets", **settings)
+        for scope in (hopper, *alone)
+        for r in intervals.claim_interval_rows(per_run, claims[:1], **scope, **settings)
         if r["first"] and r["p_improvement"] != ""
     ]
     if comparisons:  # claim (a) on late: ours against each baseline
@@ -1743,10 +1762,10 @@ def write_study_files(study: Path, dataset: str, runs: list, by_name: dict, plot
         )
         f.writelines(" ".join(job.command) + "\n" for job in needed)
         f.write(shlex.join(plot_command) + "\n")
-    with open(ROOT / out / "datasets.csv") as f:
+    with open(ROOT / out / ("datasets.csv" if dataset in DATASETS else f"{dataset}/datasets.csv")) as f:
         rows = list(csv.reader(f))
     with open(ROOT / study / "datasets.csv", "w", newline="") as f:
-        csv.writer(f).writerows([rows[0]] + [row for row in rows[1:] if row[0] == f"hopper-{dataset}"])
+        csv.writer(f).writerows([rows[0]] + [row for row in rows[1:] if row[0] == task_of(dataset)])
 
 
 def main():

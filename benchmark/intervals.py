@@ -220,6 +220,11 @@ def verdict(low: float, high: float) -> str:
     return "holds" if low > 0 else "reversed" if high < 0 else "tie"
 
 
+def ran(results: list) -> int:
+    """How many comparisons had enough runs to be made (a comparison short of runs is "n/a ...")."""
+    return sum(not result.startswith("n/a") for result in results)
+
+
 def claim_verdict(results: list, n_pairs: int) -> str:
     """A claim's verdict from its comparisons' results, as evidence.claim_rows."""
     return (
@@ -388,7 +393,7 @@ def claim_interval_rows(
                     "claim": claim,
                     "task": label,
                     "metric": metric,
-                    "result": f"verdict: {claim_verdict(results, len(pairs))} ({len(results)}/{len(pairs)} comparisons run)",
+                    "result": f"verdict: {claim_verdict(results, len(pairs))} ({ran(results)}/{len(pairs)} comparisons run)",
                 }
             )
     return rows
@@ -550,7 +555,7 @@ def two_stage_claim_rows(
         for label in labels:
             if label in by_task:
                 results = [row["result"] for row in by_task[label]]
-                result = f"verdict: {claim_verdict(results, len(pairs))} ({len(results)}/{len(pairs)} comparisons run)"
+                result = f"verdict: {claim_verdict(results, len(pairs))} ({ran(results)}/{len(pairs)} comparisons run)"
                 rows += by_task[label]
                 rows.append(
                     {

@@ -381,6 +381,10 @@ def test_claim_comparisons_and_verdicts():
         verdict({("medium", "balanced-N5"): n5, ("medium", "balanced-N2"): n2})
         == "verdict: inconclusive (1/2 comparisons run)"
     )
+    assert (  # a comparison short of seeds is not counted as run
+        verdict({("medium", "balanced-N5"): n5, ("medium", "balanced-N2"): n2, ("medium", "balanced-N1"): seeds(10)})
+        == "verdict: inconclusive (1/2 comparisons run)"
+    )
 
 
 def test_smaller_drop_holds():
@@ -664,3 +668,55 @@ def test_deep_full_report_puts_claim_b_at_both_depths(tmp_path, monkeypatch):
     assert verdicts[("150000", "2 SE")] == "verdict: reproduced (3/3 comparisons run)"
     assert verdicts[("150000", "interval (IQM, 95%)")] == "verdict: reproduced (3/3 comparisons run)"
     assert not verdicts[("30000", "2 SE")].startswith("verdict: reproduced")
+
+
+def test_report_puts_walker2d_beside_hopper_and_outside_the_hopper_pool(tmp_path, monkeypatch):
+    """walker2d-medium-expert: its rows in summary.csv and claims.csv under its own task name, its interval rows on
+    their own (never in "all Hopper datasets"), SAC from scratch from its own Walker2d runs, and its column in the
+    README's headline once it has a verdict."""
+    import csv as csv_module
+
+    monkeypatch.setattr(evidence, "ROOT", tmp_path)
+    monkeypatch.setattr(evidence, "FIGURES", {})
+    monkeypatch.setattr(evidence, "INTERVAL_RESAMPLES", 300)
+    monkeypatch.setattr(evidence, "LATE_FROM", 3000)
+    monkeypatch.setattr(evidence.subprocess, "run", lambda command, **kw: None)
+    out = tmp_path / "out"
+    (out / "status").mkdir(parents=True)
+    curves = {
+        ("runs/hopper-medium__balanced-N5__seed{}", "medium_balanced-N5_s{}"): [40, 42, 45, 50, 55, 60],
+        ("runs/hopper-medium__sac-ft__seed{}", "medium_sac-ft_s{}"): [40, 10, 20, 30, 40, 50],
+        ("runs/walker2d-medium-expert__balanced-N5__seed{}", "walker2d-medium-expert_balanced-N5_s{}"): [
+            70,
+            71,
+            72,
+            80,
+            81,
+            82,
+        ],
+        ("runs/walker2d-medium-expert__sac-ft__seed{}", "walker2d-medium-expert_sac-ft_s{}"): [70, 5, 10, 20, 25, 30],
+        ("runs/walker2d__sac__seed{}", "walker2d_sac_s{}"): [0, 1, 2, 3, 4, 5],
+    }
+    for (run, job), scores in curves.items():
+        for seed in (1, 2):
+            write_curve(out / run.format(seed), [score + seed for score in scores])
+            (out / "status" / f"{job.format(seed)}.done").touch()
+    readme = tmp_path / "README.md"
+    readme.write_text("top\n<!-- headline -->\nold\n<!-- /headline -->\nend\n")
+    evidence.report(out)
+    summary = {(r["task"], r["arm"]): r for r in csv_module.DictReader(open(out / "summary.csv"))}
+    assert float(summary[("walker2d-medium-expert", "balanced-N5")]["final_mean"]) == pytest.approx(81 + 1.5)
+    assert float(summary[("walker2d-medium-expert", "sac")]["final_mean"]) == pytest.approx(4 + 1.5)
+    assert ("hopper-medium", "sac") not in summary  # Hopper's SAC runs did not run here; Walker2d's are not Hopper's
+    claims = list(csv_module.DictReader(open(out / "claims.csv")))
+    walker = [r for r in claims if r["task"] == "walker2d-medium-expert" and r["claim"].startswith("(a)")]
+    assert [(r["second"], r["result"]) for r in walker if r["first"]] == [("sac-ft", "holds"), ("sac", "holds")]
+    assert walker[-1]["result"] == "verdict: inconclusive (2/4 comparisons run)"
+    interval_rows = list(csv_module.DictReader(open(out / "intervals" / "claims.csv")))
+    pooled = [r for r in interval_rows if r["task"] == "all Hopper datasets"]
+    assert all("walker2d" not in r["tasks"] for r in pooled)
+    assert any(r["task"] == "walker2d-medium-expert" and r["second"] == "sac-ft" for r in interval_rows)
+    iqm = list(csv_module.DictReader(open(out / "intervals" / "iqm.csv")))
+    assert {r["task"] for r in iqm if r["arm"] == "sac"} == {"walker2d-medium-expert"}
+    header = next(line for line in readme.read_text().splitlines() if line.startswith("| claim |"))
+    assert header == "| claim | hopper-medium | hopper-medium-replay | hopper-medium-expert | walker2d-medium-expert |"

@@ -429,6 +429,7 @@ def test_two_stage_claim_rows_verdicts_lower_is_better_and_too_few_pretrainings(
     assert row("(a)", "t1")["n_first"] == 6 and row("(a)", "t1")["n_second"] == 5
     assert row("(a)", "t1", "v")["result"] == "verdict: reproduced (1/1 comparisons run)"
     assert row("(a)", "t2")["result"] == "n/a (fewer than 2 pretrainings)"
+    assert row("(a)", "t2", "v")["result"] == "verdict: inconclusive (0/1 comparisons run)"
     across = [r for r in rows if r["task"] == intervals.ACROSS and r["first"] == "ours"]
     assert [(r["claim"], r["tasks"], r["n_pretrainings_first"], r["n_second"]) for r in across] == [
         ("(a)", "t1+t3", 5, 7),
