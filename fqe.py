@@ -389,7 +389,7 @@ def main():
                 "critic": critic.state_dict(),
                 "step": step,
                 "args": dataclasses.asdict(args),
-                "policy_checkpoint": os.path.abspath(policy_path),
+                "policy_checkpoint": policy_path,  # as given: relative to where the run started
                 "policy_hidden_sizes": policy_hidden,
                 "resume": resume_state(np_rng, resumable, step=step, run_dir=run_dir),
             },
@@ -1055,5 +1055,8 @@ if __name__ == "__main__":
 #     FQE critics, plus a resume state (target critics, optimizer, RNG states, step, run dir) for --resume. Flags: the
 #     output is --checkpoint and the input --policy-checkpoint, as they always were (no old spelling to keep).
 #     Checkpoints written before resume_state (flat torch_rng/numpy_rng/python_rng/cuda_rng keys) resume as they are.
+#     policy_checkpoint is the path given (relative to where the run started, the repository root for benchmark/), so a
+#     committed checkpoint names no machine's folder; older checkpoints hold an absolute path. A record only: no script
+#     reads it back.
 #   * SIGTERM or SIGINT: the current update finishes, the checkpoint is written at that step and the run exits with
 #     status 75 and the command that continues it; that run logs what the uninterrupted one would have.
