@@ -31,6 +31,7 @@ import re
 import shlex
 import signal
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -376,7 +377,7 @@ def main():
 
     # on resume, TensorBoard drops whatever the interrupted run logged after its checkpoint's step
     tracking, videos = start_tracking(args, run_dir), EvalVideos(args, run_dir)  # --track, --capture-video
-    writer = SummaryWriter(run_dir, purge_step=start_step + 1 if args.resume else None)
+    writer = TensorBoardWriter(run_dir, purge_step=start_step + 1 if args.resume else None)
     if start_step == 0:
         writer.add_text(
             "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
@@ -988,6 +989,41 @@ def start_tracking(args, run_dir: str):
         name=os.path.basename(os.path.normpath(run_dir)),
         save_code=True,
     )
+
+
+class TensorBoardWriter(SummaryWriter):
+    """A SummaryWriter whose failed writes (a full disk) stop the run with one line, as every other write does.
+    tensorboard writes the event file in a thread of its own: its error comes out at the writer's next call (close
+    flushes first), and quiet_tensorboard_thread keeps that thread from printing a traceback as well."""
+
+    def __init__(self, log_dir: str, purge_step: int | None = None):
+        threading.excepthook = quiet_tensorboard_thread
+        self.stop_on_os_error(super().__init__, log_dir, purge_step=purge_step)
+
+    def stop_on_os_error(self, write, *args, **kwargs):
+        try:
+            return write(*args, **kwargs)
+        except OSError as err:
+            fail(f"cannot write TensorBoard log {self.log_dir}: {err.strerror or err}")
+
+    def add_scalar(self, *args, **kwargs):
+        return self.stop_on_os_error(super().add_scalar, *args, **kwargs)
+
+    def add_text(self, *args, **kwargs):
+        return self.stop_on_os_error(super().add_text, *args, **kwargs)
+
+    def flush(self):
+        return self.stop_on_os_error(super().flush)
+
+    def close(self):
+        return self.stop_on_os_error(super().close)
+
+
+def quiet_tensorboard_thread(args):
+    """threading.excepthook: an OSError in tensorboard's writer thread prints nothing (TensorBoardWriter reports it);
+    an error in any other thread is printed as usual."""
+    if not (issubclass(args.exc_type, OSError) and type(args.thread).__module__.startswith("tensorboard.")):
+        threading.__excepthook__(args)
 
 
 VIDEO_SIZE, VIDEO_FPS = 240, 25  # --capture-video frames: 240 x 240 pixels, ~25 frames per second of simulated time

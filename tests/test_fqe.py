@@ -403,3 +403,23 @@ def test_refuses_to_overwrite_another_algorithms_checkpoint(monkeypatch, tmp_pat
         tmp_path,
     )
     assert "would overwrite the policy checkpoint" in message
+
+
+def test_checkpoint_stores_the_policy_path_as_given(monkeypatch, tmp_path, tiny_hopper_dataset):
+    """The policy checkpoint's path is stored as given, so a relative path stays relative and a committed checkpoint
+    names no folder of one machine; a checkpoint of an older version, which stored it absolute, still resumes."""
+    write_policy(tmp_path / "policy.pt")
+    argv = ["--env-id", "Hopper-v4", "--dataset-path", tiny_hopper_dataset, "--policy-checkpoint", "policy.pt"]
+    argv += ["--checkpoint", "fqe.pt", "--run-dir", "runs/a", "--batch-size", "8", "--eval-episodes", "1"]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["fqe.py", *map(str, argv), "--steps", "10"])
+    fqe.main()
+    ckpt = torch.load(tmp_path / "fqe.pt", weights_only=True)
+    assert ckpt["policy_checkpoint"] == "policy.pt"
+
+    ckpt["policy_checkpoint"] = str(tmp_path / "policy.pt")  # as written before
+    torch.save(ckpt, tmp_path / "fqe.pt")
+    monkeypatch.setattr(sys, "argv", ["fqe.py", *map(str, argv), "--steps", "20", "--resume"])
+    fqe.main()
+    ckpt = torch.load(tmp_path / "fqe.pt", weights_only=True)
+    assert (ckpt["step"], ckpt["policy_checkpoint"]) == (20, "policy.pt")

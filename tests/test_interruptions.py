@@ -3,7 +3,8 @@
 * Disk full during a write (checkpoint, dataset, CSV, figure): one `error:` line naming the file and the cause,
   exit status 1, no temporary file left, the last good file intact. The full disk is a small tmpfs filled up (we
   are root here and in CI); where mount is not allowed, the temp file each write goes through is a link to /dev/full,
-  whose writes fail with ENOSPC just the same.
+  whose writes fail with ENOSPC just the same. The TensorBoard event file (written by tensorboard's own thread,
+  under a name of its choosing) gets a simulated ENOSPC instead: in-process for every script, and in a real fqe.py.
 * SIGTERM (Slurm before its time limit) and SIGINT (Ctrl-C) during training: the run finishes its update, writes a
   resumable checkpoint and exits with status 75 and one line saying how to continue; that command continues the run,
   and where a resumed run is exact (offline training, and fine-tuning, whose epochs start fresh episodes) it logs
@@ -12,16 +13,19 @@
 """
 
 import contextlib
+import errno
 import os
 import re
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 import torch
+from tensorboard.compat.tensorflow_stub.io.gfile import LocalFileSystem
 
 from conftest import REPO_ROOT, load_script, scalars
 
@@ -242,6 +246,67 @@ def test_full_disk_stops_every_write_with_one_line_and_keeps_the_last_good_file(
         )
     assert {path: path.read_bytes() for path in good} == good  # the last good files, untouched
     assert leftovers(folder) == []  # and no temp file left
+
+
+def event_file_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_full_disk_during_a_tensorboard_write_stops_with_one_line(script, tmp_path, monkeypatch, capsys):
+    """Every script logs through TensorBoardWriter. A full disk when the event file is created, or while it grows
+    (tensorboard's thread writes it; the error comes out at the writer's next call, at the latest at close):
+    one `error:` line, and the thread prints no traceback of its own."""
+    assert "SummaryWriter(" not in (REPO_ROOT / f"{script}.py").read_text(), "every writer is a TensorBoardWriter"
+    module = load_script(script, f"interruptions_{script}")
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)  # the writer sets it; restored after the test
+    expected = f"error: cannot write TensorBoard log {tmp_path / 'run'}: {ENOSPC}"
+    writer = module.TensorBoardWriter(str(tmp_path / "run"))
+    writer.add_scalar("x", 1.0, 1)
+    writer.flush()
+    monkeypatch.setattr(LocalFileSystem, "append", event_file_full)
+    with pytest.raises(SystemExit) as stop:
+        writer.add_scalar("x", 2.0, 2)
+        writer.close()
+    assert stop.value.code == expected
+    monkeypatch.setattr(LocalFileSystem, "write", event_file_full)  # the event file's first record
+    with pytest.raises(SystemExit) as stop:
+        module.TensorBoardWriter(str(tmp_path / "run"), purge_step=3)
+    assert stop.value.code == expected
+    assert capsys.readouterr().err == ""
+
+
+# fqe.py as a real process whose event file fills the disk after its first 20 records
+FULL_AFTER_20_RECORDS = """
+import errno, os, runpy, sys
+from tensorboard.compat.tensorflow_stub.io.gfile import LocalFileSystem
+append, records = LocalFileSystem.append, []
+def append_until_full(*args, **kwargs):
+    records.append(1)
+    if len(records) > 20:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return append(*args, **kwargs)
+LocalFileSystem.append = append_until_full
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_full_disk_during_a_tensorboard_write_in_a_real_process(tiny_hopper_dataset, policy, tmp_path):
+    argv = tiny_argv("fqe", tiny_hopper_dataset, policy, long=True)
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_AFTER_20_RECORDS, str(REPO_ROOT / "fqe.py"), *map(str, argv)],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: cannot write TensorBoard log runs/r: {ENOSPC}"], done.stderr[-2000:]
+    assert 0 < torch.load(tmp_path / "ck.pt", weights_only=True)["step"] < 2000  # stopped part way, last good checkpoint
 
 
 def test_unwritable_or_vanished_folder(tmp_path):

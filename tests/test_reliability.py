@@ -575,6 +575,8 @@ def test_shared_error_path_is_identical_in_every_script():
             holders.setdefault(name, []).append(script)
     shared = {name: scripts for name, scripts in holders.items() if len(scripts) > 1 and name not in PER_SCRIPT_NAMES}
     assert {"fail", "load_d4rl_dataset", "EnsembleCritic", "check_writable", "evaluate", "soft_update"} <= set(shared)
+    for script in SCRIPTS:  # every script logs through the same TensorBoard writer (a full disk: one line)
+        assert {"TensorBoardWriter", "quiet_tensorboard_thread"} <= set(definitions[script]), script
     for name, scripts in sorted(shared.items()):
         versions = {}
         for script in scripts:
