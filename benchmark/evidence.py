@@ -156,11 +156,14 @@ INDEPENDENT_ORDER = ("medium-replay", "medium", "medium-expert")  # the order th
 # N=5 CQL ensemble (seed 1) at CQL_STEPS: the first-epoch study's depth verdict needs its 150k stage, which ends after
 # these datasets are ready, so the Hopper depth is kept (as the issue allows); then ours (balanced, N=5), SAC-ft, AWAC
 # (N=5), BCQ-ft (N=1) and SAC from scratch (Walker2d-v4), seeds 1-3, ONLINE_STEPS; claims (a), (b) as far as these
-# arms go (SAC-ft), (e); the first-epoch drop as for Hopper. Queued after the missing Hopper arms, before the
-# independent-pretraining runs (so that the issue can close sooner); the datasets right after the first-epoch study.
+# arms go (SAC-ft), (e); the first-epoch drop as for Hopper. One setting differs, as this repository documents for
+# this task (awac.py's docstring, after CORL): AWAC's lambda = 1/3 on walker2d-medium-expert (1.0 on Hopper). Queued
+# after the missing Hopper arms, before the independent-pretraining runs (so that the issue can close sooner); the
+# datasets right after the first-epoch study.
 WALKER = "walker2d-medium-expert"
 WALKER_ENV_ID = "Walker2d-v4"
 WALKER_ARMS = ("balanced-N5", "sac-ft", "awac-N5", "bcq-ft-N1", "sac")
+WALKER_AWAC_FLAGS = ("--awac-lambda", 0.3333)
 
 
 @dataclass
@@ -424,6 +427,7 @@ def walker_jobs(out: Path) -> list[Job]:
                 job = Job(name, command, ck / f"{name}.pt", run_dir)
             else:
                 command = offline_online_command(arm, data_args, seed, ck / f"{name}.pt", run_dir)
+                command += list(WALKER_AWAC_FLAGS) if arm == "awac-N5" else []
                 job = Job(name, command, ck / f"{name}.pt", run_dir, ["data_walker2d"])
             out_jobs.append(job)
     return out_jobs
