@@ -99,6 +99,19 @@ ARMS_ADDED_ELSEWHERE = ("uniform-N5", "online-only-N5", "awac-N5", "bcq-ft-N1")
 #    checkpoints), in depth/full/. Claim (b) on hopper-medium at that depth is judged by the same two rules as at 30k
 #    (CLAIMS' 2-SE rule on drop, the interval rule on drop below) over these runs, reported beside 30k's.
 DEEP_FULL_ARMS = ("balanced-N5", "uniform-N5", "online-only-N5", "sac-ft")
+# 5. (fixed 2026-12-01, before the depth verdict and before any of these jobs ran) The second axis: CQL's weight
+#    alpha_cql (cql_pretrain.py --alpha-cql; BASE_ALPHA_CQL in every run above). Why this one rather than critic width:
+#    the depth test logged that more CQL steps leave the conservative gap where it was (CQL gap 2.42 at 30k, 2.47 at
+#    60k; Qbar - Monte-Carlo -36 and -30), and the critic-side test puts the fall on critics that over-value the
+#    actions the actor moves to once CQL's penalty is dropped online; alpha_cql is the setting that sets that gap,
+#    width is not (and at 256 units every run would cost 2.5x). Two fresh N=5 CQL runs on hopper-medium, every
+#    setting as the committed 30k run except --alpha-cql (ALPHA_LEVELS), each with Qbar vs Monte-Carlo of its
+#    ensemble policy and the depth test's probes (ours and SAC-ft, seeds 1-3, 3 epochs), in alpha/. Reading, as for
+#    depth: SUPPORTED if ours' kept at the highest alpha exceeds its kept at BASE_ALPHA_CQL (the committed ensemble's
+#    30k probes) by more than MARGIN_SE SE and its mean is at least KEEP_SUPPORTED; PARTLY SUPPORTED if it exceeds it
+#    but stays below; REFUTED otherwise. Run whatever the depth verdict, so that both answers arrive together.
+BASE_ALPHA_CQL = 5.0
+ALPHA_LEVELS = (10.0, 20.0)
 
 # ---- Interval estimates (Agarwal et al., "Deep RL at the Edge of the Statistical Precipice", NeurIPS 2021), fixed
 # 2026-12-01 before any run they will judge. The pre-registered "final" metric and its 2-SE rule (CLAIMS) stay and
@@ -639,14 +652,34 @@ def first_epoch_jobs(out: Path, data_args, cql: dict) -> list[Job]:
             deep_full.append(job)
     probes_30k = [job for job in probes if job.name.startswith("depth30k_")]
     later = [job for job in probes if not job.name.startswith("depth30k_")]
+    # 5. the second axis: CQL's weight
+    alpha_jobs, alpha_probes = [], []
+    for alpha in ALPHA_LEVELS:
+        tag = f"alpha{alpha:g}"
+        checkpoint = out / "pretrained" / f"cql_hopper-medium_N5_{tag}.pt"
+        run_dir = out / "runs" / f"hopper-medium__cql-pretrain-{tag}__seed1"
+        command = [PY, "cql_pretrain.py", *data_args("medium"), "--n-ensemble", 5, "--hidden-dim", WIDTH]
+        command += ["--offline-steps", CQL_STEPS, "--bc-steps", BC_STEPS, "--eval-every", 2500]
+        command += ["--eval-episodes", EVAL_EPISODES, "--checkpoint", checkpoint, "--checkpoint-every", 2500]
+        command += ["--run-dir", run_dir, "--seed", 1, "--alpha-cql", alpha]
+        alpha_jobs.append(Job(f"cql_medium_{tag}", command, checkpoint, run_dir, ["data_medium"]))
+        q_command = [PY, "benchmark/diagnose.py", "--env-id", ENV_ID, "--episodes", EVAL_EPISODES, "--seed", 1]
+        q_command += ["--policy", f"CQL alpha {alpha:g}={checkpoint}", "--out-dir", out / "alpha" / "q_vs_mc" / f"{alpha:g}"]
+        alpha_jobs.append(Job(f"q_vs_mc_{tag}", q_command, deps=[f"cql_medium_{tag}"]))
+        for seed in SEEDS:
+            for arm in PROBE_ARMS:
+                name, run = f"{tag}_{arm}_s{seed}", ALPHA_AXIS.run_dir(out, alpha, arm, seed)
+                ck = out / "alpha" / "checkpoints" / f"{name}.pt"
+                alpha_probes.append(
+                    probe_job(name, data_args, checkpoint, FINETUNE_ARMS[arm], seed, run, ck, f"cql_medium_{tag}")
+                )
     walker_data = Job(
         "data_walker2d",
         [PY, "benchmark/make_datasets.py", "--env", "walker2d", "--csv", str(out / WALKER / "datasets.csv")],
         outputs=[Path(dataset_file(WALKER))],
     )
-    return (
-        chain + q_jobs + probes_30k + diag + [diag_q] + showcase_jobs(out, data_args, cql) + later + deep_full + [walker_data]
-    )
+    queue = chain + q_jobs + probes_30k + diag + [diag_q] + showcase_jobs(out, data_args, cql) + later + deep_full
+    return queue + [walker_data] + alpha_jobs + alpha_probes
 
 
 def showcase_jobs(out: Path, data_args, cql: dict) -> list[Job]:
@@ -1513,29 +1546,43 @@ def scalar_points(run_dir: Path, tag: str) -> dict:
     return {event.step: event.value for event in events.Scalars(tag)}
 
 
+def cql_pessimism(run: Path, alpha_cql: float, steps: int, q_file: Path) -> dict:
+    """What pessimism means for one CQL ensemble: the CQL gap logsumexp Q - Q(data) (losses/cql / alpha_cql, the mean
+    of the run's logs over the last 5000 steps up to `steps`), the ensemble policy's score at `steps`, and Qbar vs
+    Monte-Carlo of the ensemble policy (diagnose.py's q_vs_mc.csv, when it exists)."""
+    window = [value / alpha_cql for step, value in scalar_points(run, "losses/cql").items() if steps - 5000 < step <= steps]
+    numbers = {
+        "cql_gap": round(float(np.mean(window)), 2) if window else np.nan,
+        "cql_score": round(scalar_points(run, "eval/normalized_score").get(steps, np.nan), 2),
+    }
+    if (ROOT / q_file).exists():
+        row = next(csv.DictReader(open(ROOT / q_file)))
+        numbers.update(
+            {"q_start": float(row["q_start"]), "mc_start": float(row["mc_start"]), "q_minus_mc": float(row["q_minus_mc_mean"])}
+        )
+    return numbers
+
+
 def cql_depth_numbers(out: Path, steps: int) -> dict:
-    """What pessimism means at one CQL depth: the CQL gap logsumexp Q - Q(data) (losses/cql / alpha_cql, the mean of
-    the logs in the last 5000 steps before the depth), the ensemble policy's score there, and Qbar vs Monte-Carlo
-    of the ensemble policy (diagnose.py, q_vs_mc_<k>)."""
+    """The pessimism numbers of the hopper-medium ensemble at one CQL depth (alpha_cql 5.0 at every depth)."""
     run = (
         out
         / "runs"
         / ("hopper-medium__cql-pretrain__seed1" if steps == CQL_STEPS else "hopper-medium__cql-pretrain-deep__seed1")
     )
-    cql_term, alpha_cql = scalar_points(run, "losses/cql"), 5.0  # cql_pretrain.py's --alpha-cql, the same at every depth
-    window = [value / alpha_cql for step, value in cql_term.items() if steps - 5000 < step <= steps]
-    numbers = {
-        "cql_steps": steps,
-        "cql_gap": round(float(np.mean(window)), 2) if window else np.nan,
-        "cql_score": round(scalar_points(run, "eval/normalized_score").get(steps, np.nan), 2),
-    }
-    q_file = ROOT / out / "depth" / "q_vs_mc" / f"{steps // 1000}k" / "q_vs_mc.csv"
-    if q_file.exists():
-        row = next(csv.DictReader(open(q_file)))
-        numbers.update(
-            {"q_start": float(row["q_start"]), "mc_start": float(row["mc_start"]), "q_minus_mc": float(row["q_minus_mc_mean"])}
-        )
-    return numbers
+    q_file = out / "depth" / "q_vs_mc" / f"{steps // 1000}k" / "q_vs_mc.csv"
+    return {"cql_steps": steps, **cql_pessimism(run, BASE_ALPHA_CQL, steps, q_file)}
+
+
+def cql_alpha_numbers(out: Path, alpha: float) -> dict:
+    """The pessimism numbers of the hopper-medium ensemble (30k steps) with CQL weight alpha."""
+    if alpha == BASE_ALPHA_CQL:
+        return {"alpha_cql": alpha, **{k: v for k, v in cql_depth_numbers(out, CQL_STEPS).items() if k != "cql_steps"}}
+    run, q_file = (
+        out / "runs" / f"hopper-medium__cql-pretrain-alpha{alpha:g}__seed1",
+        out / "alpha" / "q_vs_mc" / f"{alpha:g}" / "q_vs_mc.csv",
+    )
+    return {"alpha_cql": alpha, **cql_pessimism(run, alpha, CQL_STEPS, q_file)}
 
 
 def probe_scores(run_dir: Path) -> list:
@@ -1560,43 +1607,104 @@ def showcase_reproducibility(out: Path):
         )
 
 
+@dataclass
+class ProbeAxis:
+    """One dose-response test of the first online epoch on hopper-medium: levels of one CQL setting, each probed with
+    PROBE_ARMS (seeds 1-3, PROBE_STEPS), read by the pre-registered rule (the extreme level against the base one)."""
+
+    folder: str  # under the output folder: <folder>_probes.csv, _summary.csv, _verdict.csv and the figure
+    level_key: str  # the level's CSV column
+    levels: tuple
+    base: float  # the committed ensemble's level
+    extreme: str  # what the last level is called in the verdict's columns
+    base_label: str
+    job: object  # level -> the probes' job-name prefix
+    run_dir: object  # (out, level, arm, seed) -> the probe's run folder
+    numbers: object  # (out, level) -> {level_key: level, cql_gap, cql_score, q_start, mc_start, q_minus_mc}
+    x_label: str
+    x_scale: float  # the figure's x: level / x_scale
+    figure: str
+
+
+DEPTH_AXIS = ProbeAxis(
+    "depth",
+    "cql_steps",
+    DEPTHS,
+    CQL_STEPS,
+    "deepest",
+    "30k",
+    lambda steps: f"depth{steps // 1000}k",
+    lambda out, steps, arm, seed: out / "depth" / "runs" / f"hopper-medium__{arm}__cql{steps // 1000}k__seed{seed}",
+    cql_depth_numbers,
+    "CQL pretraining steps (thousands)",
+    1000,
+    "first_epoch_vs_depth.png",
+)
+ALPHA_AXIS = ProbeAxis(
+    "alpha",
+    "alpha_cql",
+    (BASE_ALPHA_CQL, *ALPHA_LEVELS),
+    BASE_ALPHA_CQL,
+    "highest",
+    f"{BASE_ALPHA_CQL:g}",
+    lambda alpha: f"depth{CQL_STEPS // 1000}k" if alpha == BASE_ALPHA_CQL else f"alpha{alpha:g}",
+    lambda out, alpha, arm, seed: (
+        DEPTH_AXIS.run_dir(out, CQL_STEPS, arm, seed)
+        if alpha == BASE_ALPHA_CQL
+        else out / "alpha" / "runs" / f"hopper-medium__{arm}__alpha{alpha:g}__seed{seed}"
+    ),
+    cql_alpha_numbers,
+    "CQL weight alpha_cql (30k steps)",
+    1,
+    "first_epoch_vs_alpha.png",
+)
+
+
 def first_epoch_report(out: Path):
-    """The first-epoch study: depth/ (dose-response of CQL depth: CSVs, the pre-registered verdict, a figure) and
-    diagnosis/critic_side/ (frozen critics, frozen actor, as is: scores and Qbar vs Monte-Carlo per epoch)."""
-    depth_rows, kept = [], {}
-    for steps in DEPTHS:
+    """The first-epoch study: depth/ and alpha/ (dose-response of CQL depth and of CQL's weight: CSVs, the
+    pre-registered verdicts, figures) and diagnosis/critic_side/ (frozen critics, frozen actor, as is: scores and Qbar
+    vs Monte-Carlo per epoch)."""
+    for axis in (DEPTH_AXIS, ALPHA_AXIS):
+        axis_report(out, axis)
+    critic_side_report(out)
+
+
+def axis_report(out: Path, axis: ProbeAxis):
+    """One ProbeAxis: kept = score after epoch 1 / score at 0 per probe; per level the pessimism numbers and the
+    probes' means; the verdict of the last level run against the base."""
+    rows, kept = [], {}
+    for level in axis.levels:
         for arm in PROBE_ARMS:
             for seed in SEEDS:
-                name = f"depth{steps // 1000}k_{arm}_s{seed}"
-                scores = probe_scores(out / "depth" / "runs" / f"hopper-medium__{arm}__cql{steps // 1000}k__seed{seed}")
-                if scores is None or not (ROOT / out / "status" / f"{name}.done").exists():
+                scores = probe_scores(axis.run_dir(out, level, arm, seed))
+                if scores is None or not (ROOT / out / "status" / f"{axis.job(level)}_{arm}_s{seed}.done").exists():
                     continue
-                kept.setdefault((steps, arm), []).append(scores[1] / scores[0])
-                depth_rows.append(
+                kept.setdefault((level, arm), []).append(scores[1] / scores[0])
+                rows.append(
                     {
-                        "cql_steps": steps,
+                        axis.level_key: level,
                         "arm": arm,
                         "seed": seed,
                         **{f"score_{step}": round(score, 2) for step, score in zip(range(0, PROBE_STEPS + 1, 1000), scores)},
                         "kept_after_epoch_1": round(scores[1] / scores[0], 3),
                     }
                 )
-    if not depth_rows:
+    if not any(level != axis.base for level, _ in kept):
         return
-    folder = ROOT / out / "depth"
-    write_csv(folder / "depth_probes.csv", depth_rows)
+    folder = ROOT / out / axis.folder
+    write_csv(folder / f"{axis.folder}_probes.csv", rows)
     summary = []
-    for steps in DEPTHS:
-        numbers = cql_depth_numbers(out, steps)
+    for level in axis.levels:
+        numbers = axis.numbers(out, level)
         for arm in PROBE_ARMS:
-            rows = [r for r in depth_rows if r["cql_steps"] == steps and r["arm"] == arm]
-            if rows:
-                column = lambda key, rows=rows: np.array([r[key] for r in rows])
+            mine = [r for r in rows if r[axis.level_key] == level and r["arm"] == arm]
+            if mine:
+                column = lambda key, mine=mine: np.array([r[key] for r in mine])
                 summary.append(
                     {
                         **numbers,
                         "arm": arm,
-                        "n_seeds": len(rows),
+                        "n_seeds": len(mine),
                         "start_mean": round(float(column("score_0").mean()), 2),
                         "after_epoch_1_mean": round(float(column("score_1000").mean()), 2),
                         "after_epoch_1_std": round(float(column("score_1000").std()), 2),
@@ -1605,39 +1713,39 @@ def first_epoch_report(out: Path):
                         "kept_std": round(float(column("kept_after_epoch_1").std()), 3),
                     }
                 )
-    write_csv(folder / "depth_summary.csv", summary)
-    # the pre-registered reading (DEPTHS block above): ours' kept at the deepest checkpoint run vs at 30k
-    deepest = max((steps for steps, arm in kept if arm == "balanced-N5"), default=CQL_STEPS)
+    write_csv(folder / f"{axis.folder}_summary.csv", summary)
+    # the pre-registered reading: ours' kept at the last level run against the base level
+    last = max((level for level, arm in kept if arm == "balanced-N5"), default=axis.base)
     verdict_rows = []
     for arm in PROBE_ARMS:
-        if (CQL_STEPS, arm) not in kept or (deepest, arm) not in kept or deepest == CQL_STEPS:
+        if (axis.base, arm) not in kept or (last, arm) not in kept or last == axis.base:
             continue
-        deep, base = np.array(kept[(deepest, arm)]), np.array(kept[(CQL_STEPS, arm)])
-        diff, se, result = compare(deep, base)
+        high, base = np.array(kept[(last, arm)]), np.array(kept[(axis.base, arm)])
+        diff, se, result = compare(high, base)
         verdict = (
             "supported"
-            if result == "holds" and deep.mean() >= KEEP_SUPPORTED
+            if result == "holds" and high.mean() >= KEEP_SUPPORTED
             else "partly supported (the fall shrinks but stays)"
             if result == "holds"
             else "refuted"
         )
-        complete = deepest == DEPTHS[-1] and len(deep) == len(SEEDS)
+        complete = last == axis.levels[-1] and len(high) == len(SEEDS)
+        shown = f"{last // 1000}k" if axis is DEPTH_AXIS else f"{last:g}"
         verdict_rows.append(
             {
                 "arm": arm,
-                "deepest_cql_steps": deepest,
-                "kept_deepest": round(float(deep.mean()), 3),
-                "kept_30k": round(float(base.mean()), 3),
+                f"{axis.extreme}_{axis.level_key}": last,
+                f"kept_{axis.extreme}": round(float(high.mean()), 3),
+                f"kept_{axis.base_label}": round(float(base.mean()), 3),
                 "difference": round(float(diff), 3),
                 "se": round(float(se), 3),
                 "comparison": result,
                 "verdict": (verdict if arm == "balanced-N5" else "(control)")
-                + ("" if complete else f" [interim: deepest run so far {deepest // 1000}k]"),
+                + ("" if complete else f" [interim: {axis.extreme} run so far {shown}]"),
             }
         )
-    write_csv(folder / "depth_verdict.csv", verdict_rows)
-    plot_depth(folder, summary, depth_rows)
-    critic_side_report(out)
+    write_csv(folder / f"{axis.folder}_verdict.csv", verdict_rows)
+    plot_axis(folder, axis, summary, rows)
 
 
 def write_csv(path: Path, rows: list):
@@ -1649,7 +1757,7 @@ def write_csv(path: Path, rows: list):
         writer.writerows(rows)
 
 
-def plot_depth(folder: Path, summary: list, depth_rows: list):
+def plot_axis(folder: Path, axis: ProbeAxis, summary: list, probe_rows: list):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1658,25 +1766,27 @@ def plot_depth(folder: Path, summary: list, depth_rows: list):
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
     for arm, color in (("balanced-N5", "#1f77b4"), ("sac-ft", "#ff7f0e")):  # plot.py's METHOD_COLOURS
         rows = [r for r in summary if r["arm"] == arm]
-        x = [r["cql_steps"] / 1000 for r in rows]
+        x = [r[axis.level_key] / axis.x_scale for r in rows]
         left.plot(x, [r["start_mean"] for r in rows], ls=":", marker="o", color=color, label=f"{LABELS[arm]}: at 0")
         left.plot(x, [r["after_epoch_1_mean"] for r in rows], marker="o", color=color, label=f"{LABELS[arm]}: after epoch 1")
-        seeds = [r for r in depth_rows if r["arm"] == arm]
-        left.scatter([r["cql_steps"] / 1000 for r in seeds], [r["score_1000"] for r in seeds], s=10, color=color, alpha=0.4)
-    left.set(xlabel="CQL pretraining steps (thousands)", ylabel="normalized score", title="hopper-medium, first epoch")
+        seeds = [r for r in probe_rows if r["arm"] == arm]
+        left.scatter(
+            [r[axis.level_key] / axis.x_scale for r in seeds], [r["score_1000"] for r in seeds], s=10, color=color, alpha=0.4
+        )
+    left.set(xlabel=axis.x_label, ylabel="normalized score", title="hopper-medium, first epoch")
     left.legend(fontsize=7)
-    depths = [r for r in summary if r["arm"] == "balanced-N5"]
-    x = [r["cql_steps"] / 1000 for r in depths]
-    right.plot(x, [r["cql_gap"] for r in depths], marker="o", color="k", label="CQL gap: logsumexp Q - Q(data)")
-    if all("q_minus_mc" in r for r in depths):
+    levels = [r for r in summary if r["arm"] == "balanced-N5"]
+    x = [r[axis.level_key] / axis.x_scale for r in levels]
+    right.plot(x, [r["cql_gap"] for r in levels], marker="o", color="k", label="CQL gap: logsumexp Q - Q(data)")
+    if all("q_minus_mc" in r for r in levels):
         right.plot(
-            x, [r["q_minus_mc"] for r in depths], marker="s", color="tab:green", label="Qbar - Monte-Carlo (ensemble policy)"
+            x, [r["q_minus_mc"] for r in levels], marker="s", color="tab:green", label="Qbar - Monte-Carlo (ensemble policy)"
         )
     right.axhline(0, color="0.6", lw=0.8)
-    right.set(xlabel="CQL pretraining steps (thousands)", title="pessimism of the loaded critics")
+    right.set(xlabel=axis.x_label, title="pessimism of the loaded critics")
     right.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(folder / "first_epoch_vs_depth.png", dpi=120)
+    fig.savefig(folder / axis.figure, dpi=120)
     plt.close(fig)
 
 

@@ -104,7 +104,7 @@ def test_campaign_arms_share_every_setting(tmp_path):
     finetune = [job for job in all_jobs if "balanced_finetune.py" in job.command]
     for job in finetune:  # full runs 50k steps, the first-epoch probes 3 epochs; the rest is the same
         value = lambda flag, job=job: job.command[job.command.index(flag) + 1]
-        probe = job.name.startswith(("depth", "diag_"))
+        probe = job.name.startswith(("depth", "diag_", "alpha"))
         assert value("--online-steps") == ("3000" if probe else "50000") and value("--eval-episodes") == "10", job.name
     probes = [job for job in finetune if job.name.startswith("depth")]
     assert len(probes) == len(evidence.DEPTHS) * len(evidence.PROBE_ARMS) * len(evidence.SEEDS)
@@ -153,6 +153,16 @@ def test_campaign_arms_share_every_setting(tmp_path):
                     ]
                     assert swap(run.command, files, "1") == seed1.command
                     assert run.command[run.command.index("--seed") + 1] == str(finetune_seed)
+    for alpha in (10, 20):  # the second axis: fresh CQL runs as the committed one but for --alpha-cql, then probes
+        job, base = by_name[f"cql_medium_alpha{alpha}"], by_name["cql_medium"]
+        files = [(str(job.checkpoint), str(base.checkpoint)), (str(job.run_dir), str(base.run_dir))]
+        assert swap(job.command, files)[:-2] == base.command and job.command[-2:] == ["--alpha-cql", f"{alpha:.1f}"]
+        for arm in ("balanced-N5", "sac-ft"):
+            for seed in evidence.SEEDS:
+                probe, probe30 = by_name[f"alpha{alpha}_{arm}_s{seed}"], by_name[f"depth30k_{arm}_s{seed}"]
+                files = [(str(job.checkpoint), str(base.checkpoint)), (str(probe.checkpoint), str(probe30.checkpoint))]
+                files.append((str(probe.run_dir), str(probe30.run_dir)))
+                assert swap(probe.command, files) == probe30.command and probe.deps == [job.name]
     walker = "walker2d-medium-expert"  # every arm of the Hopper study, as on hopper-medium but for env and files
     hopper_args = ["Hopper-v4", "data/cpu_d4rl/hopper_medium.hdf5"]
     walker_args = ["Walker2d-v4", "data/cpu_d4rl/walker2d_medium_expert.hdf5"]
@@ -724,3 +734,43 @@ def test_report_puts_walker2d_beside_hopper_and_outside_the_hopper_pool(tmp_path
     assert {r["task"] for r in iqm if r["arm"] == "sac"} == {"walker2d-medium-expert"}
     header = next(line for line in readme.read_text().splitlines() if line.startswith("| claim |"))
     assert header == "| claim | hopper-medium | hopper-medium-replay | hopper-medium-expert | walker2d-medium-expert |"
+
+
+def test_alpha_report_reads_its_verdict_against_the_committed_ensembles_probes(tmp_path, monkeypatch):
+    """alpha/: the base level's probes are the depth test's 30k probes (the committed ensemble, alpha_cql 5); the
+    CQL gap of each level is its run's losses/cql over its own alpha_cql; ours' kept at the highest alpha against
+    the base decides; with only part of the levels run the verdict is marked interim."""
+    import csv as csv_module
+
+    monkeypatch.setattr(evidence, "ROOT", tmp_path)
+    out = tmp_path / "out"
+    (out / "status").mkdir(parents=True)
+    fractions = {5.0: (0.2, 0.3, 0.25), 10.0: (0.5, 0.55, 0.6), 20.0: (0.85, 0.9, 0.95)}
+    for alpha, kept in fractions.items():
+        for arm in evidence.PROBE_ARMS:
+            for seed, fraction in zip(evidence.SEEDS, kept):
+                write_curve(evidence.ALPHA_AXIS.run_dir(out, alpha, arm, seed), [50.0, 50.0 * fraction, 30, 35])
+                (out / "status" / f"{evidence.ALPHA_AXIS.job(alpha)}_{arm}_s{seed}.done").touch()
+    from torch.utils.tensorboard import SummaryWriter
+
+    for name, alpha, gap in (
+        ("cql-pretrain", 5.0, 2.0),
+        ("cql-pretrain-alpha10", 10.0, 3.0),
+        ("cql-pretrain-alpha20", 20.0, 5.0),
+    ):
+        with SummaryWriter(str(out / "runs" / f"hopper-medium__{name}__seed1")) as writer:
+            for step in range(26_000, 30_001, 1000):
+                writer.add_scalar("losses/cql", alpha * gap, step)
+    (out / "status" / "alpha20_balanced-N5_s3.done").unlink()  # seed 3 at alpha 20 not finished: interim
+    evidence.axis_report(out, evidence.ALPHA_AXIS)
+    summary = {(float(r["alpha_cql"]), r["arm"]): r for r in csv_module.DictReader(open(out / "alpha" / "alpha_summary.csv"))}
+    assert [float(summary[(a, "balanced-N5")]["cql_gap"]) for a in (5.0, 10.0, 20.0)] == [2.0, 3.0, 5.0]
+    assert summary[(20.0, "balanced-N5")]["n_seeds"] == "2"
+    verdict = {r["arm"]: r for r in csv_module.DictReader(open(out / "alpha" / "alpha_verdict.csv"))}
+    assert verdict["balanced-N5"]["highest_alpha_cql"] == "20.0" and float(verdict["balanced-N5"]["kept_5"]) == 0.25
+    assert verdict["balanced-N5"]["verdict"] == "supported [interim: highest run so far 20]"
+    assert (out / "alpha" / "first_epoch_vs_alpha.png").stat().st_size > 10_000
+    (out / "status" / "alpha20_balanced-N5_s3.done").touch()
+    evidence.axis_report(out, evidence.ALPHA_AXIS)
+    verdict = {r["arm"]: r for r in csv_module.DictReader(open(out / "alpha" / "alpha_verdict.csv"))}
+    assert verdict["balanced-N5"]["verdict"] == "supported" and verdict["sac-ft"]["verdict"] == "(control)"
