@@ -1,10 +1,12 @@
-"""The paper's comparisons (Lee et al., CoRL 2021, Fig. 3, 4c, 4d, 1c) on D4RL-style Hopper datasets, at CPU scale.
+"""The paper's comparisons (Lee et al., CoRL 2021, Fig. 3, 4c, 4d, 1c) on D4RL-style Hopper datasets and
+walker2d-medium-expert, at CPU scale.
 
 The datasets are made by benchmark/make_datasets.py with D4RL's recipes (medium, medium-replay, medium-expert of one
-SAC run). Every setting below was fixed before any fine-tuning result was seen and is the same for every arm.
+SAC run per environment). Every setting below was fixed before any fine-tuning result was seen and is the same for every arm.
 
 Reductions from the paper (paper value in brackets):
-  * one environment, Hopper-v4 [halfcheetah, hopper, walker2d]; datasets of 50k-200k transitions [1M-2M];
+  * Hopper-v4's medium, medium-replay and medium-expert and Walker2d-v4's medium-expert [halfcheetah, hopper,
+    walker2d x random, medium, medium-replay, medium-expert]; datasets of 50k-200k transitions [1M-2M];
   * hidden layers of 128 units for every actor and critic, BCQ's VAE, perturbation net and critics included
     [256; BCQ 750-750 / 400-300]; the density-ratio network keeps its 256 units [256]. At 128 units sac.py from
     scratch reaches the width rule's 25 normalized on Hopper within the online budget (pilot: benchmark/results/
@@ -19,7 +21,9 @@ Reductions from the paper (paper value in brackets):
     return (231), so FQE-init would not have been an evaluation of the policy (raised before any fine-tuning run);
   * 3 seeds [4] (ours and SAC-ft 7, AWAC and BCQ-ft 5 in the independent-pretraining check); evaluation: 10
     deterministic episodes at the start of every epoch (and sac.py every 1000 steps);
-  * on medium-replay and medium-expert only ours, SAC-ft and SAC from scratch [every arm on every dataset].
+  * on medium-replay and medium-expert the arms of claims (a) and (b) (AWAC, BCQ-ft, uniform and online-only added
+    after the first results, block 3 below), not those of (c) and (d) [every arm on every dataset]; on
+    walker2d-medium-expert the arms of Fig. 3.
 
     python benchmark/evidence.py                # run (or continue) the campaign, 2 jobs at a time
     python benchmark/evidence.py --dry-run      # the commands, and which are finished
