@@ -679,7 +679,16 @@ def first_epoch_jobs(out: Path, data_args, cql: dict) -> list[Job]:
                 )
     walker_data = Job(
         "data_walker2d",
-        [PY, "benchmark/make_datasets.py", "--env", "walker2d", "--csv", str(out / WALKER / "datasets.csv")],
+        [
+            PY,
+            "benchmark/make_datasets.py",
+            "--env",
+            "walker2d",
+            "--datasets",
+            "medium-expert",
+            "--csv",
+            str(out / WALKER / "datasets.csv"),
+        ],
         outputs=[Path(dataset_file(WALKER))],
     )
     queue = chain + q_jobs + probes_30k + diag + [diag_q] + showcase_jobs(out, data_args, cql) + later + deep_full
