@@ -1457,9 +1457,14 @@ def independent_report(out: Path):
     write_csv(folder / "runs.csv", rows)
     claims = [(claim, metric, pairs) for claim, metrics, pairs in INDEPENDENT_CLAIMS for metric in metrics]
     settings = dict(reps=INTERVAL_RESAMPLES, confidence=INTERVAL_CONFIDENCE, seed=0)
-    write_csv(
-        folder / "claims.csv", intervals.two_stage_claim_rows(per_group, claims, across="all Hopper datasets", **settings)
-    )
+    rows = intervals.two_stage_claim_rows(per_group, claims, across="all Hopper datasets", **settings)
+    write_csv(folder / "claims.csv", rows)
+    comparisons = [r for r in rows if r["first"] == "balanced-N5" and r["metric"] == "late" and r["p_improvement"] != ""]
+    if comparisons:  # claim (a) on late: P(ours > each baseline), pretrainings resampled
+        colours, labels = benchmark_module("plot").METHOD_COLOURS, {arm: LABELS[arm] for arm in LABELS}
+        intervals.plot_improvement(
+            comparisons, folder / "probability_of_improvement.png", "balanced-N5", "late", colours, labels
+        )
     print(f"wrote {out / 'intervals' / 'independent'}")
 
 

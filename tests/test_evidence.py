@@ -653,6 +653,7 @@ def test_independent_report_groups_runs_by_pretraining(tmp_path, monkeypatch):
     assert sac["result"] == "holds" and float(sac["iqm_first"]) == pytest.approx(np.mean([62, 64, 65, 66]))
     awac = next(r for r in claims if r["second"] == "awac-N5" and r["metric"] == "late")
     assert awac["n_pretrainings_second"] == "5" and awac["result"] == "holds"
+    assert (out / "intervals" / "independent" / "probability_of_improvement.png").stat().st_size > 10_000
 
 
 def test_deep_full_report_puts_claim_b_at_both_depths(tmp_path, monkeypatch):
