@@ -657,7 +657,7 @@ def first_epoch_jobs(out: Path, data_args, cql: dict) -> list[Job]:
     probes_30k = [job for job in probes if job.name.startswith("depth30k_")]
     later = [job for job in probes if not job.name.startswith("depth30k_")]
     # 5. the second axis: CQL's weight
-    alpha_jobs, alpha_probes = [], []
+    alpha_jobs = []  # per level: its CQL run, Q vs MC, then its probes
     for alpha in ALPHA_LEVELS:
         tag = f"alpha{alpha:g}"
         checkpoint = out / "pretrained" / f"cql_hopper-medium_N5_{tag}.pt"
@@ -674,7 +674,7 @@ def first_epoch_jobs(out: Path, data_args, cql: dict) -> list[Job]:
             for arm in PROBE_ARMS:
                 name, run = f"{tag}_{arm}_s{seed}", ALPHA_AXIS.run_dir(out, alpha, arm, seed)
                 ck = out / "alpha" / "checkpoints" / f"{name}.pt"
-                alpha_probes.append(
+                alpha_jobs.append(
                     probe_job(name, data_args, checkpoint, FINETUNE_ARMS[arm], seed, run, ck, f"cql_medium_{tag}")
                 )
     walker_data = Job(
@@ -692,7 +692,7 @@ def first_epoch_jobs(out: Path, data_args, cql: dict) -> list[Job]:
         outputs=[Path(dataset_file(WALKER))],
     )
     queue = chain + q_jobs + probes_30k + diag + [diag_q] + showcase_jobs(out, data_args, cql) + later + deep_full
-    return queue + [walker_data] + alpha_jobs + alpha_probes
+    return queue + [walker_data] + alpha_jobs
 
 
 def showcase_jobs(out: Path, data_args, cql: dict) -> list[Job]:
