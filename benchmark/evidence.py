@@ -1261,6 +1261,24 @@ def headline(out: Path, claims: list) -> list:
             f"the first epoch at 30k CQL steps and {float(r['kept_deepest']):.0%} at "
             f"{int(r['deepest_cql_steps']) // 1000}k; the pre-registered depth hypothesis: **{r['verdict']}**.",
         ]
+    verdict = {r["arm"]: r for r in read_csv(ROOT / out / "alpha" / "alpha_verdict.csv")}
+    if "balanced-N5" in verdict:
+        r = verdict["balanced-N5"]
+        lines += [
+            "",
+            f"**A larger CQL weight** (`{out}/alpha/`): ours keeps {float(r['kept_5']):.0%} of its start after the "
+            f"first epoch at alpha_cql 5 and {float(r['kept_highest']):.0%} at {float(r['highest_alpha_cql']):g}; "
+            f"the pre-registered hypothesis: **{r['verdict']}**.",
+        ]
+    independent = [r for r in read_csv(ROOT / out / "intervals" / "independent" / "claims.csv") if not r["first"]]
+    shown = [r for r in independent if r["metric"] == INTERVAL_METRIC_OF[r["claim"][:3]] and "(0/" not in r["result"]]
+    if shown:  # the independent-pretraining check, once it has a comparison
+        cells = "; ".join(f"{r['claim'][:3]} {r['metric']} on {r['task']}: {short(r['result'])}" for r in shown)
+        lines += [
+            "",
+            f"**Independent pretraining** (`{out}/intervals/independent/claims.csv`; 3 CQL pretrainings x 2 seeds for "
+            f"ours and SAC-ft, an own pretraining per run for AWAC and BCQ-ft; intervals resample pretrainings): {cells}.",
+        ]
     return lines
 
 

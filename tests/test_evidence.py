@@ -775,3 +775,56 @@ def test_alpha_report_reads_its_verdict_against_the_committed_ensembles_probes(t
     evidence.axis_report(out, evidence.ALPHA_AXIS)
     verdict = {r["arm"]: r for r in csv_module.DictReader(open(out / "alpha" / "alpha_verdict.csv"))}
     assert verdict["balanced-N5"]["verdict"] == "supported" and verdict["sac-ft"]["verdict"] == "(control)"
+
+
+def test_headline_adds_the_cql_weight_and_independent_pretraining_lines_once_they_have_results(tmp_path, monkeypatch):
+    monkeypatch.setattr(evidence, "ROOT", tmp_path)
+    out = Path("out")
+    assert not any("Independent pretraining" in line or "CQL weight" in line for line in evidence.headline(out, []))
+    verdict = "verdict: inconclusive (0/3 comparisons run)"
+    rows = [
+        {
+            "claim": "(a) ours ends above every baseline",
+            "task": "hopper-medium",
+            "metric": "late",
+            "first": "",
+            "result": verdict,
+        },
+    ]
+    evidence.write_csv(tmp_path / out / "intervals" / "independent" / "claims.csv", rows)
+    assert not any("Independent pretraining" in line for line in evidence.headline(out, []))  # nothing compared yet
+    rows += [
+        {
+            "claim": "(a) ours ends above every baseline",
+            "task": "hopper-medium-replay",
+            "metric": "late",
+            "first": "",
+            "result": "verdict: reproduced (3/3 comparisons run)",
+        },
+        {
+            "claim": "(a) ours ends above every baseline",
+            "task": "hopper-medium-replay",
+            "metric": "auc",
+            "first": "",
+            "result": "verdict: reproduced (3/3 comparisons run)",
+        },
+        {
+            "claim": "(b) no early collapse",
+            "task": "hopper-medium",
+            "metric": "drop",
+            "first": "",
+            "result": "verdict: not reproduced (1/1 comparisons run)",
+        },
+    ]
+    evidence.write_csv(tmp_path / out / "intervals" / "independent" / "claims.csv", rows)
+    evidence.write_csv(
+        tmp_path / out / "alpha" / "alpha_verdict.csv",
+        [{"arm": "balanced-N5", "highest_alpha_cql": 20.0, "kept_highest": 0.9, "kept_5": 0.25, "verdict": "supported"}],
+    )
+    lines = evidence.headline(out, [])
+    weight = next(line for line in lines if "CQL weight" in line)
+    assert "25% of its start after the first epoch at alpha_cql 5 and 90% at 20" in weight and "**supported**" in weight
+    independent = next(line for line in lines if "Independent pretraining" in line)
+    assert independent.endswith(
+        "(a) late on hopper-medium-replay: reproduced (3/3); (b) drop on hopper-medium: not reproduced (1/1)."
+    )
