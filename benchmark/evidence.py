@@ -21,9 +21,9 @@ Reductions from the paper (paper value in brackets):
     return (231), so FQE-init would not have been an evaluation of the policy (raised before any fine-tuning run);
   * 3 seeds [4] (ours and SAC-ft 7, AWAC and BCQ-ft 5 in the independent-pretraining check); evaluation: 10
     deterministic episodes at the start of every epoch (and sac.py every 1000 steps);
-  * on medium-replay and medium-expert the arms of claims (a) and (b) (AWAC, BCQ-ft, uniform and online-only added
-    after the first results, block 3 below), not those of (c) and (d) [every arm on every dataset]; on
-    walker2d-medium-expert the arms of Fig. 3.
+  * on medium-replay and medium-expert every arm, those beyond ours, SAC-ft and SAC added after the first results
+    (AWAC, BCQ-ft, uniform and online-only in block 3 below; N=2, N=1 and FQE-init in block 6) [every arm on every
+    dataset]; on walker2d-medium-expert the arms of Fig. 3.
 
     python benchmark/evidence.py                # run (or continue) the campaign, 2 jobs at a time
     python benchmark/evidence.py --dry-run      # the commands, and which are finished
@@ -116,6 +116,11 @@ DEEP_FULL_ARMS = ("balanced-N5", "uniform-N5", "online-only-N5", "sac-ft")
 #    but stays below; REFUTED otherwise. Run whatever the depth verdict, so that both answers arrive together.
 BASE_ALPHA_CQL = 5.0
 ALPHA_LEVELS = (10.0, 20.0)
+# 6. (fixed 2026-12-01, before any of these jobs ran) The arms of claims (c) and (d) on medium-replay and
+#    medium-expert too, so that every claim has every comparison on every Hopper dataset: an FQE run of each dataset's
+#    CQL policy (every setting as hopper-medium's), then N=2, N=1 and FQE-init, seeds 1-3, every setting as on
+#    hopper-medium. Queued last.
+ARMS_ADDED_LAST = ("balanced-N2", "balanced-N1", "fqe-init-N5")
 
 # ---- Interval estimates (Agarwal et al., "Deep RL at the Edge of the Statistical Precipice", NeurIPS 2021), fixed
 # 2026-12-01 before any run they will judge. The pre-registered "final" metric and its 2-SE rule (CLAIMS) stay and
@@ -284,36 +289,14 @@ def jobs(out: Path) -> list[Job]:
 
     cql_jobs = [cql_job(d, 1) for d in DATASETS]
     out_jobs.append(cql_jobs[0])
-    run_dir = runs / "hopper-medium__fqe__seed1"
-    out_jobs.append(
-        Job(
-            "fqe_medium",
-            [
-                PY,
-                "fqe.py",
-                *data_args("medium"),
-                "--policy-checkpoint",
-                cql["medium"],
-                "--checkpoint",
-                fqe,
-                "--n-ensemble",
-                5,
-                "--steps",
-                FQE_STEPS,
-                "--eval-every",
-                5000,
-                "--eval-episodes",
-                EVAL_EPISODES,
-                "--run-dir",
-                run_dir,
-                "--seed",
-                1,
-            ],
-            fqe,
-            run_dir,
-            ["cql_medium"],
-        )
-    )
+
+    def fqe_job(d: str) -> Job:
+        checkpoint, run_dir = pre / f"fqe_hopper-{d}_N5.pt", runs / f"hopper-{d}__fqe__seed1"
+        command = [PY, "fqe.py", *data_args(d), "--policy-checkpoint", cql[d], "--checkpoint", checkpoint]
+        command += ["--n-ensemble", 5, "--steps", FQE_STEPS, "--eval-every", 5000, "--eval-episodes", EVAL_EPISODES]
+        return Job(f"fqe_{d}", [*command, "--run-dir", run_dir, "--seed", 1], checkpoint, run_dir, [f"cql_{d}"])
+
+    out_jobs.append(fqe_job("medium"))
     # every claim is tested on hopper medium: its arms (3 seeds) come first, the other datasets' CQL after them
     for d in DATASETS:
         if d != FULL_ARMS_ON:
@@ -381,6 +364,19 @@ def jobs(out: Path) -> list[Job]:
                 out_jobs.append(job)
     out_jobs += walker_jobs(out)
     out_jobs += independent_pretraining_jobs(out, data_args, cql_job)
+    # 6. the arms of claims (c) and (d) on medium-replay and medium-expert: FQE of each dataset's CQL policy, then
+    #    N=2, N=1 and FQE-init, 3 seeds, as on hopper-medium
+    for d in DATASETS:
+        if d == FULL_ARMS_ON:
+            continue
+        out_jobs.append(fqe_job(d))
+        for seed in SEEDS:
+            for arm in ARMS_ADDED_LAST:
+                name, run_dir = job_name(d, arm, seed), runs / f"hopper-{d}__{arm}__seed{seed}"
+                extra = ("--fqe-checkpoint", pre / f"fqe_hopper-{d}_N5.pt") if arm.startswith("fqe-init") else ()
+                job = finetune_job(name, data_args(d), cql[d], arm, seed, ck / f"{name}.pt", run_dir, extra)
+                job.deps = [f"cql_{d}"] + ([f"fqe_{d}"] if extra else [])
+                out_jobs.append(job)
     for job in out_jobs:
         job.command = [str(part) for part in job.command]
     return out_jobs

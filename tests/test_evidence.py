@@ -111,9 +111,20 @@ def test_campaign_arms_share_every_setting(tmp_path):
     for job in probes:  # a probe differs from its arm's full run in --online-steps and its files only
         steps = int(job.name.removeprefix("depth").split("k_")[0]) * 1000
         assert evidence.depth_checkpoint(tmp_path, steps).as_posix() in " ".join(job.command)
-    for every_arm in ("medium-replay", "medium-expert"):  # every arm of claims (a) and (b) on every dataset
-        for arm in ("balanced-N5", "sac-ft", "uniform-N5", "online-only-N5", "awac-N5", "bcq-ft-N1"):
+    for every_arm in ("medium-replay", "medium-expert"):  # every arm of every claim on every Hopper dataset
+        for arm in (
+            "balanced-N5",
+            "sac-ft",
+            "uniform-N5",
+            "online-only-N5",
+            "awac-N5",
+            "bcq-ft-N1",
+            *evidence.ARMS_ADDED_LAST,
+        ):
             assert {f"{every_arm}_{arm}_s{s}" for s in evidence.SEEDS} <= set(names)
+        fqe_init = next(job for job in all_jobs if job.name == f"{every_arm}_fqe-init-N5_s1")
+        own_fqe = tmp_path / "pretrained" / f"fqe_hopper-{every_arm}_N5.pt"
+        assert fqe_init.deps == [f"cql_{every_arm}", f"fqe_{every_arm}"] and str(own_fqe) in fqe_init.command
     chain = [job for job in all_jobs if job.name.startswith("cql_medium_") and job.name.endswith("k")]
     assert [job.name for job in chain] == ["cql_medium_60k", "cql_medium_100k", "cql_medium_150k"]
     for job, previous in zip(chain, ["cql_medium", "cql_medium_60k", "cql_medium_100k"]):
