@@ -42,6 +42,7 @@ by make_datasets.py from the committed behaviour policies.
 import argparse
 import csv
 import fcntl
+import functools
 import os
 import shlex
 import shutil
@@ -1432,8 +1433,9 @@ PRETRAINING = {arm: "shared CQL ensemble (seed 1)" for arm in FINETUNE_ARMS} | {
 }
 
 
+@functools.cache
 def benchmark_module(name: str):
-    """A tool of benchmark/ (intervals, plot) as a module."""
+    """A tool of benchmark/ (intervals, plot) as a module (loaded once)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / f"{name}.py")
