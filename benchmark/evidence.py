@@ -208,7 +208,7 @@ def dataset_file(dataset: str) -> str:
 def jobs(out: Path) -> list[Job]:
     """Every job of the campaign in priority order (the first ready job runs first)."""
     runs, pre, ck = out / "runs", out / "pretrained", Path("checkpoints/evidence")
-    cql = {d: pre / f"cql_hopper-{d}_N5.pt" for d in DATASETS}
+    cql = {d: cql_checkpoint(out, d, 1) for d in DATASETS}
     fqe = pre / "fqe_hopper-medium_N5.pt"
     data_args = lambda d: ["--env-id", ENV_ID, "--dataset-path", dataset_file(d), "--no-cuda"]
     # the datasets are not committed: a fresh checkout regenerates them from the committed behaviour policies
@@ -230,62 +230,16 @@ def jobs(out: Path) -> list[Job]:
         sac_jobs.append(
             Job(
                 job_name("", "sac", seed),
-                [
-                    PY,
-                    "sac.py",
-                    "--env-id",
-                    ENV_ID,
-                    "--seed",
-                    seed,
-                    "--total-timesteps",
-                    ONLINE_STEPS,
-                    "--hidden-dim",
-                    WIDTH,
-                    "--eval-every",
-                    1000,
-                    "--eval-episodes",
-                    EVAL_EPISODES,
-                    "--checkpoint",
-                    ck / f"sac_s{seed}.pt",
-                    "--checkpoint-every",
-                    5000,
-                    "--run-dir",
-                    run_dir,
-                    "--no-cuda",
-                ],
+                sac_command(ENV_ID, seed, ck / f"sac_s{seed}.pt", run_dir),
                 ck / f"sac_s{seed}.pt",
                 run_dir,
             )
         )
 
     def cql_job(d: str, seed: int) -> Job:
-        name, checkpoint = (f"cql_{d}", cql[d]) if seed == 1 else (f"cql_{d}_seed{seed}", cql_checkpoint(out, d, seed))
+        name, checkpoint = f"cql_{d}" + ("" if seed == 1 else f"_seed{seed}"), cql_checkpoint(out, d, seed)
         run_dir = runs / f"hopper-{d}__cql-pretrain__seed{seed}"
-        command = [
-            PY,
-            "cql_pretrain.py",
-            *data_args(d),
-            "--n-ensemble",
-            5,
-            "--hidden-dim",
-            WIDTH,
-            "--offline-steps",
-            CQL_STEPS,
-            "--bc-steps",
-            BC_STEPS,
-            "--eval-every",
-            2500,
-            "--eval-episodes",
-            EVAL_EPISODES,
-            "--checkpoint",
-            checkpoint,
-            "--checkpoint-every",
-            2500,
-            "--run-dir",
-            run_dir,
-            "--seed",
-            seed,
-        ]
+        command = cql_command(data_args(d), checkpoint, run_dir, seed)
         return Job(name, command, checkpoint, run_dir, ["data_medium" if d == "medium" else "data_all"])
 
     cql_jobs = [cql_job(d, 1) for d in DATASETS]
@@ -309,9 +263,8 @@ def jobs(out: Path) -> list[Job]:
             for arm in arms:
                 name, run_dir = job_name(d, arm, seed), runs / f"hopper-{d}__{arm}__seed{seed}"
                 extra = ("--fqe-checkpoint", fqe) if arm.startswith("fqe-init") else ()
-                job = finetune_job(name, data_args(d), cql[d], arm, seed, ck / f"{name}.pt", run_dir, extra)
-                job.deps = [f"cql_{d}"] + (["fqe_medium"] if extra else [])
-                out_jobs.append(job)
+                deps = [f"cql_{d}"] + (["fqe_medium"] if extra else [])
+                out_jobs.append(finetune_job(name, data_args(d), cql[d], arm, seed, ck / f"{name}.pt", run_dir, deps, extra))
             if d == FULL_ARMS_ON:
                 for script, arm, n in (("awac.py", "awac-N5", 5), ("bcq_ft.py", "bcq-ft-N1", 1)):
                     name, run_dir = job_name(d, arm, seed), runs / f"hopper-{d}__{arm}__seed{seed}"
@@ -357,8 +310,8 @@ def jobs(out: Path) -> list[Job]:
             for arm in ARMS_ADDED_ELSEWHERE:
                 name, run_dir = job_name(d, arm, seed), runs / f"hopper-{d}__{arm}__seed{seed}"
                 if arm in FINETUNE_ARMS:
-                    job = finetune_job(name, data_args(d), cql[d], arm, seed, ck / f"{name}.pt", run_dir)
-                    job.deps = [f"cql_{d}", "data_all"]
+                    deps = [f"cql_{d}", "data_all"]
+                    job = finetune_job(name, data_args(d), cql[d], arm, seed, ck / f"{name}.pt", run_dir, deps)
                 else:
                     command = offline_online_command(arm, data_args(d), seed, ck / f"{name}.pt", run_dir)
                     job = Job(name, command, ck / f"{name}.pt", run_dir, ["data_all"])
@@ -375,12 +328,25 @@ def jobs(out: Path) -> list[Job]:
             for arm in ARMS_ADDED_LAST:
                 name, run_dir = job_name(d, arm, seed), runs / f"hopper-{d}__{arm}__seed{seed}"
                 extra = ("--fqe-checkpoint", pre / f"fqe_hopper-{d}_N5.pt") if arm.startswith("fqe-init") else ()
-                job = finetune_job(name, data_args(d), cql[d], arm, seed, ck / f"{name}.pt", run_dir, extra)
-                job.deps = [f"cql_{d}"] + ([f"fqe_{d}"] if extra else [])
-                out_jobs.append(job)
+                deps = [f"cql_{d}"] + ([f"fqe_{d}"] if extra else [])
+                out_jobs.append(finetune_job(name, data_args(d), cql[d], arm, seed, ck / f"{name}.pt", run_dir, deps, extra))
     for job in out_jobs:
         job.command = [str(part) for part in job.command]
     return out_jobs
+
+
+def cql_command(data_args: list, checkpoint: Path, run_dir: Path, seed: int, steps: int = CQL_STEPS, eval_every: int = 2500):
+    """An N=5 CQL pretraining run (cql_pretrain.py) with the study's settings."""
+    command = [PY, "cql_pretrain.py", *data_args, "--n-ensemble", 5, "--hidden-dim", WIDTH, "--offline-steps", steps]
+    command += ["--bc-steps", BC_STEPS, "--eval-every", eval_every, "--eval-episodes", EVAL_EPISODES]
+    return command + ["--checkpoint", checkpoint, "--checkpoint-every", 2500, "--run-dir", run_dir, "--seed", seed]
+
+
+def sac_command(env_id: str, seed: int, checkpoint: Path, run_dir: Path) -> list:
+    """SAC from scratch (sac.py) for ONLINE_STEPS with the study's settings."""
+    command = [PY, "sac.py", "--env-id", env_id, "--seed", seed, "--total-timesteps", ONLINE_STEPS, "--hidden-dim", WIDTH]
+    command += ["--eval-every", 1000, "--eval-episodes", EVAL_EPISODES, "--checkpoint", checkpoint]
+    return command + ["--checkpoint-every", 5000, "--run-dir", run_dir, "--no-cuda"]
 
 
 def cql_checkpoint(out: Path, dataset: str, seed: int) -> Path:
@@ -390,7 +356,15 @@ def cql_checkpoint(out: Path, dataset: str, seed: int) -> Path:
 
 
 def finetune_job(
-    name: str, data_args: list, cql_checkpoint: Path, arm: str, seed: int, checkpoint: Path, run_dir: Path, extra=()
+    name: str,
+    data_args: list,
+    cql_checkpoint: Path,
+    arm: str,
+    seed: int,
+    checkpoint: Path,
+    run_dir: Path,
+    deps: list,
+    extra=(),
 ) -> Job:
     """A full fine-tuning run (ONLINE_STEPS) of one arm of balanced_finetune.py from a CQL ensemble."""
     command = [
@@ -414,7 +388,7 @@ def finetune_job(
         "--run-dir",
         run_dir,
     ]
-    return Job(name, command, checkpoint, run_dir)
+    return Job(name, command, checkpoint, run_dir, deps)
 
 
 def walker_jobs(out: Path) -> list[Job]:
@@ -423,22 +397,15 @@ def walker_jobs(out: Path) -> list[Job]:
     data_args = ["--env-id", WALKER_ENV_ID, "--dataset-path", dataset_file(WALKER), "--no-cuda"]
     cql = out / "pretrained" / f"cql_{WALKER}_N5.pt"
     cql_run = runs / f"{WALKER}__cql-pretrain__seed1"
-    cql_command = [PY, "cql_pretrain.py", *data_args, "--n-ensemble", 5, "--hidden-dim", WIDTH, "--offline-steps", CQL_STEPS]
-    cql_command += ["--bc-steps", BC_STEPS, "--eval-every", 2500, "--eval-episodes", EVAL_EPISODES, "--checkpoint", cql]
-    cql_command += ["--checkpoint-every", 2500, "--run-dir", cql_run, "--seed", 1]
-    out_jobs = [Job(f"cql_{WALKER}", cql_command, cql, cql_run, ["data_walker2d"])]
+    out_jobs = [Job(f"cql_{WALKER}", cql_command(data_args, cql, cql_run, 1), cql, cql_run, ["data_walker2d"])]
     for seed in SEEDS:
         for arm in WALKER_ARMS:
             name = job_name(WALKER, arm, seed)
             run_dir = runs / (f"walker2d__sac__seed{seed}" if arm == "sac" else f"{WALKER}__{arm}__seed{seed}")
             if arm in FINETUNE_ARMS:
-                job = finetune_job(name, data_args, cql, arm, seed, ck / f"{name}.pt", run_dir)
-                job.deps = [f"cql_{WALKER}"]
+                job = finetune_job(name, data_args, cql, arm, seed, ck / f"{name}.pt", run_dir, [f"cql_{WALKER}"])
             elif arm == "sac":
-                command = [PY, "sac.py", "--env-id", WALKER_ENV_ID, "--seed", seed, "--total-timesteps", ONLINE_STEPS]
-                command += ["--hidden-dim", WIDTH, "--eval-every", 1000, "--eval-episodes", EVAL_EPISODES]
-                command += ["--checkpoint", ck / f"{name}.pt", "--checkpoint-every", 5000, "--run-dir", run_dir, "--no-cuda"]
-                job = Job(name, command, ck / f"{name}.pt", run_dir)
+                job = Job(name, sac_command(WALKER_ENV_ID, seed, ck / f"{name}.pt", run_dir), ck / f"{name}.pt", run_dir)
             else:
                 command = offline_online_command(arm, data_args, seed, ck / f"{name}.pt", run_dir)
                 command += list(WALKER_AWAC_FLAGS) if arm == "awac-N5" else []
@@ -458,11 +425,9 @@ def independent_pretraining_jobs(out: Path, data_args, cql_job) -> list[Job]:
             for seed in FINETUNE_SEEDS_OF[pretrain_seed]:
                 for arm in INDEPENDENT_CQL_ARMS:
                     name, run_dir = job_name(d, arm, seed), runs / f"hopper-{d}__{arm}__seed{seed}"
-                    job = finetune_job(
-                        name, data_args(d), cql_checkpoint(out, d, pretrain_seed), arm, seed, ck / f"{name}.pt", run_dir
-                    )
-                    job.deps = [pretraining[-1].name]
-                    finetuning.append(job)
+                    cql = cql_checkpoint(out, d, pretrain_seed)
+                    deps = [pretraining[-1].name]
+                    finetuning.append(finetune_job(name, data_args(d), cql, arm, seed, ck / f"{name}.pt", run_dir, deps))
         for seed in OWN_PRETRAINING_SEEDS:
             for arm in OWN_PRETRAINING_ARMS:
                 if seed in SEEDS:
@@ -520,34 +485,12 @@ def first_epoch_jobs(out: Path, data_args, cql: dict) -> list[Job]:
     depth, diagnosis = out / "depth", out / "diagnosis"
     chain, q_jobs, probes, diag = [], [], [], []
     for previous, steps in zip(DEPTHS, DEPTHS[1:]):
+        run_dir = out / "runs" / "hopper-medium__cql-pretrain-deep__seed1"
+        command = cql_command(data_args("medium"), depth_checkpoint(out, steps), run_dir, 1, steps, eval_every=10_000)
         chain.append(
             Job(
                 depth_job(steps),
-                [
-                    PY,
-                    "cql_pretrain.py",
-                    *data_args("medium"),
-                    "--n-ensemble",
-                    5,
-                    "--hidden-dim",
-                    WIDTH,
-                    "--offline-steps",
-                    steps,
-                    "--bc-steps",
-                    BC_STEPS,
-                    "--eval-every",
-                    10_000,
-                    "--eval-episodes",
-                    EVAL_EPISODES,
-                    "--checkpoint",
-                    depth_checkpoint(out, steps),
-                    "--checkpoint-every",
-                    2500,
-                    "--run-dir",
-                    out / "runs" / "hopper-medium__cql-pretrain-deep__seed1",
-                    "--seed",
-                    1,
-                ],
+                command,
                 depth_checkpoint(out, steps),
                 None,
                 [depth_job(previous)],
@@ -640,17 +583,10 @@ def first_epoch_jobs(out: Path, data_args, cql: dict) -> list[Job]:
         for arm in DEEP_FULL_ARMS:
             name = f"full{k}_{arm}_s{seed}"
             run_dir = depth / "full" / "runs" / f"hopper-medium__{arm}__cql{k}__seed{seed}"
-            job = finetune_job(
-                name,
-                data_args("medium"),
-                depth_checkpoint(out, deepest),
-                arm,
-                seed,
-                Path("checkpoints/evidence") / f"{name}.pt",
-                run_dir,
+            checkpoint, deps = Path("checkpoints/evidence") / f"{name}.pt", [depth_job(deepest)]
+            deep_full.append(
+                finetune_job(name, data_args("medium"), depth_checkpoint(out, deepest), arm, seed, checkpoint, run_dir, deps)
             )
-            job.deps = [depth_job(deepest)]
-            deep_full.append(job)
     probes_30k = [job for job in probes if job.name.startswith("depth30k_")]
     later = [job for job in probes if not job.name.startswith("depth30k_")]
     # 5. the second axis: CQL's weight
@@ -659,10 +595,7 @@ def first_epoch_jobs(out: Path, data_args, cql: dict) -> list[Job]:
         tag = f"alpha{alpha:g}"
         checkpoint = out / "pretrained" / f"cql_hopper-medium_N5_{tag}.pt"
         run_dir = out / "runs" / f"hopper-medium__cql-pretrain-{tag}__seed1"
-        command = [PY, "cql_pretrain.py", *data_args("medium"), "--n-ensemble", 5, "--hidden-dim", WIDTH]
-        command += ["--offline-steps", CQL_STEPS, "--bc-steps", BC_STEPS, "--eval-every", 2500]
-        command += ["--eval-episodes", EVAL_EPISODES, "--checkpoint", checkpoint, "--checkpoint-every", 2500]
-        command += ["--run-dir", run_dir, "--seed", 1, "--alpha-cql", alpha]
+        command = [*cql_command(data_args("medium"), checkpoint, run_dir, 1), "--alpha-cql", alpha]
         alpha_jobs.append(Job(f"cql_medium_{tag}", command, checkpoint, run_dir, ["data_medium"]))
         q_command = [PY, "benchmark/diagnose.py", "--env-id", ENV_ID, "--episodes", EVAL_EPISODES, "--seed", 1]
         q_command += ["--policy", f"CQL alpha {alpha:g}={checkpoint}", "--out-dir", out / "alpha" / "q_vs_mc" / f"{alpha:g}"]
@@ -1016,11 +949,6 @@ CLAIMS = [  # (claim, metric, [(first arm, second arm), ...]): the first arm bet
 ]
 
 
-def ran(results: list) -> int:
-    """How many comparisons had enough seeds to be made (a comparison short of seeds is "n/a ...")."""
-    return sum(not result.startswith("n/a") for result in results)
-
-
 def seed_metrics(steps: np.ndarray, scores: np.ndarray) -> dict:
     """One seed's curve -> the numbers the summary and the claims use (NaN where the curve has no such point)."""
     at = lambda x: float(scores[np.searchsorted(steps, x)]) if x in steps else np.nan
@@ -1079,13 +1007,8 @@ def claim_rows(per_seed: dict) -> list:
                 )
             if not results:
                 continue
-            verdict = (
-                "reproduced"
-                if len(results) == len(pairs) and all(r == "holds" for r in results)
-                else "not reproduced"
-                if "reversed" in results
-                else "inconclusive"
-            )
+            intervals = benchmark_module("intervals")  # a claim is read from its comparisons alike under both rules
+            verdict, ran = intervals.claim_verdict(results, len(pairs)), intervals.ran(results)
             rows.append(
                 {
                     "claim": claim,
@@ -1099,7 +1022,7 @@ def claim_rows(per_seed: dict) -> list:
                     "n_second": "",
                     "difference": "",
                     "se": "",
-                    "result": f"verdict: {verdict} ({ran(results)}/{len(pairs)} comparisons run)",
+                    "result": f"verdict: {verdict} ({ran}/{len(pairs)} comparisons run)",
                 }
             )
     return rows
@@ -1455,9 +1378,9 @@ def independent_report(out: Path):
     pretraining) and claims.csv (the interval rule with the two-stage bootstrap over pretrainings). A pretraining
     enters when all its fine-tuning runs of the set have finished."""
     intervals, rows, per_group = benchmark_module("intervals"), [], {}
+    sets = {arm: FINETUNE_SEEDS_OF for arm in INDEPENDENT_CQL_ARMS}  # arm -> pretraining -> its runs' seeds
+    sets |= {arm: {seed: (seed,) for seed in OWN_PRETRAINING_SEEDS} for arm in OWN_PRETRAINING_ARMS}
     for dataset in DATASETS:
-        sets = {arm: FINETUNE_SEEDS_OF for arm in INDEPENDENT_CQL_ARMS}
-        sets |= {arm: {seed: (seed,) for seed in OWN_PRETRAINING_SEEDS} for arm in OWN_PRETRAINING_ARMS}
         for arm, groups in sets.items():
             for pretraining, seeds in groups.items():
                 if not all((ROOT / out / "status" / f"{job_name(dataset, arm, s)}.done").exists() for s in seeds):
@@ -1477,9 +1400,9 @@ def independent_report(out: Path):
     write_csv(folder / "claims.csv", rows)
     comparisons = [r for r in rows if r["first"] == "balanced-N5" and r["metric"] == "late" and r["p_improvement"] != ""]
     if comparisons:  # claim (a) on late: P(ours > each baseline), pretrainings resampled
-        colours, labels = benchmark_module("plot").METHOD_COLOURS, {arm: LABELS[arm] for arm in LABELS}
+        colours = benchmark_module("plot").METHOD_COLOURS
         intervals.plot_improvement(
-            comparisons, folder / "probability_of_improvement.png", "balanced-N5", "late", colours, labels
+            comparisons, folder / "probability_of_improvement.png", "balanced-N5", "late", colours, LABELS
         )
     print(f"wrote {out / 'intervals' / 'independent'}")
 
@@ -1488,23 +1411,18 @@ def deep_full_report(out: Path):
     """Full runs at the deepest checkpoint beside the 30k ones (block "4." above): depth/full/summary.csv (per depth
     and arm) and claims.csv (claim (b) on hopper-medium at each depth, by the 2-SE rule and by the interval rule)."""
     intervals, k = benchmark_module("intervals"), f"{DEPTHS[-1] // 1000}k"
+    by_name = {job.name: job for job in jobs(out)}
     per_seed, summary = {}, []
-    for steps, name, folder in ((CQL_STEPS, "medium_{arm}_s{seed}", "runs"), (DEPTHS[-1], f"full{k}_{{arm}}_s{{seed}}", None)):
+    for steps, prefix in ((CQL_STEPS, "medium"), (DEPTHS[-1], f"full{k}")):
         for arm in DEEP_FULL_ARMS:
-            seeds = [s for s in SEEDS if (ROOT / out / "status" / f"{name.format(arm=arm, seed=s)}.done").exists()]
-            if not seeds:
+            names = [f"{prefix}_{arm}_s{s}" for s in SEEDS if (ROOT / out / "status" / f"{prefix}_{arm}_s{s}.done").exists()]
+            if not names:
                 continue
-            runs = [
-                Path(run_dir_of(out, "medium", arm, [s]))
-                if folder
-                else out / "depth" / "full" / "runs" / f"hopper-medium__{arm}__cql{k}__seed{s}"
-                for s in seeds
-            ]
-            numbers = per_seed[(steps, arm)] = [run_numbers(run) for run in runs]
+            numbers = per_seed[(steps, arm)] = [run_numbers(by_name[name].run_dir) for name in names]
             mean = lambda key, numbers=numbers: round(float(np.mean([n[key] for n in numbers])), 2)
             std = lambda key, numbers=numbers: round(float(np.std([n[key] for n in numbers])), 2)
             summary.append(
-                {"cql_steps": steps, "arm": arm, "n_seeds": len(seeds)}
+                {"cql_steps": steps, "arm": arm, "n_seeds": len(names)}
                 | {f"{key}_mean": mean(key) for key in ("start", "after_first_epoch", "min_1k_10k", "drop", "late", "final")}
                 | {"drop_std": std("drop"), "final_std": std("final")}
             )
@@ -1512,12 +1430,11 @@ def deep_full_report(out: Path):
         return
     claim, _, pairs = next(c for c in CLAIMS if c[0].startswith("(b)"))
     pairs = [(first, second) for first, second in pairs if second in DEEP_FULL_ARMS]
-    claims = []
+    claims, settings = [], dict(reps=INTERVAL_RESAMPLES, confidence=INTERVAL_CONFIDENCE, seed=0, across=None)
     for steps in (CQL_STEPS, DEPTHS[-1]):
         mine = {("medium", arm): numbers for (at, arm), numbers in per_seed.items() if at == steps}
         claims += [{"cql_steps": steps, "rule": "2 SE"} | row for row in claim_rows(mine) if row["claim"] == claim]
         per_run = {("hopper-medium", arm): numbers for (_, arm), numbers in mine.items()}
-        settings = dict(reps=INTERVAL_RESAMPLES, confidence=INTERVAL_CONFIDENCE, seed=0, across=None)
         claims += [
             {"cql_steps": steps, "rule": "interval (IQM, 95%)"} | row
             for row in intervals.claim_interval_rows(per_run, [(claim, "drop", pairs)], **settings)

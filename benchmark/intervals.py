@@ -226,7 +226,7 @@ def ran(results: list) -> int:
 
 
 def claim_verdict(results: list, n_pairs: int) -> str:
-    """A claim's verdict from its comparisons' results, as evidence.claim_rows."""
+    """A claim's verdict from its comparisons' results (evidence.claim_rows reads its 2-SE comparisons with it too)."""
     return (
         "reproduced"
         if len(results) == n_pairs and all(r == "holds" for r in results)
@@ -376,26 +376,28 @@ def claim_interval_rows(
     """claims: [(claim, metric, [(first, second), ...])] (evidence.CLAIMS' form; pass one entry per interval metric)
     -> for each claim and task (each task, then `across`), its comparison rows then a verdict row (result "verdict:
     reproduced / not reproduced / inconclusive (k/n comparisons run)", the other columns empty)."""
-    tasks, rows = _tasks_of(per_run, tasks), []
+    tasks = _tasks_of(per_run, tasks)
     labels = tasks + ([across] if across is not None else [])
+    rows = []
     for claim, metric, pairs in claims:
-        by_task = {}
-        for row in comparison_rows(per_run, pairs, metric, tasks, across, claim, reps, confidence, seed, lower_is_better):
-            by_task.setdefault(row["task"], []).append(row)
-        for label in labels:
-            if label not in by_task:
-                continue
+        comparisons = comparison_rows(per_run, pairs, metric, tasks, across, claim, reps, confidence, seed, lower_is_better)
+        rows += with_verdicts(comparisons, claim, metric, len(pairs), labels, COMPARISON_COLUMNS)
+    return rows
+
+
+def with_verdicts(comparisons: list, claim: str, metric: str, n_pairs: int, labels: list, columns) -> list:
+    """One claim's comparison rows grouped by task label (in the order of labels), each group followed by its verdict
+    row: result "verdict: reproduced / not reproduced / inconclusive (k/n comparisons run)", the other columns empty."""
+    by_task = {}
+    for row in comparisons:
+        by_task.setdefault(row["task"], []).append(row)
+    rows = []
+    for label in labels:
+        if label in by_task:
             results = [row["result"] for row in by_task[label]]
+            verdict = f"verdict: {claim_verdict(results, n_pairs)} ({ran(results)}/{n_pairs} comparisons run)"
             rows += by_task[label]
-            rows.append(
-                {
-                    **dict.fromkeys(COMPARISON_COLUMNS, ""),
-                    "claim": claim,
-                    "task": label,
-                    "metric": metric,
-                    "result": f"verdict: {claim_verdict(results, len(pairs))} ({ran(results)}/{len(pairs)} comparisons run)",
-                }
-            )
+            rows.append({**dict.fromkeys(columns, ""), "claim": claim, "task": label, "metric": metric, "result": verdict})
     return rows
 
 
@@ -497,76 +499,49 @@ def two_stage_claim_rows(
     intervals from two_stage_compare. A pretraining with a non-finite value of the metric in any run is left out."""
     tasks = _tasks_of(per_group, tasks)
     labels = tasks + ([across] if across is not None else [])
-
-    def groups(task: str, arm: str, metric: str) -> list:
-        out = [[run[metric] for run in group] for group in per_group.get((task, arm), [])]
-        return [group for group in out if group and np.all(np.isfinite(group))]
-
+    columns = [*COMPARISON_COLUMNS, "n_pretrainings_first", "n_pretrainings_second"]
     rows = []
     for claim, metric, pairs in claims:
-        by_task = {}
+        groups = {  # (task, arm) -> the values of its pretrainings that have the metric in every run
+            key: [g for g in ([run[metric] for run in group] for group in value) if g and np.all(np.isfinite(g))]
+            for key, value in per_group.items()
+        }
+        comparisons = []
         for first, second in pairs:
-            run = [t for t in tasks if groups(t, first, metric) and groups(t, second, metric)]
-            held = [t for t in run if min(len(groups(t, first, metric)), len(groups(t, second, metric))) >= 2]
-            for label, task_set in [(t, [t]) for t in run] + (
-                [(across, held)] if across is not None and len(held) > 1 else []
-            ):
-                a = [groups(t, first, metric) for t in task_set]
-                b = [groups(t, second, metric) for t in task_set]
-                row = dict.fromkeys(COMPARISON_COLUMNS, "")
-                row.update(
-                    claim=claim,
-                    task=label,
-                    tasks="+".join(task_set),
-                    metric=metric,
-                    first=first,
-                    second=second,
-                    n_first=sum(np.size(g) for g in a),
-                    n_second=sum(np.size(g) for g in b),
-                    n_pretrainings_first=sum(map(len, a)),
-                    n_pretrainings_second=sum(map(len, b)),
-                )
+            run = [t for t in tasks if groups.get((t, first)) and groups.get((t, second))]
+            held = [t for t in run if min(len(groups[(t, first)]), len(groups[(t, second)])) >= 2]
+            task_sets = [(t, [t]) for t in run] + ([(across, held)] if across is not None and len(held) > 1 else [])
+            for label, task_set in task_sets:
+                a, b = [groups[(t, first)] for t in task_set], [groups[(t, second)] for t in task_set]
+                row = dict.fromkeys(columns, "")
+                row.update(claim=claim, task=label, tasks="+".join(task_set), metric=metric, first=first, second=second)
+                row.update(n_first=sum(np.size(g) for g in a), n_second=sum(np.size(g) for g in b))
+                row.update(n_pretrainings_first=sum(map(len, a)), n_pretrainings_second=sum(map(len, b)))
                 if min(map(len, a + b)) < 2:
                     row["result"] = "n/a (fewer than 2 pretrainings)"
                 else:
-                    sign = -1.0 if metric in lower_is_better else 1.0
-                    flip = lambda arm, sign=sign: [[[sign * v for v in group] for group in t] for t in arm]
-                    c = two_stage_compare(flip(a), flip(b), reps, confidence, seed)
-                    for key in ("first", "second"):  # each arm's IQM and interval in the metric's own units
-                        ends = sorted((sign * c[f"ci_{key}_low"], sign * c[f"ci_{key}_high"]))
-                        row.update(
-                            {
-                                f"iqm_{key}": _r(sign * c[f"iqm_{key}"]),
-                                f"ci_{key}_low": _r(ends[0]),
-                                f"ci_{key}_high": _r(ends[1]),
-                            }
-                        )
-                    low, high = sorted((sign * c["ci_low"], sign * c["ci_high"]))
-                    row.update(
-                        iqm_difference=_r(sign * c["iqm_difference"]),
-                        ci_low=_r(low),
-                        ci_high=_r(high),
-                        p_improvement=_r(c["p_improvement"], 3),
-                        p_low=_r(c["p_low"], 3),
-                        p_high=_r(c["p_high"], 3),
-                        result=c["result"],
-                    )
-                by_task.setdefault(label, []).append(row)
-        for label in labels:
-            if label in by_task:
-                results = [row["result"] for row in by_task[label]]
-                result = f"verdict: {claim_verdict(results, len(pairs))} ({ran(results)}/{len(pairs)} comparisons run)"
-                rows += by_task[label]
-                rows.append(
-                    {
-                        **dict.fromkeys([*COMPARISON_COLUMNS, "n_pretrainings_first", "n_pretrainings_second"], ""),
-                        "claim": claim,
-                        "task": label,
-                        "metric": metric,
-                        "result": result,
-                    }
-                )
+                    row.update(_two_stage_numbers(a, b, metric in lower_is_better, reps, confidence, seed))
+                comparisons.append(row)
+        rows += with_verdicts(comparisons, claim, metric, len(pairs), labels, columns)
     return rows
+
+
+def _two_stage_numbers(a: list, b: list, lower_is_better: bool, reps: int, confidence: float, seed: int) -> dict:
+    """two_stage_compare on two arms' pretraining groups, "first better" meaning lower when lower_is_better (the
+    values are negated, then every estimate is turned back into the metric's own units, rounded for a CSV)."""
+    sign = -1.0 if lower_is_better else 1.0
+    negate = lambda arm: [[[sign * v for v in group] for group in task] for task in arm]
+    c = two_stage_compare(negate(a), negate(b), reps, confidence, seed)
+    numbers = {"result": c["result"], "p_improvement": _r(c["p_improvement"], 3)}
+    numbers.update(p_low=_r(c["p_low"], 3), p_high=_r(c["p_high"], 3))
+    for point, low, high in (
+        ("iqm_first", "ci_first_low", "ci_first_high"),
+        ("iqm_second", "ci_second_low", "ci_second_high"),
+        ("iqm_difference", "ci_low", "ci_high"),
+    ):
+        ends = sorted((sign * c[low], sign * c[high]))
+        numbers.update({point: _r(sign * c[point]), low: _r(ends[0]), high: _r(ends[1])})
+    return numbers
 
 
 # ---- figures ----
