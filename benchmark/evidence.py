@@ -120,7 +120,8 @@ ALPHA_LEVELS = (10.0, 20.0)
 # 6. (fixed 2026-12-01, before any of these jobs ran) The arms of claims (c) and (d) on medium-replay and
 #    medium-expert too, so that every claim has every comparison on every Hopper dataset: an FQE run of each dataset's
 #    CQL policy (every setting as hopper-medium's), then N=2, N=1 and FQE-init, seeds 1-3, every setting as on
-#    hopper-medium. Queued last.
+#    hopper-medium. Queued after 3 (so that every Hopper claim has its comparisons), before the independent
+#    pretraining.
 ARMS_ADDED_LAST = ("balanced-N2", "balanced-N1", "fqe-init-N5")
 
 # ---- Interval estimates (Agarwal et al., "Deep RL at the Edge of the Statistical Precipice", NeurIPS 2021), fixed
@@ -181,8 +182,9 @@ INDEPENDENT_ORDER = ("medium-replay", "medium", "medium-expert")  # the order th
 # (N=5), BCQ-ft (N=1) and SAC from scratch (Walker2d-v4), seeds 1-3, ONLINE_STEPS; claims (a), (b) as far as these
 # arms go (SAC-ft), (e); the first-epoch drop as for Hopper. One setting differs, as this repository documents for
 # this task (awac.py's docstring, after CORL): AWAC's lambda = 1/3 on walker2d-medium-expert (1.0 on Hopper). Queued
-# after the missing Hopper arms, before the independent-pretraining runs (so that the issue can close sooner); the
-# datasets right after the first-epoch study.
+# last (the datasets right after the first-epoch study): first the first-epoch and independent-pretraining questions,
+# which this study builds on. The order of the queue is not a setting; it was changed once, before any of these jobs
+# ran (2026-12-01 08:30 UTC), from "after the missing Hopper arms" to last.
 WALKER = "walker2d-medium-expert"
 WALKER_ENV_ID = "Walker2d-v4"
 WALKER_ARMS = ("balanced-N5", "sac-ft", "awac-N5", "bcq-ft-N1", "sac")
@@ -316,8 +318,6 @@ def jobs(out: Path) -> list[Job]:
                     command = offline_online_command(arm, data_args(d), seed, ck / f"{name}.pt", run_dir)
                     job = Job(name, command, ck / f"{name}.pt", run_dir, ["data_all"])
                 out_jobs.append(job)
-    out_jobs += walker_jobs(out)
-    out_jobs += independent_pretraining_jobs(out, data_args, cql_job)
     # 6. the arms of claims (c) and (d) on medium-replay and medium-expert: FQE of each dataset's CQL policy, then
     #    N=2, N=1 and FQE-init, 3 seeds, as on hopper-medium
     for d in DATASETS:
@@ -330,6 +330,8 @@ def jobs(out: Path) -> list[Job]:
                 extra = ("--fqe-checkpoint", pre / f"fqe_hopper-{d}_N5.pt") if arm.startswith("fqe-init") else ()
                 deps = [f"cql_{d}"] + ([f"fqe_{d}"] if extra else [])
                 out_jobs.append(finetune_job(name, data_args(d), cql[d], arm, seed, ck / f"{name}.pt", run_dir, deps, extra))
+    out_jobs += independent_pretraining_jobs(out, data_args, cql_job)
+    out_jobs += walker_jobs(out)
     for job in out_jobs:
         job.command = [str(part) for part in job.command]
     return out_jobs
@@ -415,18 +417,18 @@ def walker_jobs(out: Path) -> list[Job]:
 
 
 def independent_pretraining_jobs(out: Path, data_args, cql_job) -> list[Job]:
-    """The independent-pretraining runs (block above): per dataset, the CQL ensembles of seeds 2 and 3, ours and
-    SAC-ft from each (2 fine-tuning seeds), AWAC and BCQ-ft seeds 4 and 5."""
+    """The independent-pretraining runs (block above), dataset by dataset in INDEPENDENT_ORDER: the CQL ensembles of
+    seeds 2 and 3, ours and SAC-ft from each (2 fine-tuning seeds), AWAC and BCQ-ft seeds 4 and 5."""
     runs, ck = out / "runs", Path("checkpoints/evidence")
-    pretraining, finetuning = [], []
+    out_jobs = []
     for d in INDEPENDENT_ORDER:
+        finetuning = []
         for pretrain_seed in PRETRAIN_SEEDS:
-            pretraining.append(cql_job(d, pretrain_seed))
+            out_jobs.append(cql_job(d, pretrain_seed))
             for seed in FINETUNE_SEEDS_OF[pretrain_seed]:
                 for arm in INDEPENDENT_CQL_ARMS:
                     name, run_dir = job_name(d, arm, seed), runs / f"hopper-{d}__{arm}__seed{seed}"
-                    cql = cql_checkpoint(out, d, pretrain_seed)
-                    deps = [pretraining[-1].name]
+                    cql, deps = cql_checkpoint(out, d, pretrain_seed), [out_jobs[-1].name]
                     finetuning.append(finetune_job(name, data_args(d), cql, arm, seed, ck / f"{name}.pt", run_dir, deps))
         for seed in OWN_PRETRAINING_SEEDS:
             for arm in OWN_PRETRAINING_ARMS:
@@ -437,7 +439,8 @@ def independent_pretraining_jobs(out: Path, data_args, cql_job) -> list[Job]:
                 finetuning.append(
                     Job(name, command, ck / f"{name}.pt", run_dir, ["data_medium" if d == "medium" else "data_all"])
                 )
-    return pretraining + finetuning
+        out_jobs += finetuning
+    return out_jobs
 
 
 def offline_online_command(arm: str, data_args: list, seed: int, checkpoint: Path, run_dir: Path) -> list:

@@ -195,9 +195,17 @@ def test_campaign_arms_share_every_setting(tmp_path):
     files = [*zip(walker_args, hopper_args), (str(walker_cql.checkpoint), str(hopper_cql.checkpoint))]
     assert swap(walker_cql.command, files + [(str(walker_cql.run_dir), str(hopper_cql.run_dir))]) == hopper_cql.command
     assert walker_cql.deps == ["data_walker2d"] and by_name["data_walker2d"].outputs == [Path(walker_args[1])]
-    order = [job.name for job in all_jobs]  # the Walker2d arms after the missing Hopper arms, before the new seeds
+    order = [
+        job.name for job in all_jobs
+    ]  # the queue: missing Hopper arms, (c)/(d) arms, new seeds dataset by dataset, Walker2d
     assert (
-        order.index("medium-expert_bcq-ft-N1_s3") < order.index(f"{walker}_balanced-N5_s1") < order.index("cql_medium_seed2")
+        order.index("medium-expert_bcq-ft-N1_s3")
+        < order.index("medium-expert_fqe-init-N5_s3")
+        < order.index("cql_medium-replay_seed2")
+        < order.index("medium-replay_sac-ft_s7")
+        < order.index("cql_medium_seed2")
+        < order.index("medium-expert_bcq-ft-N1_s5")
+        < order.index(f"cql_{walker}")
     )
     deepest = evidence.depth_checkpoint(tmp_path, evidence.DEPTHS[-1])
     for arm in ("balanced-N5", "uniform-N5", "online-only-N5", "sac-ft"):  # full runs at the deepest checkpoint
