@@ -484,7 +484,8 @@ def depth_job(steps: int) -> str:
 
 def first_epoch_jobs(out: Path, data_args, cql: dict) -> list[Job]:
     """The first-epoch study (1-2 above): the CQL continuation first (it is the long pole), then Qbar vs Monte-Carlo
-    at each depth, the diagnosis probes, the per-epoch Q vs MC of the diagnosis, and the depth probes."""
+    at each depth, the diagnosis probes, the per-epoch Q vs MC of the diagnosis, the depth probes, the CQL-weight
+    runs and probes, then the full runs at the deepest checkpoint."""
     depth, diagnosis = out / "depth", out / "diagnosis"
     chain, q_jobs, probes, diag = [], [], [], []
     for previous, steps in zip(DEPTHS, DEPTHS[1:]):
@@ -624,8 +625,8 @@ def first_epoch_jobs(out: Path, data_args, cql: dict) -> list[Job]:
         ],
         outputs=[Path(dataset_file(WALKER))],
     )
-    queue = chain + q_jobs + probes_30k + diag + [diag_q] + showcase_jobs(out, data_args, cql) + later + deep_full
-    return queue + [walker_data] + alpha_jobs
+    queue = chain + q_jobs + probes_30k + diag + [diag_q] + showcase_jobs(out, data_args, cql) + later + alpha_jobs
+    return queue + deep_full + [walker_data]  # the short probes of both axes before the full runs: both answers first
 
 
 def showcase_jobs(out: Path, data_args, cql: dict) -> list[Job]:

@@ -197,9 +197,12 @@ def test_campaign_arms_share_every_setting(tmp_path):
     assert walker_cql.deps == ["data_walker2d"] and by_name["data_walker2d"].outputs == [Path(walker_args[1])]
     order = [
         job.name for job in all_jobs
-    ]  # the queue: missing Hopper arms, (c)/(d) arms, new seeds dataset by dataset, Walker2d
+    ]  # the queue: probes of both axes, full runs at depth, missing arms, (c)/(d) arms, new seeds by dataset, Walker2d
     assert (
-        order.index("medium-expert_bcq-ft-N1_s3")
+        order.index("depth150k_sac-ft_s3")
+        < order.index("alpha20_sac-ft_s3")
+        < order.index("full150k_balanced-N5_s1")
+        < order.index("medium-expert_bcq-ft-N1_s3")
         < order.index("medium-expert_fqe-init-N5_s3")
         < order.index("cql_medium-replay_seed2")
         < order.index("medium-replay_sac-ft_s7")
