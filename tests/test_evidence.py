@@ -195,9 +195,8 @@ def test_campaign_arms_share_every_setting(tmp_path):
     files = [*zip(walker_args, hopper_args), (str(walker_cql.checkpoint), str(hopper_cql.checkpoint))]
     assert swap(walker_cql.command, files + [(str(walker_cql.run_dir), str(hopper_cql.run_dir))]) == hopper_cql.command
     assert walker_cql.deps == ["data_walker2d"] and by_name["data_walker2d"].outputs == [Path(walker_args[1])]
-    order = [
-        job.name for job in all_jobs
-    ]  # the queue: probes of both axes, full runs at depth, missing arms, (c)/(d) arms, new seeds by dataset, Walker2d
+    # the queue: probes of both axes, full runs at depth, missing arms, (c)/(d) arms, new seeds by dataset, Walker2d
+    order = [job.name for job in all_jobs]
     assert (
         order.index("depth150k_sac-ft_s3")
         < order.index("alpha20_sac-ft_s3")
