@@ -1171,24 +1171,31 @@ def headline(out: Path, claims: list) -> list:
             f"({v('frozen-critics', 'score_mean'):.1f}), and with the actor frozen the critics stay pessimistic "
             f"({v('frozen-actor', 'q_minus_mc_mean'):+.0f})."
         )
-    axes = []
+    axes, number = [], lambda row, key: float(row[key])
     for folder, csv_name, what, base_key, kept_key in (
-        ("alpha", "alpha_verdict.csv", "a CQL weight of {highest_alpha_cql:g} instead of 5", "kept_5", "kept_highest"),
-        ("depth", "depth_verdict.csv", "{deepest_cql_steps:.0f}k CQL steps instead of 30k", "kept_30k", "kept_deepest"),
+        (
+            "alpha",
+            "alpha_verdict.csv",
+            lambda r: f"a CQL weight of {number(r, 'highest_alpha_cql'):g} instead of 5",
+            "kept_5",
+            "kept_highest",
+        ),
+        (
+            "depth",
+            "depth_verdict.csv",
+            lambda r: f"{number(r, 'deepest_cql_steps') / 1000:.0f}k CQL steps instead of 30k",
+            "kept_30k",
+            "kept_deepest",
+        ),
     ):
         verdict = {r["arm"]: r for r in read_csv(ROOT / out / folder / csv_name)}
         if "balanced-N5" not in verdict:
             continue
         r, control = verdict["balanced-N5"], verdict.get("sac-ft")
-        number = lambda row, key: float(row[key])
-        text = what.format(
-            highest_alpha_cql=number(r, "highest_alpha_cql") if "highest_alpha_cql" in r else 0,
-            deepest_cql_steps=number(r, "deepest_cql_steps") / 1000 if "deepest_cql_steps" in r else 0,
+        text = f"{what(r)} (`{out}/{folder}/`): ours keeps {number(r, kept_key):.0%} of its start after the first epoch, "
+        text += (
+            f"not {number(r, base_key):.0%} ({number(r, 'difference') * 100:+.0f} ± {number(r, 'se') * 100:.0f} points, SE)"
         )
-        text += f" (`{out}/{folder}/`): ours keeps {number(r, kept_key):.0%} of its start after the first epoch, "
-        text += f"not {number(r, base_key):.0%}"
-        if r.get("difference") and r.get("se"):
-            text += f" ({number(r, 'difference') * 100:+.0f} ± {number(r, 'se') * 100:.0f} points, SE)"
         if control:
             text += f", SAC-ft {number(control, kept_key):.0%} not {number(control, base_key):.0%}"
         axes.append(text + f": **{r['verdict']}**")

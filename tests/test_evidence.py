@@ -840,14 +840,24 @@ def test_headline_adds_the_cql_weight_and_independent_pretraining_lines_once_the
     evidence.write_csv(tmp_path / out / "intervals" / "independent" / "claims.csv", rows)
     evidence.write_csv(
         tmp_path / out / "alpha" / "alpha_verdict.csv",
-        [{"arm": "balanced-N5", "highest_alpha_cql": 20.0, "kept_highest": 0.9, "kept_5": 0.25, "verdict": "supported"}],
+        [
+            {
+                "arm": "balanced-N5",
+                "highest_alpha_cql": 20.0,
+                "kept_highest": 0.9,
+                "kept_5": 0.25,
+                "difference": 0.65,
+                "se": 0.05,
+                "verdict": "supported",
+            }
+        ],
     )
     lines = evidence.headline(out, [])
     weight = next(line for line in lines if "CQL weight" in line)
     assert (
         "a CQL weight of 20 instead of 5 (`out/alpha/`): ours keeps 90% of its start after the first epoch, not 25%" in weight
     )
-    assert weight.endswith(": **supported**.") and "SAC-ft" not in weight  # no control row in this file
+    assert "not 25% (+65 ± 5 points, SE): **supported**." in weight and "SAC-ft" not in weight  # no control row here
     independent = next(line for line in lines if "Independent pretraining" in line)
     assert independent.endswith(
         "(a) late on hopper-medium-replay: reproduced (3/3); (b) drop on hopper-medium: not reproduced (1/1)."
