@@ -1134,6 +1134,11 @@ def headline(out: Path, claims: list) -> list:
     short = lambda text: text.removeprefix("verdict: ").replace(" comparisons run", "")
     datasets = [d for d in REPORT_DATASETS if d in DATASETS or any(c["task"] == task_of(d) for c in claims)]
     lines = ["| claim | " + " | ".join(map(task_of, datasets)) + " |", "|---|" + "---|" * len(datasets)]
+    deepest = {  # claim (b) on hopper-medium from the deepest CQL checkpoint's full runs (depth/full/), by each rule
+        r["rule"]: short(r["result"])
+        for r in read_csv(ROOT / out / "depth" / "full" / "claims.csv")
+        if r["cql_steps"] == str(DEPTHS[-1]) and not r["first"]
+    }
     for claim, metric, _ in CLAIMS:
         cells = []
         for dataset in datasets:
@@ -1157,6 +1162,11 @@ def headline(out: Path, claims: list) -> list:
                 if rule is None
                 else f"{short(rule)}; IQM {INTERVAL_METRIC_OF[claim[:3]]}: {short(interval) if interval else 'n/a'}"
             )
+            if claim.startswith("(b)") and dataset == FULL_ARMS_ON and "2 SE" in deepest:
+                cells[-1] += (
+                    f"; from {DEPTHS[-1] // 1000}k CQL steps: {deepest['2 SE']}, "
+                    f"IQM drop: {deepest.get('interval (IQM, 95%)', 'n/a')}"
+                )
         lines.append(f"| {claim} ({metric}) | " + " | ".join(cells) + " |")
     critic = {(r["variant"], int(r["step"])): r for r in read_csv(ROOT / out / "diagnosis" / "critic_side" / "summary.csv")}
     finding = []  # the first-epoch finding: its cause, then what more pessimism in pretraining does to it
@@ -1222,8 +1232,8 @@ def fill_headline(out: Path, readme: Path, claims: list):
         return
     block = [
         "<!-- written by: python benchmark/evidence.py --report (from claims.csv, intervals/claims.csv, "
-        "diagnosis/critic_side/summary.csv, depth/depth_verdict.csv, alpha/alpha_verdict.csv and "
-        "intervals/independent/claims.csv) -->",
+        "diagnosis/critic_side/summary.csv, depth/depth_verdict.csv, depth/full/claims.csv, alpha/alpha_verdict.csv "
+        "and intervals/independent/claims.csv) -->",
         *headline(out, claims),
     ]
     head, rest = text.split(start, 1)

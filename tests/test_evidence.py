@@ -704,6 +704,9 @@ def test_deep_full_report_puts_claim_b_at_both_depths(tmp_path, monkeypatch):
     assert verdicts[("150000", "2 SE")] == "verdict: reproduced (3/3 comparisons run)"
     assert verdicts[("150000", "interval (IQM, 95%)")] == "verdict: reproduced (3/3 comparisons run)"
     assert not verdicts[("30000", "2 SE")].startswith("verdict: reproduced")
+    # the README headline's (b) cell on hopper-medium carries the deepest checkpoint's verdicts after its own
+    cell = next(line for line in evidence.headline(Path("out"), []) if line.startswith("| (b)")).split(" | ")[1]
+    assert cell.endswith("; from 150k CQL steps: reproduced (3/3), IQM drop: reproduced (3/3)")
 
 
 def test_report_puts_walker2d_beside_hopper_and_outside_the_hopper_pool(tmp_path, monkeypatch):
