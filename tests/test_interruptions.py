@@ -192,13 +192,16 @@ def test_full_disk_stops_every_write_with_one_line_and_keeps_the_last_good_file(
     folder, fill = disk
     # the last good files: a checkpoint of each script, sac.py's dataset, a CSV and a figure of the benchmark tools
     runs = {script: tmp_path / script for script in SCRIPTS}
+    first = {}  # the six runs side by side, as below
     for script, cwd in runs.items():
         cwd.mkdir()
         argv = tiny_argv(script, tiny_hopper_dataset, policy) + ["--checkpoint", folder / f"{script}.pt"]
         if script == "sac":
             argv += ["--dataset-out", folder / "dataset.hdf5"]
-        done = start(script, argv, cwd)
-        assert done.wait(timeout=300) == 0, done.communicate()[1][-2000:]
+        first[script] = start(script, argv, cwd)
+    for script, proc in first.items():
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, (script, stderr[-2000:])
     stats = [
         sys.executable,
         str(REPO_ROOT / "benchmark" / "dataset_stats.py"),
