@@ -301,8 +301,14 @@ def run_cql(cwd, *args):
 def runs(tmp_path_factory, tiny_hopper_dataset):
     """Run A and B: same seed, uninterrupted. Run C: SIGKILLed after its first periodic checkpoint, then resumed."""
     root = tmp_path_factory.mktemp("cql_runs")
+    side_by_side = []  # A and B run beside C's first part (one thread each)
     for name in ("a", "b"):
-        run_cql(root, *TINY, "--dataset-path", tiny_hopper_dataset, "--run-dir", f"runs/{name}", "--checkpoint", f"{name}.pt")
+        cmd, env = script_command(
+            *TINY, "--dataset-path", tiny_hopper_dataset, "--run-dir", f"runs/{name}", "--checkpoint", f"{name}.pt"
+        )
+        side_by_side.append(
+            subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        )
 
     cmd, env = script_command(*TINY, "--dataset-path", tiny_hopper_dataset, "--run-dir", "runs/c", "--checkpoint", "c.pt")
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -311,6 +317,9 @@ def runs(tmp_path_factory, tiny_hopper_dataset):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    for uninterrupted in side_by_side:
+        _, stderr = uninterrupted.communicate(timeout=300)
+        assert uninterrupted.returncode == 0, stderr[-3000:]
     killed_at = torch.load(root / "c.pt", weights_only=True)["step"]
     resumed = run_cql(root, *TINY, "--dataset-path", tiny_hopper_dataset, "--checkpoint", "c.pt", "--resume")
     return root, killed_at, resumed
