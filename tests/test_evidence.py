@@ -865,3 +865,15 @@ def test_headline_adds_the_cql_weight_and_independent_pretraining_lines_once_the
     assert independent.endswith(
         "(a) late on hopper-medium-replay: reproduced (3/3); (b) drop on hopper-medium: not reproduced (1/1)."
     )
+
+
+def test_committed_readme_headline_is_what_the_committed_csvs_give():
+    """The README's first screen is regenerated from the committed CSVs by `--report`: the committed block must be
+    exactly what those CSVs give now, so a CSV and the README cannot drift apart."""
+    out = Path("benchmark/results/evidence")
+    readme = (evidence.ROOT / "README.md").read_text()
+    start, end = evidence.HEADLINE_MARKERS
+    committed = readme.split(start, 1)[1].split(end, 1)[0].strip().splitlines()[1:]  # after the "written by" line
+    claims = evidence.read_csv(evidence.ROOT / out / "claims.csv")
+    assert claims, "the study's claims.csv is committed"
+    assert committed == evidence.headline(out, claims)
