@@ -1134,11 +1134,10 @@ def headline(out: Path, claims: list) -> list:
     short = lambda text: text.removeprefix("verdict: ").replace(" comparisons run", "")
     datasets = [d for d in REPORT_DATASETS if d in DATASETS or any(c["task"] == task_of(d) for c in claims)]
     lines = ["| claim | " + " | ".join(map(task_of, datasets)) + " |", "|---|" + "---|" * len(datasets)]
-    deepest = {  # claim (b) on hopper-medium from the deepest CQL checkpoint's full runs (depth/full/), by each rule
-        r["rule"]: short(r["result"])
-        for r in read_csv(ROOT / out / "depth" / "full" / "claims.csv")
-        if r["cql_steps"] == str(DEPTHS[-1]) and not r["first"]
-    }
+    deepest = {}  # (claim, task) -> rule -> verdict row of the deepest CQL checkpoint's full runs (depth/full/)
+    for r in read_csv(ROOT / out / "depth" / "full" / "claims.csv"):
+        if r["cql_steps"] == str(DEPTHS[-1]) and not r["first"]:
+            deepest.setdefault((r["claim"], r["task"]), {})[r["rule"]] = r
     for claim, metric, _ in CLAIMS:
         cells = []
         for dataset in datasets:
@@ -1162,10 +1161,12 @@ def headline(out: Path, claims: list) -> list:
                 if rule is None
                 else f"{short(rule)}; IQM {INTERVAL_METRIC_OF[claim[:3]]}: {short(interval) if interval else 'n/a'}"
             )
-            if claim.startswith("(b)") and dataset == FULL_ARMS_ON and "2 SE" in deepest:
+            deep = deepest.get((claim, task_of(dataset)), {})
+            if "2 SE" in deep:  # after this dataset's own verdicts, the deepest checkpoint's by both rules
+                interval = deep.get("interval (IQM, 95%)")
                 cells[-1] += (
-                    f"; from {DEPTHS[-1] // 1000}k CQL steps: {deepest['2 SE']}, "
-                    f"IQM drop: {deepest.get('interval (IQM, 95%)', 'n/a')}"
+                    f"; from {DEPTHS[-1] // 1000}k CQL steps: {short(deep['2 SE']['result'])}, "
+                    f"IQM {INTERVAL_METRIC_OF[claim[:3]]}: {short(interval['result']) if interval else 'n/a'}"
                 )
         lines.append(f"| {claim} ({metric}) | " + " | ".join(cells) + " |")
     critic = {(r["variant"], int(r["step"])): r for r in read_csv(ROOT / out / "diagnosis" / "critic_side" / "summary.csv")}
