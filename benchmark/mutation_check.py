@@ -193,8 +193,8 @@ MUTANTS = [
     ("balanced_finetune.py", "(target_q - alpha * next_log_pi)", "(target_q)", "fine-tuning target: entropy term dropped"),
     (
         "balanced_finetune.py",
-        "ensemble_policy(actor, next_obs, n_members)",
-        "ensemble_policy(actor, obs, n_members)",
+        "ensemble_policy(actor, next_obs, n_ensemble)",
+        "ensemble_policy(actor, obs, n_ensemble)",
         "fine-tuning target: a' drawn at s",
     ),
     (
@@ -253,8 +253,8 @@ MUTANTS = [
     ),
     (
         "balanced_finetune.py",
-        "action, log_pi = tanh_gaussian_sample(*ensemble_policy(actor, obs, n_members))",
-        "action, log_pi = tanh_gaussian_sample(*ensemble_policy(actor, next_obs, n_members))",
+        "action, log_pi = tanh_gaussian_sample(*ensemble_policy(actor, obs, n_ensemble))",
+        "action, log_pi = tanh_gaussian_sample(*ensemble_policy(actor, next_obs, n_ensemble))",
         "fine-tuning actor: a drawn at s'",
     ),
     ("balanced_finetune.py", "critic.requires_grad_(True)", "critic.requires_grad_(False)", "fine-tuning: critic left frozen"),
@@ -316,14 +316,14 @@ MUTANTS = [
     ),
     (
         "balanced_finetune.py",
-        "w[n_on:n_on + n_off], w[n_on + n_off:]",
-        "w[n_on:n_on + n_off], w[n_on + n_off - 1:-1]",
+        "w[n_on : n_on + n_off], w[n_on + n_off :]",
+        "w[n_on : n_on + n_off], w[n_on + n_off - 1 : -1]",
         "density ratio: RL-batch w off by one",
     ),
     (
         "balanced_finetune.py",
-        "w[:n_on], w[n_on:n_on + n_off]",
-        "w[:n_on], w[n_on - 1:n_on + n_off - 1]",
+        "w[:n_on], w[n_on : n_on + n_off]",
+        "w[:n_on], w[n_on - 1 : n_on + n_off - 1]",
         "density ratio: offline w off by one",
     ),
     (

@@ -15,13 +15,16 @@ benchmark/mutation_check.py plants single-line bugs in the update code and runs 
 """
 
 import math
+import re
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import load_script
+from conftest import REPO_ROOT, load_script
 
 cql = load_script("cql_pretrain", "cql_pretrain_update_steps")
 bf = load_script("balanced_finetune", "balanced_finetune_update_steps")
@@ -770,3 +773,18 @@ def test_bcq_update_matches_reference():
     assert_params(actor, Pp_new, "perturbation actor")
     assert_params(critic_target, polyak(Pt, Pc_new, TAU), "target critic (Polyak tau)")
     assert_params(actor_target, polyak(Ppt, Pp_new, TAU), "target actor (Polyak tau)")
+
+
+def test_every_planted_bug_of_the_mutation_check_still_applies():
+    """benchmark/mutation_check.py plants each bug by replacing a snippet of the scripts' source; a snippet that no
+    longer matches (after a rename or a reformat) silently drops its mutant from the check, so every one must apply."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmark" / "mutation_check.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"(\d+) mutants: 0 caught, 0 survived, 0 stale or error", summary), summary
+    assert int(summary.split()[0]) >= 100, summary  # the table was not emptied
