@@ -280,6 +280,38 @@ def awac_update(actor, critic, critic_target, actor_optimizer, critic_optimizer,
     }
 
 
+@dataclass
+class AWACNetworks:
+    """Actor, twin critics, their Polyak target, and the Adam optimizers of actor and critics."""
+
+    actor: EnsembleActor
+    critic: EnsembleCritic
+    critic_target: EnsembleCritic
+    actor_optimizer: torch.optim.Adam
+    critic_optimizer: torch.optim.Adam
+
+    def resumable(self) -> dict:
+        """What a checkpoint keeps under "resume" (actor and critic are its own keys), in the stored order."""
+        return {
+            "critic_target": self.critic_target,
+            "actor_optimizer": self.actor_optimizer,
+            "critic_optimizer": self.critic_optimizer,
+        }
+
+
+def make_awac_networks(obs_dim: int, act_dim: int, args: Args, device: torch.device) -> AWACNetworks:
+    """Fresh networks (shared-block classes, so the checkpoint loads like every other script's) and optimizers; built in
+    this order, which fixes the torch RNG draws of their initialization."""
+    hidden_sizes = [args.hidden_dim, args.hidden_dim]
+    actor = EnsembleActor(obs_dim, act_dim, hidden_sizes, args.n_ensemble).to(device)
+    critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, args.n_ensemble).to(device)
+    critic_target = EnsembleCritic(obs_dim, act_dim, hidden_sizes, args.n_ensemble).to(device)
+    critic_target.load_state_dict(critic.state_dict())
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate)
+    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.learning_rate)
+    return AWACNetworks(actor, critic, critic_target, actor_optimizer, critic_optimizer)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Replay buffer: the dataset followed by the online transitions (nothing is overwritten)
 # ---------------------------------------------------------------------------------------------------------------------
@@ -317,8 +349,11 @@ class OfflineOnlineBuffer:
         self.size = self.dataset_size + n
 
 
-def main():
-    args = tyro.cli(Args)
+# ---------------------------------------------------------------------------------------------------------------------
+# The run's pieces (main() below is their outline): arguments, checkpoint, resume, logging, evaluation
+# ---------------------------------------------------------------------------------------------------------------------
+def check_awac_args(args: Args):
+    """Stop with one line (fail) on a flag value no run can use."""
     for name in ("n_ensemble", "batch_size", "hidden_dim", "eval_episodes", "log_every", "eval_every"):
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1")
@@ -334,6 +369,93 @@ def main():
             fail(f"--{name.replace('_', '-')} must be a positive number, got {value}")
     if not 0.0 <= args.gamma <= 1.0:
         fail(f"--gamma must lie in [0, 1], got {args.gamma}")
+
+
+def awac_checkpoint_identity(args: Args, obs_dim: int, act_dim: int) -> dict:
+    """What a checkpoint of this run is: the keys every checkpoint starts with and --resume requires to match."""
+    return {
+        "algo": "awac",
+        "env_id": args.env_id,
+        "obs_dim": obs_dim,
+        "act_dim": act_dim,
+        "n_ensemble": args.n_ensemble,
+        "hidden_sizes": [args.hidden_dim] * 2,
+    }
+
+
+def awac_checkpoint(args: Args, identity: dict, nets: AWACNetworks, np_rng, buffer, step: int, episodes: int, run_dir: str):
+    """The checkpoint payload (CONTRIBUTING.md: Checkpoint): identity, actor and critic, and under "resume" the target
+    critics, optimizers, RNG states, counters and online transitions that --resume needs."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        **identity,
+        "actor": nets.actor.state_dict(),
+        "critic": nets.critic.state_dict(),
+        "step": step,
+        "args": dataclasses.asdict(args),
+        "resume": resume_state(
+            np_rng,
+            nets.resumable(),
+            global_step=step,
+            episodes=episodes,
+            run_dir=run_dir,
+            dataset_size=buffer.dataset_size,
+            online_transitions=buffer.online_part(),
+        ),
+    }
+
+
+def load_awac_resume(path: str, identity: dict, nets: AWACNetworks, buffer, np_rng, online_steps: int) -> dict:
+    """--resume: the checkpoint must match this run and its dataset, and its online transitions fit the buffer; restores
+    networks, optimizers, RNG states and online transitions, and returns its resume entry (step, episodes, run dir)."""
+    ckpt = load_resume_checkpoint(path, identity)
+    state = ckpt["resume"]
+    if state["dataset_size"] != buffer.dataset_size:
+        fail(
+            f"checkpoint {path} was trained on {state['dataset_size']} dataset transitions, "
+            f"this dataset has {buffer.dataset_size}"
+        )
+    if len(state["online_transitions"]["observations"]) > online_steps:  # more than the buffer has room for
+        fail(
+            f"checkpoint {path} holds {len(state['online_transitions']['observations'])} online "
+            f"transitions but --online-steps is {online_steps}"
+        )
+    load_state(nets.actor, ckpt["actor"], "actor", path)
+    load_state(nets.critic, ckpt["critic"], "critic", path)
+    load_resume_state(ckpt, path, np_rng, nets.resumable())
+    buffer.load_online_part(state["online_transitions"])
+    return state
+
+
+def log_awac_losses(writer, metrics: dict, x: int, step: int, buffer_size: int, last_log: tuple) -> tuple:
+    """Losses at x (checked for NaN/inf: the one host sync), steps per second since the last log (`last_log`: its time
+    and step) and the buffer size; returns this log's (time, step)."""
+    values = check_finite(metrics, x)
+    for name, value in values.items():
+        writer.add_scalar(name, value, x)
+    last_log_time, last_log_step = last_log
+    writer.add_scalar("charts/SPS", (step - last_log_step) / max(time.time() - last_log_time, 1e-9), x)
+    writer.add_scalar("charts/buffer_size", buffer_size, x)
+    return time.time(), step
+
+
+def evaluate_awac(args: Args, eval_env, policy, videos, writer, x: int, last: bool, metrics: dict, device):
+    """Returns of the deterministic eq. 5 policy from the fixed evaluation seeds (and a video when due), logged at x and
+    printed with the latest critic loss."""
+    returns = evaluate(eval_env, policy, [args.seed + 10_000 + i for i in range(args.eval_episodes)], device)
+    videos.after_eval(eval_env, policy, args.seed + 10_000, x, last, device)
+    score = normalized_score(args.env_id, returns.mean())
+    writer.add_scalar("eval/return", returns.mean(), x)
+    writer.add_scalar("eval/normalized_score", score, x)
+    tqdm.write(
+        f"x={x} ({'offline' if x <= 0 else 'online'}) return={returns.mean():.1f} "
+        f"normalized={score:.1f} critic_loss={metrics['losses/critic_loss'].item():.3f}"
+    )
+
+
+def main():
+    args = tyro.cli(Args)
+    check_awac_args(args)
     checkpoint_path = args.checkpoint or f"checkpoints/awac_{args.env_id}_seed{args.seed}.pt"
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.deterministic = args.torch_deterministic
@@ -350,42 +472,12 @@ def main():
     buffer = OfflineOnlineBuffer(dataset, len(dataset["observations"]) + args.online_steps, device)
     total_steps = args.offline_steps + args.online_steps
 
-    # networks (shared-block classes, so the checkpoint loads like every other script's)
-    hidden_sizes = [args.hidden_dim, args.hidden_dim]
-    actor = EnsembleActor(obs_dim, act_dim, hidden_sizes, args.n_ensemble).to(device)
-    critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, args.n_ensemble).to(device)
-    critic_target = EnsembleCritic(obs_dim, act_dim, hidden_sizes, args.n_ensemble).to(device)
-    critic_target.load_state_dict(critic.state_dict())
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate)
-    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.learning_rate)
-    resumable = {"critic_target": critic_target, "actor_optimizer": actor_optimizer, "critic_optimizer": critic_optimizer}
-
+    # networks, optimizers, and the run they continue (--resume) or start
+    nets = make_awac_networks(obs_dim, act_dim, args, device)
+    identity = awac_checkpoint_identity(args, obs_dim, act_dim)
     global_step, episodes = 0, 0
     if args.resume:
-        expected = {
-            "algo": "awac",
-            "env_id": args.env_id,
-            "obs_dim": obs_dim,
-            "act_dim": act_dim,
-            "n_ensemble": args.n_ensemble,
-            "hidden_sizes": [args.hidden_dim] * 2,
-        }
-        ckpt = load_resume_checkpoint(checkpoint_path, expected)
-        state = ckpt["resume"]
-        if state["dataset_size"] != buffer.dataset_size:
-            fail(
-                f"checkpoint {checkpoint_path} was trained on {state['dataset_size']} dataset transitions, "
-                f"this dataset has {buffer.dataset_size}"
-            )
-        if len(state["online_transitions"]["observations"]) > args.online_steps:  # more than the buffer has room for
-            fail(
-                f"checkpoint {checkpoint_path} holds {len(state['online_transitions']['observations'])} online "
-                f"transitions but --online-steps is {args.online_steps}"
-            )
-        load_state(actor, ckpt["actor"], "actor", checkpoint_path)
-        load_state(critic, ckpt["critic"], "critic", checkpoint_path)
-        load_resume_state(ckpt, checkpoint_path, np_rng, resumable)
-        buffer.load_online_part(state["online_transitions"])
+        state = load_awac_resume(checkpoint_path, identity, nets, buffer, np_rng, args.online_steps)
         global_step, episodes = state["global_step"], state["episodes"]
         run_dir = args.run_dir or state["run_dir"]
     else:
@@ -406,35 +498,11 @@ def main():
         if metrics is not None:
             check_finite(metrics, x_of(step))  # never overwrite the last good checkpoint with a diverged one
         writer.flush()
-        save_checkpoint(
-            checkpoint_path,
-            {
-                "format": CHECKPOINT_FORMAT,
-                "algo": "awac",
-                "env_id": args.env_id,
-                "obs_dim": obs_dim,
-                "act_dim": act_dim,
-                "n_ensemble": args.n_ensemble,
-                "hidden_sizes": hidden_sizes,
-                "actor": actor.state_dict(),
-                "critic": critic.state_dict(),
-                "step": step,
-                "args": dataclasses.asdict(args),
-                "resume": resume_state(
-                    np_rng,
-                    resumable,
-                    global_step=step,
-                    episodes=episodes,
-                    run_dir=run_dir,
-                    dataset_size=buffer.dataset_size,
-                    online_transitions=buffer.online_part(),
-                ),
-            },
-        )
+        save_checkpoint(checkpoint_path, awac_checkpoint(args, identity, nets, np_rng, buffer, step, episodes, run_dir))
 
     env, obs = None, None
-    metrics, last_log_time, last_log_step = None, time.time(), global_step
-    policy = lambda o: torch.tanh(ensemble_moments_at(actor, o)[0])  # the eq. 5 policy, deterministic: tanh(mean)
+    metrics, last_log = None, (time.time(), global_step)
+    policy = lambda o: torch.tanh(ensemble_moments_at(nets.actor, o)[0])  # the eq. 5 policy, deterministic: tanh(mean)
     progress = tqdm(range(global_step, total_steps), initial=global_step, total=total_steps, desc="awac")
     stop = catch_stop_signals()
     for global_step in progress:
@@ -442,7 +510,7 @@ def main():
             if env is None:  # first online step, or a resumed run: a fresh episode (seeded by the step)
                 env = make_env(args.env_id, args.seed + global_step)
                 obs, _ = env.reset(seed=args.seed + global_step)
-            mean, std = ensemble_moments_at(actor, torch.as_tensor(obs, dtype=torch.float32, device=device)[None])
+            mean, std = ensemble_moments_at(nets.actor, torch.as_tensor(obs, dtype=torch.float32, device=device)[None])
             action = torch.tanh(mean + std * torch.randn_like(mean))[0].cpu().numpy()
             next_obs, reward, terminated, truncated, info = env.step(action)
             buffer.add(obs, action, reward, next_obs, float(terminated))  # time-limit ends stay non-terminal
@@ -454,26 +522,15 @@ def main():
                 obs, _ = env.reset()
 
         batch = buffer.sample(np_rng, args.n_ensemble, args.batch_size)
-        metrics = awac_update(actor, critic, critic_target, actor_optimizer, critic_optimizer, batch, args)
+        metrics = awac_update(
+            nets.actor, nets.critic, nets.critic_target, nets.actor_optimizer, nets.critic_optimizer, batch, args
+        )
 
         step, x = global_step + 1, x_of(global_step + 1)
         if x % args.log_every == 0 or step == total_steps:
-            values = check_finite(metrics, x)
-            for name, value in values.items():
-                writer.add_scalar(name, value, x)
-            writer.add_scalar("charts/SPS", (step - last_log_step) / max(time.time() - last_log_time, 1e-9), x)
-            writer.add_scalar("charts/buffer_size", buffer.size, x)
-            last_log_time, last_log_step = time.time(), step
+            last_log = log_awac_losses(writer, metrics, x, step, buffer.size, last_log)
         if x % args.eval_every == 0 or step == total_steps:
-            returns = evaluate(eval_env, policy, [args.seed + 10_000 + i for i in range(args.eval_episodes)], device)
-            videos.after_eval(eval_env, policy, args.seed + 10_000, x, step == total_steps, device)
-            score = normalized_score(args.env_id, returns.mean())
-            writer.add_scalar("eval/return", returns.mean(), x)
-            writer.add_scalar("eval/normalized_score", score, x)
-            tqdm.write(
-                f"x={x} ({'offline' if x <= 0 else 'online'}) return={returns.mean():.1f} "
-                f"normalized={score:.1f} critic_loss={metrics['losses/critic_loss'].item():.3f}"
-            )
+            evaluate_awac(args, eval_env, policy, videos, writer, x, step == total_steps, metrics, device)
         if (args.checkpoint_every and step % args.checkpoint_every == 0) or step == total_steps or stop["signal"]:
             save(step, metrics)
         if stop["signal"]:

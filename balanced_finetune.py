@@ -620,11 +620,67 @@ def collect_epoch(
     return step + n_steps
 
 
-def load_resumed_run(
-    saved: dict, args: Args, buffer: BalancedReplayBuffer, actor, critic, rng, resumable: dict, device
-) -> dict:
-    """Networks, optimizers, RNG states and the replay buffer (online transitions, sum-tree leaves, p_max) from a
-    resumable checkpoint of this run; returns its resume entry (counters, alpha, the epoch in progress)."""
+@dataclass
+class BalancedAgent:
+    """The networks fine-tuning trains: the ensemble policy and twin critics of eq. (5) (hidden sizes from the CQL
+    checkpoint) with target critics and temperature, the density-ratio net of eq. (4), and one Adam each."""
+
+    actor: EnsembleActor
+    critic: EnsembleCritic
+    hidden_sizes: list
+    target_critic: EnsembleCritic
+    log_alpha: torch.Tensor
+    target_entropy: float
+    ratio_net: DensityRatioNet
+    actor_optimizer: torch.optim.Optimizer
+    critic_optimizer: torch.optim.Optimizer
+    alpha_optimizer: torch.optim.Optimizer
+    ratio_optimizer: torch.optim.Optimizer
+
+    def resumable(self) -> dict:
+        """The parts a checkpoint's resume entry holds by name (the actor, critic and alpha have entries of their own)."""
+        names = ("target_critic", "ratio_net", "actor_optimizer", "critic_optimizer", "alpha_optimizer", "ratio_optimizer")
+        return {name: getattr(self, name) for name in names}
+
+
+def build_balanced_agent(args: Args, obs_dim: int, act_dim: int, device) -> BalancedAgent:
+    """Policy from CQL, critics from CQL or FQE, target critics copied from the critics, alpha re-initialised (target
+    entropy -|A|), a fresh density-ratio net; the optimizers."""
+    actor, critic, hidden_sizes = load_pretrained_ensemble(args, obs_dim, act_dim, device)
+    target_critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, args.n_ensemble).to(device)
+    target_critic.load_state_dict(critic.state_dict())
+    log_alpha = torch.tensor(float(np.log(args.init_alpha)), device=device, requires_grad=True)
+    ratio_net = DensityRatioNet(obs_dim, act_dim, args.hidden_dim).to(device)
+    return BalancedAgent(
+        actor,
+        critic,
+        hidden_sizes,
+        target_critic,
+        log_alpha,
+        target_entropy=-float(act_dim),
+        ratio_net=ratio_net,
+        actor_optimizer=torch.optim.Adam(actor.parameters(), lr=args.policy_lr),  # all members jointly, one Adam
+        critic_optimizer=torch.optim.Adam(critic.parameters(), lr=args.q_lr),
+        alpha_optimizer=torch.optim.Adam([log_alpha], lr=args.alpha_lr),
+        ratio_optimizer=torch.optim.Adam(ratio_net.parameters(), lr=args.ratio_lr),
+    )
+
+
+@dataclass
+class BalancedProgress:
+    """Where fine-tuning stands: env steps, epochs and updates done, the epoch in progress (None between epochs; else
+    its first step, updates done, device-side sums of its statistics, offline rows drawn) and the last epoch's stats."""
+
+    global_step: int = 0
+    epoch: int = 0
+    n_updates: int = 0
+    partial: dict | None = None
+    epoch_stats: dict = dataclasses.field(default_factory=dict)
+
+
+def load_resumed_run(saved: dict, args: Args, agent: BalancedAgent, buffer: BalancedReplayBuffer, rng) -> BalancedProgress:
+    """Networks, optimizers, alpha, RNG states and the replay buffer (online transitions, sum-tree leaves, p_max) from a
+    resumable checkpoint of this run, and its TensorBoard folder unless --run-dir names one; returns where it stood."""
     state, path = saved["resume"], args.checkpoint
     if (state["dataset_size"], state["online_steps"], state["sampling"]) != (
         buffer.dataset_size,
@@ -636,14 +692,96 @@ def load_resumed_run(
             f"{state['online_steps']}, --sampling {state['sampling']}; this run has {buffer.dataset_size}, "
             f"{args.online_steps}, {args.sampling}"
         )
-    load_state(actor, saved["actor"], "actor", path)  # e.g. another --hidden-dim: a clear error
-    load_state(critic, saved["critic"], "critic", path)
-    load_resume_state(saved, path, rng, resumable)
+    load_state(agent.actor, saved["actor"], "actor", path)  # e.g. another --hidden-dim: a clear error
+    load_state(agent.critic, saved["critic"], "critic", path)
+    load_resume_state(saved, path, rng, agent.resumable())
     buffer.load_state_dict(state, state["global_step"])
     partial = state.get("partial")  # absent in checkpoints written before signals were caught
     if partial is not None:
-        partial["sums"] = {tag: value.to(device) for tag, value in partial["sums"].items()}
-    return {**state, "partial": partial}
+        partial["sums"] = {tag: value.to(buffer.device) for tag, value in partial["sums"].items()}
+    with torch.no_grad():
+        agent.log_alpha.copy_(state["log_alpha"])
+    args.run_dir = args.run_dir or state["run_dir"]
+    return BalancedProgress(
+        global_step=state["global_step"], epoch=state["epoch"], n_updates=state["n_updates"], partial=partial
+    )
+
+
+def log_balanced_eval(args: Args, actor, eval_env, videos, writer, device, step: int, last: bool = False) -> float:
+    """Evaluates the deterministic ensemble policy tanh(mu) of eq. (5) (the first episode seeded by the step, later ones
+    the env's RNG) and logs its return and normalized score; returns the score."""
+    seeds = [args.seed + 10_000 + step] + [None] * (args.eval_episodes - 1)
+    policy = lambda obs: torch.tanh(ensemble_policy(actor, obs, args.n_ensemble)[0])
+    returns = evaluate(eval_env, policy, seeds, device)
+    videos.after_eval(eval_env, policy, seeds[0], step, last, device)
+    mean_return = float(np.mean(returns))
+    score = normalized_score(args.env_id, mean_return)
+    writer.add_scalar("eval/return", mean_return, step)
+    writer.add_scalar("eval/normalized_score", score, step)
+    tqdm.write(f"step {step}: eval return {mean_return:.1f}, normalized score {score:.1f}")
+    return score
+
+
+def fail_balanced_nonfinite(what: str, args: Args, run: BalancedProgress, progress):
+    """Stops the run on a non-finite value with one line: what, where, and the last good checkpoint (not overwritten)."""
+    progress.close()
+    fail(f"{what} at online step {run.global_step} (update {run.n_updates}); the last good checkpoint is {args.checkpoint}")
+
+
+def balanced_update_epoch(
+    args: Args,
+    agent: BalancedAgent,
+    buffer: BalancedReplayBuffer,
+    rng,
+    run: BalancedProgress,
+    epoch_updates: int,
+    stop,
+    progress,
+) -> bool:
+    """The remaining gradient updates of the epoch in progress: density-ratio step and the drawn rows' new priorities
+    (eq. 4), then the ensemble's SAC step (eq. 5); statistics summed on the device. False: a stop signal came first."""
+    partial, M, B, R = run.partial, buffer.dataset_size, args.batch_size, args.ratio_batch_size
+    sums = partial["sums"]
+    while partial["updates_done"] < epoch_updates:
+        if stop["signal"]:  # run.partial holds this epoch's progress: --resume does its remaining updates
+            return False
+        indices, ratio_indices = sample_indices(args, buffer, rng, run.global_step)
+        partial["offline_drawn"] += int(np.count_nonzero(indices < M))
+        obs_b, act_b, rew_b, next_obs_b, done_b = buffer.gather(np.concatenate([indices, ratio_indices]))
+        priorities, ratio_stats = update_density_ratio(
+            agent.ratio_net,
+            agent.ratio_optimizer,
+            (obs_b[B : B + R], act_b[B : B + R]),
+            (obs_b[B + R :], act_b[B + R :]),
+            (obs_b[:B], act_b[:B]),
+            args.temperature,
+        )
+        if args.sampling == "balanced":
+            new_priorities = priorities.cpu().numpy()
+            if not np.isfinite(new_priorities).all():  # host copy already made: this check costs no sync
+                fail_balanced_nonfinite(
+                    "losses/density_ratio_loss: the density-ratio net gives non-finite w", args, run, progress
+                )
+            buffer.set_priorities(indices, new_priorities)
+        sac_stats = update_actor_critic(
+            (obs_b[:B], act_b[:B], rew_b[:B], next_obs_b[:B], done_b[:B]),
+            agent.actor,
+            agent.critic,
+            agent.target_critic,
+            agent.log_alpha,
+            agent.actor_optimizer,
+            agent.critic_optimizer,
+            agent.alpha_optimizer,
+            agent.target_entropy,
+            args.gamma,
+            args.tau,
+            args.n_ensemble,
+        )
+        for tag, value in {**sac_stats, **ratio_stats}.items():
+            sums[tag] = sums[tag] + value if tag in sums else value
+        partial["updates_done"] += 1
+        run.n_updates += 1
+    return True
 
 
 @torch.no_grad()
@@ -655,6 +793,65 @@ def q_auroc(critic, buffer: BalancedReplayBuffer, rows: slice, rng: np.random.Ge
     fake_actions = torch.as_tensor(rng.uniform(-1.0, 1.0, (len(states), act_dim)).astype(np.float32), device=device)
     fake = mean_min_q(critic, states, fake_actions, n_ensemble)
     return auroc(real.cpu().numpy(), fake.cpu().numpy())
+
+
+def log_balanced_epoch(
+    args: Args, critic, buffer: BalancedReplayBuffer, rng, run: BalancedProgress, epoch_updates: int, writer, progress
+):
+    """After an epoch's updates: one host sync for all averaged statistics, the NaN/inf check, the share of offline rows
+    in the RL minibatches and Qbar's AUROC on the epoch's (last 1000) online transitions; logged, kept in run.epoch_stats."""
+    partial, global_step = run.partial, run.global_step
+    sums = partial["sums"]
+    run.epoch_stats = dict(zip(sums, (torch.stack(list(sums.values())) / max(epoch_updates, 1)).tolist()))
+    for tag, value in run.epoch_stats.items():
+        if not np.isfinite(value):
+            fail_balanced_nonfinite(f"{tag} is {value}", args, run, progress)
+    recent = slice(max(partial["epoch_start"], global_step - 1000), global_step)
+    run.epoch_stats.update(
+        {
+            "balanced/offline_fraction": partial["offline_drawn"] / max(epoch_updates * args.batch_size, 1),
+            "balanced/auroc": q_auroc(critic, buffer, recent, rng, buffer.device, args.n_ensemble),
+        }
+    )
+    for tag, value in run.epoch_stats.items():
+        writer.add_scalar(tag, value, global_step)
+
+
+def save_balanced_checkpoint(
+    args: Args, header: dict, agent: BalancedAgent, buffer: BalancedReplayBuffer, rng, run: BalancedProgress, writer
+):
+    """The checkpoint at run.global_step (CONTRIBUTING.md format; with --keep-checkpoints also a _step<N> copy); with
+    run.partial, the epoch a signal stopped during its updates, which --resume completes."""
+    step, partial = run.global_step, run.partial
+    writer.flush()
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        **header,
+        "hidden_sizes": agent.hidden_sizes,
+        "actor": agent.actor.state_dict(),
+        "critic": agent.critic.state_dict(),
+        "step": step,
+        "args": dataclasses.asdict(args),
+        "resume": resume_state(
+            rng,
+            agent.resumable(),
+            log_alpha=agent.log_alpha.detach().cpu(),
+            global_step=step,
+            epoch=run.epoch,
+            n_updates=run.n_updates,
+            **buffer.state_dict(step),
+            dataset_size=buffer.dataset_size,
+            online_steps=args.online_steps,
+            sampling=args.sampling,
+            run_dir=args.run_dir,
+            partial=partial,
+            epoch_stats=None if partial else run.epoch_stats,
+        ),
+    }
+    save_checkpoint(args.checkpoint, payload)
+    if args.keep_checkpoints:  # snapshots for diagnostics (benchmark/diagnose.py --policy)
+        stem, ext = os.path.splitext(args.checkpoint)
+        save_checkpoint(f"{stem}_step{step}{ext or '.pt'}", payload)
 
 
 def main():
@@ -671,203 +868,67 @@ def main():
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    # env and data
+    # env and data; header: what every checkpoint of this run says it is (and what --resume checks)
     env = make_env(args.env_id, args.seed)
     eval_env = make_env(args.env_id, args.seed + 10_000)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    n_ensemble = args.n_ensemble
-    saved = (
-        load_resume_checkpoint(
-            args.checkpoint,
-            {"algo": "balanced", "env_id": args.env_id, "obs_dim": obs_dim, "act_dim": act_dim, "n_ensemble": n_ensemble},
-        )
-        if args.resume
-        else None
-    )
+    header = {"algo": "balanced", "env_id": args.env_id, "obs_dim": obs_dim, "act_dim": act_dim, "n_ensemble": args.n_ensemble}
+    saved = load_resume_checkpoint(args.checkpoint, header) if args.resume else None
     dataset = load_d4rl_dataset(args.env_id, args.dataset_path)
     check_dataset_matches_env(dataset, env, args.dataset_path or args.env_id)
 
-    # ensemble (eq. 5): policy from CQL, critics from CQL or FQE; target critics copied, alpha re-initialised
-    actor, critic, hidden_sizes = load_pretrained_ensemble(args, obs_dim, act_dim, device)
-    target_critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, n_ensemble).to(device)
-    target_critic.load_state_dict(critic.state_dict())
-    log_alpha = torch.tensor(float(np.log(args.init_alpha)), device=device, requires_grad=True)
-    target_entropy = -float(act_dim)
-    ratio_net = DensityRatioNet(obs_dim, act_dim, args.hidden_dim).to(device)
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)  # all members jointly, one Adam
-    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.q_lr)
-    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
-    ratio_optimizer = torch.optim.Adam(ratio_net.parameters(), lr=args.ratio_lr)
-    resumable = {
-        "target_critic": target_critic,
-        "ratio_net": ratio_net,
-        "actor_optimizer": actor_optimizer,
-        "critic_optimizer": critic_optimizer,
-        "alpha_optimizer": alpha_optimizer,
-        "ratio_optimizer": ratio_optimizer,
-    }
-    balanced = args.sampling == "balanced"
-    buffer = BalancedReplayBuffer(dataset, args.online_steps, balanced, args.init_online_fraction, device)
-    M = buffer.dataset_size
-    global_step, epoch, n_updates, partial, epoch_stats = 0, 0, 0, None, {}
-    if saved is not None:  # everything needed to continue exactly where the checkpoint left off
-        state = load_resumed_run(saved, args, buffer, actor, critic, rng, resumable, device)
-        with torch.no_grad():
-            log_alpha.copy_(state["log_alpha"])
-        global_step, epoch, n_updates, partial = state["global_step"], state["epoch"], state["n_updates"], state["partial"]
-        args.run_dir = args.run_dir or state["run_dir"]
+    # the ensemble (eq. 5) and density-ratio net (eq. 4); one buffer for the dataset and every online transition
+    agent = build_balanced_agent(args, obs_dim, act_dim, device)
+    buffer = BalancedReplayBuffer(dataset, args.online_steps, args.sampling == "balanced", args.init_online_fraction, device)
+    run = BalancedProgress() if saved is None else load_resumed_run(saved, args, agent, buffer, rng)
     args.run_dir = args.run_dir or f"runs/{args.env_id}__balanced__{args.seed}__{int(time.time())}"
-
-    def save(step, partial=None):  # partial: an epoch stopped by a signal during its updates
-        writer.flush()
-        payload = {
-            "format": CHECKPOINT_FORMAT,
-            "algo": "balanced",
-            "env_id": args.env_id,
-            "obs_dim": obs_dim,
-            "act_dim": act_dim,
-            "n_ensemble": n_ensemble,
-            "hidden_sizes": hidden_sizes,
-            "actor": actor.state_dict(),
-            "critic": critic.state_dict(),
-            "step": step,
-            "args": dataclasses.asdict(args),
-            "resume": resume_state(
-                rng,
-                resumable,
-                log_alpha=log_alpha.detach().cpu(),
-                global_step=step,
-                epoch=epoch,
-                n_updates=n_updates,
-                **buffer.state_dict(step),
-                dataset_size=M,
-                online_steps=args.online_steps,
-                sampling=args.sampling,
-                run_dir=args.run_dir,
-                partial=partial,
-                epoch_stats=None if partial else epoch_stats,
-            ),
-        }
-        save_checkpoint(args.checkpoint, payload)
-        if args.keep_checkpoints:  # snapshots for diagnostics (benchmark/diagnose.py --policy)
-            stem, ext = os.path.splitext(args.checkpoint)
-            save_checkpoint(f"{stem}_step{step}{ext or '.pt'}", payload)
 
     # on resume, TensorBoard drops what the interrupted run logged from the checkpoint's step on; the statistics of the
     # epoch that ended there are logged again
     tracking, videos = start_tracking(args, args.run_dir), EvalVideos(args, args.run_dir)  # --track, --capture-video
-    writer = TensorBoardWriter(args.run_dir, purge_step=global_step if saved is not None else None)
+    writer = TensorBoardWriter(args.run_dir, purge_step=run.global_step if saved is not None else None)
     writer.add_text(
         "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
     )
     if saved is not None:
         for tag, value in (saved["resume"].get("epoch_stats") or {}).items():
-            writer.add_scalar(tag, value, global_step)
+            writer.add_scalar(tag, value, run.global_step)
 
-    def log_eval(step, last=False):  # the deterministic ensemble policy tanh(mu) of eq. (5); later episodes: the env's RNG
-        seeds = [args.seed + 10_000 + step] + [None] * (args.eval_episodes - 1)
-        policy = lambda obs: torch.tanh(ensemble_policy(actor, obs, n_ensemble)[0])
-        returns = evaluate(eval_env, policy, seeds, device)
-        videos.after_eval(eval_env, policy, seeds[0], step, last, device)
-        mean_return = float(np.mean(returns))
-        score = normalized_score(args.env_id, mean_return)
-        writer.add_scalar("eval/return", mean_return, step)
-        writer.add_scalar("eval/normalized_score", score, step)
-        tqdm.write(f"step {step}: eval return {mean_return:.1f}, normalized score {score:.1f}")
-        return score
-
-    start_time, start_step, last_checkpoint = time.time(), global_step, global_step
-    first_score = None
-    progress = tqdm(total=args.online_steps, initial=global_step, desc="balanced fine-tuning")
+    start_time, start_step, last_checkpoint, first_score = time.time(), run.global_step, run.global_step, None
+    progress = tqdm(total=args.online_steps, initial=run.global_step, desc="balanced fine-tuning")
     stop = catch_stop_signals()
-    while global_step < args.online_steps or partial is not None:
-        if partial is None:  # a new epoch: evaluation at its start (epoch 0: the pretrained policy), then its env steps
-            if epoch % args.eval_every_epochs == 0:
-                score = log_eval(global_step)
+    while run.global_step < args.online_steps or run.partial is not None:
+        if run.partial is None:  # a new epoch: evaluation at its start (epoch 0: the pretrained policy), then its env steps
+            if run.epoch % args.eval_every_epochs == 0:
+                score = log_balanced_eval(args, agent.actor, eval_env, videos, writer, device, run.global_step)
                 first_score = score if first_score is None else first_score
-            partial = {"epoch_start": global_step, "updates_done": 0, "sums": {}, "offline_drawn": 0}
-            n_steps = min(args.epoch_length, args.online_steps - global_step)
-            global_step = collect_epoch(env, actor, n_ensemble, buffer, global_step, n_steps, args.seed, progress)
-
-        # gradient updates: one per env step, first epoch x first_epoch_multiplier; statistics stay on the device
-        epoch_start, sums, B, R = partial["epoch_start"], partial["sums"], args.batch_size, args.ratio_batch_size
-        epoch_updates = (global_step - epoch_start) * (args.first_epoch_multiplier if epoch == 0 else 1)
-        while partial["updates_done"] < epoch_updates:
-            if stop["signal"]:  # the checkpoint holds this epoch's progress: --resume does its remaining updates
-                progress.close()
-                save(global_step, partial)
-                stop_after_signal(stop["signal"], args.checkpoint, global_step)
-            indices, ratio_indices = sample_indices(args, buffer, rng, global_step)
-            partial["offline_drawn"] += int(np.count_nonzero(indices < M))
-            obs_b, act_b, rew_b, next_obs_b, done_b = buffer.gather(np.concatenate([indices, ratio_indices]))
-            priorities, ratio_stats = update_density_ratio(
-                ratio_net,
-                ratio_optimizer,
-                (obs_b[B : B + R], act_b[B : B + R]),
-                (obs_b[B + R :], act_b[B + R :]),
-                (obs_b[:B], act_b[:B]),
-                args.temperature,
+            run.partial = {"epoch_start": run.global_step, "updates_done": 0, "sums": {}, "offline_drawn": 0}
+            n_steps = min(args.epoch_length, args.online_steps - run.global_step)
+            run.global_step = collect_epoch(
+                env, agent.actor, args.n_ensemble, buffer, run.global_step, n_steps, args.seed, progress
             )
-            if balanced:
-                new_priorities = priorities.cpu().numpy()
-                if not np.isfinite(new_priorities).all():  # host copy already made: this check costs no sync
-                    progress.close()
-                    fail(
-                        f"losses/density_ratio_loss: the density-ratio net gives non-finite w at online step "
-                        f"{global_step} (update {n_updates}); the last good checkpoint is {args.checkpoint}"
-                    )
-                buffer.set_priorities(indices, new_priorities)
-            sac_stats = update_actor_critic(
-                (obs_b[:B], act_b[:B], rew_b[:B], next_obs_b[:B], done_b[:B]),
-                actor,
-                critic,
-                target_critic,
-                log_alpha,
-                actor_optimizer,
-                critic_optimizer,
-                alpha_optimizer,
-                target_entropy,
-                args.gamma,
-                args.tau,
-                n_ensemble,
-            )
-            for tag, value in {**sac_stats, **ratio_stats}.items():
-                sums[tag] = sums[tag] + value if tag in sums else value
-            partial["updates_done"] += 1
-            n_updates += 1
-        epoch += 1
 
-        # once per epoch: one host sync for all averaged statistics, NaN/inf check, logging
-        epoch_stats = dict(zip(sums, (torch.stack(list(sums.values())) / max(epoch_updates, 1)).tolist()))
-        for tag, value in epoch_stats.items():
-            if not np.isfinite(value):
-                progress.close()
-                fail(
-                    f"{tag} is {value} at online step {global_step} (update {n_updates}); "
-                    f"the last good checkpoint is {args.checkpoint}"
-                )
-        recent = slice(max(epoch_start, global_step - 1000), global_step)
-        epoch_stats.update(
-            {
-                "balanced/offline_fraction": partial["offline_drawn"] / max(epoch_updates * B, 1),
-                "balanced/auroc": q_auroc(critic, buffer, recent, rng, device, n_ensemble),
-            }
-        )
-        for tag, value in epoch_stats.items():
-            writer.add_scalar(tag, value, global_step)
-        writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
-        partial = None
+        # gradient updates: one per env step (the first epoch: --first-epoch-multiplier per step); statistics on the device
+        epoch_updates = (run.global_step - run.partial["epoch_start"]) * (args.first_epoch_multiplier if run.epoch == 0 else 1)
+        if not balanced_update_epoch(args, agent, buffer, rng, run, epoch_updates, stop, progress):
+            progress.close()  # stopped by a signal: the checkpoint holds the epoch in progress
+            save_balanced_checkpoint(args, header, agent, buffer, rng, run, writer)
+            stop_after_signal(stop["signal"], args.checkpoint, run.global_step)
+        run.epoch += 1
+        log_balanced_epoch(args, agent.critic, buffer, rng, run, epoch_updates, writer, progress)
+        writer.add_scalar("charts/SPS", int((run.global_step - start_step) / (time.time() - start_time)), run.global_step)
+        run.partial = None
         if (
             args.checkpoint_every > 0
-            and global_step - last_checkpoint >= args.checkpoint_every
-            and global_step < args.online_steps
+            and run.global_step - last_checkpoint >= args.checkpoint_every
+            and run.global_step < args.online_steps
         ):
-            save(global_step)
-            last_checkpoint = global_step
+            save_balanced_checkpoint(args, header, agent, buffer, rng, run, writer)
+            last_checkpoint = run.global_step
     progress.close()
 
-    final_score = log_eval(global_step, last=True)
-    save(global_step)
+    final_score = log_balanced_eval(args, agent.actor, eval_env, videos, writer, device, run.global_step, last=True)
+    save_balanced_checkpoint(args, header, agent, buffer, rng, run, writer)
     writer.close()
     if tracking is not None:
         tracking.finish()
@@ -875,7 +936,7 @@ def main():
     eval_env.close()
     before = "n/a (resumed)" if args.resume and start_step > 0 else f"{first_score:.1f}"
     print(
-        f"normalized score: {before} before fine-tuning -> {final_score:.1f} after {global_step} online steps; "
+        f"normalized score: {before} before fine-tuning -> {final_score:.1f} after {run.global_step} online steps; "
         f"curves: tensorboard --logdir {args.run_dir}; checkpoint: {args.checkpoint}"
     )
 

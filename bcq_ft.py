@@ -347,7 +347,11 @@ class OfflineOnlineBuffer:
         self.size = self.dataset_size + n
 
 
-def main():
+# ---------------------------------------------------------------------------------------------------------------------
+# The pieces of a run that main() strings together: flags, the agent, its checkpoint, one online step, an evaluation
+# ---------------------------------------------------------------------------------------------------------------------
+def parse_bcq_args() -> Args:
+    """The command line as Args, checked (one error line for a bad value); --hidden-dim sets all three network sizes."""
     args = tyro.cli(Args)
     for name in (
         "n_ensemble",
@@ -373,6 +377,152 @@ def main():
             fail(f"--{name.replace('_', '-')} must be a non-negative number, got {value}")
     if args.hidden_dim is not None:
         args.vae_hidden_sizes = args.actor_hidden_sizes = args.critic_hidden_sizes = (args.hidden_dim,) * 2
+    return args
+
+
+@dataclass(eq=False)
+class BCQAgent:
+    """The N members' VAE G_ω, perturbation model ξ_φ and twin critics, the targets ξ_φ' and Q', and one Adam per
+    trained network (VAE, actor, critic), as bcq_update takes them."""
+
+    vae: EnsembleVAE
+    actor: EnsemblePerturbation
+    actor_target: EnsemblePerturbation
+    critic: EnsembleCritic
+    critic_target: EnsembleCritic
+    optimizers: tuple
+    n_act_candidates: int
+
+    def policy(self, obs: torch.Tensor) -> torch.Tensor:
+        """The BCQ policy (acting and evaluation): the best of n_act_candidates perturbed VAE actions per member."""
+        return bcq_select_action(self.vae, self.actor, self.critic, obs, self.n_act_candidates)
+
+    def update(self, batch, args) -> dict:
+        """One gradient step of Algorithm 1 (bcq_update): VAE, critic (eq. 13), actor, Polyak."""
+        return bcq_update(
+            self.vae, self.actor, self.actor_target, self.critic, self.critic_target, self.optimizers, batch, args
+        )
+
+    @property
+    def resumable(self) -> dict:
+        """What the checkpoint's "resume" entry holds of the agent besides the networks: targets and optimizers."""
+        return {
+            "actor_target": self.actor_target,
+            "critic_target": self.critic_target,
+            "vae_optimizer": self.optimizers[0],
+            "actor_optimizer": self.optimizers[1],
+            "critic_optimizer": self.optimizers[2],
+        }
+
+
+def make_bcq_agent(args, obs_dim: int, act_dim: int, device: torch.device) -> BCQAgent:
+    """Fresh networks (latent size 2|A| as BCQ's code), the targets as copies of ξ_φ and Q, Adam at --learning-rate."""
+    n_ensemble, latent_dim = args.n_ensemble, 2 * act_dim
+    vae = EnsembleVAE(obs_dim, act_dim, latent_dim, args.vae_hidden_sizes, n_ensemble).to(device)
+    actor = EnsemblePerturbation(obs_dim, act_dim, args.actor_hidden_sizes, n_ensemble, args.phi).to(device)
+    actor_target = EnsemblePerturbation(obs_dim, act_dim, args.actor_hidden_sizes, n_ensemble, args.phi).to(device)
+    critic = EnsembleCritic(obs_dim, act_dim, args.critic_hidden_sizes, n_ensemble).to(device)
+    critic_target = EnsembleCritic(obs_dim, act_dim, args.critic_hidden_sizes, n_ensemble).to(device)
+    actor_target.load_state_dict(actor.state_dict())
+    critic_target.load_state_dict(critic.state_dict())
+    optimizers = tuple(torch.optim.Adam(net.parameters(), lr=args.learning_rate) for net in (vae, actor, critic))
+    return BCQAgent(vae, actor, actor_target, critic, critic_target, optimizers, args.n_act_candidates)
+
+
+def bcq_checkpoint_header(args, obs_dim: int, act_dim: int, latent_dim: int) -> dict:
+    """The checkpoint's description of the run (CONTRIBUTING.md: Contracts, plus BCQ's own sizes), which --resume
+    checks against this run."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "algo": "bcq",
+        "env_id": args.env_id,
+        "obs_dim": obs_dim,
+        "act_dim": act_dim,
+        "n_ensemble": args.n_ensemble,
+        "hidden_sizes": list(args.critic_hidden_sizes),
+        "actor_hidden_sizes": list(args.actor_hidden_sizes),
+        "vae_hidden_sizes": list(args.vae_hidden_sizes),
+        "latent_dim": latent_dim,
+        "phi": args.phi,
+    }
+
+
+def save_bcq_checkpoint(path: str, header: dict, agent: BCQAgent, buffer, np_rng, args, step: int, episodes: int, run_dir):
+    """Write the checkpoint at `step`: the header, the networks, and "resume" (targets, optimizers, RNG states, episode
+    count, run dir and the online transitions: all --resume needs)."""
+    save_checkpoint(
+        path,
+        {
+            **header,
+            "actor": agent.actor.state_dict(),
+            "critic": agent.critic.state_dict(),
+            "vae": agent.vae.state_dict(),
+            "step": step,
+            "args": dataclasses.asdict(args),
+            "resume": resume_state(
+                np_rng,
+                agent.resumable,
+                global_step=step,
+                episodes=episodes,
+                run_dir=run_dir,
+                dataset_size=buffer.dataset_size,
+                online_transitions=buffer.online_part(),
+            ),
+        },
+    )
+
+
+def resume_bcq_checkpoint(path: str, header: dict, agent: BCQAgent, buffer, np_rng, online_steps: int) -> dict:
+    """--resume: check the checkpoint against this run and dataset, load the agent, RNG states and online transitions;
+    returns its "resume" entry (global_step, episodes, run_dir)."""
+    ckpt = load_resume_checkpoint(path, header)
+    state = ckpt["resume"]
+    if state["dataset_size"] != buffer.dataset_size:
+        fail(
+            f"checkpoint {path} was trained on {state['dataset_size']} dataset transitions, "
+            f"this dataset has {buffer.dataset_size}"
+        )
+    if len(state["online_transitions"]["observations"]) > online_steps:  # more than the buffer has room for
+        fail(
+            f"checkpoint {path} holds {len(state['online_transitions']['observations'])} online "
+            f"transitions but --online-steps is {online_steps}"
+        )
+    for name, net in (("vae", agent.vae), ("actor", agent.actor), ("critic", agent.critic)):
+        load_state(net, ckpt[name], name, path)
+    if "optimizers" in state:  # written before resume_state: the three optimizers as a list
+        state.update(zip(("vae_optimizer", "actor_optimizer", "critic_optimizer"), state.pop("optimizers")))
+    load_resume_state(ckpt, path, np_rng, agent.resumable)
+    buffer.load_online_part(state["online_transitions"])
+    return state
+
+
+def bcq_env_step(env, obs, agent: BCQAgent, buffer, np_rng, expl_noise: float, device) -> tuple:
+    """One online step: act with the BCQ policy (plus N(0, expl_noise²) noise, clipped to [−1, 1]) and store the
+    transition. Returns (next_obs, info, episode ended)."""
+    action = agent.policy(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))[0].cpu().numpy()
+    if expl_noise > 0:
+        action = (action + np_rng.normal(0.0, expl_noise, size=env.action_space.shape[0])).clip(-1.0, 1.0)
+    next_obs, reward, terminated, truncated, info = env.step(action)
+    buffer.add(obs, action, reward, next_obs, float(terminated))  # time-limit ends stay non-terminal
+    return next_obs, info, terminated or truncated
+
+
+def evaluate_bcq(eval_env, agent: BCQAgent, videos, writer, args, x: int, last: bool, device, critic_loss: torch.Tensor):
+    """--eval-episodes seeded episodes of the BCQ policy (and --capture-video's): log return and normalized score at
+    x, print one line."""
+    returns = evaluate(eval_env, agent.policy, [args.seed + 10_000 + i for i in range(args.eval_episodes)], device)
+    videos.after_eval(eval_env, agent.policy, args.seed + 10_000, x, last, device)
+    score = normalized_score(args.env_id, returns.mean())
+    writer.add_scalar("eval/return", returns.mean(), x)
+    writer.add_scalar("eval/normalized_score", score, x)
+    tqdm.write(
+        f"x={x} ({'offline' if x <= 0 else 'online'}) return={returns.mean():.1f} "
+        f"normalized={score:.1f} critic_loss={critic_loss.item():.3f}"
+    )
+
+
+def main():
+    args = parse_bcq_args()
     checkpoint_path = args.checkpoint or f"checkpoints/bcq_{args.env_id}_seed{args.seed}.pt"
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
@@ -383,65 +533,19 @@ def main():
     np_rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
 
-    # data, envs, buffer (README: D4RL or Minari)
+    # data, envs, buffer (README: D4RL or Minari), networks
     eval_env = make_env(args.env_id, args.seed + 10_000)
     obs_dim, act_dim = eval_env.observation_space.shape[0], eval_env.action_space.shape[0]
     dataset = load_d4rl_dataset(args.env_id, args.dataset_path)
     check_dataset_matches_env(dataset, eval_env, args.dataset_path or args.env_id)
     buffer = OfflineOnlineBuffer(dataset, len(dataset["observations"]) + args.online_steps, device)
     total_steps = args.offline_steps + args.online_steps
+    agent = make_bcq_agent(args, obs_dim, act_dim, device)
 
-    # networks
-    n_ensemble, latent_dim = args.n_ensemble, 2 * act_dim
-    vae = EnsembleVAE(obs_dim, act_dim, latent_dim, args.vae_hidden_sizes, n_ensemble).to(device)
-    actor = EnsemblePerturbation(obs_dim, act_dim, args.actor_hidden_sizes, n_ensemble, args.phi).to(device)
-    actor_target = EnsemblePerturbation(obs_dim, act_dim, args.actor_hidden_sizes, n_ensemble, args.phi).to(device)
-    critic = EnsembleCritic(obs_dim, act_dim, args.critic_hidden_sizes, n_ensemble).to(device)
-    critic_target = EnsembleCritic(obs_dim, act_dim, args.critic_hidden_sizes, n_ensemble).to(device)
-    actor_target.load_state_dict(actor.state_dict())
-    critic_target.load_state_dict(critic.state_dict())
-    optimizers = tuple(torch.optim.Adam(net.parameters(), lr=args.learning_rate) for net in (vae, actor, critic))
-    resumable = {
-        "actor_target": actor_target,
-        "critic_target": critic_target,
-        "vae_optimizer": optimizers[0],
-        "actor_optimizer": optimizers[1],
-        "critic_optimizer": optimizers[2],
-    }
-
-    header = {
-        "format": CHECKPOINT_FORMAT,
-        "algo": "bcq",
-        "env_id": args.env_id,
-        "obs_dim": obs_dim,
-        "act_dim": act_dim,
-        "n_ensemble": n_ensemble,
-        "hidden_sizes": list(args.critic_hidden_sizes),
-        "actor_hidden_sizes": list(args.actor_hidden_sizes),
-        "vae_hidden_sizes": list(args.vae_hidden_sizes),
-        "latent_dim": latent_dim,
-        "phi": args.phi,
-    }
+    header = bcq_checkpoint_header(args, obs_dim, act_dim, agent.vae.latent_dim)
     global_step, episodes = 0, 0
     if args.resume:
-        ckpt = load_resume_checkpoint(checkpoint_path, header)
-        state = ckpt["resume"]
-        if state["dataset_size"] != buffer.dataset_size:
-            fail(
-                f"checkpoint {checkpoint_path} was trained on {state['dataset_size']} dataset transitions, "
-                f"this dataset has {buffer.dataset_size}"
-            )
-        if len(state["online_transitions"]["observations"]) > args.online_steps:  # more than the buffer has room for
-            fail(
-                f"checkpoint {checkpoint_path} holds {len(state['online_transitions']['observations'])} online "
-                f"transitions but --online-steps is {args.online_steps}"
-            )
-        for name, net in (("vae", vae), ("actor", actor), ("critic", critic)):
-            load_state(net, ckpt[name], name, checkpoint_path)
-        if "optimizers" in state:  # written before resume_state: the three optimizers as a list
-            state.update(zip(("vae_optimizer", "actor_optimizer", "critic_optimizer"), state.pop("optimizers")))
-        load_resume_state(ckpt, checkpoint_path, np_rng, resumable)
-        buffer.load_online_part(state["online_transitions"])
+        state = resume_bcq_checkpoint(checkpoint_path, header, agent, buffer, np_rng, args.online_steps)
         global_step, episodes = state["global_step"], state["episodes"]
         run_dir = args.run_dir or state["run_dir"]
     else:
@@ -462,70 +566,35 @@ def main():
         if metrics is not None:
             check_finite(metrics, x_of(step))  # never overwrite the last good checkpoint with a diverged one
         writer.flush()
-        save_checkpoint(
-            checkpoint_path,
-            {
-                **header,
-                "actor": actor.state_dict(),
-                "critic": critic.state_dict(),
-                "vae": vae.state_dict(),
-                "step": step,
-                "args": dataclasses.asdict(args),
-                "resume": resume_state(
-                    np_rng,
-                    resumable,
-                    global_step=step,
-                    episodes=episodes,
-                    run_dir=run_dir,
-                    dataset_size=buffer.dataset_size,
-                    online_transitions=buffer.online_part(),
-                ),
-            },
-        )
+        save_bcq_checkpoint(checkpoint_path, header, agent, buffer, np_rng, args, step, episodes, run_dir)
 
     env, obs = None, None
     metrics, last_log_time, last_log_step = None, time.time(), global_step
-    policy = lambda o: bcq_select_action(vae, actor, critic, o, args.n_act_candidates)
     progress = tqdm(range(global_step, total_steps), initial=global_step, total=total_steps, desc="bcq")
     stop = catch_stop_signals()
     for global_step in progress:
+        step, x = global_step + 1, x_of(global_step + 1)
         if global_step >= args.offline_steps:  # online phase: act with the BCQ policy, store, update
             if env is None:  # first online step, or a resumed run: a fresh episode (seeded by the step)
                 env = make_env(args.env_id, args.seed + global_step)
                 obs, _ = env.reset(seed=args.seed + global_step)
-            action = policy(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))[0].cpu().numpy()
-            if args.expl_noise > 0:
-                action = (action + np_rng.normal(0.0, args.expl_noise, size=act_dim)).clip(-1.0, 1.0)
-            next_obs, reward, terminated, truncated, info = env.step(action)
-            buffer.add(obs, action, reward, next_obs, float(terminated))  # time-limit ends stay non-terminal
-            obs = next_obs
-            if terminated or truncated:
+            obs, info, episode_ended = bcq_env_step(env, obs, agent, buffer, np_rng, args.expl_noise, device)
+            if episode_ended:
                 episodes += 1
-                writer.add_scalar("charts/episodic_return", info["episode"]["r"], x_of(global_step + 1))
-                writer.add_scalar("charts/episodic_length", info["episode"]["l"], x_of(global_step + 1))
+                writer.add_scalar("charts/episodic_return", info["episode"]["r"], x)
+                writer.add_scalar("charts/episodic_length", info["episode"]["l"], x)
                 obs, _ = env.reset()
 
-        batch = buffer.sample(np_rng, n_ensemble, args.batch_size)
-        metrics = bcq_update(vae, actor, actor_target, critic, critic_target, optimizers, batch, args)
+        metrics = agent.update(buffer.sample(np_rng, args.n_ensemble, args.batch_size), args)
 
-        step, x = global_step + 1, x_of(global_step + 1)
         if x % args.log_every == 0 or step == total_steps:
-            values = check_finite(metrics, x)
-            for name, value in values.items():
+            for name, value in check_finite(metrics, x).items():
                 writer.add_scalar(name, value, x)
             writer.add_scalar("charts/SPS", (step - last_log_step) / max(time.time() - last_log_time, 1e-9), x)
             writer.add_scalar("charts/buffer_size", buffer.size, x)
             last_log_time, last_log_step = time.time(), step
         if x % args.eval_every == 0 or step == total_steps:
-            returns = evaluate(eval_env, policy, [args.seed + 10_000 + i for i in range(args.eval_episodes)], device)
-            videos.after_eval(eval_env, policy, args.seed + 10_000, x, step == total_steps, device)
-            score = normalized_score(args.env_id, returns.mean())
-            writer.add_scalar("eval/return", returns.mean(), x)
-            writer.add_scalar("eval/normalized_score", score, x)
-            tqdm.write(
-                f"x={x} ({'offline' if x <= 0 else 'online'}) return={returns.mean():.1f} "
-                f"normalized={score:.1f} critic_loss={metrics['losses/critic_loss'].item():.3f}"
-            )
+            evaluate_bcq(eval_env, agent, videos, writer, args, x, step == total_steps, device, metrics["losses/critic_loss"])
         if (args.checkpoint_every and step % args.checkpoint_every == 0) or step == total_steps or stop["signal"]:
             save(step, metrics)
         if stop["signal"]:

@@ -379,9 +379,12 @@ def ensemble_action(actor: EnsembleActor, obs: torch.Tensor, n_ensemble: int) ->
     return torch.tanh(ensemble_moments(mean, log_std.exp())[0])
 
 
-def main():
-    args = tyro.cli(Args)
-    checkpoint_path = args.checkpoint or f"checkpoints/cql_{args.env_id}_seed{args.seed}.pt"
+# ---------------------------------------------------------------------------------------------------------------------
+# cql_pretrain.py: the pieces of main()
+# ---------------------------------------------------------------------------------------------------------------------
+def check_cql_pretrain_args(args: Args, checkpoint_path: str):
+    """Refuse counts and sizes below 1, an unwritable checkpoint path and (without --resume) another script's checkpoint
+    there, before any data is loaded."""
     for name in (
         "n_ensemble",
         "offline_steps",
@@ -399,6 +402,122 @@ def main():
     if not args.resume:
         check_output_checkpoint(checkpoint_path, "cql")
 
+
+def cql_pretrain_header(args: Args, obs_dim: int, act_dim: int) -> dict:
+    """The checkpoint's identity (CONTRIBUTING.md: Contracts): what it is, and what --resume requires to match."""
+    hidden_sizes = [args.hidden_dim, args.hidden_dim]
+    return {
+        "algo": "cql",
+        "env_id": args.env_id,
+        "obs_dim": obs_dim,
+        "act_dim": act_dim,
+        "n_ensemble": args.n_ensemble,
+        "hidden_sizes": hidden_sizes,
+    }
+
+
+# what a checkpoint's "resume" entry holds besides the networks, log alpha, step, run dir and RNG states
+CQL_PRETRAIN_RESUMABLE = ("critic_target", "actor_optimizer", "critic_optimizer", "alpha_optimizer")
+
+
+def build_cql_pretrain_nets(header: dict, args: Args, device) -> dict:
+    """The N actors, twin critics and target critics (eqs. 2-3), one temperature per member (alpha = 1) and the Adam
+    optimizers, keyed as cql_update's parameters."""
+    obs_dim, act_dim, hidden_sizes, n_ensemble = header["obs_dim"], header["act_dim"], header["hidden_sizes"], args.n_ensemble
+    actor = EnsembleActor(obs_dim, act_dim, hidden_sizes, n_ensemble).to(device)
+    critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, n_ensemble).to(device)
+    critic_target = EnsembleCritic(obs_dim, act_dim, hidden_sizes, n_ensemble).to(device)
+    critic_target.load_state_dict(critic.state_dict())
+    log_alpha = torch.zeros(n_ensemble, device=device, requires_grad=True)  # one temperature per member, alpha = 1
+    return {
+        "actor": actor,
+        "critic": critic,
+        "critic_target": critic_target,
+        "log_alpha": log_alpha,
+        "actor_optimizer": torch.optim.Adam(actor.parameters(), lr=args.policy_lr),
+        "critic_optimizer": torch.optim.Adam(critic.parameters(), lr=args.q_lr),
+        "alpha_optimizer": torch.optim.Adam([log_alpha], lr=args.alpha_lr),
+    }
+
+
+def resume_cql_pretrain(checkpoint_path: str, header: dict, nets: dict, np_rng: np.random.Generator) -> tuple[int, str]:
+    """--resume: networks, target critics, optimizers, alpha and RNG states from the checkpoint; returns its step and
+    run dir."""
+    ckpt = load_resume_checkpoint(checkpoint_path, header)
+    load_state(nets["actor"], ckpt["actor"], "actor", checkpoint_path)
+    load_state(nets["critic"], ckpt["critic"], "critic", checkpoint_path)
+    state = load_resume_state(ckpt, checkpoint_path, np_rng, {name: nets[name] for name in CQL_PRETRAIN_RESUMABLE})
+    with torch.no_grad():
+        nets["log_alpha"].copy_(state["log_alpha"])
+    return state["step"], state["run_dir"]
+
+
+def save_cql_pretrain_checkpoint(
+    checkpoint_path: str, header: dict, nets: dict, np_rng: np.random.Generator, args: Args, step: int, run_dir: str, writer
+):
+    """Write the checkpoint at `step` (everything --resume needs), refusing non-finite weights: the last good file stays."""
+    for name in ("actor", "critic"):  # keep the last good checkpoint
+        if not all(torch.isfinite(p).all() for p in nets[name].parameters()):
+            fail(f"non-finite {name} weights at step {step}; kept the last good checkpoint {checkpoint_path}")
+    writer.flush()  # curves up to the checkpoint survive a crash; --resume purges anything logged after it
+    resumable = {name: nets[name] for name in CQL_PRETRAIN_RESUMABLE}
+    save_checkpoint(
+        checkpoint_path,
+        {
+            "format": CHECKPOINT_FORMAT,
+            **header,
+            "actor": nets["actor"].state_dict(),
+            "critic": nets["critic"].state_dict(),
+            "step": step,
+            "args": dataclasses.asdict(args),
+            "resume": resume_state(
+                np_rng, resumable, log_alpha=nets["log_alpha"].detach().clone(), step=step, run_dir=run_dir
+            ),
+        },
+    )
+
+
+def read_cql_pretrain_losses(info: dict, global_step: int, checkpoint_path: str) -> dict:
+    """The losses cql_update returned, as floats (the one host sync per log interval); stops on NaN or inf."""
+    values = dict(zip(info, torch.stack(list(info.values())).cpu().tolist()))
+    bad = [name for name, value in values.items() if not np.isfinite(value)]
+    if bad:
+        fail(
+            f"{', '.join(f'{name} = {values[name]}' for name in bad)} at step {global_step}; "
+            f"kept the last good checkpoint {checkpoint_path}"
+        )
+    return values
+
+
+def log_cql_pretrain_evaluation(args: Args, actor: EnsembleActor, envs: list, videos, writer, global_step: int, device):
+    """Evaluate the ensemble policy (eq. 5) and every member, log returns and normalized scores, print one line."""
+    n_ensemble = args.n_ensemble
+    returns = evaluate_members(actor, envs, n_ensemble, args.seed, device).mean(1)  # members, then the ensemble
+    videos.after_eval(
+        envs[0],
+        lambda obs: ensemble_action(actor, obs, n_ensemble),
+        args.seed + 10_000,
+        global_step,
+        global_step == args.offline_steps,
+        device,
+    )
+    writer.add_scalar("eval/return", returns[n_ensemble], global_step)
+    writer.add_scalar("eval/normalized_score", normalized_score(args.env_id, returns[n_ensemble]), global_step)
+    for i in range(n_ensemble):
+        writer.add_scalar(f"eval/member_{i}_return", returns[i], global_step)
+        writer.add_scalar(f"eval/member_{i}_normalized_score", normalized_score(args.env_id, returns[i]), global_step)
+    members = " ".join(f"{normalized_score(args.env_id, r):.1f}" for r in returns[:n_ensemble])
+    tqdm.write(
+        f"step={global_step} ensemble return={returns[n_ensemble]:.1f} "
+        f"score={normalized_score(args.env_id, returns[n_ensemble]):.1f} members=[{members}]"
+    )
+
+
+def main():
+    args = tyro.cli(Args)
+    checkpoint_path = args.checkpoint or f"checkpoints/cql_{args.env_id}_seed{args.seed}.pt"
+    check_cql_pretrain_args(args, checkpoint_path)
+
     random.seed(args.seed)
     np_rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
@@ -415,68 +534,17 @@ def main():
     obs_dim, act_dim = dataset["observations"].shape[1], dataset["actions"].shape[1]
     data = {key: torch.as_tensor(value, device=device) for key, value in dataset.items()}
 
-    hidden_sizes = [args.hidden_dim, args.hidden_dim]
-    actor = EnsembleActor(obs_dim, act_dim, hidden_sizes, n_ensemble).to(device)
-    critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, n_ensemble).to(device)
-    critic_target = EnsembleCritic(obs_dim, act_dim, hidden_sizes, n_ensemble).to(device)
-    critic_target.load_state_dict(critic.state_dict())
-    log_alpha = torch.zeros(n_ensemble, device=device, requires_grad=True)  # one temperature per member, alpha = 1
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
-    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.q_lr)
-    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
+    # the N CQL agents (eqs. 2-3) as one vectorized ensemble, and what their checkpoint says they are
+    header = cql_pretrain_header(args, obs_dim, act_dim)
+    nets = build_cql_pretrain_nets(header, args, device)
     target_entropy = -float(act_dim)
-    resumable = {
-        "critic_target": critic_target,
-        "actor_optimizer": actor_optimizer,
-        "critic_optimizer": critic_optimizer,
-        "alpha_optimizer": alpha_optimizer,
-    }
 
     start_step = 0
     run_dir = args.run_dir or f"runs/{args.env_id}__cql__{args.seed}__{int(time.time())}"
     if args.resume:  # networks, target critics, optimizers, alpha, RNG states, step and run dir
-        ckpt = load_resume_checkpoint(
-            checkpoint_path,
-            {
-                "algo": "cql",
-                "env_id": args.env_id,
-                "obs_dim": obs_dim,
-                "act_dim": act_dim,
-                "n_ensemble": n_ensemble,
-                "hidden_sizes": hidden_sizes,
-            },
-        )
-        load_state(actor, ckpt["actor"], "actor", checkpoint_path)
-        load_state(critic, ckpt["critic"], "critic", checkpoint_path)
-        state = load_resume_state(ckpt, checkpoint_path, np_rng, resumable)
-        with torch.no_grad():
-            log_alpha.copy_(state["log_alpha"])
-        start_step = state["step"]
-        run_dir = args.run_dir or state["run_dir"]  # a continuation (a copy of a finished run) may log elsewhere
+        start_step, resumed_run_dir = resume_cql_pretrain(checkpoint_path, header, nets, np_rng)
+        run_dir = args.run_dir or resumed_run_dir  # a continuation (a copy of a finished run) may log elsewhere
         print(f"resuming {checkpoint_path} at step {start_step}, logging to {run_dir}")
-
-    def save(step: int):
-        for name, net in (("actor", actor), ("critic", critic)):  # keep the last good checkpoint
-            if not all(torch.isfinite(p).all() for p in net.parameters()):
-                fail(f"non-finite {name} weights at step {step}; kept the last good checkpoint {checkpoint_path}")
-        writer.flush()  # curves up to the checkpoint survive a crash; --resume purges anything logged after it
-        save_checkpoint(
-            checkpoint_path,
-            {
-                "format": CHECKPOINT_FORMAT,
-                "algo": "cql",
-                "env_id": args.env_id,
-                "obs_dim": obs_dim,
-                "act_dim": act_dim,
-                "n_ensemble": n_ensemble,
-                "hidden_sizes": hidden_sizes,
-                "actor": actor.state_dict(),
-                "critic": critic.state_dict(),
-                "step": step,
-                "args": dataclasses.asdict(args),
-                "resume": resume_state(np_rng, resumable, log_alpha=log_alpha.detach().clone(), step=step, run_dir=run_dir),
-            },
-        )
 
     # on resume, TensorBoard drops whatever the interrupted run logged after its checkpoint's step
     tracking, videos = start_tracking(args, run_dir), EvalVideos(args, run_dir)  # --track, --capture-video
@@ -486,63 +554,37 @@ def main():
             "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
         )
 
+    def save(step: int):
+        save_cql_pretrain_checkpoint(checkpoint_path, header, nets, np_rng, args, step, run_dir, writer)
+
     start_time, sps_step = time.time(), start_step
     progress = tqdm(range(start_step, args.offline_steps), initial=start_step, total=args.offline_steps)
     stop = catch_stop_signals()
     for step in progress:
         batch = sample_batch(data, np_rng, n_ensemble, args.batch_size)
         info = cql_update(
-            actor,
-            critic,
-            critic_target,
-            log_alpha,
-            actor_optimizer,
-            critic_optimizer,
-            alpha_optimizer,
-            batch,
-            args.gamma,
-            args.tau,
-            args.alpha_cql,
-            args.n_actions,
-            target_entropy,
+            **nets,
+            batch=batch,
+            gamma=args.gamma,
+            tau=args.tau,
+            alpha_cql=args.alpha_cql,
+            n_actions=args.n_actions,
+            target_entropy=target_entropy,
             bc=step < args.bc_steps,
         )
         global_step = step + 1  # updates done
         is_eval = global_step % args.eval_every == 0 or global_step == args.offline_steps
-        if global_step % args.log_every == 0 or is_eval or global_step % args.checkpoint_every == 0:
-            values = dict(zip(info, torch.stack(list(info.values())).cpu().tolist()))  # one sync per log interval
-            bad = [name for name, value in values.items() if not np.isfinite(value)]
-            if bad:
-                fail(
-                    f"{', '.join(f'{name} = {values[name]}' for name in bad)} at step {global_step}; "
-                    f"kept the last good checkpoint {checkpoint_path}"
-                )
+        is_save = is_eval or global_step % args.checkpoint_every == 0
+        if global_step % args.log_every == 0 or is_save:  # losses checked for NaN/inf wherever they are read
+            values = read_cql_pretrain_losses(info, global_step, checkpoint_path)
             if global_step % args.log_every == 0:
                 for name, value in values.items():
                     writer.add_scalar(name, value, global_step)
                 writer.add_scalar("charts/SPS", (global_step - sps_step) / (time.time() - start_time), global_step)
                 start_time, sps_step = time.time(), global_step
         if is_eval:
-            returns = evaluate_members(actor, envs, n_ensemble, args.seed, device).mean(1)  # members, then the ensemble
-            videos.after_eval(
-                envs[0],
-                lambda obs: ensemble_action(actor, obs, n_ensemble),
-                args.seed + 10_000,
-                global_step,
-                global_step == args.offline_steps,
-                device,
-            )
-            writer.add_scalar("eval/return", returns[n_ensemble], global_step)
-            writer.add_scalar("eval/normalized_score", normalized_score(args.env_id, returns[n_ensemble]), global_step)
-            for i in range(n_ensemble):
-                writer.add_scalar(f"eval/member_{i}_return", returns[i], global_step)
-                writer.add_scalar(f"eval/member_{i}_normalized_score", normalized_score(args.env_id, returns[i]), global_step)
-            members = " ".join(f"{normalized_score(args.env_id, r):.1f}" for r in returns[:n_ensemble])
-            tqdm.write(
-                f"step={global_step} ensemble return={returns[n_ensemble]:.1f} "
-                f"score={normalized_score(args.env_id, returns[n_ensemble]):.1f} members=[{members}]"
-            )
-        if is_eval or global_step % args.checkpoint_every == 0 or stop["signal"]:
+            log_cql_pretrain_evaluation(args, nets["actor"], envs, videos, writer, global_step, device)
+        if is_save or stop["signal"]:
             save(global_step)
             start_time = time.time()  # do not count evaluation and saving in SPS
         if stop["signal"]:

@@ -278,8 +278,7 @@ def monte_carlo(actor: EnsembleActor, envs: list, seed: int, gamma: float, devic
     discounted, returns = np.zeros(len(envs)), np.zeros(len(envs))
     discount, active = np.ones(len(envs)), np.ones(len(envs), dtype=bool)
     while active.any():
-        mean, std = ensemble_moments_at(actor, torch.as_tensor(obs, dtype=torch.float32, device=device))
-        actions = torch.tanh(mean + std * torch.randn_like(mean)).cpu().numpy()
+        actions = sample_policy(actor, torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
         for e in np.flatnonzero(active):
             obs[e], reward, terminated, truncated, _ = envs[e].step(actions[e])
             discounted[e] += discount[e] * reward
@@ -299,8 +298,9 @@ def episode_start_states(dataset: dict, limit: int = 10_000) -> np.ndarray:
     return obs[rows]
 
 
-def main():
-    args = tyro.cli(Args)
+def check_fqe_args(args) -> tuple[str, str]:
+    """The policy and output checkpoint paths (defaults from --env-id and --seed), after the checks of the flags and of
+    the output path that must fail at startup, before anything slow."""
     policy_path = args.policy_checkpoint or f"checkpoints/cql_{args.env_id}_seed{args.seed}.pt"
     checkpoint_path = args.checkpoint or f"checkpoints/fqe_{args.env_id}_seed{args.seed}.pt"
     for name in ("steps", "batch_size", "log_every", "eval_every", "eval_episodes", "checkpoint_every"):
@@ -311,19 +311,12 @@ def main():
     check_writable(checkpoint_path)
     if not args.resume:
         check_output_checkpoint(checkpoint_path, "fqe")
+    return policy_path, checkpoint_path
 
-    random.seed(args.seed)
-    np_rng = np.random.default_rng(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    if device.type == "cpu":
-        keep_freed_memory_on_cpu()
 
-    envs = [make_env(args.env_id, args.seed) for _ in range(args.eval_episodes)]
-    obs_dim, act_dim = envs[0].observation_space.shape[0], envs[0].action_space.shape[0]
-
-    # the policy: the eq. (5) ensemble of the first N members of a pretrained checkpoint
+def load_fqe_policy(policy_path: str, args, obs_dim: int, act_dim: int, device) -> tuple[EnsembleActor, int, list]:
+    """The policy of eq. (5): the first N members of a pretrained ensemble checkpoint, checked against the environment
+    and frozen. Returns the actor, N and the checkpoint's hidden sizes."""
     policy = read_ensemble_checkpoint(policy_path, "policy checkpoint")
     if policy["algo"] not in POLICY_ALGOS:
         fail(f"policy checkpoint {policy_path} has algo {policy['algo']!r}; expected one of {', '.join(POLICY_ALGOS)}")
@@ -346,55 +339,170 @@ def main():
     except RuntimeError as err:
         fail(f"policy checkpoint {policy_path}: its actor does not fit an EnsembleActor ({str(err).splitlines()[0]})")
     actor.requires_grad_(False)
+    return actor, n_ensemble, policy_hidden
 
-    # data (README: D4RL or Minari), with the fixed policy's eq. (5) moments at every s' computed once
+
+def load_fqe_data(args, actor: EnsembleActor, env: gym.Env, device) -> tuple[dict, torch.Tensor]:
+    """The dataset (README: D4RL or Minari) as tensors, with the fixed policy's eq. (5) moments at every s' computed
+    once, and the states its episodes start from (where eval/q_estimate is measured)."""
     dataset = load_d4rl_dataset(args.env_id, args.dataset_path)
-    check_dataset_matches_env(dataset, envs[0], args.dataset_path or args.env_id)
+    check_dataset_matches_env(dataset, env, args.dataset_path or args.env_id)
     data = {key: torch.as_tensor(value, device=device) for key, value in dataset.items()}
     data["next_policy_mean"], data["next_policy_std"] = ensemble_moments_at(actor, data["next_observations"])
-    start_states = torch.as_tensor(episode_start_states(dataset), device=device)
+    return data, torch.as_tensor(episode_start_states(dataset), device=device)
 
+
+@dataclass
+class FQERun:
+    """What an FQE run's updates, evaluations and checkpoints use: its flags and paths, the fixed eq. (5) policy (actor)
+    and the N members' twin critics fitted to it, with their target networks, optimizer and sizes."""
+
+    args: Args
+    policy_path: str
+    checkpoint_path: str
+    obs_dim: int
+    act_dim: int
+    n_ensemble: int
+    policy_hidden: list  # the policy checkpoint's hidden sizes
+    hidden_sizes: list  # the critics'
+    actor: EnsembleActor
+    critic: EnsembleCritic
+    critic_target: EnsembleCritic
+    optimizer: torch.optim.Optimizer
+
+    def resumable(self) -> dict:
+        """The modules whose states the checkpoint's "resume" entry holds besides the critic (resume_state)."""
+        return {"critic_target": self.critic_target, "optimizer": self.optimizer}
+
+
+def build_fqe_run(args, policy_path, checkpoint_path, obs_dim, act_dim, actor, n_ensemble, policy_hidden, device) -> FQERun:
+    """The critics FQE fits to the fixed policy `actor`: N members' twins (--hidden-dim wide, default the policy's), each
+    twin with its own target network that starts as its copy, and Adam; returned in an FQERun with the rest."""
     hidden_sizes = [args.hidden_dim] * 2 if args.hidden_dim else policy_hidden
     critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, n_ensemble).to(device)
     critic_target = EnsembleCritic(obs_dim, act_dim, hidden_sizes, n_ensemble).to(device)
     critic_target.load_state_dict(critic.state_dict())
     optimizer = torch.optim.Adam(critic.parameters(), lr=args.lr)
-    resumable = {"critic_target": critic_target, "optimizer": optimizer}
+    return FQERun(
+        args=args,
+        policy_path=policy_path,
+        checkpoint_path=checkpoint_path,
+        obs_dim=obs_dim,
+        act_dim=act_dim,
+        n_ensemble=n_ensemble,
+        policy_hidden=policy_hidden,
+        hidden_sizes=hidden_sizes,
+        actor=actor,
+        critic=critic,
+        critic_target=critic_target,
+        optimizer=optimizer,
+    )
+
+
+def resume_fqe(run: FQERun, np_rng: np.random.Generator) -> tuple[int, str]:
+    """--resume: the critics, target critics, optimizer and RNG states of the run saved in --checkpoint; returns its
+    step and run dir (--run-dir, when given, wins)."""
+    args, path = run.args, run.checkpoint_path
+    ckpt = load_resume_checkpoint(
+        path, {"algo": "fqe", "env_id": args.env_id, "n_ensemble": run.n_ensemble, "hidden_sizes": run.hidden_sizes}
+    )
+    load_state(run.critic, ckpt["critic"], "critic", path)
+    state = load_resume_state(ckpt, path, np_rng, run.resumable())
+    start_step, run_dir = state["step"], args.run_dir or state["run_dir"]
+    print(f"resuming {path} at step {start_step}, logging to {run_dir}")
+    return start_step, run_dir
+
+
+def save_fqe_checkpoint(run: FQERun, step: int, np_rng: np.random.Generator, run_dir: str, writer):
+    """The checkpoint: the policy's N members, their critics and the "resume" entry (all --resume needs). Non-finite
+    critic weights stop the run instead, keeping the last good file."""
+    if not all(torch.isfinite(p).all() for p in run.critic.parameters()):  # keep the last good checkpoint
+        fail(f"non-finite critic weights at step {step}; kept the last good checkpoint {run.checkpoint_path}")
+    writer.flush()  # curves up to the checkpoint survive a crash; --resume purges anything logged after it
+    save_checkpoint(
+        run.checkpoint_path,
+        {
+            "format": CHECKPOINT_FORMAT,
+            "algo": "fqe",
+            "env_id": run.args.env_id,
+            "obs_dim": run.obs_dim,
+            "act_dim": run.act_dim,
+            "n_ensemble": run.n_ensemble,
+            "hidden_sizes": run.hidden_sizes,
+            "actor": run.actor.state_dict(),
+            "critic": run.critic.state_dict(),
+            "step": step,
+            "args": dataclasses.asdict(run.args),
+            "policy_checkpoint": run.policy_path,  # as given: relative to where the run started
+            "policy_hidden_sizes": run.policy_hidden,
+            "resume": resume_state(np_rng, run.resumable(), step=step, run_dir=run_dir),
+        },
+    )
+
+
+def read_fqe_losses(info: dict, global_step: int, checkpoint_path: str) -> dict:
+    """The update's detached losses as floats, read with one host sync per log interval; a NaN or inf stops the run."""
+    values = dict(zip(info, torch.stack(list(info.values())).cpu().tolist()))
+    bad = [name for name, value in values.items() if not np.isfinite(value)]
+    if bad:
+        fail(
+            f"{', '.join(f'{name} = {values[name]}' for name in bad)} at step {global_step}; "
+            f"kept the last good checkpoint {checkpoint_path}"
+        )
+    return values
+
+
+def evaluate_fqe(run: FQERun, envs: list, start_states: torch.Tensor, videos, writer, global_step: int, device):
+    """The FQE estimate V(s) of the policy (at the dataset's episode starts and at the env's) against its Monte-Carlo
+    return from --eval-episodes episodes: logged under eval/ and printed on one line."""
+    args, actor = run.args, run.actor
+    discounted, returns, env_starts = monte_carlo(actor, envs, args.seed, args.gamma, device)
+    videos.after_eval(
+        envs[0],
+        lambda obs: sample_policy(actor, obs),
+        args.seed + 10_000,
+        global_step,
+        global_step == args.steps,
+        device,
+    )
+    q_dataset = state_value(actor, run.critic, start_states)
+    q_env = state_value(actor, run.critic, torch.as_tensor(env_starts, dtype=torch.float32, device=device))
+    writer.add_scalar("eval/q_estimate", q_dataset, global_step)
+    writer.add_scalar("eval/q_estimate_env_starts", q_env, global_step)
+    writer.add_scalar("eval/mc_return", discounted.mean(), global_step)
+    writer.add_scalar("eval/return", returns.mean(), global_step)
+    writer.add_scalar("eval/normalized_score", normalized_score(args.env_id, returns.mean()), global_step)
+    tqdm.write(
+        f"step={global_step} q_estimate={q_dataset:.2f} (env starts {q_env:.2f}) "
+        f"mc_return={discounted.mean():.2f} return={returns.mean():.1f}"
+    )
+
+
+def main():
+    args = tyro.cli(Args)
+    policy_path, checkpoint_path = check_fqe_args(args)
+
+    random.seed(args.seed)
+    np_rng = np.random.default_rng(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if device.type == "cpu":
+        keep_freed_memory_on_cpu()
+
+    envs = [make_env(args.env_id, args.seed) for _ in range(args.eval_episodes)]
+    obs_dim, act_dim = envs[0].observation_space.shape[0], envs[0].action_space.shape[0]
+    # the policy: the eq. (5) ensemble of the first N members of a pretrained checkpoint
+    actor, n_ensemble, policy_hidden = load_fqe_policy(policy_path, args, obs_dim, act_dim, device)
+    # data (README: D4RL or Minari), with the fixed policy's eq. (5) moments at every s' computed once
+    data, start_states = load_fqe_data(args, actor, envs[0], device)
+    # the critics FQE fits: N members' twins, each twin on its own target network
+    run = build_fqe_run(args, policy_path, checkpoint_path, obs_dim, act_dim, actor, n_ensemble, policy_hidden, device)
 
     start_step = 0
     run_dir = args.run_dir or f"runs/{args.env_id}__fqe__{args.seed}__{int(time.time())}"
     if args.resume:  # critics, target critics, optimizer, RNG states, step and run dir
-        ckpt = load_resume_checkpoint(
-            checkpoint_path, {"algo": "fqe", "env_id": args.env_id, "n_ensemble": n_ensemble, "hidden_sizes": hidden_sizes}
-        )
-        load_state(critic, ckpt["critic"], "critic", checkpoint_path)
-        state = load_resume_state(ckpt, checkpoint_path, np_rng, resumable)
-        start_step, run_dir = state["step"], args.run_dir or state["run_dir"]
-        print(f"resuming {checkpoint_path} at step {start_step}, logging to {run_dir}")
-
-    def save(step: int):
-        if not all(torch.isfinite(p).all() for p in critic.parameters()):  # keep the last good checkpoint
-            fail(f"non-finite critic weights at step {step}; kept the last good checkpoint {checkpoint_path}")
-        writer.flush()  # curves up to the checkpoint survive a crash; --resume purges anything logged after it
-        save_checkpoint(
-            checkpoint_path,
-            {
-                "format": CHECKPOINT_FORMAT,
-                "algo": "fqe",
-                "env_id": args.env_id,
-                "obs_dim": obs_dim,
-                "act_dim": act_dim,
-                "n_ensemble": n_ensemble,
-                "hidden_sizes": hidden_sizes,
-                "actor": actor.state_dict(),
-                "critic": critic.state_dict(),
-                "step": step,
-                "args": dataclasses.asdict(args),
-                "policy_checkpoint": policy_path,  # as given: relative to where the run started
-                "policy_hidden_sizes": policy_hidden,
-                "resume": resume_state(np_rng, resumable, step=step, run_dir=run_dir),
-            },
-        )
+        start_step, run_dir = resume_fqe(run, np_rng)
 
     # on resume, TensorBoard drops whatever the interrupted run logged after its checkpoint's step
     tracking, videos = start_tracking(args, run_dir), EvalVideos(args, run_dir)  # --track, --capture-video
@@ -409,51 +517,27 @@ def main():
     stop = catch_stop_signals()
     for step in progress:
         batch = sample_batch(data, np_rng, n_ensemble, args.batch_size)
-        info = fqe_update(critic, critic_target, optimizer, batch, args.gamma, args.tau)
+        info = fqe_update(run.critic, run.critic_target, run.optimizer, batch, args.gamma, args.tau)
         global_step = step + 1  # updates done
+        is_log, is_checkpoint = global_step % args.log_every == 0, global_step % args.checkpoint_every == 0
         is_eval = global_step % args.eval_every == 0 or global_step == args.steps
-        if global_step % args.log_every == 0 or is_eval or global_step % args.checkpoint_every == 0:
-            values = dict(zip(info, torch.stack(list(info.values())).cpu().tolist()))  # one sync per log interval
-            bad = [name for name, value in values.items() if not np.isfinite(value)]
-            if bad:
-                fail(
-                    f"{', '.join(f'{name} = {values[name]}' for name in bad)} at step {global_step}; "
-                    f"kept the last good checkpoint {checkpoint_path}"
-                )
-            if global_step % args.log_every == 0:
+        if is_log or is_eval or is_checkpoint:
+            values = read_fqe_losses(info, global_step, checkpoint_path)  # one sync per log interval
+            if is_log:
                 for name, value in values.items():
                     writer.add_scalar(name, value, global_step)
                 writer.add_scalar("charts/SPS", (global_step - sps_step) / (time.time() - start_time), global_step)
                 start_time, sps_step = time.time(), global_step
         if is_eval:
-            discounted, returns, env_starts = monte_carlo(actor, envs, args.seed, args.gamma, device)
-            videos.after_eval(
-                envs[0],
-                lambda obs: sample_policy(actor, obs),
-                args.seed + 10_000,
-                global_step,
-                global_step == args.steps,
-                device,
-            )
-            q_dataset = state_value(actor, critic, start_states)
-            q_env = state_value(actor, critic, torch.as_tensor(env_starts, dtype=torch.float32, device=device))
-            writer.add_scalar("eval/q_estimate", q_dataset, global_step)
-            writer.add_scalar("eval/q_estimate_env_starts", q_env, global_step)
-            writer.add_scalar("eval/mc_return", discounted.mean(), global_step)
-            writer.add_scalar("eval/return", returns.mean(), global_step)
-            writer.add_scalar("eval/normalized_score", normalized_score(args.env_id, returns.mean()), global_step)
-            tqdm.write(
-                f"step={global_step} q_estimate={q_dataset:.2f} (env starts {q_env:.2f}) "
-                f"mc_return={discounted.mean():.2f} return={returns.mean():.1f}"
-            )
-        if is_eval or global_step % args.checkpoint_every == 0 or stop["signal"]:
-            save(global_step)
+            evaluate_fqe(run, envs, start_states, videos, writer, global_step, device)
+        if is_eval or is_checkpoint or stop["signal"]:
+            save_fqe_checkpoint(run, global_step, np_rng, run_dir, writer)
             start_time = time.time()  # do not count evaluation and saving in SPS
         if stop["signal"]:
             progress.close()
             stop_after_signal(stop["signal"], checkpoint_path, global_step)
     if start_step >= args.steps:
-        save(start_step)
+        save_fqe_checkpoint(run, start_step, np_rng, run_dir, writer)
     writer.close()
     if tracking is not None:
         tracking.finish()

@@ -276,6 +276,128 @@ def sac_update(
     return {"qf": qf_loss.detach(), "actor": actor_loss.detach(), "alpha": alpha_loss.detach(), "q_data": q.detach().mean()}
 
 
+SAC_RESUMABLE = ("critic_target", "actor_optimizer", "q_optimizer", "alpha_optimizer")  # the resume entry's modules
+
+
+def sac_networks(obs_dim: int, act_dim: int, hidden_sizes, args, device) -> dict:
+    """Actor, twin critics, their target, log α (α = 1 at the start) and the three Adam optimizers, keyed by the names of
+    sac_update's parameters. The one-member case of the vectorized ensemble (same checkpoint format as every script)."""
+    actor = EnsembleActor(obs_dim, act_dim, hidden_sizes, 1).to(device)
+    critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, 1).to(device)
+    critic_target = EnsembleCritic(obs_dim, act_dim, hidden_sizes, 1).to(device)
+    critic_target.load_state_dict(critic.state_dict())
+    log_alpha = torch.zeros(1, device=device, requires_grad=True)
+    return {
+        "actor": actor,
+        "critic": critic,
+        "critic_target": critic_target,
+        "log_alpha": log_alpha,
+        "actor_optimizer": torch.optim.Adam(actor.parameters(), lr=args.policy_lr),
+        "q_optimizer": torch.optim.Adam(critic.parameters(), lr=args.q_lr),
+        "alpha_optimizer": torch.optim.Adam([log_alpha], lr=args.alpha_lr),
+    }
+
+
+def sac_resume(path: str, identity: dict, args, nets: dict, buffer: ReplayBuffer, env: gym.Env, rng) -> tuple[int, str]:
+    """--resume: networks, optimizers, α, replay buffer and RNG states from `path`; returns its step and the run dir. The
+    env starts a new episode, so the interrupted episode's last transition is marked a time-limit end."""
+    ckpt = load_resume_checkpoint(path, identity)
+    if ckpt["resume"]["buffer"]["size"] > args.total_timesteps:
+        fail(
+            f"checkpoint {path} holds {ckpt['resume']['buffer']['size']} steps, more than "
+            f"--total-timesteps {args.total_timesteps}"
+        )
+    load_state(nets["actor"], ckpt["actor"], "actor", path)
+    load_state(nets["critic"], ckpt["critic"], "critic", path)
+    state = load_resume_state(ckpt, path, rng, {name: nets[name] for name in SAC_RESUMABLE})
+    with torch.no_grad():
+        nets["log_alpha"].copy_(state["log_alpha"])
+    buffer.load_state(state["buffer"])
+    if buffer.size and not (buffer.terminals[buffer.size - 1] or buffer.timeouts[buffer.size - 1]):
+        buffer.timeouts[buffer.size - 1] = True  # the interrupted episode ends here; the env restarts in main()
+    env.action_space.np_random.bit_generator.state = state["action_space_rng"]
+    tqdm.write(f"resumed from {path} at step {ckpt['step']}")
+    return ckpt["step"], args.run_dir or state["run_dir"]
+
+
+def sac_checkpoint(identity: dict, args, nets: dict, step: int, rng, buffer: ReplayBuffer, env: gym.Env, run_dir: str) -> dict:
+    """The checkpoint payload (CONTRIBUTING.md: Checkpoint); its resume entry holds the target critic, optimizers, α,
+    replay contents, run dir and the RNG states, the action space's sampler among them."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        **identity,
+        "actor": nets["actor"].state_dict(),
+        "critic": nets["critic"].state_dict(),
+        "step": step,
+        "args": dataclasses.asdict(args),
+        "resume": resume_state(
+            rng,
+            {name: nets[name] for name in SAC_RESUMABLE},
+            log_alpha=nets["log_alpha"].detach().clone(),
+            buffer=buffer.state(),
+            run_dir=run_dir,
+            action_space_rng=env.action_space.np_random.bit_generator.state,
+        ),
+    }
+
+
+def sac_log_losses(writer, losses: dict, log_alpha: torch.Tensor, step: int, checkpoint_path: str):
+    """Once per --log-every: one host sync reads the detached losses of sac_update; a NaN or inf loss stops the run."""
+    values = {name: value.item() for name, value in losses.items()}  # one host sync per log interval
+    for name, value in values.items():
+        if not np.isfinite(value):
+            fail(f"loss '{name}' became {value} at step {step}; the last good checkpoint is {checkpoint_path}")
+        writer.add_scalar("charts/q_data" if name == "q_data" else f"losses/{name}", value, step)
+    writer.add_scalar("charts/alpha", log_alpha.exp().item(), step)
+
+
+def sac_evaluate(args, actor: EnsembleActor, identity: dict, step: int, device, videos, writer):
+    """--eval-episodes deterministic episodes (tanh of the mean) on an env seeded with seed + 10_000: logged and printed;
+    with --snapshot-dir the actor is also saved as DIR/step<N>.pt (a behaviour policy for --rollout-actor)."""
+    eval_env = make_env(args.env_id, args.seed + 10_000)
+    seeds = [args.seed + 10_000 + i for i in range(args.eval_episodes)]
+    policy = lambda o: torch.tanh(actor(o.unsqueeze(0))[0][0])  # the deterministic tanh(mean)
+    eval_return = float(np.mean(evaluate(eval_env, policy, seeds, device)))
+    videos.after_eval(eval_env, policy, seeds[0], step, step == args.total_timesteps, device)
+    eval_env.close()
+    score = normalized_score(args.env_id, eval_return)
+    writer.add_scalar("eval/return", eval_return, step)
+    writer.add_scalar("eval/normalized_score", score, step)
+    tqdm.write(f"step {step}: eval return {eval_return:.1f}, normalized score {score:.1f}")
+    if args.snapshot_dir:
+        save_checkpoint(
+            os.path.join(args.snapshot_dir, f"step{step:07d}.pt"),
+            {
+                "format": CHECKPOINT_FORMAT,
+                **identity,
+                "algo": "sac-snapshot",
+                "actor": actor.state_dict(),
+                "step": step,
+                "eval_return": eval_return,
+                "normalized_score": score,
+                "seed": args.seed,
+            },
+        )
+
+
+def write_sac_dataset(args, buffer: ReplayBuffer):
+    """--dataset-out: every transition of the run in D4RL's HDF5 schema, with metadata saying how it was collected."""
+    if args.rollout_actor:
+        policy = f"rollouts of {args.rollout_actor}"
+    else:
+        policy = "uniform random" if args.learning_starts >= args.total_timesteps else "sac replay"
+    metadata = {
+        "env_id": args.env_id,
+        "gym_env_id": gym_env_id(args.env_id),
+        "seed": args.seed,
+        "total_timesteps": args.total_timesteps,
+        "learning_starts": args.learning_starts,
+        "policy": policy,
+    }
+    write_d4rl_dataset(args.dataset_out, buffer, metadata)
+    print(f"wrote {buffer.size} transitions to {args.dataset_out}")
+
+
 def main():
     args = tyro.cli(Args)
     env = make_env(args.env_id, args.seed)
@@ -294,87 +416,21 @@ def main():
     rng = np.random.default_rng(args.seed)
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
 
-    hidden_sizes = [args.hidden_dim, args.hidden_dim]
+    # --rollout-actor: act with the saved policy from the first step, never update
     rollout_state = load_rollout_actor(args.rollout_actor, args.env_id, obs_dim, act_dim) if args.rollout_actor else None
-    if rollout_state is not None:
-        hidden_sizes = rollout_state["hidden_sizes"]
-    actor = EnsembleActor(obs_dim, act_dim, hidden_sizes, 1).to(device)
-    critic = EnsembleCritic(obs_dim, act_dim, hidden_sizes, 1).to(device)
-    critic_target = EnsembleCritic(obs_dim, act_dim, hidden_sizes, 1).to(device)
-    critic_target.load_state_dict(critic.state_dict())
-    log_alpha = torch.zeros(1, device=device, requires_grad=True)
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
-    q_optimizer = torch.optim.Adam(critic.parameters(), lr=args.q_lr)
-    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
-    target_entropy = -float(act_dim)
+    hidden_sizes = [args.hidden_dim, args.hidden_dim] if rollout_state is None else rollout_state["hidden_sizes"]
+    nets = sac_networks(obs_dim, act_dim, hidden_sizes, args, device)
+    actor, target_entropy = nets["actor"], -float(act_dim)
     buffer = ReplayBuffer(args.total_timesteps, obs_dim, act_dim)
     if rollout_state is not None:
         actor.load_state_dict(rollout_state["actor"])
-    learn = rollout_state is None  # --rollout-actor: act with the saved policy from the first step, never update
+    learn = rollout_state is None
+    # what a checkpoint of this run must match (--resume) and what its checkpoints and snapshots say they are
+    identity = dict(algo="sac", env_id=args.env_id, obs_dim=obs_dim, act_dim=act_dim, n_ensemble=1, hidden_sizes=hidden_sizes)
 
     start_step, run_dir = 0, args.run_dir or f"runs/{args.env_id}__sac__{args.seed}__{int(time.time())}"
-    resumable = {
-        "critic_target": critic_target,
-        "actor_optimizer": actor_optimizer,
-        "q_optimizer": q_optimizer,
-        "alpha_optimizer": alpha_optimizer,
-    }
     if args.resume:  # networks, optimizers, alpha, replay buffer, RNG states; the env starts a new episode
-        ckpt = load_resume_checkpoint(
-            checkpoint_path,
-            {
-                "algo": "sac",
-                "env_id": args.env_id,
-                "obs_dim": obs_dim,
-                "act_dim": act_dim,
-                "n_ensemble": 1,
-                "hidden_sizes": hidden_sizes,
-            },
-        )
-        if ckpt["resume"]["buffer"]["size"] > args.total_timesteps:
-            fail(
-                f"checkpoint {checkpoint_path} holds {ckpt['resume']['buffer']['size']} steps, more than "
-                f"--total-timesteps {args.total_timesteps}"
-            )
-        load_state(actor, ckpt["actor"], "actor", checkpoint_path)
-        load_state(critic, ckpt["critic"], "critic", checkpoint_path)
-        state = load_resume_state(ckpt, checkpoint_path, rng, resumable)
-        with torch.no_grad():
-            log_alpha.copy_(state["log_alpha"])
-        buffer.load_state(state["buffer"])
-        if buffer.size and not (buffer.terminals[buffer.size - 1] or buffer.timeouts[buffer.size - 1]):
-            buffer.timeouts[buffer.size - 1] = True  # the interrupted episode ends here; the env restarts below
-        env.action_space.np_random.bit_generator.state = state["action_space_rng"]
-        start_step, run_dir = ckpt["step"], args.run_dir or state["run_dir"]
-        tqdm.write(f"resumed from {checkpoint_path} at step {start_step}")
-
-    def write_checkpoint(step: int):
-        writer.flush()
-        save_checkpoint(
-            checkpoint_path,
-            {
-                "format": CHECKPOINT_FORMAT,
-                "algo": "sac",
-                "env_id": args.env_id,
-                "obs_dim": obs_dim,
-                "act_dim": act_dim,
-                "n_ensemble": 1,
-                "hidden_sizes": hidden_sizes,
-                "actor": actor.state_dict(),
-                "critic": critic.state_dict(),
-                "step": step,
-                "args": dataclasses.asdict(args),
-                "resume": resume_state(
-                    rng,
-                    resumable,
-                    log_alpha=log_alpha.detach().clone(),
-                    buffer=buffer.state(),
-                    run_dir=run_dir,
-                    action_space_rng=env.action_space.np_random.bit_generator.state,
-                ),
-            },
-        )
-
+        start_step, run_dir = sac_resume(checkpoint_path, identity, args, nets, buffer, env, rng)
     # on resume, TensorBoard drops whatever the interrupted run logged after its checkpoint's step
     tracking, videos = start_tracking(args, run_dir), EvalVideos(args, run_dir)  # --track, --capture-video
     writer = TensorBoardWriter(run_dir, purge_step=start_step + 1 if args.resume else None)
@@ -390,6 +446,8 @@ def main():
     )
     stop = catch_stop_signals()
     for global_step in progress:
+        step = global_step + 1
+        # collect: uniform random actions until --learning-starts, then a ~ π(s)
         if learn and global_step < args.learning_starts:
             action = env.action_space.sample()
         else:
@@ -402,94 +460,31 @@ def main():
         buffer.add(obs, action, reward, next_obs, terminated, truncated)
         obs = next_obs
         if terminated or truncated:
-            writer.add_scalar("charts/episodic_return", info["episode"]["r"], global_step + 1)
-            writer.add_scalar("charts/episodic_length", info["episode"]["l"], global_step + 1)
+            writer.add_scalar("charts/episodic_return", info["episode"]["r"], step)
+            writer.add_scalar("charts/episodic_length", info["episode"]["l"], step)
             obs, _ = env.reset()
 
+        # update: one SAC step on critics (eq. 5), actor (eq. 7) and temperature (eq. 17) per env step
         if learn and global_step >= args.learning_starts:
-            losses = sac_update(
-                buffer.sample(args.batch_size, rng, device),
-                actor,
-                critic,
-                critic_target,
-                log_alpha,
-                actor_optimizer,
-                q_optimizer,
-                alpha_optimizer,
-                args.gamma,
-                args.tau,
-                target_entropy,
-            )
-            if (global_step + 1) % args.log_every == 0:
-                values = {name: value.item() for name, value in losses.items()}  # one host sync per log interval
-                for name, value in values.items():
-                    if not np.isfinite(value):
-                        fail(
-                            f"loss '{name}' became {value} at step {global_step + 1}; "
-                            f"the last good checkpoint is {checkpoint_path}"
-                        )
-                    writer.add_scalar("charts/q_data" if name == "q_data" else f"losses/{name}", value, global_step + 1)
-                writer.add_scalar("charts/alpha", log_alpha.exp().item(), global_step + 1)
-        if (global_step + 1) % args.log_every == 0:
-            writer.add_scalar("charts/SPS", (global_step + 1 - sps_step) / (time.time() - sps_start), global_step + 1)
-            sps_start, sps_step = time.time(), global_step + 1
+            batch = buffer.sample(args.batch_size, rng, device)
+            losses = sac_update(batch, **nets, gamma=args.gamma, tau=args.tau, target_entropy=target_entropy)
+            if step % args.log_every == 0:
+                sac_log_losses(writer, losses, nets["log_alpha"], step, checkpoint_path)
+        if step % args.log_every == 0:
+            writer.add_scalar("charts/SPS", (step - sps_step) / (time.time() - sps_start), step)
+            sps_start, sps_step = time.time(), step
 
-        step = global_step + 1
         if step % args.eval_every == 0 or step == args.total_timesteps:
-            eval_env = make_env(args.env_id, args.seed + 10_000)
-            seeds = [args.seed + 10_000 + i for i in range(args.eval_episodes)]
-            policy = lambda o: torch.tanh(actor(o.unsqueeze(0))[0][0])  # the deterministic tanh(mean)
-            eval_return = float(np.mean(evaluate(eval_env, policy, seeds, device)))
-            videos.after_eval(eval_env, policy, seeds[0], step, step == args.total_timesteps, device)
-            eval_env.close()
-            score = normalized_score(args.env_id, eval_return)
-            writer.add_scalar("eval/return", eval_return, step)
-            writer.add_scalar("eval/normalized_score", score, step)
-            tqdm.write(f"step {step}: eval return {eval_return:.1f}, normalized score {score:.1f}")
-            if args.snapshot_dir:
-                save_checkpoint(
-                    os.path.join(args.snapshot_dir, f"step{step:07d}.pt"),
-                    {
-                        "format": CHECKPOINT_FORMAT,
-                        "algo": "sac-snapshot",
-                        "env_id": args.env_id,
-                        "obs_dim": obs_dim,
-                        "act_dim": act_dim,
-                        "n_ensemble": 1,
-                        "hidden_sizes": hidden_sizes,
-                        "actor": actor.state_dict(),
-                        "step": step,
-                        "eval_return": eval_return,
-                        "normalized_score": score,
-                        "seed": args.seed,
-                    },
-                )
+            sac_evaluate(args, actor, identity, step, device, videos, writer)
         if step % args.checkpoint_every == 0 or step == args.total_timesteps or stop["signal"]:
-            write_checkpoint(step)
+            writer.flush()
+            save_checkpoint(checkpoint_path, sac_checkpoint(identity, args, nets, step, rng, buffer, env, run_dir))
         if stop["signal"]:
             progress.close()
             stop_after_signal(stop["signal"], checkpoint_path, step)
 
     if args.dataset_out:
-        write_d4rl_dataset(
-            args.dataset_out,
-            buffer,
-            {
-                "env_id": args.env_id,
-                "gym_env_id": gym_env_id(args.env_id),
-                "seed": args.seed,
-                "total_timesteps": args.total_timesteps,
-                "learning_starts": args.learning_starts,
-                "policy": (
-                    f"rollouts of {args.rollout_actor}"
-                    if args.rollout_actor
-                    else "uniform random"
-                    if args.learning_starts >= args.total_timesteps
-                    else "sac replay"
-                ),
-            },
-        )
-        print(f"wrote {buffer.size} transitions to {args.dataset_out}")
+        write_sac_dataset(args, buffer)
     writer.close()
     if tracking is not None:
         tracking.finish()

@@ -566,6 +566,18 @@ def top_level_definitions(script: str) -> dict:
     return definitions
 
 
+def test_main_reads_on_one_screen():
+    """CONTRIBUTING.md: main() is the algorithm's outline (set-up, the loop, the report), at most 100 lines; the pieces
+    it calls sit above it in the algorithm section, the plumbing below it."""
+    for script in SCRIPTS:
+        source = (REPO_ROOT / f"{script}.py").read_text()
+        body = ast.parse(source).body
+        names = [getattr(node, "name", None) for node in body]
+        main = body[names.index("main")]
+        assert main.end_lineno - main.lineno + 1 <= 100, f"{script}.main() is {main.end_lineno - main.lineno + 1} lines"
+        assert "Args" in names[: names.index("main")], f"{script}.py: Args comes after main()"
+
+
 def test_shared_error_path_is_identical_in_every_script():
     """Every helper, class and constant that more than one script defines is the same text in all of them."""
     definitions = {script: top_level_definitions(script) for script in SCRIPTS}
