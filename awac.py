@@ -410,16 +410,7 @@ def load_awac_resume(path: str, identity: dict, nets: AWACNetworks, buffer, np_r
     networks, optimizers, RNG states and online transitions, and returns its resume entry (step, episodes, run dir)."""
     ckpt = load_resume_checkpoint(path, identity)
     state = ckpt["resume"]
-    if state["dataset_size"] != buffer.dataset_size:
-        fail(
-            f"checkpoint {path} was trained on {state['dataset_size']} dataset transitions, "
-            f"this dataset has {buffer.dataset_size}"
-        )
-    if len(state["online_transitions"]["observations"]) > online_steps:  # more than the buffer has room for
-        fail(
-            f"checkpoint {path} holds {len(state['online_transitions']['observations'])} online "
-            f"transitions but --online-steps is {online_steps}"
-        )
+    check_resume_fits_buffer(state, path, buffer.dataset_size, online_steps)
     load_state(nets.actor, ckpt["actor"], "actor", path)
     load_state(nets.critic, ckpt["critic"], "critic", path)
     load_resume_state(ckpt, path, np_rng, nets.resumable())
@@ -913,6 +904,18 @@ def load_resume_state(ckpt: dict, path: str, np_rng: np.random.Generator, module
     np_rng.bit_generator.state = rng["numpy"]
     random.setstate(rng["python"] if "python" in rng else rng["random"])
     return state
+
+
+def check_resume_fits_buffer(state: dict, path: str, dataset_size: int, online_steps: int):
+    """--resume of a run that replays a dataset and its online transitions: the checkpoint's "resume" entry must come
+    from a dataset of this size and hold no more online transitions than --online-steps leaves room for."""
+    if state["dataset_size"] != dataset_size:
+        fail(f"checkpoint {path} was trained on {state['dataset_size']} dataset transitions, this dataset has {dataset_size}")
+    if len(state["online_transitions"]["observations"]) > online_steps:  # more than the buffer has room for
+        fail(
+            f"checkpoint {path} holds {len(state['online_transitions']['observations'])} online "
+            f"transitions but --online-steps is {online_steps}"
+        )
 
 
 def load_state(module, state_dict: dict, what: str, path: str):

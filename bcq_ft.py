@@ -477,16 +477,7 @@ def resume_bcq_checkpoint(path: str, header: dict, agent: BCQAgent, buffer, np_r
     returns its "resume" entry (global_step, episodes, run_dir)."""
     ckpt = load_resume_checkpoint(path, header)
     state = ckpt["resume"]
-    if state["dataset_size"] != buffer.dataset_size:
-        fail(
-            f"checkpoint {path} was trained on {state['dataset_size']} dataset transitions, "
-            f"this dataset has {buffer.dataset_size}"
-        )
-    if len(state["online_transitions"]["observations"]) > online_steps:  # more than the buffer has room for
-        fail(
-            f"checkpoint {path} holds {len(state['online_transitions']['observations'])} online "
-            f"transitions but --online-steps is {online_steps}"
-        )
+    check_resume_fits_buffer(state, path, buffer.dataset_size, online_steps)
     for name, net in (("vae", agent.vae), ("actor", agent.actor), ("critic", agent.critic)):
         load_state(net, ckpt[name], name, path)
     if "optimizers" in state:  # written before resume_state: the three optimizers as a list
@@ -977,6 +968,18 @@ def load_resume_state(ckpt: dict, path: str, np_rng: np.random.Generator, module
     np_rng.bit_generator.state = rng["numpy"]
     random.setstate(rng["python"] if "python" in rng else rng["random"])
     return state
+
+
+def check_resume_fits_buffer(state: dict, path: str, dataset_size: int, online_steps: int):
+    """--resume of a run that replays a dataset and its online transitions: the checkpoint's "resume" entry must come
+    from a dataset of this size and hold no more online transitions than --online-steps leaves room for."""
+    if state["dataset_size"] != dataset_size:
+        fail(f"checkpoint {path} was trained on {state['dataset_size']} dataset transitions, this dataset has {dataset_size}")
+    if len(state["online_transitions"]["observations"]) > online_steps:  # more than the buffer has room for
+        fail(
+            f"checkpoint {path} holds {len(state['online_transitions']['observations'])} online "
+            f"transitions but --online-steps is {online_steps}"
+        )
 
 
 def load_state(module, state_dict: dict, what: str, path: str):

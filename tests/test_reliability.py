@@ -359,10 +359,15 @@ def test_resume_of_a_foreign_checkpoint(script, foreign, mods, files, ckpts, tmp
         ("balanced_finetune", ["--hidden-dim", "32"], r"checkpoint {p}: its ratio_net does not fit this run"),
         ("awac", ["--online-steps", "2"], r"checkpoint {p} holds 5 online transitions but --online-steps is 2"),
         ("bcq_ft", ["--online-steps", "2"], r"checkpoint {p} holds 5 online transitions but --online-steps is 2"),
+        ("awac", ["--dataset-path", "250"], r"checkpoint {p} was trained on 300 dataset transitions, this dataset has 250$"),
+        ("bcq_ft", ["--dataset-path", "250"], r"checkpoint {p} was trained on 300 dataset transitions, this dataset has 250$"),
     ],
 )
-def test_resume_own_checkpoint_with_other_sizes(script, change, pattern, mods, files, ckpts, tmp_path, monkeypatch):
-    """A real checkpoint of the script itself, resumed with a size that no longer fits its buffers or networks."""
+def test_resume_own_checkpoint_with_other_sizes(
+    script, change, pattern, mods, files, ckpts, base_arrays, tmp_path, monkeypatch
+):
+    """A real checkpoint of the script itself, resumed with a size that no longer fits its buffers or networks (or
+    with a dataset of another size: --dataset-path N, the first N rows of the one it was trained on)."""
     argv = argv_of(script, tmp_path, ckpts, data=files["good"])
     if script in ("awac", "bcq_ft"):
         argv[argv.index("--online-steps") + 1] = "5"
@@ -370,6 +375,10 @@ def test_resume_own_checkpoint_with_other_sizes(script, change, pattern, mods, f
     monkeypatch.setattr(sys, "argv", [script, *map(str, argv)])
     mods[script].main()  # a complete tiny run
     assert (tmp_path / "out.pt").exists()
+    if change[0] == "--dataset-path":
+        rows = int(change[1])
+        smaller = write_d4rl_file(tmp_path / "smaller.hdf5", **{key: value[:rows] for key, value in base_arrays.items()})
+        argv[argv.index("--dataset-path") + 1], change = smaller, []
     message = run_main(mods[script], argv + ["--resume", *change], monkeypatch, tmp_path)
     assert re.search(pattern.format(p=re.escape(str(tmp_path / "out.pt"))), message), message
 
