@@ -47,7 +47,6 @@ import h5py
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import tyro
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -168,15 +167,6 @@ class EnsembleCritic(nn.Module):
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs, act], dim=-1).repeat_interleave(2, dim=0)
         return self.net(x).view(self.n_ensemble, 2, -1)
-
-
-def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor):
-    """Reparameterized a = tanh(u), u ~ N(mean, std), and log pi(a) with the tanh change of variables."""
-    std = log_std.exp()
-    u = mean + std * torch.randn_like(mean)
-    log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(u)
-    log_prob = log_prob - 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
-    return torch.tanh(u), log_prob.sum(-1)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ the vectorized ensemble used by every script here, so a SAC checkpoint has the s
 
 import contextlib
 import dataclasses
-import http.client
 import io
 import os
 import pickle
@@ -33,8 +32,6 @@ import signal
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -571,126 +568,6 @@ def make_env(env_id: str, seed: int) -> gym.Env:
     return env
 
 
-# ---- D4RL data path (README: D4RL or Minari) ----
-D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl"
-D4RL_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
-
-
-def d4rl_url(env_id: str) -> str:
-    family, dataset, version = D4RL_TASK.fullmatch(env_id).groups()
-    if version == "2":
-        return f"{D4RL_URL}/gym_mujoco_v2/{family}_{dataset.replace('-', '_')}-v2.hdf5"
-    if dataset == "medium-replay":  # the v0 files call it "mixed", and walker2d "walker"
-        return f"{D4RL_URL}/gym_mujoco/{'walker' if family == 'walker2d' else family}_mixed.hdf5"
-    return f"{D4RL_URL}/gym_mujoco/{family}_{dataset.replace('-', '_')}.hdf5"
-
-
-def download_d4rl_file(env_id: str) -> str:
-    """Path of the cached D4RL file (d4rl's own cache, so its downloads are reused); download it when missing."""
-    url = d4rl_url(env_id)
-    dataset_dir = os.environ.get("D4RL_DATASET_DIR", os.path.expanduser("~/.d4rl/datasets"))
-    path = os.path.join(dataset_dir, url.rsplit("/", 1)[1])
-    if os.path.exists(path):
-        return path
-    os.makedirs(dataset_dir, exist_ok=True)
-    partial = f"{path}.{os.getpid()}.part"  # unique per process: parallel jobs may download the same file
-    received, total = 0, None
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out:
-            length = response.headers.get("Content-Length", "").strip()
-            total = int(length) if length.isdigit() else None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {os.path.basename(path)}") as bar:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-        if total is None or received == total:  # a connection closed early ends the read loop without an error
-            os.replace(partial, path)
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
-        if os.path.exists(partial):
-            os.remove(partial)
-        fail(
-            f"dataset for {env_id} not found at {path} and could not be downloaded from {url} ({err}); "
-            f"download it there by hand, or pass --dataset-path FILE.hdf5"
-        )
-    if total is not None and received != total:  # never let a short file take the final name
-        os.remove(partial)
-        fail(
-            f"download of {url} ended after {received} of the {total} bytes announced; the partial file was "
-            f"deleted and {path} not written: run again, or download it there by hand"
-        )
-    return path
-
-
-def read_hdf5_dataset(path: str) -> dict:
-    """The D4RL arrays of one file, checked: required keys present, lengths equal, values finite."""
-    if not os.path.isfile(path):
-        fail(f"dataset file {path} does not exist")
-    try:
-        with h5py.File(path, "r") as f:
-            data = {key: f[key][()] for key in D4RL_KEYS if key in f}
-    except Exception as err:  # h5py raises OSError for truncated or non-HDF5 files, KeyError/ValueError for corrupt ones
-        fail(f"cannot read dataset {path}: not a readable HDF5 file ({err})")
-    for key in ("observations", "actions", "rewards", "terminals"):
-        if key not in data:
-            fail(f"dataset {path} has no '{key}' key (expected D4RL keys: {', '.join(D4RL_KEYS)})")
-    for key, values in data.items():  # shapes first: len() of a scalar, or a 2-column reward, would crash later
-        if key in ("observations", "actions", "next_observations") and values.ndim != 2:
-            fail(f"dataset {path}: '{key}' must be 2-D (rows, dim), got shape {values.shape}")
-        if key in ("rewards", "terminals", "timeouts") and not (values.ndim == 1 or values.shape[1:] == (1,)):
-            fail(f"dataset {path}: '{key}' must have one value per row, got shape {values.shape}")
-    n_rows = len(data["observations"])
-    for key, values in data.items():
-        if len(values) != n_rows:
-            fail(f"dataset {path}: '{key}' has {len(values)} rows but 'observations' has {n_rows}")
-        if not np.all(np.isfinite(values)):
-            fail(f"dataset {path}: '{key}' contains NaN or inf")
-    if n_rows < 2:
-        fail(f"dataset {path} has {n_rows} rows; need at least 2")
-    return data
-
-
-def load_d4rl_dataset(env_id: str, dataset_path: str | None = None) -> dict[str, np.ndarray]:
-    """Transitions (s, a, r, s', d) of a D4RL task, of a Minari dataset (read_minari_dataset) or of any file with
-    D4RL's schema.
-
-    With stored next_observations every row is a transition and time-limit ends stay non-terminal
-    (done = terminals). Without them (v0 files), s' = observations[i+1] and each episode's last row
-    (a timeout, or the file's last row) is dropped, as D4RL's qlearning_dataset does.
-    """
-    path = dataset_path if dataset_path is not None else None
-    if path is None:
-        if is_minari_id(env_id):
-            return read_minari_dataset(env_id)
-        if not D4RL_TASK.fullmatch(env_id):
-            fail(f"--env-id {env_id!r} is not a D4RL task name or a Minari dataset id: pass --dataset-path FILE.hdf5")
-        path = download_d4rl_file(env_id)
-    data = read_hdf5_dataset(path)
-    observations = data["observations"].astype(np.float32)
-    terminals = data["terminals"].astype(bool)
-    if "next_observations" in data:
-        keep = np.ones(len(observations), dtype=bool)
-        next_observations = data["next_observations"].astype(np.float32)
-    else:
-        if "timeouts" in data:
-            timeouts = data["timeouts"].astype(bool)
-        else:  # v0 without timeouts: an episode times out at its 1000th step (d4rl's episode_step counter)
-            episode_start = np.concatenate([[0], np.flatnonzero(terminals[:-1]) + 1])
-            index = np.arange(len(terminals))
-            step_in_episode = index - episode_start[np.searchsorted(episode_start, index, side="right") - 1]
-            timeouts = (step_in_episode + 1) % 1000 == 0
-        keep = ~timeouts
-        keep[-1] = False
-        next_observations = np.concatenate([observations[1:], observations[-1:]])
-    return {
-        "observations": observations[keep],
-        "actions": data["actions"].astype(np.float32)[keep],
-        "rewards": data["rewards"].astype(np.float32).reshape(-1)[keep],
-        "next_observations": next_observations[keep],
-        "terminals": terminals.astype(np.float32)[keep],
-    }
-
-
 # ---- Minari data path (README: D4RL or Minari): Farama's minari package, imported only for a Minari dataset id ----
 def minari_dataset(dataset_id: str):
     """minari.load_dataset: from Minari's cache ($MINARI_DATASETS_PATH, else ~/.minari/datasets), downloaded there when
@@ -712,40 +589,6 @@ def minari_dataset(dataset_id: str):
                 f"are supported"
             )
     return dataset
-
-
-def read_minari_dataset(dataset_id: str) -> dict[str, np.ndarray]:
-    """Transitions of a Minari dataset, episode after episode: s = observations[t], s' = observations[t+1] (an
-    episode's last s' is its own final observation, never the next episode's first) and done = terminations[t];
-    truncations (time limits) are not terminal. Checked as read_hdf5_dataset checks a D4RL file."""
-    episodes = list(minari_dataset(dataset_id).iterate_episodes())
-    for episode in episodes:
-        steps = len(episode.rewards)
-        if len(episode.observations) != steps + 1 or len(episode.actions) != steps:
-            fail(
-                f"Minari dataset {dataset_id}: episode {episode.id} has {len(episode.observations)} observations and "
-                f"{len(episode.actions)} actions for {steps} rewards (observations need one more)"
-            )
-        if not all(np.all(np.isfinite(values)) for values in (episode.observations, episode.actions, episode.rewards)):
-            fail(f"Minari dataset {dataset_id}: episode {episode.id} contains NaN or inf")
-    if sum(len(episode.rewards) for episode in episodes) < 2:
-        fail(f"Minari dataset {dataset_id} has fewer than 2 steps")
-    return {
-        "observations": np.concatenate([e.observations[:-1] for e in episodes]).astype(np.float32),
-        "actions": np.concatenate([e.actions for e in episodes]).astype(np.float32),
-        "rewards": np.concatenate([np.reshape(e.rewards, -1) for e in episodes]).astype(np.float32),
-        "next_observations": np.concatenate([e.observations[1:] for e in episodes]).astype(np.float32),
-        "terminals": np.concatenate([np.reshape(e.terminations, -1) for e in episodes]).astype(bool).astype(np.float32),
-    }
-
-
-def check_dataset_matches_env(dataset: dict, env: gym.Env, source: str):
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    if dataset["observations"].shape[1] != obs_dim or dataset["actions"].shape[1] != act_dim:
-        fail(
-            f"dataset {source} has observation/action dims {dataset['observations'].shape[1]}/"
-            f"{dataset['actions'].shape[1]} but {env.spec.id} has {obs_dim}/{act_dim}"
-        )
 
 
 CHECKPOINT_FORMAT = "o2o-ensemble-v1"

@@ -587,6 +587,20 @@ def test_main_reads_on_one_screen():
         assert "Args" in names[: names.index("main")], f"{script}.py: Args comes after main()"
 
 
+def test_no_script_carries_a_helper_it_never_uses():
+    """A shared helper is copied only into the scripts that call it: every top-level name a script defines is used
+    by the script itself (a copied helper that nothing calls is text a reader reads for nothing)."""
+    for script in SCRIPTS:
+        source = (REPO_ROOT / f"{script}.py").read_text()
+        definitions = top_level_definitions(script)
+        unused = [
+            name
+            for name, text in definitions.items()
+            if name != "main" and len(re.findall(rf"\b{name}\b", source)) == len(re.findall(rf"\b{name}\b", text))
+        ]
+        assert unused == [], f"{script}.py defines {unused} and never uses them"
+
+
 def test_shared_error_path_is_identical_in_every_script():
     """Every helper, class and constant that more than one script defines is the same text in all of them."""
     definitions = {script: top_level_definitions(script) for script in SCRIPTS}
