@@ -1392,17 +1392,17 @@ def benchmark_module(name: str):
     return module
 
 
-def run_numbers(run_dir: Path) -> dict:
-    """One finished run's numbers: seed_metrics and intervals.py's late and auc."""
-    steps, scores = eval_curve(run_dir)
+def curve_numbers(steps, scores) -> dict:
+    """One finished run's numbers from its evaluation curve: seed_metrics and intervals.py's late and auc."""
     return {**benchmark_module("intervals").run_metrics(steps, scores, LATE_FROM), **seed_metrics(steps, scores)}
 
 
 def independent_report(out: Path):
     """The independent-pretraining check (block above): intervals/independent/runs.csv (every run of the set with its
-    pretraining) and claims.csv (the interval rule with the two-stage bootstrap over pretrainings). A pretraining
+    pretraining), claims.csv (the interval rule with the two-stage bootstrap over pretrainings), curves.csv and
+    iqm_curves.png (each arm's IQM curve with its two-stage band) and probability_of_improvement.png. A pretraining
     enters when all its fine-tuning runs of the set have finished."""
-    intervals, rows, per_group = benchmark_module("intervals"), [], {}
+    intervals, rows, per_group, curves = benchmark_module("intervals"), [], {}, {}
     sets = {arm: FINETUNE_SEEDS_OF for arm in INDEPENDENT_CQL_ARMS}  # arm -> pretraining -> its runs' seeds
     sets |= {arm: {seed: (seed,) for seed in OWN_PRETRAINING_SEEDS} for arm in OWN_PRETRAINING_ARMS}
     for dataset in DATASETS:
@@ -1410,8 +1410,10 @@ def independent_report(out: Path):
             for pretraining, seeds in groups.items():
                 if not all((ROOT / out / "status" / f"{job_name(dataset, arm, s)}.done").exists() for s in seeds):
                     continue
-                group = [run_numbers(Path(run_dir_of(out, dataset, arm, [s]))) for s in seeds]
+                runs = [eval_curve(Path(run_dir_of(out, dataset, arm, [s]))) for s in seeds]
+                group = [curve_numbers(*run) for run in runs]
                 per_group.setdefault((f"hopper-{dataset}", arm), []).append(group)
+                curves.setdefault((f"hopper-{dataset}", arm), []).append(runs)
                 for seed, numbers in zip(seeds, group):
                     row = {"task": f"hopper-{dataset}", "arm": arm, "pretraining_seed": pretraining, "seed": seed}
                     rows.append(row | {key: round(numbers[key], 2) for key in ("late", "auc", "final", "drop")})
@@ -1423,9 +1425,12 @@ def independent_report(out: Path):
     settings = dict(reps=INTERVAL_RESAMPLES, confidence=INTERVAL_CONFIDENCE, seed=0)
     rows = intervals.two_stage_claim_rows(per_group, claims, across="all Hopper datasets", **settings)
     write_csv(folder / "claims.csv", rows)
+    curve_rows = intervals.two_stage_curve_rows(curves, **settings)
+    write_csv(folder / "curves.csv", curve_rows)
+    colours = benchmark_module("plot").METHOD_COLOURS
+    intervals.plot_iqm_curves(curve_rows, folder / "iqm_curves.png", colours, LABELS)
     comparisons = [r for r in rows if r["first"] == "balanced-N5" and r["metric"] == "late" and r["p_improvement"] != ""]
     if comparisons:  # claim (a) on late: P(ours > each baseline), pretrainings resampled
-        colours = benchmark_module("plot").METHOD_COLOURS
         intervals.plot_improvement(
             comparisons, folder / "probability_of_improvement.png", "balanced-N5", "late", colours, LABELS
         )
@@ -1443,7 +1448,7 @@ def deep_full_report(out: Path):
             names = [f"{prefix}_{arm}_s{s}" for s in SEEDS if (ROOT / out / "status" / f"{prefix}_{arm}_s{s}.done").exists()]
             if not names:
                 continue
-            numbers = per_seed[(steps, arm)] = [run_numbers(by_name[name].run_dir) for name in names]
+            numbers = per_seed[(steps, arm)] = [curve_numbers(*eval_curve(by_name[name].run_dir)) for name in names]
             mean = lambda key, numbers=numbers: round(float(np.mean([n[key] for n in numbers])), 2)
             std = lambda key, numbers=numbers: round(float(np.std([n[key] for n in numbers])), 2)
             summary.append(
@@ -1474,10 +1479,7 @@ def interval_report(out: Path, curves_of: dict):
     arm, dataset and metric, and across datasets), intervals/claims.csv (every claim on late and auc, and (b), (d),
     (e) also on their own metric, by the interval rule), intervals/curves.csv and the figures."""
     intervals = benchmark_module("intervals")
-    per_run = {
-        key: [{**intervals.run_metrics(steps, scores, LATE_FROM), **seed_metrics(steps, scores)} for steps, scores in curves]
-        for key, curves in curves_of.items()
-    }
+    per_run = {key: [curve_numbers(steps, scores) for steps, scores in curves] for key, curves in curves_of.items()}
     if not per_run:
         return
     folder = ROOT / out / "intervals"

@@ -401,6 +401,19 @@ def with_verdicts(comparisons: list, claim: str, metric: str, n_pairs: int, labe
     return rows
 
 
+def _on_common_steps(runs: list) -> tuple:
+    """[(steps, scores) per run] -> (the steps every run has, a (runs x those steps) array of their scores)."""
+    common = functools.reduce(np.intersect1d, [np.asarray(steps) for steps, _ in runs])
+    return common, np.stack([np.asarray(s, dtype=float)[np.isin(np.asarray(st), common)] for st, s in runs])
+
+
+def _curve_points(task: str, arm: str, steps, point, low, high, **counts) -> list:
+    return [
+        {"task": task, "arm": arm, "step": int(step), **counts, "iqm": _r(p), "ci_low": _r(lo), "ci_high": _r(hi)}
+        for step, p, lo, hi in zip(steps, point, low, high)
+    ]
+
+
 def curve_rows(
     curves: dict, reps: int = INTERVAL_RESAMPLES, confidence: float = INTERVAL_CONFIDENCE, seed: int = SEED
 ) -> list:
@@ -409,21 +422,11 @@ def curve_rows(
     runs resampled within each step."""
     rows = []
     for (task, arm), runs in curves.items():
-        common = functools.reduce(np.intersect1d, [np.asarray(steps) for steps, _ in runs])
-        scores = np.stack([np.asarray(s, dtype=float)[np.isin(np.asarray(st), common)] for st, s in runs])[:, None, :]
-        point, low, high = bootstrap(scores, lambda s: _iqm_columns(s.reshape(s.shape[0], -1)), reps, confidence, seed)
-        rows += [
-            {
-                "task": task,
-                "arm": arm,
-                "step": int(step),
-                "n_runs": len(runs),
-                "iqm": _r(p),
-                "ci_low": _r(lo),
-                "ci_high": _r(hi),
-            }
-            for step, p, lo, hi in zip(common, point, low, high)
-        ]
+        common, scores = _on_common_steps(runs)
+        estimate = lambda s: _iqm_columns(s.reshape(s.shape[0], -1))
+        rows += _curve_points(
+            task, arm, common, *bootstrap(scores[:, None, :], estimate, reps, confidence, seed), n_runs=len(runs)
+        )
     return rows
 
 
@@ -432,15 +435,16 @@ def two_stage_resample(groups, reps: int, rng: np.random.Generator) -> np.ndarra
     """groups: one arm's runs on one task grouped by their pretraining, G groups of m run values each -> (reps, G m)
     resampled run values: in each resample G groups drawn with replacement, then m runs drawn with replacement within
     each drawn group (a hierarchical bootstrap: the spread between pretrainings counts, not only the spread between
-    fine-tuning seeds of one pretraining)."""
+    fine-tuning seeds of one pretraining). A run may be a vector (a curve's scores): (reps, G m, steps), the same
+    draw for every step."""
     sizes = {len(group) for group in groups}
     if len(sizes) != 1 or 0 in sizes:
         raise ValueError(f"every pretraining needs the same number of runs (at least one), got sizes {sorted(sizes)}")
     values = np.asarray(groups, dtype=float)
-    n_groups, m = values.shape
+    n_groups, m = values.shape[:2]
     drawn_groups = rng.integers(0, n_groups, size=(reps, n_groups))
     drawn_runs = rng.integers(0, m, size=(reps, n_groups, m))
-    return values[drawn_groups[:, :, None], drawn_runs].reshape(reps, n_groups * m)
+    return values[drawn_groups[:, :, None], drawn_runs].reshape(reps, n_groups * m, *values.shape[2:])
 
 
 def _pairwise_improvement(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -523,6 +527,27 @@ def two_stage_claim_rows(
                     row.update(_two_stage_numbers(a, b, metric in lower_is_better, reps, confidence, seed))
                 comparisons.append(row)
         rows += with_verdicts(comparisons, claim, metric, len(pairs), labels, columns)
+    return rows
+
+
+def two_stage_curve_rows(
+    curves: dict, reps: int = INTERVAL_RESAMPLES, confidence: float = INTERVAL_CONFIDENCE, seed: int = SEED
+) -> list:
+    """curves[(task, arm)] = [[(steps, scores) per run] per pretraining] -> curve_rows' rows (plus n_pretrainings)
+    with the interval from two_stage_resample instead of a bootstrap of runs: one resample of pretrainings and runs
+    (numpy's default_rng(seed) for each curve) serves every step, so a step's interval is the one two_stage_compare
+    gives its values. The point is the IQM of all runs at the step, on the steps every run has."""
+    rows = []
+    for (task, arm), groups in curves.items():
+        common, scores = _on_common_steps([run for group in groups for run in group])
+        values = np.split(scores, np.cumsum([len(group) for group in groups])[:-1])  # pretrainings x runs x steps
+        resampled = np.sort(two_stage_resample(values, reps, np.random.default_rng(seed)), axis=1)
+        cut = int(IQM_CUT * resampled.shape[1])
+        draws = resampled[:, cut : resampled.shape[1] - cut].mean(axis=1)  # (reps, steps): each resample's IQM
+        tail = 100 * (1 - confidence) / 2
+        low, high = np.percentile(draws, [tail, 100 - tail], axis=0)
+        counts = dict(n_pretrainings=len(groups), n_runs=len(scores))
+        rows += _curve_points(task, arm, common, _iqm_columns(scores), low, high, **counts)
     return rows
 
 

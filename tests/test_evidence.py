@@ -674,7 +674,13 @@ def test_independent_report_groups_runs_by_pretraining(tmp_path, monkeypatch):
     assert sac["result"] == "holds" and float(sac["iqm_first"]) == pytest.approx(np.mean([62, 64, 65, 66]))
     awac = next(r for r in claims if r["second"] == "awac-N5" and r["metric"] == "late")
     assert awac["n_pretrainings_second"] == "5" and awac["result"] == "holds"
-    assert (out / "intervals" / "independent" / "probability_of_improvement.png").stat().st_size > 10_000
+    curves = list(csv_module.DictReader(open(out / "intervals" / "independent" / "curves.csv")))
+    ours = [r for r in curves if r["arm"] == "balanced-N5"]
+    assert [int(r["step"]) for r in ours] == list(range(0, 6000, 1000))
+    assert {(r["n_pretrainings"], r["n_runs"], float(r["iqm"])) for r in ours} == {("3", "6", np.mean([62, 64, 65, 66]))}
+    assert {(r["arm"], r["n_pretrainings"]) for r in curves} == {("balanced-N5", "3"), ("sac-ft", "2"), ("awac-N5", "5")}
+    for figure in ("probability_of_improvement.png", "iqm_curves.png"):
+        assert (out / "intervals" / "independent" / figure).stat().st_size > 10_000
 
 
 def test_deep_full_report_puts_claim_b_at_both_depths(tmp_path, monkeypatch):

@@ -410,6 +410,30 @@ def test_two_stage_compare_by_hand_and_wider_than_the_run_level_bootstrap():
     assert c["result"] == intervals.verdict(c["ci_low"], c["ci_high"])
 
 
+def test_two_stage_curve_rows_give_each_step_two_stage_compares_interval():
+    """Each step's band is the interval two_stage_compare gives that step's values (one resample serves every step),
+    the point is the IQM of all runs there, only the steps every run has count, and a spread between pretrainings
+    widens the band beyond curve_rows' run-level one."""
+    offsets = [[0.0, 2.0], [30.0, 31.0], [60.0, 64.0]]  # 3 pretrainings far apart, 2 runs each
+    groups = [[(STEPS[:5], offset + 5.0 * np.arange(5)) for offset in group] for group in offsets]
+    groups[1][0] = (STEPS[:6], 30.0 + 5.0 * np.arange(6))  # one more evaluation in one run: left out
+    rows = intervals.two_stage_curve_rows({("t", "ours"): groups, ("t", "flat"): [[(STEPS[:5], np.ones(5))] * 2] * 3})
+    ours = [r for r in rows if r["arm"] == "ours"]
+    assert [r["step"] for r in ours] == list(STEPS[:5])
+    assert all(r["n_pretrainings"] == 3 and r["n_runs"] == 6 for r in ours)
+    for i, row in enumerate(ours):
+        at_step = [[offset + 5.0 * i for offset in group] for group in offsets]
+        c = intervals.two_stage_compare([at_step], [at_step])
+        assert row["iqm"] == pytest.approx(hand_iqm(np.ravel(at_step)), abs=0.005)
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((c["ci_first_low"], c["ci_first_high"]), abs=0.005)
+    runs = [run for group in groups for run in group]
+    single = [r for r in intervals.curve_rows({("t", "ours"): runs}, reps=REPS)]
+    assert all(a["ci_high"] - a["ci_low"] > b["ci_high"] - b["ci_low"] for a, b in zip(ours, single))
+    assert all(r["ci_low"] == r["iqm"] == r["ci_high"] == 1.0 for r in rows if r["arm"] == "flat")
+    with pytest.raises(ValueError, match="same number of runs"):
+        intervals.two_stage_curve_rows({("t", "ours"): [groups[0], groups[1][:1]]}, reps=10)
+
+
 def test_two_stage_claim_rows_verdicts_lower_is_better_and_too_few_pretrainings():
     runs = lambda *values: [{"late": v, "drop": -v} for v in values]
     per_group = {
