@@ -1074,11 +1074,6 @@ def write_tables(out: Path, rows: list, claims: list):
 def fill_readme(out: Path, readme: Path, score_tables: str, claims: list):
     """Replace the README's block between README_MARKERS with the score tables (as in tables.md), the claims' verdicts
     with their comparisons (claims.csv's rows), and each dataset's Fig. 3 figure, so every number is the CSVs' one."""
-    start, end = README_MARKERS
-    text = readme.read_text() if readme.exists() else ""
-    if start not in text or end not in text:
-        print(f"{readme.name}: no {start} ... {end} block, left as it is")
-        return
     block = [
         "<!-- written by: python benchmark/evidence.py --report (from summary.csv and claims.csv) -->",
         "Final = mean of the last three evaluations (48k-50k steps); the paper's early collapse shows in the "
@@ -1115,9 +1110,21 @@ def fill_readme(out: Path, readme: Path, score_tables: str, claims: list):
         figure = out / task_of(dataset) / "fig3_methods" / "fig3_score.png"
         if (ROOT / figure).exists():
             block += ["", f"![{task_of(dataset)}, Fig. 3 arms]({figure})"]
+    if replace_block(readme, README_MARKERS, block):
+        print(f"wrote {readme.name}'s study tables")
+    else:
+        print(f"{readme.name}: no {README_MARKERS[0]} ... {README_MARKERS[1]} block, left as it is")
+
+
+def replace_block(readme: Path, markers: tuple, block: list) -> bool:
+    """Replace the README's lines between the two markers with block; False (nothing written) without the markers."""
+    start, end = markers
+    text = readme.read_text() if readme.exists() else ""
+    if start not in text or end not in text:
+        return False
     head, rest = text.split(start, 1)
     readme.write_text(head + start + "\n" + "\n".join(block) + "\n" + end + rest.split(end, 1)[1])
-    print(f"wrote {readme.name}'s study tables")
+    return True
 
 
 HEADLINE_MARKERS = ("<!-- headline -->", "<!-- /headline -->")
@@ -1227,18 +1234,73 @@ def headline(out: Path, claims: list) -> list:
 
 
 def fill_headline(out: Path, readme: Path, claims: list):
-    start, end = HEADLINE_MARKERS
-    text = readme.read_text() if readme.exists() else ""
-    if start not in text or end not in text:
-        return
     block = [
         "<!-- written by: python benchmark/evidence.py --report (from claims.csv, intervals/claims.csv, "
         "diagnosis/critic_side/summary.csv, depth/depth_verdict.csv, depth/full/claims.csv, alpha/alpha_verdict.csv "
         "and intervals/independent/claims.csv) -->",
         *headline(out, claims),
     ]
-    head, rest = text.split(start, 1)
-    readme.write_text(head + start + "\n" + "\n".join(block) + "\n" + end + rest.split(end, 1)[1])
+    replace_block(readme, HEADLINE_MARKERS, block)
+
+
+SIDE_BY_SIDE_MARKERS = ("<!-- independent-pretraining -->", "<!-- /independent-pretraining -->")
+
+
+def side_by_side_rows(out: Path) -> list:
+    """Each comparison of the independent-pretraining check (on its claim's interval metric) beside the same
+    comparison on the shared ensemble's runs, by the 2-SE rule (claims.csv; (a) on the final score) and by the interval
+    rule (intervals/claims.csv); agree: whether the results (holds, tie, reversed) are the same wherever they exist."""
+    key = lambda r, *extra: (r["claim"], r["task"], *extra, r["first"], r["second"])
+    two_se = {key(r): r for r in read_csv(ROOT / out / "claims.csv") if r["first"]}
+    shared = {key(r, r["metric"]): r for r in read_csv(ROOT / out / "intervals" / "claims.csv") if r["first"]}
+    rows = []
+    for r in read_csv(ROOT / out / "intervals" / "independent" / "claims.csv"):
+        if not r["first"] or r["metric"] != INTERVAL_METRIC_OF[r["claim"][:3]] or r["result"].startswith("n/a"):
+            continue
+        a, b = two_se.get(key(r), {}), shared.get(key(r, r["metric"]), {})
+        row = {"claim": r["claim"], "task": r["task"], "first": r["first"], "second": r["second"]}
+        row |= {f"two_se_{k}": a.get(k, "") for k in ("metric", "difference", "se", "result")}
+        row |= {f"shared_{k}": b.get(k, "") for k in ("metric", "iqm_difference", "ci_low", "ci_high", "result")}
+        row |= {f"independent_{k}": r[k] for k in ("metric", "iqm_difference", "ci_low", "ci_high", "result")}
+        row |= {k: r[k] for k in ("n_pretrainings_first", "n_pretrainings_second", "n_first", "n_second")}
+        results = {x for x in (row["two_se_result"], row["shared_result"], row["independent_result"]) if x}
+        rows.append(row | {"agree": "yes" if len(results) == 1 else "no"})
+    return rows
+
+
+def fill_side_by_side(out: Path, readme: Path):
+    """intervals/independent/side_by_side.csv and the README's block between SIDE_BY_SIDE_MARKERS: the table of
+    side_by_side_rows (nothing while the check has no comparison)."""
+    rows = side_by_side_rows(out)
+    if not rows:
+        return
+    write_csv(ROOT / out / "intervals" / "independent" / "side_by_side.csv", rows)
+    number = lambda r, key, form: format(float(r[key]), form)
+    interval = lambda r, p: (
+        f"{number(r, p + 'iqm_difference', '+.1f')} [{number(r, p + 'ci_low', '.1f')}, {number(r, p + 'ci_high', '.1f')}] "
+        f"{r[p + 'result']}"
+    )
+    block = [
+        "<!-- written by: python benchmark/evidence.py --report (from intervals/independent/side_by_side.csv) -->",
+        "| claim | task | comparison | 2-SE rule, shared ensemble: difference ± SE | interval rule, shared ensemble: "
+        "IQM difference [95%] | two-stage, independent pretrainings: IQM difference [95%] (pretrainings) | agree |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        two_se = (
+            f"{r['two_se_metric']} {number(r, 'two_se_difference', '+.1f')} ± {number(r, 'two_se_se', '.1f')} "
+            f"{r['two_se_result']}"
+            if r["two_se_result"]
+            else "—"
+        )
+        shared = f"{r['shared_metric']} {interval(r, 'shared_')}" if r["shared_result"] else "—"
+        independent = (
+            f"{r['independent_metric']} {interval(r, 'independent_')} "
+            f"({r['n_pretrainings_first']}/{r['n_pretrainings_second']})"
+        )
+        comparison = f"{LABELS[r['first']]} − {LABELS[r['second']]}"
+        block.append(f"| {r['claim'][:3]} | {r['task']} | {comparison} | {two_se} | {shared} | {independent} | {r['agree']} |")
+    replace_block(readme, SIDE_BY_SIDE_MARKERS, block)
 
 
 def report(out: Path):
@@ -1369,6 +1431,7 @@ def report(out: Path):
         subprocess.run([sys.executable, *command[1:]], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     fill_readme(out, ROOT / "README.md", score_tables, claims)
     fill_headline(out, ROOT / "README.md", claims)
+    fill_side_by_side(out, ROOT / "README.md")
     with open(ROOT / out / "report_commands.txt", "w") as f:
         f.write("# written by: python benchmark/evidence.py --report\n")
         f.writelines(shlex.join(c) + "\n" for c in commands)

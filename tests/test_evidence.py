@@ -883,3 +883,77 @@ def test_committed_readme_headline_is_what_the_committed_csvs_give():
     claims = evidence.read_csv(evidence.ROOT / out / "claims.csv")
     assert claims, "the study's claims.csv is committed"
     assert committed == evidence.headline(out, claims)
+
+
+def test_side_by_side_puts_each_independent_comparison_beside_the_shared_ensembles(tmp_path, monkeypatch):
+    """intervals/independent/side_by_side.csv and the README block: each comparison the check could make (not the n/a
+    ones, only its claim's interval metric) joined to the same comparison by the 2-SE rule and the interval rule on the
+    shared ensemble's runs; agree says whether all the results that exist are the same."""
+    import csv as csv_module
+
+    monkeypatch.setattr(evidence, "ROOT", tmp_path)
+    out = Path("out")
+    a, b = "(a) ours ends above every baseline", "(b) no early collapse with balanced replay"
+    row = lambda claim, task, metric, second, **numbers: {
+        "claim": claim,
+        "task": task,
+        "metric": metric,
+        "first": "balanced-N5",
+        "second": second,
+        **numbers,
+    }
+    interval = lambda d, low, high, result: dict(iqm_difference=d, ci_low=low, ci_high=high, result=result)
+    evidence.write_csv(
+        tmp_path / out / "claims.csv",
+        [
+            row(a, "hopper-medium", "final", "sac-ft", difference=-8.08, se=10.52, result="tie"),
+            row(b, "hopper-medium", "drop", "sac-ft", difference=-1.5, se=2.5, result="tie"),
+        ],
+    )
+    evidence.write_csv(
+        tmp_path / out / "intervals" / "claims.csv",
+        [
+            row(a, "hopper-medium", "late", "sac-ft", **interval(-6.41, -10.62, -1.99, "reversed")),
+            row(a, "hopper-medium", "auc", "sac-ft", **interval(9.0, 1.0, 12.0, "holds")),
+            row(b, "hopper-medium", "drop", "sac-ft", **interval(-2.0, -5.0, 1.0, "tie")),
+        ],
+    )
+    pretrainings = dict(n_pretrainings_first=3, n_pretrainings_second=2, n_first=6, n_second=4)
+    evidence.write_csv(
+        tmp_path / out / "intervals" / "independent" / "claims.csv",
+        [
+            row(a, "hopper-medium", "late", "sac-ft", **interval(-3.25, -9.5, 4.75, "tie"), **pretrainings),
+            row(a, "hopper-medium", "auc", "sac-ft", **interval(1.0, -2.0, 3.0, "tie"), **pretrainings),
+            row(a, "hopper-medium", "late", "awac-N5", **interval("", "", "", "n/a (fewer than 2 pretrainings)")),
+            row(b, "hopper-medium", "drop", "sac-ft", **interval(-1.0, -4.0, 2.0, "tie"), **pretrainings),
+            row(a, "all Hopper datasets", "late", "sac-ft", **interval(2.0, 0.5, 4.0, "holds"), **pretrainings),
+            {"claim": a, "task": "hopper-medium", "metric": "late", "first": "", "result": "verdict: inconclusive"},
+        ],
+    )
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- independent-pretraining -->\nstale table\n<!-- /independent-pretraining -->\nafter\n")
+    evidence.fill_side_by_side(out, readme)
+    rows = list(csv_module.DictReader(open(tmp_path / out / "intervals" / "independent" / "side_by_side.csv")))
+    assert [(r["claim"][:3], r["task"], r["second"], r["agree"]) for r in rows] == [
+        ("(a)", "hopper-medium", "sac-ft", "no"),  # 2-SE tie, shared interval reversed, independent tie
+        ("(b)", "hopper-medium", "sac-ft", "yes"),
+        ("(a)", "all Hopper datasets", "sac-ft", "yes"),  # no 2-SE or shared row across datasets: one result
+    ]
+    first = rows[0]
+    assert (first["two_se_metric"], first["two_se_difference"], first["two_se_result"]) == ("final", "-8.08", "tie")
+    assert (first["shared_metric"], first["shared_ci_low"], first["shared_result"]) == ("late", "-10.62", "reversed")
+    assert (first["independent_iqm_difference"], first["n_pretrainings_first"]) == ("-3.25", "3")
+    assert rows[2]["two_se_result"] == rows[2]["shared_result"] == ""
+    text = readme.read_text()
+    assert text.startswith("before\n<!-- independent-pretraining -->\n") and text.endswith(
+        "<!-- /independent-pretraining -->\nafter\n"
+    )
+    assert "stale table" not in text
+    assert (
+        "| (a) | hopper-medium | Ours (balanced, N=5) − SAC-ft | final -8.1 ± 10.5 tie | late -6.4 [-10.6, -2.0] reversed | "
+        "late -3.2 [-9.5, 4.8] tie (3/2) | no |" in text
+    )
+    assert (
+        "| (a) | all Hopper datasets | Ours (balanced, N=5) − SAC-ft | — | — | late +2.0 [0.5, 4.0] holds (3/2) | yes |"
+        in text
+    )
