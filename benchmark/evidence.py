@@ -1250,7 +1250,7 @@ def side_by_side_rows(out: Path) -> list:
     """Each comparison of the independent-pretraining check (on its claim's interval metric) beside the same
     comparison on the shared ensemble's runs, by the 2-SE rule (claims.csv; (a) on the final score) and by the interval
     rule (intervals/claims.csv); agree: whether the results (holds, tie, reversed) are the same wherever they exist."""
-    key = lambda r, *extra: (r["claim"], r["task"], *extra, r["first"], r["second"])
+    key = lambda r, *extra: (r["claim"][:3], r["task"], *extra, r["first"], r["second"])  # "(a)": wordings differ
     two_se = {key(r): r for r in read_csv(ROOT / out / "claims.csv") if r["first"]}
     shared = {key(r, r["metric"]): r for r in read_csv(ROOT / out / "intervals" / "claims.csv") if r["first"]}
     rows = []

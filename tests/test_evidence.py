@@ -903,11 +903,12 @@ def test_side_by_side_puts_each_independent_comparison_beside_the_shared_ensembl
         **numbers,
     }
     interval = lambda d, low, high, result: dict(iqm_difference=d, ci_low=low, ci_high=high, result=result)
+    b_long = b + "; a dip with uniform, online-only and SAC-ft"  # the study's wording; the check's is shorter
     evidence.write_csv(
         tmp_path / out / "claims.csv",
         [
             row(a, "hopper-medium", "final", "sac-ft", difference=-8.08, se=10.52, result="tie"),
-            row(b, "hopper-medium", "drop", "sac-ft", difference=-1.5, se=2.5, result="tie"),
+            row(b_long, "hopper-medium", "drop", "sac-ft", difference=-1.5, se=2.5, result="tie"),
         ],
     )
     evidence.write_csv(
@@ -915,7 +916,7 @@ def test_side_by_side_puts_each_independent_comparison_beside_the_shared_ensembl
         [
             row(a, "hopper-medium", "late", "sac-ft", **interval(-6.41, -10.62, -1.99, "reversed")),
             row(a, "hopper-medium", "auc", "sac-ft", **interval(9.0, 1.0, 12.0, "holds")),
-            row(b, "hopper-medium", "drop", "sac-ft", **interval(-2.0, -5.0, 1.0, "tie")),
+            row(b_long, "hopper-medium", "drop", "sac-ft", **interval(-2.0, -5.0, 1.0, "tie")),
         ],
     )
     pretrainings = dict(n_pretrainings_first=3, n_pretrainings_second=2, n_first=6, n_second=4)
@@ -943,6 +944,7 @@ def test_side_by_side_puts_each_independent_comparison_beside_the_shared_ensembl
     assert (first["two_se_metric"], first["two_se_difference"], first["two_se_result"]) == ("final", "-8.08", "tie")
     assert (first["shared_metric"], first["shared_ci_low"], first["shared_result"]) == ("late", "-10.62", "reversed")
     assert (first["independent_iqm_difference"], first["n_pretrainings_first"]) == ("-3.25", "3")
+    assert (rows[1]["two_se_difference"], rows[1]["shared_iqm_difference"]) == ("-1.5", "-2.0")
     assert rows[2]["two_se_result"] == rows[2]["shared_result"] == ""
     text = readme.read_text()
     assert text.startswith("before\n<!-- independent-pretraining -->\n") and text.endswith(
