@@ -453,6 +453,12 @@ def _pairwise_improvement(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (np.count_nonzero(x > y, axis=(1, 2)) + 0.5 * np.count_nonzero(x == y, axis=(1, 2))) / (x.shape[1] * y.shape[2])
 
 
+def _percentile_interval(draws: np.ndarray, confidence: float) -> np.ndarray:
+    """The percentile interval of bootstrap draws (resamples along the first axis): [low, high] for each column."""
+    tail = 100 * (1 - confidence) / 2
+    return np.percentile(draws, [tail, 100 - tail], axis=0)
+
+
 def two_stage_compare(
     first: list, second: list, reps: int = INTERVAL_RESAMPLES, confidence: float = INTERVAL_CONFIDENCE, seed: int = SEED
 ) -> dict:
@@ -466,8 +472,7 @@ def two_stage_compare(
     flat = lambda arm: np.concatenate([np.ravel(groups) for groups in arm])
     iqm_a, iqm_b = _iqm_columns(np.concatenate(a, axis=1).T), _iqm_columns(np.concatenate(b, axis=1).T)
     improvement = np.mean([_pairwise_improvement(x, y) for x, y in zip(a, b)], axis=0)
-    tail = 100 * (1 - confidence) / 2
-    interval = lambda draws: np.percentile(draws, [tail, 100 - tail])
+    interval = lambda draws: _percentile_interval(draws, confidence)
     (a_low, a_high), (b_low, b_high) = interval(iqm_a), interval(iqm_b)
     low, high = interval(iqm_a - iqm_b)
     p_low, p_high = interval(improvement)
@@ -541,11 +546,8 @@ def two_stage_curve_rows(
     for (task, arm), groups in curves.items():
         common, scores = _on_common_steps([run for group in groups for run in group])
         values = np.split(scores, np.cumsum([len(group) for group in groups])[:-1])  # pretrainings x runs x steps
-        resampled = np.sort(two_stage_resample(values, reps, np.random.default_rng(seed)), axis=1)
-        cut = int(IQM_CUT * resampled.shape[1])
-        draws = resampled[:, cut : resampled.shape[1] - cut].mean(axis=1)  # (reps, steps): each resample's IQM
-        tail = 100 * (1 - confidence) / 2
-        low, high = np.percentile(draws, [tail, 100 - tail], axis=0)
+        resampled = two_stage_resample(values, reps, np.random.default_rng(seed))  # (reps, runs, steps)
+        low, high = _percentile_interval(_iqm_columns(np.moveaxis(resampled, 1, 0)), confidence)
         counts = dict(n_pretrainings=len(groups), n_runs=len(scores))
         rows += _curve_points(task, arm, common, _iqm_columns(scores), low, high, **counts)
     return rows
