@@ -43,6 +43,7 @@ import argparse
 import csv
 import fcntl
 import functools
+import hashlib
 import os
 import shlex
 import shutil
@@ -741,6 +742,24 @@ def lock_is_held(path: Path) -> bool:
         os.close(fd)  # releases the lock if this call took it
 
 
+def dataset_record(command: list[str]) -> str | None:
+    """The dataset a job reads, as a comment for commands.txt: its SHA-256 and the CPU that wrote it. Datasets are
+    regenerated on each machine (make_datasets.py), and another CPU writes other bytes of the same distribution, so
+    this line says which file a run was started or resumed on."""
+    if "--dataset-path" not in command:
+        return None
+    path = ROOT / command[command.index("--dataset-path") + 1]
+    if not path.exists():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    made_on = path.with_name(path.name + ".made_on")
+    cpu = made_on.read_text().strip() if made_on.exists() else "unknown"
+    return f"#   dataset {command[command.index('--dataset-path') + 1]}: sha256 {digest.hexdigest()}, made on {cpu}"
+
+
 def run_campaign(out: Path, workers: int, dry_run: bool, only: list[str]):
     """Run every pending job whose dependencies are done, at most `workers` at a time across every sitting.
 
@@ -805,6 +824,8 @@ def run_campaign(out: Path, workers: int, dry_run: bool, only: list[str]):
                 elif job.run_dir is not None and (ROOT / job.run_dir).exists():
                     shutil.rmtree(ROOT / job.run_dir)
                 commands.write(" ".join(command) + "\n")
+                if (record := dataset_record(command)) is not None:
+                    commands.write(record + "\n")
                 commands.flush()
                 log = open(ROOT / logs / f"{job.name}.log", "a")
                 print(f"{time.strftime('%H:%M:%S')} start {job.name}", flush=True)

@@ -1,5 +1,6 @@
 """benchmark/make_datasets.py (D4RL recipes at CPU scale) and benchmark/evidence.py (the restartable campaign)."""
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -959,3 +960,28 @@ def test_side_by_side_puts_each_independent_comparison_beside_the_shared_ensembl
         "| (a) | all Hopper datasets | Ours (balanced, N=5) − SAC-ft | — | — | late +2.0 [0.5, 4.0] holds (3/2) | yes |"
         in text
     )
+
+
+def test_runner_records_the_dataset_each_job_reads(tmp_path, monkeypatch):
+    """commands.txt names the bytes a run was started on: the dataset's SHA-256 and the CPU that wrote it."""
+    monkeypatch.setattr(evidence, "ROOT", tmp_path)
+    monkeypatch.setattr(evidence, "POLL_SECONDS", 0.05)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "d.hdf5").write_bytes(b"not really hdf5, but bytes to hash" * 1000)
+    (tmp_path / "data" / "d.hdf5.made_on").write_text("Some CPU\n")
+    command = ["python", "-c", "pass", "--dataset-path", "data/d.hdf5"]
+    monkeypatch.setattr(
+        evidence,
+        "jobs",
+        lambda out: [
+            evidence.Job("reads", command, None, None),
+            evidence.Job("no_data", ["python", "-c", "pass"], None, None),
+        ],
+    )
+    out = tmp_path / "out"
+    evidence.run_campaign(out, workers=1, dry_run=False, only=[])
+    lines = (out / "commands.txt").read_text().splitlines()
+    expected = hashlib.sha256(b"not really hdf5, but bytes to hash" * 1000).hexdigest()
+    at = lines.index("python -c pass --dataset-path data/d.hdf5")
+    assert lines[at + 1] == f"#   dataset data/d.hdf5: sha256 {expected}, made on Some CPU"
+    assert lines[at + 2] == "python -c pass" and len(lines) == at + 3  # no dataset, no record
