@@ -173,7 +173,7 @@ INDEPENDENT_CLAIMS = [
     ),
     ("(b) no early collapse with balanced replay", ("drop",), [("balanced-N5", "sac-ft")]),
 ]
-INDEPENDENT_ORDER = ("medium-replay", "medium", "medium-expert")  # the order their jobs run: the headline success first
+INDEPENDENT_ORDER = ("medium-replay", "medium", "medium-expert")  # the headline success first (queue: see jobs())
 
 # ---- walker2d-medium-expert, the README's first command (fixed 2026-12-01, before any of its jobs ran) ----
 # The Hopper study's settings and verdict rules on Walker2d-v4: the datasets by make_datasets.py --env walker2d (the
@@ -185,7 +185,8 @@ INDEPENDENT_ORDER = ("medium-replay", "medium", "medium-expert")  # the order th
 # this task (awac.py's docstring, after CORL): AWAC's lambda = 1/3 on walker2d-medium-expert (1.0 on Hopper). Queued
 # last (the datasets right after the first-epoch study): first the first-epoch and independent-pretraining questions,
 # which this study builds on. The order of the queue is not a setting; it was changed once, before any of these jobs
-# ran (2026-12-01 08:30 UTC), from "after the missing Hopper arms" to last.
+# ran (2026-12-01 08:30 UTC), from "after the missing Hopper arms" to last, and again on 2026-12-02, before any of
+# them ran, to between the independent-pretraining sets of hopper-medium and hopper-medium-expert (see jobs()).
 WALKER = "walker2d-medium-expert"
 WALKER_ENV_ID = "Walker2d-v4"
 WALKER_ARMS = ("balanced-N5", "sac-ft", "awac-N5", "bcq-ft-N1", "sac")
@@ -331,8 +332,12 @@ def jobs(out: Path) -> list[Job]:
                 extra = ("--fqe-checkpoint", pre / f"fqe_hopper-{d}_N5.pt") if arm.startswith("fqe-init") else ()
                 deps = [f"cql_{d}"] + ([f"fqe_{d}"] if extra else [])
                 out_jobs.append(finetune_job(name, data_args(d), cql[d], arm, seed, ck / f"{name}.pt", run_dir, deps, extra))
-    out_jobs += independent_pretraining_jobs(out, data_args, cql_job)
-    out_jobs += walker_jobs(out)
+    # order revised 2026-12-02, before any moved job ran but medium-replay's AWAC and BCQ-ft seed 4 (a slower CPU:
+    # CQL 2.8 steps/s, not 4.5-5): the CQL-based sets of medium-replay and medium, then Walker2d, then medium-expert's
+    # set; AWAC's and BCQ-ft's seeds 4 and 5 last, since each of their runs already has a pretraining of its own
+    cql_based, own_pretraining = independent_pretraining_jobs(out, data_args, cql_job)
+    out_jobs += cql_based["medium-replay"] + cql_based["medium"] + walker_jobs(out) + cql_based["medium-expert"]
+    out_jobs += own_pretraining
     for job in out_jobs:
         job.command = [str(part) for part in job.command]
     return out_jobs
@@ -417,31 +422,32 @@ def walker_jobs(out: Path) -> list[Job]:
     return out_jobs
 
 
-def independent_pretraining_jobs(out: Path, data_args, cql_job) -> list[Job]:
-    """The independent-pretraining runs (block above), dataset by dataset in INDEPENDENT_ORDER: the CQL ensembles of
-    seeds 2 and 3, ours and SAC-ft from each (2 fine-tuning seeds), AWAC and BCQ-ft seeds 4 and 5."""
+def independent_pretraining_jobs(out: Path, data_args, cql_job) -> tuple[dict[str, list[Job]], list[Job]]:
+    """The independent-pretraining runs (block above): per dataset, the CQL ensembles of seeds 2 and 3 and ours and
+    SAC-ft from each (2 fine-tuning seeds); and, apart, AWAC's and BCQ-ft's seeds 4 and 5 of every dataset."""
     runs, ck = out / "runs", Path("checkpoints/evidence")
-    out_jobs = []
+    cql_based, own_pretraining = {}, []
     for d in INDEPENDENT_ORDER:
-        finetuning = []
+        pretrainings, finetuning = [], []
         for pretrain_seed in PRETRAIN_SEEDS:
-            out_jobs.append(cql_job(d, pretrain_seed))
+            pretrainings.append(cql_job(d, pretrain_seed))
             for seed in FINETUNE_SEEDS_OF[pretrain_seed]:
                 for arm in INDEPENDENT_CQL_ARMS:
                     name, run_dir = job_name(d, arm, seed), runs / f"hopper-{d}__{arm}__seed{seed}"
-                    cql, deps = cql_checkpoint(out, d, pretrain_seed), [out_jobs[-1].name]
+                    cql, deps = cql_checkpoint(out, d, pretrain_seed), [pretrainings[-1].name]
                     finetuning.append(finetune_job(name, data_args(d), cql, arm, seed, ck / f"{name}.pt", run_dir, deps))
+        cql_based[d] = pretrainings + finetuning
+    for d in INDEPENDENT_ORDER:
         for seed in OWN_PRETRAINING_SEEDS:
             for arm in OWN_PRETRAINING_ARMS:
                 if seed in SEEDS:
                     continue  # run above
                 name, run_dir = job_name(d, arm, seed), runs / f"hopper-{d}__{arm}__seed{seed}"
                 command = offline_online_command(arm, data_args(d), seed, ck / f"{name}.pt", run_dir)
-                finetuning.append(
+                own_pretraining.append(
                     Job(name, command, ck / f"{name}.pt", run_dir, ["data_medium" if d == "medium" else "data_all"])
                 )
-        out_jobs += finetuning
-    return out_jobs
+    return cql_based, own_pretraining
 
 
 def offline_online_command(arm: str, data_args: list, seed: int, checkpoint: Path, run_dir: Path) -> list:

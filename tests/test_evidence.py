@@ -6,6 +6,10 @@ import sys
 from pathlib import Path
 
 import h5py
+
+# on a fresh machine matplotlib's first import builds its font cache by running fc-list through subprocess.run: done
+# here, before the tests that replace subprocess.run reach matplotlib through --report
+import matplotlib.font_manager  # noqa: F401
 import numpy as np
 import pytest
 
@@ -196,7 +200,8 @@ def test_campaign_arms_share_every_setting(tmp_path):
     files = [*zip(walker_args, hopper_args), (str(walker_cql.checkpoint), str(hopper_cql.checkpoint))]
     assert swap(walker_cql.command, files + [(str(walker_cql.run_dir), str(hopper_cql.run_dir))]) == hopper_cql.command
     assert walker_cql.deps == ["data_walker2d"] and by_name["data_walker2d"].outputs == [Path(walker_args[1])]
-    # the queue: probes of both axes, full runs at depth, missing arms, (c)/(d) arms, new seeds by dataset, Walker2d
+    # the queue: probes of both axes, full runs at depth, missing arms, (c)/(d) arms, CQL-based new seeds of two
+    # datasets, Walker2d, the third dataset's, then AWAC's and BCQ-ft's seeds 4 and 5
     order = [job.name for job in all_jobs]
     assert (
         order.index("depth150k_sac-ft_s3")
@@ -207,8 +212,13 @@ def test_campaign_arms_share_every_setting(tmp_path):
         < order.index("cql_medium-replay_seed2")
         < order.index("medium-replay_sac-ft_s7")
         < order.index("cql_medium_seed2")
-        < order.index("medium-expert_bcq-ft-N1_s5")
+        < order.index("medium_sac-ft_s7")
         < order.index(f"cql_{walker}")
+        < order.index(f"{walker}_sac-ft_s3")
+        < order.index("cql_medium-expert_seed2")
+        < order.index("medium-expert_sac-ft_s7")
+        < order.index("medium-replay_awac-N5_s4")
+        < order.index("medium-expert_bcq-ft-N1_s5")
     )
     deepest = evidence.depth_checkpoint(tmp_path, evidence.DEPTHS[-1])
     for arm in ("balanced-N5", "uniform-N5", "online-only-N5", "sac-ft"):  # full runs at the deepest checkpoint
