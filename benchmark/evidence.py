@@ -44,6 +44,7 @@ import csv
 import fcntl
 import functools
 import hashlib
+import importlib.util
 import os
 import shlex
 import shutil
@@ -766,6 +767,19 @@ def dataset_record(command: list[str]) -> str | None:
     return f"#   dataset {command[command.index('--dataset-path') + 1]}: sha256 {digest.hexdigest()}, made on {cpu}"
 
 
+CAMPAIGN_MODULES = ("torch", "gymnasium", "mujoco", "h5py", "tyro", "tensorboard", "tqdm")  # what the jobs import
+
+
+def check_campaign_modules():
+    """One message before any job starts, not one failed job per module missing on a fresh machine."""
+    missing = [module for module in CAMPAIGN_MODULES if importlib.util.find_spec(module) is None]
+    if missing:
+        raise SystemExit(
+            f"error: the campaign's scripts need {', '.join(missing)}, not installed here: "
+            "pip install torch==2.13.0 (the CPU build), then pip install -r requirements.txt"
+        )
+
+
 def run_campaign(out: Path, workers: int, dry_run: bool, only: list[str]):
     """Run every pending job whose dependencies are done, at most `workers` at a time across every sitting.
 
@@ -796,6 +810,7 @@ def run_campaign(out: Path, workers: int, dry_run: bool, only: list[str]):
         for job in todo:
             print(("# done: " if done(job.name) else "") + " ".join(job.command))
         return
+    check_campaign_modules()
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     running, failed = {}, set()
     with open(ROOT / out / "commands.txt", "a") as commands:

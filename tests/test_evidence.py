@@ -995,3 +995,20 @@ def test_runner_records_the_dataset_each_job_reads(tmp_path, monkeypatch):
     at = lines.index("python -c pass --dataset-path data/d.hdf5")
     assert lines[at + 1] == f"#   dataset data/d.hdf5: sha256 {expected}, made on Some CPU"
     assert lines[at + 2] == "python -c pass" and len(lines) == at + 3  # no dataset, no record
+
+
+def test_runner_names_missing_packages_before_any_job(tmp_path, monkeypatch):
+    """A fresh machine without h5py: one message naming it and the install command; no job starts."""
+    monkeypatch.setattr(evidence, "ROOT", tmp_path)
+    monkeypatch.setattr(evidence, "jobs", lambda out: fake_jobs(tmp_path))
+    real_find_spec = evidence.importlib.util.find_spec
+    monkeypatch.setattr(
+        evidence.importlib.util, "find_spec", lambda name: None if name in ("h5py", "tyro") else real_find_spec(name)
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        evidence.run_campaign(tmp_path / "out", workers=2, dry_run=False, only=[])
+    assert str(exit_info.value) == (
+        "error: the campaign's scripts need h5py, tyro, not installed here: "
+        "pip install torch==2.13.0 (the CPU build), then pip install -r requirements.txt"
+    )
+    assert not list(tmp_path.glob("*.args"))  # no job ran
