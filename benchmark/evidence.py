@@ -755,7 +755,8 @@ def dataset_record(command: list[str]) -> str | None:
     this line says which file a run was started or resumed on."""
     if "--dataset-path" not in command:
         return None
-    path = ROOT / command[command.index("--dataset-path") + 1]
+    relative = command[command.index("--dataset-path") + 1]
+    path = ROOT / relative
     if not path.exists():
         return None
     digest = hashlib.sha256()
@@ -764,7 +765,7 @@ def dataset_record(command: list[str]) -> str | None:
             digest.update(block)
     made_on = path.with_name(path.name + ".made_on")
     cpu = made_on.read_text().strip() if made_on.exists() else "unknown"
-    return f"#   dataset {command[command.index('--dataset-path') + 1]}: sha256 {digest.hexdigest()}, made on {cpu}"
+    return f"#   dataset {relative}: sha256 {digest.hexdigest()}, made on {cpu}"
 
 
 CAMPAIGN_MODULES = ("torch", "gymnasium", "mujoco", "h5py", "tyro", "tensorboard", "tqdm")  # what the jobs import
