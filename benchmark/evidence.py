@@ -271,41 +271,10 @@ def jobs(out: Path) -> list[Job]:
                 deps = [f"cql_{d}"] + (["fqe_medium"] if extra else [])
                 out_jobs.append(finetune_job(name, data_args(d), cql[d], arm, seed, ck / f"{name}.pt", run_dir, deps, extra))
             if d == FULL_ARMS_ON:
-                for script, arm, n in (("awac.py", "awac-N5", 5), ("bcq_ft.py", "bcq-ft-N1", 1)):
+                for arm in ("awac-N5", "bcq-ft-N1"):
                     name, run_dir = job_name(d, arm, seed), runs / f"hopper-{d}__{arm}__seed{seed}"
-                    out_jobs.append(
-                        Job(
-                            name,
-                            [
-                                PY,
-                                script,
-                                *data_args(d),
-                                "--n-ensemble",
-                                n,
-                                "--hidden-dim",
-                                WIDTH,
-                                "--offline-steps",
-                                OFFLINE_STEPS,
-                                "--online-steps",
-                                ONLINE_STEPS,
-                                "--eval-every",
-                                1000,
-                                "--eval-episodes",
-                                EVAL_EPISODES,
-                                "--seed",
-                                seed,
-                                "--checkpoint",
-                                ck / f"{name}.pt",
-                                "--checkpoint-every",
-                                5000,
-                                "--run-dir",
-                                run_dir,
-                            ],
-                            ck / f"{name}.pt",
-                            run_dir,
-                            ["data_medium"],
-                        )
-                    )
+                    command = offline_online_command(arm, data_args(d), seed, ck / f"{name}.pt", run_dir)
+                    out_jobs.append(Job(name, command, ck / f"{name}.pt", run_dir, ["data_medium"]))
     out_jobs += first_epoch_jobs(out, data_args, cql)
     # 3. the arms of claims (a) and (b) missing on medium-replay and medium-expert
     for d in DATASETS:
