@@ -192,6 +192,17 @@ WALKER = "walker2d-medium-expert"
 WALKER_ENV_ID = "Walker2d-v4"
 WALKER_ARMS = ("balanced-N5", "sac-ft", "awac-N5", "bcq-ft-N1", "sac")
 WALKER_AWAC_FLAGS = ("--awac-lambda", 0.3333)
+# (fixed 2026-12-02 14:30 UTC, before any of these jobs ran; seen by then: ours' and SAC-ft's seed-1 runs end at 10.8
+# and 18.2, and both fall to about 0 in the first online epoch on seeds 1 and 2) The critic-side test of hopper-medium
+# on walker2d-medium-expert, to tell whether its fall has the same cause: ours (balanced, N=5) for PROBE_STEPS as is,
+# with frozen critics and with a frozen actor (DIAGNOSIS_VARIANTS), seeds 1-3, a checkpoint after every epoch; then
+# Qbar against the Monte-Carlo return of each of those policies (benchmark/diagnose.py --policy) and what ours' and
+# SAC-ft's full runs logged per epoch (--runs: alpha, Qbar, offline fraction). Reading, fixed now: the same cause as
+# on hopper-medium if the frozen-critics runs score higher than the as-is runs after the first epoch by the claims'
+# rule (MARGIN_SE standard errors of the difference of seed means) and the as-is critics over-estimate the policy
+# after it (mean Qbar - Monte-Carlo > 0) while they under-estimate the CQL policy before it (< 0). Queued right after
+# the Walker2d runs, before hopper-medium-expert's set.
+WALKER_DIAGNOSIS_VARIANTS = {"as-is": (), **DIAGNOSIS_VARIANTS}
 
 
 @dataclass
@@ -306,7 +317,8 @@ def jobs(out: Path) -> list[Job]:
     # CQL 2.8 steps/s, not 4.5-5): the CQL-based sets of medium-replay and medium, then Walker2d, then medium-expert's
     # set; AWAC's and BCQ-ft's seeds 4 and 5 last, since each of their runs already has a pretraining of its own
     cql_based, own_pretraining = independent_pretraining_jobs(out, data_args, cql_job)
-    out_jobs += cql_based["medium-replay"] + cql_based["medium"] + walker_jobs(out) + cql_based["medium-expert"]
+    out_jobs += cql_based["medium-replay"] + cql_based["medium"] + walker_jobs(out) + walker_diagnosis_jobs(out)
+    out_jobs += cql_based["medium-expert"]
     out_jobs += own_pretraining
     for job in out_jobs:
         job.command = [str(part) for part in job.command]
@@ -390,6 +402,29 @@ def walker_jobs(out: Path) -> list[Job]:
                 job = Job(name, command, ck / f"{name}.pt", run_dir, ["data_walker2d"])
             out_jobs.append(job)
     return out_jobs
+
+
+def walker_diagnosis_jobs(out: Path) -> list[Job]:
+    """The critic-side test on walker2d-medium-expert (block above): the probes, then one diagnose.py run."""
+    folder, cql = out / "diagnosis" / "walker2d", out / "pretrained" / f"cql_{WALKER}_N5.pt"
+    data_args = ["--env-id", WALKER_ENV_ID, "--dataset-path", dataset_file(WALKER), "--no-cuda"]
+    probes, policies = [], ["--policy", f"CQL 30k, step 0={cql}"]
+    for seed in SEEDS:
+        for variant, flags in WALKER_DIAGNOSIS_VARIANTS.items():
+            name = f"walker_diag_{variant}_s{seed}"
+            checkpoint = folder / "checkpoints" / f"{name}.pt"
+            run = folder / "runs" / f"{WALKER}__balanced-N5-{variant}__seed{seed}"
+            flags = (*FINETUNE_ARMS["balanced-N5"], *flags)
+            probes.append(probe_job(name, data_args, cql, flags, seed, run, checkpoint, f"cql_{WALKER}"))
+            for step in range(1000, PROBE_STEPS + 1, 1000):
+                policies += ["--policy", f"{variant}, seed {seed}, step {step}={folder / 'checkpoints' / name}_step{step}.pt"]
+    full_runs = []
+    for arm, label in (("balanced-N5", "Ours"), ("sac-ft", "SAC-ft")):
+        full_runs += ["--runs", f"{label}={out / 'runs' / f'{WALKER}__{arm}__seed'}[{''.join(map(str, SEEDS))}]"]
+    command = [PY, "benchmark/diagnose.py", "--env-id", WALKER_ENV_ID, "--episodes", EVAL_EPISODES, "--seed", 1]
+    command += [*policies, *full_runs, "--out-dir", folder]
+    deps = [job.name for job in probes] + [job_name(WALKER, arm, seed) for arm in ("balanced-N5", "sac-ft") for seed in SEEDS]
+    return probes + [Job("walker_diag_q_vs_mc", command, deps=deps)]
 
 
 def independent_pretraining_jobs(out: Path, data_args, cql_job) -> tuple[dict[str, list[Job]], list[Job]]:
@@ -506,7 +541,7 @@ def first_epoch_jobs(out: Path, data_args, cql: dict) -> list[Job]:
                 probes.append(
                     probe_job(
                         name,
-                        data_args,
+                        data_args("medium"),
                         depth_checkpoint(out, steps),
                         FINETUNE_ARMS[arm],
                         seed,
@@ -521,7 +556,7 @@ def first_epoch_jobs(out: Path, data_args, cql: dict) -> list[Job]:
             diag.append(
                 probe_job(
                     name,
-                    data_args,
+                    data_args("medium"),
                     cql["medium"],
                     (*FINETUNE_ARMS["balanced-N5"], *flags),
                     seed,
@@ -586,7 +621,7 @@ def first_epoch_jobs(out: Path, data_args, cql: dict) -> list[Job]:
                 name, run = f"{tag}_{arm}_s{seed}", ALPHA_AXIS.run_dir(out, alpha, arm, seed)
                 ck = out / "alpha" / "checkpoints" / f"{name}.pt"
                 alpha_jobs.append(
-                    probe_job(name, data_args, checkpoint, FINETUNE_ARMS[arm], seed, run, ck, f"cql_medium_{tag}")
+                    probe_job(name, data_args("medium"), checkpoint, FINETUNE_ARMS[arm], seed, run, ck, f"cql_medium_{tag}")
                 )
     walker_data = Job(
         "data_walker2d",
@@ -671,15 +706,15 @@ def showcase_jobs(out: Path, data_args, cql: dict) -> list[Job]:
 
 
 def probe_job(
-    name: str, data_args, cql_checkpoint: Path, flags: tuple, seed: int, run_dir: Path, checkpoint: Path, dep: str
+    name: str, data_args: list, cql_checkpoint: Path, flags: tuple, seed: int, run_dir: Path, checkpoint: Path, dep: str
 ) -> Job:
-    """A short fine-tuning run on hopper-medium (PROBE_STEPS), keeping its checkpoint after every epoch."""
+    """A short fine-tuning run (PROBE_STEPS) on the dataset of data_args, keeping its checkpoint after every epoch."""
     return Job(
         name,
         [
             PY,
             "balanced_finetune.py",
-            *data_args("medium"),
+            *data_args,
             "--cql-checkpoint",
             cql_checkpoint,
             *flags,
@@ -1844,10 +1879,8 @@ def plot_axis(folder: Path, axis: ProbeAxis, summary: list, probe_rows: list):
 
 
 def critic_side_report(out: Path):
-    """diagnosis/critic_side/summary.csv: per variant (as is, frozen critics, frozen actor) and epoch, the score of
-    the runs and Qbar vs Monte-Carlo of the policy after that epoch (mean and std over seeds)."""
-    folder = ROOT / out / "diagnosis" / "critic_side"
-    q_rows = list(csv.DictReader(open(folder / "q_vs_mc.csv"))) if (folder / "q_vs_mc.csv").exists() else []
+    """diagnosis/critic_side/summary.csv (hopper-medium; its as-is runs are the depth-30k probes of ours) and
+    diagnosis/walker2d/summary.csv with its verdict (walker2d-medium-expert, block above WALKER_DIAGNOSIS_VARIANTS)."""
     runs = {
         "as is": lambda seed: out / "depth" / "runs" / f"hopper-medium__balanced-N5__cql30k__seed{seed}",
         **{
@@ -1855,6 +1888,39 @@ def critic_side_report(out: Path):
             for variant in DIAGNOSIS_VARIANTS
         },
     }
+    critic_side_summary(ROOT / out / "diagnosis" / "critic_side", runs)
+    folder = out / "diagnosis" / "walker2d"
+    runs = {
+        variant: (lambda seed, v=variant: folder / "runs" / f"{WALKER}__balanced-N5-{v}__seed{seed}")
+        for variant in WALKER_DIAGNOSIS_VARIANTS
+    }
+    rows = critic_side_summary(ROOT / folder, runs)
+    after = {variant: [probe_scores(run_of(seed)) for seed in SEEDS] for variant, run_of in runs.items()}
+    if not rows or any(None in scores for scores in after.values()):
+        return
+    q = {(r["variant"], int(r["step"])): r["q_minus_mc_mean"] for r in rows}
+    if q.get(("as-is", 0), "") == "" or q.get(("as-is", 1000), "") == "":
+        return
+    frozen, as_is = (np.array([s[1] for s in after[v]]) for v in ("frozen-critics", "as-is"))
+    diff, se, result = compare(frozen, as_is)
+    same_cause = result == "holds" and float(q[("as-is", 1000)]) > 0 > float(q[("as-is", 0)])
+    verdict = {
+        "comparison": "frozen-critics vs as-is, score after the first epoch",
+        "difference": round(diff, 2),
+        "se": round(se, 2),
+        "result": result,
+        "q_minus_mc_before": q[("as-is", 0)],
+        "q_minus_mc_after_epoch_1": q[("as-is", 1000)],
+        "verdict": "same cause as on hopper-medium" if same_cause else "not the same cause",
+    }
+    write_csv(ROOT / folder / "verdict.csv", [verdict])
+
+
+def critic_side_summary(folder: Path, runs: dict) -> list:
+    """summary.csv in folder: per variant and epoch, the score of the runs (runs: variant -> seed -> run folder) and
+    Qbar vs Monte-Carlo of the policy after that epoch from folder/q_vs_mc.csv (mean and std over seeds); step 0 is
+    the CQL policy itself (label "CQL 30k, step 0"). Returns the rows."""
+    q_rows = list(csv.DictReader(open(folder / "q_vs_mc.csv"))) if (folder / "q_vs_mc.csv").exists() else []
     rows = []
     for variant, run_of in runs.items():
         for step in range(0, PROBE_STEPS + 1, 1000):
@@ -1885,6 +1951,7 @@ def critic_side_report(out: Path):
             )
     if rows:
         write_csv(folder / "summary.csv", rows)
+    return rows
 
 
 def write_fqe_convergence(out: Path):

@@ -109,7 +109,7 @@ def test_campaign_arms_share_every_setting(tmp_path):
     finetune = [job for job in all_jobs if "balanced_finetune.py" in job.command]
     for job in finetune:  # full runs 50k steps, the first-epoch probes 3 epochs; the rest is the same
         value = lambda flag, job=job: job.command[job.command.index(flag) + 1]
-        probe = job.name.startswith(("depth", "diag_", "alpha"))
+        probe = job.name.startswith(("depth", "diag_", "alpha", "walker_diag_"))
         assert value("--online-steps") == ("3000" if probe else "50000") and value("--eval-episodes") == "10", job.name
     probes = [job for job in finetune if job.name.startswith("depth")]
     assert len(probes) == len(evidence.DEPTHS) * len(evidence.PROBE_ARMS) * len(evidence.SEEDS)
@@ -200,8 +200,29 @@ def test_campaign_arms_share_every_setting(tmp_path):
     files = [*zip(walker_args, hopper_args), (str(walker_cql.checkpoint), str(hopper_cql.checkpoint))]
     assert swap(walker_cql.command, files + [(str(walker_cql.run_dir), str(hopper_cql.run_dir))]) == hopper_cql.command
     assert walker_cql.deps == ["data_walker2d"] and by_name["data_walker2d"].outputs == [Path(walker_args[1])]
+    for variant, base_name in (
+        ("as-is", "depth30k_balanced-N5"),
+        ("frozen-critics", "diag_frozen-critics"),
+        ("frozen-actor", "diag_frozen-actor"),
+    ):
+        for seed in evidence.SEEDS:  # Walker2d's critic-side probes: hopper-medium's but for env and files
+            probe, base = by_name[f"walker_diag_{variant}_s{seed}"], by_name[f"{base_name}_s{seed}"]
+            files = [*zip(walker_args, hopper_args), (str(probe.checkpoint), str(base.checkpoint))]
+            files += [(str(probe.run_dir), str(base.run_dir))]
+            files.append((str(tmp_path / "pretrained" / f"cql_{walker}_N5.pt"), str(cql.checkpoint)))
+            assert swap(probe.command, files) == base.command and probe.deps == [f"cql_{walker}"], probe.name
+    q_job = by_name["walker_diag_q_vs_mc"]
+    assert set(q_job.deps) == {
+        f"walker_diag_{v}_s{s}" for v in ("as-is", "frozen-critics", "frozen-actor") for s in (1, 2, 3)
+    } | {f"{walker}_{arm}_s{s}" for arm in ("balanced-N5", "sac-ft") for s in (1, 2, 3)}
+    policies = [q_job.command[i + 1] for i, part in enumerate(q_job.command) if part == "--policy"]
+    assert len(policies) == 1 + 9 * 3 and policies[0].endswith(f"cql_{walker}_N5.pt")
+    assert (
+        f"frozen-actor, seed 3, step 3000={by_name['walker_diag_frozen-actor_s3'].checkpoint.with_suffix('')}_step3000.pt"
+        in policies
+    )
     # the queue: probes of both axes, full runs at depth, missing arms, (c)/(d) arms, CQL-based new seeds of two
-    # datasets, Walker2d, the third dataset's, then AWAC's and BCQ-ft's seeds 4 and 5
+    # datasets, Walker2d and its critic-side probes, the third dataset's, then AWAC's and BCQ-ft's seeds 4 and 5
     order = [job.name for job in all_jobs]
     assert (
         order.index("depth150k_sac-ft_s3")
@@ -215,6 +236,8 @@ def test_campaign_arms_share_every_setting(tmp_path):
         < order.index("medium_sac-ft_s7")
         < order.index(f"cql_{walker}")
         < order.index(f"{walker}_sac-ft_s3")
+        < order.index("walker_diag_as-is_s1")
+        < order.index("walker_diag_q_vs_mc")
         < order.index("cql_medium-expert_seed2")
         < order.index("medium-expert_sac-ft_s7")
         < order.index("medium-replay_awac-N5_s4")
@@ -653,6 +676,53 @@ def write_curve(run_dir, scores, steps=None):
     with SummaryWriter(str(run_dir)) as writer:
         for step, score in zip(steps, scores):
             writer.add_scalar("eval/normalized_score", score, step)
+
+
+def test_walker_critic_side_verdict_needs_the_frozen_critics_gain_and_the_turn_to_over_estimation(tmp_path, monkeypatch):
+    """diagnosis/walker2d/: per variant and epoch the seed mean of the probes' scores and of Qbar - Monte-Carlo
+    (q_vs_mc.csv's labels); 'same cause' only when frozen critics beat as-is after epoch 1 by the 2-SE rule and the
+    as-is critics go from under- to over-estimation."""
+    import csv as csv_module
+
+    monkeypatch.setattr(evidence, "ROOT", tmp_path)
+    out = tmp_path / "out"
+    folder = out / "diagnosis" / "walker2d"
+    after = {"as-is": (1.0, 2.0, 0.0), "frozen-critics": (50.0, 55.0, 60.0), "frozen-actor": (40.0, 45.0, 42.0)}
+    for variant, scores in after.items():
+        for seed, score in zip(evidence.SEEDS, scores):
+            write_curve(folder / "runs" / f"{evidence.WALKER}__balanced-N5-{variant}__seed{seed}", (45.0, score, 10.0, 12.0))
+
+    def write_q(after_epoch_1):
+        rows = [{"label": "CQL 30k, step 0", "q_mean": 200.0, "mc_mean": 300.0, "q_minus_mc_mean": -100.0}]
+        for variant in after:
+            for seed in evidence.SEEDS:
+                for step in (1000, 2000, 3000):
+                    gap = after_epoch_1 + seed if (variant, step) == ("as-is", 1000) else -50.0
+                    rows.append(
+                        {
+                            "label": f"{variant}, seed {seed}, step {step}",
+                            "q_mean": 100.0 + gap,
+                            "mc_mean": 100.0,
+                            "q_minus_mc_mean": gap,
+                        }
+                    )
+        evidence.write_csv(folder / "q_vs_mc.csv", rows)
+
+    write_q(after_epoch_1=28.0)  # as-is gaps 29, 30, 31 after the first epoch
+    evidence.critic_side_report(out)
+    summary = {(r["variant"], int(r["step"])): r for r in csv_module.DictReader(open(folder / "summary.csv"))}
+    assert float(summary[("as-is", 1000)]["score_mean"]) == pytest.approx(1.0)
+    assert float(summary[("frozen-critics", 1000)]["score_std"]) == pytest.approx(np.std([50, 55, 60]), abs=0.01)
+    assert float(summary[("as-is", 1000)]["q_minus_mc_mean"]) == pytest.approx(30.0)
+    assert float(summary[("as-is", 0)]["q_minus_mc_mean"]) == pytest.approx(-100.0)
+    verdict = next(csv_module.DictReader(open(folder / "verdict.csv")))
+    se = np.sqrt(np.var([50, 55, 60], ddof=1) / 3 + np.var([1, 2, 0], ddof=1) / 3)
+    assert float(verdict["difference"]) == pytest.approx(54.0) and float(verdict["se"]) == pytest.approx(se, abs=0.01)
+    assert verdict["result"] == "holds" and verdict["verdict"] == "same cause as on hopper-medium"
+    write_q(after_epoch_1=-40.0)  # still pessimistic after the epoch: frozen critics help, but not by that route
+    evidence.critic_side_report(out)
+    verdict = next(csv_module.DictReader(open(folder / "verdict.csv")))
+    assert verdict["result"] == "holds" and verdict["verdict"] == "not the same cause"
 
 
 def test_independent_report_groups_runs_by_pretraining(tmp_path, monkeypatch):
