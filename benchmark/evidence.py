@@ -192,7 +192,7 @@ WALKER = "walker2d-medium-expert"
 WALKER_ENV_ID = "Walker2d-v4"
 WALKER_ARMS = ("balanced-N5", "sac-ft", "awac-N5", "bcq-ft-N1", "sac")
 WALKER_AWAC_FLAGS = ("--awac-lambda", 0.3333)
-# (fixed 2026-12-02 14:07 UTC, commit 37b7598, before any of these jobs ran; seen by then: ours' and SAC-ft's seed-1 runs end at 10.8
+# (fixed 2026-12-02 14:07 UTC, before any of these jobs ran; seen by then: ours' and SAC-ft's seed-1 runs end at 10.8
 # and 18.2, and both fall to about 0 in the first online epoch on seeds 1 and 2) The critic-side test of hopper-medium
 # on walker2d-medium-expert, to tell whether its fall has the same cause: ours (balanced, N=5) for PROBE_STEPS as is,
 # with frozen critics and with a frozen actor (DIAGNOSIS_VARIANTS), seeds 1-3, a checkpoint after every epoch; then
