@@ -1266,6 +1266,19 @@ def headline(out: Path, claims: list) -> list:
         axes.append(text + f": **{r['verdict']}**")
     if axes:
         finding.append("More pessimism in pretraining, read by the rules fixed before its runs: " + "; ".join(axes) + ".")
+    walker = read_csv(ROOT / out / "diagnosis" / "walker2d" / "verdict.csv")
+    walker_scores = {
+        (r["variant"], int(r["step"])): r for r in read_csv(ROOT / out / "diagnosis" / "walker2d" / "summary.csv")
+    }
+    if walker:  # the same test on walker2d-medium-expert, read by the rule fixed before its runs
+        r, score = walker[0], lambda variant, step: float(walker_scores[(variant, step)]["score_mean"])
+        finding.append(
+            f"The same test on walker2d-medium-expert (`{out}/diagnosis/walker2d/verdict.csv`, 3 seeds): ours goes "
+            f"from {score('as-is', 0):.1f} to {score('as-is', 1000):.1f} in the first epoch, with the critics frozen to "
+            f"{score('frozen-critics', 1000):.1f} (frozen - as is {float(r['difference']):+.1f} ± {float(r['se']):.1f}: "
+            f"{r['result']}); Qbar - Monte-Carlo {float(r['q_minus_mc_before']):+.0f} before the epoch, "
+            f"{float(r['q_minus_mc_after_epoch_1']):+.0f} after it: **{r['verdict']}**."
+        )
     if finding:
         lines += ["", " ".join(finding)]
     independent = [r for r in read_csv(ROOT / out / "intervals" / "independent" / "claims.csv") if not r["first"]]
@@ -1283,8 +1296,8 @@ def headline(out: Path, claims: list) -> list:
 def fill_headline(out: Path, readme: Path, claims: list):
     block = [
         "<!-- written by: python benchmark/evidence.py --report (from claims.csv, intervals/claims.csv, "
-        "diagnosis/critic_side/summary.csv, depth/depth_verdict.csv, depth/full/claims.csv, alpha/alpha_verdict.csv "
-        "and intervals/independent/claims.csv) -->",
+        "diagnosis/critic_side/summary.csv, diagnosis/walker2d/verdict.csv, depth/depth_verdict.csv, depth/full/claims.csv, "
+        "alpha/alpha_verdict.csv and intervals/independent/claims.csv) -->",
         *headline(out, claims),
     ]
     replace_block(readme, HEADLINE_MARKERS, block)

@@ -719,6 +719,12 @@ def test_walker_critic_side_verdict_needs_the_frozen_critics_gain_and_the_turn_t
     se = np.sqrt(np.var([50, 55, 60], ddof=1) / 3 + np.var([1, 2, 0], ddof=1) / 3)
     assert float(verdict["difference"]) == pytest.approx(54.0) and float(verdict["se"]) == pytest.approx(se, abs=0.01)
     assert verdict["result"] == "holds" and verdict["verdict"] == "same cause as on hopper-medium"
+    sentence = next(line for line in evidence.headline(out, []) if "walker2d-medium-expert" in line)
+    assert sentence.endswith(
+        "ours goes from 45.0 to 1.0 in the first epoch, with the critics frozen to 55.0 "
+        f"(frozen - as is +54.0 ± {se:.1f}: holds); Qbar - Monte-Carlo -100 before the epoch, +30 after it: "
+        "**same cause as on hopper-medium**."
+    )
     write_q(after_epoch_1=-40.0)  # still pessimistic after the epoch: frozen critics help, but not by that route
     evidence.critic_side_report(out)
     verdict = next(csv_module.DictReader(open(folder / "verdict.csv")))
